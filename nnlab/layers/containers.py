@@ -1,0 +1,149 @@
+"""Sequential composition, the MLP builder, and the activation names builders accept."""
+
+import copy
+
+from .base import Layer
+from .dense import Dropout, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+
+ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+def make_activation(activation):
+    """A fresh activation layer from a name in ACTIVATIONS, a Layer class, or a Layer
+    instance (copied, so that each position caches its own input)."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}'; expected one of {sorted(ACTIVATIONS)} or a Layer")
+        return ACTIVATIONS[activation]()
+    if isinstance(activation, Layer):
+        return copy.deepcopy(activation)
+    if isinstance(activation, type) and issubclass(activation, Layer):
+        return activation()
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a Layer, got {activation!r}")
+
+
+def indented(text):
+    """Indents every line after the first by one tab, for nested container reprs."""
+    return text.replace("\n", "\n\t")
+
+
+class Sequential(Layer):
+    """Layers applied in order: ``out = f_n(... f_2(f_1(x)))``. Same as ``torch.nn.Sequential``.
+
+    Backward: the chain rule in reverse, ``dx = b_1(b_2(... b_n(dout)))`` where b_i is
+    layer i's backward. ``forward(x, **kw)`` hands ``kw`` to every layer, so
+    ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
+    Shapes: those of the first layer's input and the last layer's output.
+    Caches: nothing of its own; each layer caches what it needs.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: element [{index}] must be a Layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def named_children(self):
+        return [(str(index), layer) for index, layer in enumerate(self.layers)]
+
+    def forward(self, x, **kw):
+        for index, layer in enumerate(self.layers):
+            with self.naming_errors_of(index, layer):
+                x = layer(x, **kw)
+        return x
+
+    def backward(self, dout):
+        for index in reversed(range(len(self.layers))):
+            layer = self.layers[index]
+            with self.naming_errors_of(index, layer):
+                dout = layer.backward(dout)
+        return dout
+
+    def naming_errors_of(self, index, layer):
+        return _ChildErrors(f"Sequential[{index}] ({type(layer).__name__})")
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        lines = ["Sequential"]
+        lines += [f"\t[{index}] {indented(repr(layer))}" for index, layer in enumerate(self.layers)]
+        return "\n".join(lines)
+
+
+class _ChildErrors:
+    """Re-raises a child's ValueError, TypeError or RuntimeError with the child named
+    in front, keeping the original as the cause."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind in (ValueError, TypeError, RuntimeError):
+            raise kind(f"in {self.where}: {error}") from error
+        return False
+
+
+class Builder(Layer):
+    """A model built as one Sequential, kept in ``.sequence``: forward, backward,
+    indexing and iteration are the Sequential's. Prints as ``Name, Sequential`` then
+    one layer a line. Subclasses set ``self.sequence`` in their constructor.
+    """
+
+    sequence: Sequential
+
+    def named_children(self):
+        return [("sequence", self.sequence)]
+
+    def forward(self, x, **kw):
+        return self.sequence(x, **kw)
+
+    def backward(self, dout):
+        return self.sequence.backward(dout)
+
+    def __getitem__(self, index):
+        return self.sequence[index]
+
+    def __len__(self):
+        return len(self.sequence)
+
+    def __iter__(self):
+        return iter(self.sequence)
+
+    def __repr__(self):
+        return f"{type(self).__name__}, {self.sequence!r}"
+
+
+class MLP(Builder):
+    """Multi-layer perceptron: ``Linear -> activation [-> Dropout]`` for each hidden
+    width, then a final ``Linear`` to ``num_classes`` scores.
+
+    Forward and backward are those of ``.sequence``, its Sequential.
+    Shapes: (N, in_features) -> (N, num_classes). Caches: nothing of its own.
+    """
+
+    def __init__(self, in_features, num_classes, hidden_features=(), activation="relu", dropout=0.0, wstd=None):
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
+        widths = [in_features, *hidden_features]
+        layers = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers.append(Linear(width_in, width_out, wstd=wstd))
+            layers.append(make_activation(activation))
+            if dropout > 0:
+                layers.append(Dropout(dropout))
+        layers.append(Linear(widths[-1], num_classes, wstd=wstd))
+        self.sequence = Sequential(*layers)

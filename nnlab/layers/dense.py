@@ -1,0 +1,264 @@
+"""Fully connected layer, elementwise activations, Softmax, Dropout and Flatten."""
+
+import math
+
+import torch
+
+from .base import Layer
+
+
+class Linear(Layer):
+    """Affine map ``out = x @ W.T + b``. Same as ``torch.nn.Linear``.
+
+    Backward: ``dx = dout @ W``; ``dW += dout.T @ x``; ``db += dout.sum(0)``
+    (leading dimensions of x and dout flattened into one batch dimension).
+
+    Shapes: x (*, in_features) -> out (*, out_features); usually (N, in) -> (N, out).
+    Parameters: ``weight`` (out, in) and ``bias`` (out); ``w`` and ``b`` name the same
+    tensors, ``dw`` and ``db`` their gradients.
+    Init: ``wstd=None`` draws both from U(-1/sqrt(in), 1/sqrt(in)) like PyTorch;
+    a float draws W ~ N(0, wstd^2) and sets b = 0.
+    Caches: the input x.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, wstd=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"Linear: in_features and out_features must be >= 1, got {in_features}, {out_features}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        if wstd is None:
+            bound = 1.0 / math.sqrt(in_features)
+            weight = torch.empty(out_features, in_features).uniform_(-bound, bound)
+            bias_value = torch.empty(out_features).uniform_(-bound, bound)
+        else:
+            weight = torch.randn(out_features, in_features) * wstd
+            bias_value = torch.zeros(out_features)
+        self.add_param("weight", weight)
+        if bias:
+            self.add_param("bias", bias_value)
+        else:
+            self.bias = None
+        self._x = None
+
+    w = property(lambda self: self.weight)
+    b = property(lambda self: self.bias)
+    dw = property(lambda self: self.grad("weight"))
+    db = property(lambda self: self.grad("bias") if self.bias is not None else None)
+
+    def __repr__(self):
+        bias = "" if self.bias is not None else ", bias=False"
+        return f"Linear({self.in_features}, {self.out_features}{bias})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, f"(*, {self.in_features})", x.dim() >= 1 and x.shape[-1] == self.in_features)
+        self.check_dtype(x)
+        self._x = x
+        out = x @ self.weight.T
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        x_rows = x.reshape(-1, self.in_features)
+        dout_rows = dout.reshape(-1, self.out_features)
+        # Parameter gradients accumulate in place.
+        self._grads["weight"] += dout_rows.T @ x_rows
+        if self.bias is not None:
+            self._grads["bias"] += dout_rows.sum(dim=0)
+        return dout @ self.weight
+
+
+class ReLU(Layer):
+    """``out = max(x, 0)``. Same as ``torch.nn.ReLU``.
+
+    Backward: ``dx = dout * [x > 0]`` (the subgradient at exactly 0 is 0, as in PyTorch).
+    Shapes: any -> same. Caches: the boolean mask x > 0.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        self._mask = x > 0
+        return torch.where(self._mask, x, torch.zeros_like(x))
+
+    def backward(self, dout):
+        mask = self.cached("_mask")
+        return torch.where(mask, dout, torch.zeros_like(dout))
+
+
+class LeakyReLU(Layer):
+    """``out = x if x > 0 else alpha * x``. Same as ``torch.nn.LeakyReLU(alpha)``.
+
+    Backward: ``dx = dout if x > 0 else alpha * dout`` (slope alpha at exactly 0,
+    as in PyTorch). Shapes: any -> same. Caches: the boolean mask x > 0.
+    """
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        if not 0 <= alpha < 1:
+            raise ValueError(f"LeakyReLU: alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self._mask = None
+
+    def __repr__(self):
+        return f"LeakyReLU(alpha={self.alpha})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        self._mask = x > 0
+        return torch.where(self._mask, x, x * self.alpha)
+
+    def backward(self, dout):
+        mask = self.cached("_mask")
+        return torch.where(mask, dout, dout * self.alpha)
+
+
+class Sigmoid(Layer):
+    """``out = 1 / (1 + exp(-x))``. Same as ``torch.nn.Sigmoid``.
+
+    Backward: ``dx = dout * out * (1 - out)``, finite for any x.
+    Shapes: any -> same. Caches: the output.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._out = None
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        # torch.sigmoid never overflows, unlike 1 / (1 + exp(-x)) written out.
+        self._out = torch.sigmoid(x)
+        return self._out
+
+    def backward(self, dout):
+        out = self.cached("_out")
+        return dout * out * (1 - out)
+
+
+class Tanh(Layer):
+    """``out = tanh(x)``. Same as ``torch.nn.Tanh``.
+
+    Backward: ``dx = dout * (1 - out^2)``. Shapes: any -> same. Caches: the output.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._out = None
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        self._out = torch.tanh(x)
+        return self._out
+
+    def backward(self, dout):
+        out = self.cached("_out")
+        return dout * (1 - out * out)
+
+
+TanH = Tanh
+
+
+class Softmax(Layer):
+    """``out_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim``.
+    Same as ``torch.nn.Softmax(dim)``.
+
+    Backward: ``dx = out * (dout - sum(dout * out, dim))``.
+    Shapes: any -> same. Caches: the output.
+    """
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+        self._out = None
+
+    def __repr__(self):
+        return f"Softmax(dim={self.dim})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, f"a tensor with dimension {self.dim}", -x.dim() <= self.dim < max(x.dim(), 1))
+        shifted = x - x.amax(dim=self.dim, keepdim=True)
+        exps = torch.exp(shifted)
+        self._out = exps / exps.sum(dim=self.dim, keepdim=True)
+        return self._out
+
+    def backward(self, dout):
+        out = self.cached("_out")
+        return out * (dout - (dout * out).sum(dim=self.dim, keepdim=True))
+
+
+def dropout_mask(shape, p, like):
+    """A mask of ``shape`` (broadcastable to ``like``) whose entries are 1 / (1 - p)
+    with probability 1 - p and 0 otherwise, drawn from torch's global RNG."""
+    if p == 1:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    keep = torch.rand(shape, device=like.device) >= p
+    return keep.to(like.dtype) / (1 - p)
+
+
+class Dropout(Layer):
+    """Inverted dropout: ``out = x * mask / (1 - p)`` in training mode, with each mask
+    entry 0 with probability p (drawn from torch's global RNG), and ``out = x`` in eval
+    mode. Distributionally the same as ``torch.nn.Dropout(p)``.
+
+    Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
+    Shapes: any -> same. Caches: the scaled mask (the number 1.0 in eval mode).
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+        self._mask = None
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        if not self.training or self.p == 0:
+            self._mask = 1.0
+            return x * 1.0
+        self._mask = dropout_mask(x.shape, self.p, x)
+        return x * self._mask
+
+    def backward(self, dout):
+        mask = self.cached("_mask")
+        return dout * mask
+
+
+class Flatten(Layer):
+    """Merges dimensions ``start_dim`` to ``end_dim`` into one. Same as ``torch.nn.Flatten``.
+
+    Backward: ``dx = dout.reshape(x.shape)``.
+    Shapes: (N, C, H, W) -> (N, C*H*W) with the defaults. Caches: the input shape.
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+        self._shape = None
+
+    def __repr__(self):
+        return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
+
+    def forward(self, x, **kw):
+        ndim = x.dim() if isinstance(x, torch.Tensor) else 0
+        start = self.start_dim % ndim if ndim else 0
+        end = self.end_dim % ndim if ndim else 0
+        valid = -ndim <= self.start_dim < ndim and -ndim <= self.end_dim < ndim and start <= end
+        self.check_input(x, f"at least {max(self.start_dim, self.end_dim) + 1} dimensions", valid)
+        self._shape = x.shape
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def backward(self, dout):
+        shape = self.cached("_shape")
+        return dout.reshape(shape)
