@@ -137,12 +137,10 @@ def _numeric_gradient(tensor, objective, eps):
     return numeric.view_as(tensor)
 
 
-def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
-    """Central finite differences in float64, on a float64 copy of the layer and of x,
-    against the layer's ``backward``, for the input and every parameter. Returns True,
-    or raises AssertionError naming the tensor and the worst element when
-    ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere. Costs two forward
-    passes per input and parameter entry: use small inputs."""
+def _finite_difference_pairs(layer, x, y, eps, seed):
+    """(name, tensor, analytic gradient, numeric gradient) for the input and each
+    parameter of a float64 copy of the layer, the copy's backward against central
+    differences of sum(forward * douts)."""
     layer64 = copy.deepcopy(layer).to(dtype=torch.float64)
     x64 = x.detach().to(torch.float64).clone()
     y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
@@ -151,6 +149,22 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     names = ["input"] + [f"param#{i:02d}" for i in range(1, len(tensors))]
     for name, tensor, analytic in zip(names, tensors, [dx] + own):
         numeric = _numeric_gradient(tensor, lambda: _objective(layer64, x64, y64, seed, douts), eps)
+        yield name, tensor, analytic, numeric
+
+
+def finite_difference_errors(layer, x, y=None, eps=1e-6, seed=42):
+    """Relative errors (input first, then each parameter) between the backward of a
+    float64 copy of the layer and central finite differences; the layer is untouched."""
+    return [rel_error(analytic, numeric) for _, _, analytic, numeric in _finite_difference_pairs(layer, x, y, eps, seed)]
+
+
+def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
+    """Central finite differences in float64, on a float64 copy of the layer and of x,
+    against the layer's ``backward``, for the input and every parameter. Returns True,
+    or raises AssertionError naming the tensor and the worst element when
+    ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere. Costs two forward
+    passes per input and parameter entry: use small inputs."""
+    for name, tensor, analytic, numeric in _finite_difference_pairs(layer, x, y, eps, seed):
         excess = (analytic - numeric).abs() - (atol + rtol * numeric.abs())
         if excess.numel() and excess.max() > 0:
             worst = int(excess.argmax())

@@ -4,7 +4,13 @@ everything it touches as it found it."""
 import pytest
 import torch
 
-from nnlab.grad_compare import compare_layer_to_torch, compare_to_module, gradcheck, gradient_errors
+from nnlab.grad_compare import (
+    compare_layer_to_torch,
+    compare_to_module,
+    finite_difference_errors,
+    gradcheck,
+    gradient_errors,
+)
 from nnlab.layers import MLP, CrossEntropyLoss, Dropout, Linear, Sequential, Tanh
 
 
@@ -119,3 +125,11 @@ def test_compare_to_module_rejects_a_module_of_another_shape():
         compare_to_module(Linear(6, 3), torch.nn.Linear(6, 4), torch.randn(2, 6))
     with pytest.raises(ValueError, match="2 parameters"):
         compare_to_module(Linear(6, 3), torch.nn.Linear(6, 3, bias=False), torch.randn(2, 6))
+
+
+def test_finite_difference_errors_are_small_for_a_correct_layer_and_large_for_a_wrong_one():
+    torch.manual_seed(6)
+    errors = finite_difference_errors(MLP(4, 3, (5,), activation="tanh"), torch.randn(3, 4))
+    assert len(errors) == 5 and max(errors) < 1e-7
+    errors = finite_difference_errors(WrongWeightGradient(3, 2), torch.randn(2, 3))
+    assert errors[0] < 1e-7 and errors[1] > 1e-2
