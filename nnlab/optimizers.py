@@ -1,0 +1,423 @@
+"""Hand-written optimizers: plain SGD, SGD with (Nesterov) momentum, RMSProp and Adam.
+
+Every optimizer takes the ``(param, grad)`` pairs of ``Layer.params()``, or plain
+tensors whose ``.grad`` is read at each ``step`` (so ``Adam(module.parameters())``
+trains a ``torch.nn.Module`` too). Per-parameter state is allocated once at
+construction and every update is done in place with tensor operations.
+
+Common to all rules: ``g = grad + reg * param`` (L2 regularization, the same as
+``weight_decay=reg`` in ``torch.optim``; skipped when ``reg == 0``, as torch does).
+A parameter whose gradient is ``None`` at ``step`` time is skipped and its state
+left unchanged, as in ``torch.optim``.
+"""
+
+import abc
+import math
+import numbers
+
+import torch
+
+# Checks -------------------------------------------------------------------------
+
+
+def _number(owner, name, value, low, high=math.inf, low_open=False, high_open=True):
+    """``value`` as a float; ValueError naming ``name`` unless it lies in the interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (math.isfinite(value) and above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
+    return value
+
+
+def _describe(item):
+    if isinstance(item, torch.Tensor):
+        return f"a tensor of shape {tuple(item.shape)}"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)} items ({', '.join(type(i).__name__ for i in item)})"
+    return f"a {type(item).__name__}"
+
+
+def _check_grad(owner, index, param, grad):
+    """ValueError naming ``params[index]`` unless ``grad`` fits ``param``."""
+    if grad.shape != param.shape:
+        raise ValueError(
+            f"{owner}: params[{index}]: gradient shape {tuple(grad.shape)} differs from "
+            f"parameter shape {tuple(param.shape)}"
+        )
+    if grad.dtype != param.dtype or grad.device != param.device:
+        raise ValueError(
+            f"{owner}: params[{index}]: gradient is {grad.dtype} on {grad.device}, "
+            f"parameter is {param.dtype} on {param.device}"
+        )
+
+
+def _collect(owner, params):
+    """[(param, grad or None)] from pairs or tensors; ``None`` means "read param.grad".
+
+    A parameter listed twice (a layer used at two places of a model) is kept once,
+    so that one step updates it once with its accumulated gradient.
+    """
+    if isinstance(params, torch.Tensor):
+        raise ValueError(f"{owner}: params must be an iterable of (param, grad) pairs or tensors, got one tensor")
+    try:
+        items = list(params)
+    except TypeError:
+        raise ValueError(
+            f"{owner}: params must be an iterable of (param, grad) pairs or tensors, "
+            f"got {_describe(params)}; for a Layer pass layer.params()"
+        ) from None
+    if not items:
+        raise ValueError(f"{owner}: params is empty; there is nothing to optimize")
+    entries, seen = [], {}
+    for index, item in enumerate(items):
+        if isinstance(item, torch.Tensor):
+            param, grad = item, None
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], torch.Tensor)
+            and isinstance(item[1], torch.Tensor)
+        ):
+            param, grad = item
+            _check_grad(owner, index, param, grad)
+        else:
+            raise ValueError(
+                f"{owner}: params[{index}] must be a (param, grad) pair of tensors or a tensor, "
+                f"got {_describe(item)}"
+            )
+        if not param.is_floating_point():
+            raise ValueError(f"{owner}: params[{index}] must be a floating-point tensor, got {param.dtype}")
+        if id(param) in seen:
+            if seen[id(param)] is not grad:
+                raise ValueError(f"{owner}: params[{index}] repeats an earlier parameter with a different gradient")
+            continue
+        seen[id(param)] = grad
+        entries.append((param, grad))
+    return entries
+
+
+# The base class -------------------------------------------------------------------
+
+
+class Optimizer(abc.ABC):
+    """Updates parameters in place from their gradients.
+
+    ``params``: the ``(param, grad)`` pairs of ``Layer.params()``, or tensors whose
+    ``.grad`` is read at each ``step`` (a ``None`` grad skips that tensor).
+    Subclasses set ``HYPERPARAMETERS`` (names of the constructor's numbers, which
+    ``state_dict`` saves) and keep per-parameter state in ``self.state``, a list
+    (one dict per parameter) of tensors and ints allocated in their constructor.
+    """
+
+    HYPERPARAMETERS = ("learn_rate",)
+
+    def __init__(self, params):
+        self._entries = _collect(type(self).__name__, params)
+        self.state = [{} for _ in self._entries]
+
+    # Hyperparameters ----------------------------------------------------------------
+
+    @property
+    def learn_rate(self):
+        return self._learn_rate
+
+    @learn_rate.setter
+    def learn_rate(self, value):
+        self._learn_rate = _number(type(self).__name__, "learn_rate", value, 0.0)
+
+    @abc.abstractmethod
+    def checked_hyperparameters(self, values):
+        """``values`` (a dict keyed by HYPERPARAMETERS) validated and normalized;
+        ValueError naming the first bad one."""
+
+    def hyperparameters(self):
+        return {name: getattr(self, name) for name in self.HYPERPARAMETERS}
+
+    def _set_hyperparameters(self, values):
+        for name, value in self.checked_hyperparameters(values).items():
+            setattr(self, name, value)
+
+    def __repr__(self):
+        values = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
+        return f"{type(self).__name__}({values})"
+
+    # Parameters and gradients --------------------------------------------------------
+
+    @property
+    def params(self):
+        """[(param, grad)]: the gradient now (``param.grad``, maybe None, for plain tensors)."""
+        return [(param, param.grad if grad is None else grad) for param, grad in self._entries]
+
+    def live(self):
+        """[(param, grad, state)] for each parameter that has a gradient now. Every
+        gradient is checked before any update, so a bad one changes nothing."""
+        owner = type(self).__name__
+        found = []
+        for index, ((param, grad), state) in enumerate(zip(self._entries, self.state)):
+            if grad is None:
+                grad = param.grad
+                if grad is None:
+                    continue
+                _check_grad(owner, index, param, grad)
+            found.append((param, grad, state))
+        return found
+
+    def regularized(self, param, grad):
+        """``g = grad + reg * param`` (a new tensor), or ``grad`` itself when reg == 0."""
+        return grad.add(param, alpha=self.reg) if self.reg != 0 else grad
+
+    def zero_grad(self):
+        """Sets every gradient to zero in place (a plain tensor's None grad stays None)."""
+        with torch.no_grad():
+            for _, grad in self.params:
+                if grad is not None:
+                    grad.zero_()
+
+    @abc.abstractmethod
+    def step(self):
+        """Updates every parameter that has a gradient, in place."""
+
+    # Saving and loading -----------------------------------------------------------------
+
+    def state_dict(self):
+        """Hyperparameters and per-parameter state, as copies: later steps do not change
+        it, and it survives ``torch.save`` / ``torch.load``."""
+        return {
+            "type": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "state": [
+                {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in entry.items()}
+                for entry in self.state
+            ],
+        }
+
+    def load_state_dict(self, state):
+        """Restores what ``state_dict`` saved. Everything is checked first (optimizer
+        type, hyperparameters, parameter count, state keys, shapes), so a bad state
+        raises ValueError naming what differs and changes nothing."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict) or set(state) != {"type", "hyperparameters", "state"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{owner}: expected a dict with keys ['hyperparameters', 'state', 'type'], got {got}")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"{owner}: the state is of a {state['type']}, not of a {type(self).__name__}")
+        hyper = state["hyperparameters"]
+        if not isinstance(hyper, dict) or set(hyper) != set(self.HYPERPARAMETERS):
+            got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__
+            raise ValueError(f"{owner}: expected hyperparameters {sorted(self.HYPERPARAMETERS)}, got {got}")
+        hyper = self.checked_hyperparameters(hyper)
+        entries = state["state"]
+        if not isinstance(entries, (list, tuple)) or len(entries) != len(self.state):
+            got = len(entries) if isinstance(entries, (list, tuple)) else type(entries).__name__
+            raise ValueError(f"{owner}: expected state for {len(self.state)} parameters, got {got}")
+        for index, (saved, current) in enumerate(zip(entries, self.state)):
+            if not isinstance(saved, dict) or set(saved) != set(current):
+                got = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+                raise ValueError(f"{owner}: parameter {index}: expected state keys {sorted(current)}, got {got}")
+            for key, target in current.items():
+                value = saved[key]
+                if isinstance(target, torch.Tensor):
+                    if not isinstance(value, torch.Tensor) or value.shape != target.shape:
+                        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                        raise ValueError(
+                            f"{owner}: parameter {index}: '{key}' expects shape {tuple(target.shape)}, got {got}"
+                        )
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{owner}: parameter {index}: '{key}' must be an int >= 0, got {value!r}")
+        for name, value in hyper.items():
+            setattr(self, name, value)
+        with torch.no_grad():
+            for saved, current in zip(entries, self.state):
+                for key, target in current.items():
+                    if isinstance(target, torch.Tensor):
+                        target.copy_(saved[key])
+                    else:
+                        current[key] = saved[key]
+
+
+# The rules ---------------------------------------------------------------------------
+
+
+class VanillaSGD(Optimizer):
+    """Plain stochastic gradient descent with L2 regularization:
+
+        g = grad + reg * p
+        p = p - learn_rate * g
+
+    Same as ``torch.optim.SGD(params, lr=learn_rate, weight_decay=reg)``.
+    State: none.
+    """
+
+    HYPERPARAMETERS = ("learn_rate", "reg")
+
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3):
+        super().__init__(params)
+        self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg})
+
+    def checked_hyperparameters(self, values):
+        owner = type(self).__name__
+        return {
+            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": _number(owner, "reg", values["reg"], 0.0),
+        }
+
+    def step(self):
+        with torch.no_grad():
+            for param, grad, _ in self.live():
+                g = self.regularized(param, grad)
+                param.add_(g, alpha=-self.learn_rate)
+
+
+class MomentumSGD(Optimizer):
+    """SGD with momentum, written with a velocity v (zero at the start):
+
+        g = grad + reg * p
+        v = momentum * v - learn_rate * g
+        p = p + v                                  (nesterov=False)
+        p = p + momentum * v - learn_rate * g      (nesterov=True, with the new v)
+
+    Relation to ``torch.optim.SGD(params, lr=learn_rate, momentum=momentum,
+    nesterov=nesterov, weight_decay=reg)``: torch keeps a buffer b = momentum * b + g
+    (b = g at the first step) and steps p -= lr * b (Nesterov: p -= lr * (g + momentum * b)).
+    Here v = -learn_rate * b at every step, so the parameter trajectories are the same
+    (up to rounding) while the saved buffers differ by the factor -learn_rate. (A
+    learning rate changed mid-run makes them differ: here the old velocity keeps its
+    old scale, in torch the new lr rescales the whole buffer.)
+    State: ``velocity``, one tensor like each parameter.
+    """
+
+    HYPERPARAMETERS = ("learn_rate", "reg", "momentum", "nesterov")
+
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3, momentum=0.9, nesterov=False):
+        super().__init__(params)
+        self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "momentum": momentum, "nesterov": nesterov})
+        for (param, _), state in zip(self._entries, self.state):
+            state["velocity"] = torch.zeros_like(param)
+
+    def checked_hyperparameters(self, values):
+        owner = type(self).__name__
+        if not isinstance(values["nesterov"], bool):
+            raise ValueError(f"{owner}: nesterov must be True or False, got {values['nesterov']!r}")
+        return {
+            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": _number(owner, "reg", values["reg"], 0.0),
+            "momentum": _number(owner, "momentum", values["momentum"], 0.0, 1.0),
+            "nesterov": values["nesterov"],
+        }
+
+    def step(self):
+        with torch.no_grad():
+            for param, grad, state in self.live():
+                g = self.regularized(param, grad)
+                velocity = state["velocity"]
+                velocity.mul_(self.momentum).add_(g, alpha=-self.learn_rate)
+                if self.nesterov:
+                    param.add_(torch.mul(velocity, self.momentum).add_(g, alpha=-self.learn_rate))
+                else:
+                    param.add_(velocity)
+
+
+class RMSProp(Optimizer):
+    """RMSProp: steps scaled by a running root mean square of the gradient
+    (r zero at the start):
+
+        g = grad + reg * p
+        r = decay * r + (1 - decay) * g^2
+        p = p - learn_rate * g / sqrt(r + eps)
+
+    Relation to ``torch.optim.RMSprop(params, lr=learn_rate, alpha=decay, eps=eps,
+    weight_decay=reg)``: the same except where eps goes. torch divides by
+    ``sqrt(r) + eps``, this rule (that of CS231n) by ``sqrt(r + eps)``; with the
+    default eps=1e-8 this one damps steps where r is small far more (sqrt(1e-8) = 1e-4).
+    With eps negligible against r (e.g. 1e-300) both give the same trajectory.
+    eps must be > 0: it is what keeps a parameter whose gradient has always been
+    exactly zero from computing 0 / 0.
+    State: ``square_avg`` (r), one tensor like each parameter.
+    """
+
+    HYPERPARAMETERS = ("learn_rate", "reg", "decay", "eps")
+
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3, decay=0.99, eps=1e-8):
+        super().__init__(params)
+        self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "decay": decay, "eps": eps})
+        for (param, _), state in zip(self._entries, self.state):
+            state["square_avg"] = torch.zeros_like(param)
+
+    def checked_hyperparameters(self, values):
+        owner = type(self).__name__
+        return {
+            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": _number(owner, "reg", values["reg"], 0.0),
+            "decay": _number(owner, "decay", values["decay"], 0.0, 1.0),
+            "eps": _number(owner, "eps", values["eps"], 0.0, low_open=True),
+        }
+
+    def step(self):
+        with torch.no_grad():
+            for param, grad, state in self.live():
+                g = self.regularized(param, grad)
+                square_avg = state["square_avg"]
+                square_avg.mul_(self.decay).addcmul_(g, g, value=1 - self.decay)
+                param.addcdiv_(g, square_avg.add(self.eps).sqrt_(), value=-self.learn_rate)
+
+
+class Adam(Optimizer):
+    """Adam with bias-corrected moments (m, v zero at the start; t counts this
+    parameter's steps, starting at 1):
+
+        g = grad + reg * p
+        m = beta1 * m + (1 - beta1) * g            (computed as m.lerp_(g, 1 - beta1))
+        v = beta2 * v + (1 - beta2) * g^2
+        p = p - (learn_rate / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Exactly ``torch.optim.Adam(params, lr=learn_rate, betas=betas, eps=eps,
+    weight_decay=reg)`` (its single-tensor path, operation for operation, so float64
+    trajectories agree to the last bit): eps is added outside the square root of the
+    bias-corrected second moment, and reg is L2 added to the gradient (Adam, not AdamW).
+    eps must be > 0, for the reason given in RMSProp.
+    State: ``exp_avg`` (m), ``exp_avg_sq`` (v) and ``step`` (t, an int) per parameter.
+    """
+
+    HYPERPARAMETERS = ("learn_rate", "reg", "betas", "eps")
+
+    def __init__(self, params, learn_rate=1e-3, reg=0.0, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params)
+        self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "betas": betas, "eps": eps})
+        for (param, _), state in zip(self._entries, self.state):
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] = 0
+
+    def checked_hyperparameters(self, values):
+        owner = type(self).__name__
+        betas = values["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        return {
+            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": _number(owner, "reg", values["reg"], 0.0),
+            "betas": (
+                _number(owner, "betas[0]", betas[0], 0.0, 1.0),
+                _number(owner, "betas[1]", betas[1], 0.0, 1.0),
+            ),
+            "eps": _number(owner, "eps", values["eps"], 0.0, low_open=True),
+        }
+
+    def step(self):
+        beta1, beta2 = self.betas
+        with torch.no_grad():
+            for param, grad, state in self.live():
+                g = self.regularized(param, grad)
+                state["step"] += 1
+                t = float(state["step"])
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(g, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step_size = self.learn_rate / (1 - beta1**t)
+                bias_correction2_sqrt = (1 - beta2**t) ** 0.5
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+                param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -1,0 +1,489 @@
+"""nnlab.optimizers against (1) the contract's formulas written out independently here,
+element by element in plain Python arithmetic, and (2) torch.optim on the same
+parameters and gradient sequence; then training, save/resume, torch.nn modules and
+bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nnlab.layers import MLP, CrossEntropyLoss, Linear, ReLU, Sequential
+from nnlab.optimizers import Adam, MomentumSGD, Optimizer, RMSProp, VanillaSGD
+
+F64_ATOL = 1e-12
+OPTIMIZERS = [VanillaSGD, MomentumSGD, RMSProp, Adam]
+
+
+def random_problem(shapes, steps, seed):
+    """float64 parameters and a sequence of gradients for each, from a fixed seed."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    grads = [[torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes] for _ in range(steps)]
+    return params, grads
+
+
+def run_nnlab(cls, params, grad_sequence, **hyper):
+    """Runs an nnlab optimizer on (param, grad) pairs, copying each step's gradients in."""
+    params = [p.clone() for p in params]
+    grads = [torch.zeros_like(p) for p in params]
+    opt = cls(list(zip(params, grads)), **hyper)
+    for step_grads in grad_sequence:
+        for grad, value in zip(grads, step_grads):
+            grad.copy_(value)
+        opt.step()
+    return params, opt
+
+
+def run_torch(cls, params, grad_sequence, **hyper):
+    """Runs a torch.optim optimizer on leaf tensors, setting .grad each step."""
+    params = [p.clone().requires_grad_() for p in params]
+    opt = cls(params, **hyper)
+    for step_grads in grad_sequence:
+        for param, value in zip(params, step_grads):
+            param.grad = value.clone()
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+def max_diff(actual, expected):
+    return max((a - e).abs().max().item() for a, e in zip(actual, expected))
+
+
+# 1. The contract's formulas, element by element --------------------------------------
+
+
+def reference(rule, params, grad_sequence, hyper):
+    """The update rules of API.md, as plain float arithmetic on flat Python lists."""
+    ps = [p.flatten().tolist() for p in params]
+    state = [[0.0] * len(p) for p in ps]
+    state2 = [[0.0] * len(p) for p in ps]
+    lr, reg = hyper["learn_rate"], hyper["reg"]
+    for t, step_grads in enumerate(grad_sequence, start=1):
+        for p, s, s2, grad in zip(ps, state, state2, step_grads):
+            for i, gi in enumerate(grad.flatten().tolist()):
+                g = gi + reg * p[i]
+                if rule == "sgd":
+                    p[i] = p[i] - lr * g
+                elif rule == "momentum":
+                    mu = hyper["momentum"]
+                    s[i] = mu * s[i] - lr * g
+                    p[i] = p[i] + (mu * s[i] - lr * g if hyper["nesterov"] else s[i])
+                elif rule == "rmsprop":
+                    decay = hyper["decay"]
+                    s[i] = decay * s[i] + (1 - decay) * g * g
+                    p[i] = p[i] - lr * g / math.sqrt(s[i] + hyper["eps"])
+                elif rule == "adam":
+                    b1, b2 = hyper["betas"]
+                    s[i] = b1 * s[i] + (1 - b1) * g
+                    s2[i] = b2 * s2[i] + (1 - b2) * g * g
+                    m_hat = s[i] / (1 - b1**t)
+                    v_hat = s2[i] / (1 - b2**t)
+                    p[i] = p[i] - lr * m_hat / (math.sqrt(v_hat) + hyper["eps"])
+    return [torch.tensor(p, dtype=torch.float64).reshape(q.shape) for p, q in zip(ps, params)]
+
+
+shapes_strategy = st.lists(
+    st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple), min_size=1, max_size=3
+)
+rates = st.floats(1e-4, 0.5)
+regs = st.sampled_from([0.0, 1e-3, 0.1])
+fractions = st.floats(0.0, 0.999)
+
+
+@given(shapes=shapes_strategy, lr=rates, reg=regs, seed=st.integers(0, 2**16))
+def test_vanilla_sgd_formula(shapes, lr, reg, seed):
+    params, grads = random_problem(shapes, 25, seed)
+    hyper = dict(learn_rate=lr, reg=reg)
+    actual, _ = run_nnlab(VanillaSGD, params, grads, **hyper)
+    assert max_diff(actual, reference("sgd", params, grads, hyper)) <= F64_ATOL
+
+
+@given(shapes=shapes_strategy, lr=rates, reg=regs, mu=fractions, nesterov=st.booleans(), seed=st.integers(0, 2**16))
+def test_momentum_sgd_formula(shapes, lr, reg, mu, nesterov, seed):
+    params, grads = random_problem(shapes, 25, seed)
+    hyper = dict(learn_rate=lr, reg=reg, momentum=mu, nesterov=nesterov)
+    actual, _ = run_nnlab(MomentumSGD, params, grads, **hyper)
+    assert max_diff(actual, reference("momentum", params, grads, hyper)) <= F64_ATOL
+
+
+@given(shapes=shapes_strategy, lr=rates, reg=regs, decay=fractions, eps=st.sampled_from([1e-8, 1e-3, 1.0]),
+       seed=st.integers(0, 2**16))
+def test_rmsprop_formula(shapes, lr, reg, decay, eps, seed):
+    params, grads = random_problem(shapes, 25, seed)
+    hyper = dict(learn_rate=lr, reg=reg, decay=decay, eps=eps)
+    actual, _ = run_nnlab(RMSProp, params, grads, **hyper)
+    assert max_diff(actual, reference("rmsprop", params, grads, hyper)) <= F64_ATOL
+
+
+@given(shapes=shapes_strategy, lr=rates, reg=regs, b1=fractions, b2=fractions, eps=st.sampled_from([1e-8, 1e-3]),
+       seed=st.integers(0, 2**16))
+def test_adam_formula(shapes, lr, reg, b1, b2, eps, seed):
+    params, grads = random_problem(shapes, 25, seed)
+    hyper = dict(learn_rate=lr, reg=reg, betas=(b1, b2), eps=eps)
+    actual, _ = run_nnlab(Adam, params, grads, **hyper)
+    assert max_diff(actual, reference("adam", params, grads, hyper)) <= F64_ATOL
+
+
+def test_first_steps_by_hand():
+    """One parameter, two steps, numbers worked out on paper."""
+    p = torch.tensor([1.0], dtype=torch.float64)
+    g = torch.tensor([2.0], dtype=torch.float64)
+    opt = MomentumSGD([(p, g)], learn_rate=0.1, reg=0.5, momentum=0.5)
+    opt.step()  # g_eff = 2.5, v = -0.25, p = 0.75
+    assert p.item() == pytest.approx(0.75, abs=1e-15)
+    opt.step()  # g_eff = 2.375, v = -0.125 - 0.2375 = -0.3625, p = 0.3875
+    assert p.item() == pytest.approx(0.3875, abs=1e-15)
+    assert opt.state[0]["velocity"].item() == pytest.approx(-0.3625, abs=1e-15)
+
+
+# 2. Trajectories against torch.optim ----------------------------------------------------
+
+TORCH_SHAPES = [(7, 5), (5,), (3, 2, 4)]
+
+
+def test_vanilla_sgd_matches_torch():
+    params, grads = random_problem(TORCH_SHAPES, 50, seed=1)
+    ours, _ = run_nnlab(VanillaSGD, params, grads, learn_rate=0.05, reg=0.01)
+    theirs, _ = run_torch(torch.optim.SGD, params, grads, lr=0.05, weight_decay=0.01)
+    assert max_diff(ours, theirs) <= F64_ATOL
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_sgd_matches_torch(nesterov):
+    params, grads = random_problem(TORCH_SHAPES, 50, seed=2)
+    lr = 0.03
+    ours, opt = run_nnlab(MomentumSGD, params, grads, learn_rate=lr, reg=0.01, momentum=0.9, nesterov=nesterov)
+    theirs, topt = run_torch(
+        torch.optim.SGD, params, grads, lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=0.01
+    )
+    assert max_diff(ours, theirs) <= F64_ATOL
+    # The buffers differ by the factor -lr (torch: b = mu b + g; here v = mu v - lr g).
+    for state, param in zip(opt.state, topt.param_groups[0]["params"]):
+        buffer = topt.state[param]["momentum_buffer"]
+        assert (state["velocity"] - (-lr) * buffer).abs().max().item() <= F64_ATOL
+
+
+def test_rmsprop_matches_torch_where_eps_placement_vanishes():
+    """torch divides by sqrt(r) + eps, nnlab by sqrt(r + eps). With eps = 1e-300 both
+    additions vanish in float64 rounding (r is ~1e-2 here), so the two rules are the
+    same and the trajectories must agree to rounding."""
+    params, grads = random_problem(TORCH_SHAPES, 50, seed=3)
+    ours, opt = run_nnlab(RMSProp, params, grads, learn_rate=0.01, reg=0.01, decay=0.9, eps=1e-300)
+    theirs, topt = run_torch(torch.optim.RMSprop, params, grads, lr=0.01, alpha=0.9, eps=1e-300, weight_decay=0.01)
+    assert max_diff(ours, theirs) <= F64_ATOL
+    square_avgs = [topt.state[p]["square_avg"] for p in topt.param_groups[0]["params"]]
+    assert max_diff([s["square_avg"] for s in opt.state], square_avgs) <= F64_ATOL
+
+
+def test_rmsprop_differs_from_torch_by_eps_placement():
+    """With the default eps the rules really differ: nnlab damps small-r steps more."""
+    params, grads = random_problem([(4, 4)], 5, seed=4)
+    ours, _ = run_nnlab(RMSProp, params, grads, learn_rate=0.01, reg=0.0, decay=0.99, eps=1e-2)
+    theirs, _ = run_torch(torch.optim.RMSprop, params, grads, lr=0.01, alpha=0.99, eps=1e-2)
+    assert max_diff(ours, theirs) > 1e-4
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.01])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adam_matches_torch(reg, foreach):
+    params, grads = random_problem(TORCH_SHAPES, 50, seed=5)
+    ours, opt = run_nnlab(Adam, params, grads, learn_rate=0.01, reg=reg, betas=(0.8, 0.99), eps=1e-6)
+    theirs, topt = run_torch(
+        torch.optim.Adam, params, grads, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=reg, foreach=foreach
+    )
+    assert max_diff(ours, theirs) <= F64_ATOL
+    if not foreach:  # the same single-tensor operations: equal to the last bit
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    for state, param in zip(opt.state, topt.param_groups[0]["params"]):
+        assert (state["exp_avg"] - topt.state[param]["exp_avg"]).abs().max().item() <= F64_ATOL
+        assert (state["exp_avg_sq"] - topt.state[param]["exp_avg_sq"]).abs().max().item() <= F64_ATOL
+        assert state["step"] == int(topt.state[param]["step"])
+
+
+# 3. Training an nnlab MLP -------------------------------------------------------------
+
+TRAIN_SETTINGS = {
+    VanillaSGD: dict(learn_rate=0.5, reg=1e-4),
+    MomentumSGD: dict(learn_rate=0.05, reg=1e-4, momentum=0.9),
+    RMSProp: dict(learn_rate=0.01, reg=1e-4),
+    Adam: dict(learn_rate=0.02, reg=1e-4),
+}
+
+
+def blobs(seed=0):
+    """64 points in 2-D, 3 classes, labels from a fixed random linear-ish rule."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 2, generator=gen)
+    y = (torch.atan2(x[:, 1], x[:, 0]) + math.pi).mul(3 / (2 * math.pi)).long().clamp(max=2)
+    return x, y
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return MLP(2, 3, hidden_features=(16,))
+
+
+def train(model, opt, x, y, steps):
+    loss_fn = CrossEntropyLoss()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_mlp_loss_goes_down(cls):
+    x, y = blobs()
+    model = make_model()
+    losses = train(model, cls(model.params(), **TRAIN_SETTINGS[cls]), x, y, 100)
+    assert losses[-1] < 0.5 * losses[0], f"{cls.__name__}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_zero_learn_rate_moves_nothing(cls):
+    x, y = blobs()
+    model = make_model()
+    before = [p.clone() for p, _ in model.params()]
+    opt = cls(model.params(), **{**TRAIN_SETTINGS[cls], "learn_rate": 0.0, "reg": 0.1})
+    train(model, opt, x, y, 10)
+    for old, (new, grad) in zip(before, model.params()):
+        assert grad.abs().sum() > 0  # there was something to move by
+        assert torch.equal(old.view(torch.int32), new.view(torch.int32))  # bit for bit
+
+
+# 4. Save and resume -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_resume_equals_uninterrupted(cls, tmp_path):
+    x, y = blobs()
+    hyper = TRAIN_SETTINGS[cls]
+    model = make_model()
+    opt = cls(model.params(), **hyper)
+    train(model, opt, x, y, 20)
+    expected = [p.clone() for p, _ in model.params()]
+
+    model = make_model()
+    opt = cls(model.params(), **hyper)
+    train(model, opt, x, y, 7)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    train(model, opt, x, y, 5)  # training on must not change what was saved
+
+    saved = torch.load(path)
+    fresh_model = make_model(seed=123)
+    fresh_opt = cls(fresh_model.params(), learn_rate=0.123)  # hyperparameters come from the file
+    fresh_model.load_state_dict(saved["model"])
+    fresh_opt.load_state_dict(saved["optimizer"])
+    assert fresh_opt.hyperparameters() == opt.hyperparameters()
+    train(fresh_model, fresh_opt, x, y, 13)
+    for want, (got, _) in zip(expected, fresh_model.params()):
+        assert torch.equal(got, want)
+
+
+def test_state_dict_is_a_copy():
+    p, g = torch.ones(3), torch.ones(3)
+    opt = Adam([(p, g)])
+    opt.step()
+    state = opt.state_dict()
+    snapshot = state["state"][0]["exp_avg"].clone()
+    opt.step()
+    assert torch.equal(state["state"][0]["exp_avg"], snapshot)
+    assert state["state"][0]["step"] == 1
+
+
+def bad_states():
+    good = MomentumSGD([(torch.zeros(2, 3), torch.zeros(2, 3)), (torch.zeros(4), torch.zeros(4))]).state_dict()
+    wrong_shape = {**good, "state": [good["state"][0], {"velocity": torch.zeros(5)}]}
+    wrong_count = {**good, "state": good["state"][:1]}
+    wrong_keys = {**good, "state": [good["state"][0], {"exp_avg": torch.zeros(4)}]}
+    wrong_type = Adam([(torch.zeros(2, 3), torch.zeros(2, 3)), (torch.zeros(4), torch.zeros(4))]).state_dict()
+    bad_hyper = {**good, "hyperparameters": {**good["hyperparameters"], "momentum": 1.5}}
+    missing_hyper = {**good, "hyperparameters": {"learn_rate": 0.1}}
+    return [
+        (wrong_shape, "shape"),
+        (wrong_count, "2 parameters"),
+        (wrong_keys, "velocity"),
+        (wrong_type, "Adam"),
+        (bad_hyper, "momentum"),
+        (missing_hyper, "hyperparameters"),
+        ([1, 2], "dict"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_load_state_dict_rejects_and_changes_nothing(index):
+    state, words = bad_states()[index]
+    params = [(torch.zeros(2, 3), torch.ones(2, 3)), (torch.zeros(4), torch.ones(4))]
+    opt = MomentumSGD(params, learn_rate=0.5, momentum=0.5)
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=words):
+        opt.load_state_dict(state)
+    after = opt.state_dict()
+    assert after["hyperparameters"] == before["hyperparameters"]
+    for a, b in zip(after["state"], before["state"]):
+        assert torch.equal(a["velocity"], b["velocity"])
+
+
+# 5. torch.nn modules: plain tensors whose .grad is used ----------------------------------
+
+TORCH_TWINS = [
+    (VanillaSGD, dict(learn_rate=0.1, reg=0.01), torch.optim.SGD, dict(lr=0.1, weight_decay=0.01)),
+    (MomentumSGD, dict(learn_rate=0.05, reg=0.01, nesterov=True), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (RMSProp, dict(learn_rate=0.01, reg=0.01, eps=1e-300), torch.optim.RMSprop,
+     dict(lr=0.01, alpha=0.99, eps=1e-300, weight_decay=0.01)),
+    (Adam, dict(learn_rate=0.01, reg=0.01), torch.optim.Adam, dict(lr=0.01, weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("ours_cls, ours_hyper, theirs_cls, theirs_hyper", TORCH_TWINS)
+def test_trains_torch_module_like_torch_optim(ours_cls, ours_hyper, theirs_cls, theirs_hyper):
+    x, y = blobs()
+    x = x.double()
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))  # its .grad stays None: skipped
+    twin = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    twin.load_state_dict(module.state_dict())
+    ours = ours_cls([*module.parameters(), unused], **ours_hyper)
+    theirs = theirs_cls(twin.parameters(), **theirs_hyper)
+    for step in range(30):
+        for net, opt in ((module, ours), (twin, theirs)):
+            if step % 2:
+                opt.zero_grad()  # ours: zeros in place; torch: sets .grad to None
+            else:
+                net.zero_grad(set_to_none=True)  # .grad replaced by a new tensor at backward
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(module.parameters(), twin.parameters()):
+        assert a.grad_fn is None and (a - b).abs().max().item() <= F64_ATOL
+    assert torch.equal(unused, torch.ones(3, dtype=torch.float64))
+    assert unused.grad is None
+    assert all(not torch.is_tensor(v) or not v.abs().sum() for v in ours.state[-1].values())
+
+
+def test_plain_tensor_grads_are_read_at_step_time():
+    p = torch.zeros(3, requires_grad=True)
+    opt = VanillaSGD([p], learn_rate=1.0, reg=0.0)
+    assert opt.params[0][1] is None
+    opt.step()  # no gradient yet: nothing happens
+    assert torch.equal(p.detach(), torch.zeros(3))
+    (p * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert opt.params[0][1] is p.grad
+    opt.step()
+    assert torch.equal(p.detach(), torch.tensor([-1.0, -2.0, -3.0]))
+    opt.zero_grad()
+    assert torch.equal(p.grad, torch.zeros(3))
+
+
+# 6. Layer params: live gradients, shared layers, zero_grad --------------------------------
+
+
+def test_uses_live_layer_gradients_and_zero_grad():
+    torch.manual_seed(0)
+    layer = Linear(3, 2)
+    opt = VanillaSGD(layer.params(), learn_rate=0.1, reg=0.0)
+    assert opt.params[0][1] is layer.dw
+    before = layer.weight.clone()
+    layer(torch.ones(4, 3))
+    layer.backward(torch.ones(4, 2))
+    opt.step()
+    assert torch.allclose(layer.weight, before - 0.1 * 4.0)
+    opt.zero_grad()
+    assert not layer.dw.any() and not layer.db.any()
+
+
+def test_shared_layer_is_updated_once():
+    torch.manual_seed(0)
+    shared = Linear(3, 3)
+    model = Sequential(shared, ReLU(), shared)
+    assert len(model.params()) == 4
+    opt = VanillaSGD(model.params(), learn_rate=0.1, reg=0.0)
+    assert len(opt.params) == 2
+    before = shared.weight.clone()
+    shared.dw.fill_(1.0)
+    opt.step()
+    assert torch.allclose(shared.weight, before - 0.1)
+
+
+# 7. Hyperparameters and bad input ---------------------------------------------------------
+
+
+def pairs():
+    return [(torch.zeros(2, 3), torch.zeros(2, 3))]
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: VanillaSGD(pairs(), learn_rate=-0.1), "learn_rate"),
+        (lambda: VanillaSGD(pairs(), learn_rate=float("nan")), "learn_rate"),
+        (lambda: VanillaSGD(pairs(), learn_rate="0.1"), "learn_rate"),
+        (lambda: VanillaSGD(pairs(), reg=-1e-3), "reg"),
+        (lambda: MomentumSGD(pairs(), reg=float("inf")), "reg"),
+        (lambda: MomentumSGD(pairs(), momentum=1.0), "momentum"),
+        (lambda: MomentumSGD(pairs(), momentum=-0.1), "momentum"),
+        (lambda: MomentumSGD(pairs(), nesterov="yes"), "nesterov"),
+        (lambda: RMSProp(pairs(), decay=1.0), "decay"),
+        (lambda: RMSProp(pairs(), decay=-0.5), "decay"),
+        (lambda: RMSProp(pairs(), eps=0.0), "eps"),
+        (lambda: RMSProp(pairs(), eps=-1e-8), "eps"),
+        (lambda: Adam(pairs(), betas=(1.0, 0.999)), r"betas\[0\]"),
+        (lambda: Adam(pairs(), betas=(0.9, -0.1)), r"betas\[1\]"),
+        (lambda: Adam(pairs(), betas=0.9), "betas"),
+        (lambda: Adam(pairs(), eps=0.0), "eps"),
+        (lambda: Adam(pairs(), reg=-1.0), "reg"),
+        (lambda: Adam([]), "params is empty"),
+        (lambda: Adam(iter([])), "params is empty"),
+        (lambda: Adam([(torch.zeros(2, 3), torch.zeros(3, 2))]), r"params\[0\].*gradient shape \(3, 2\)"),
+        (lambda: Adam([(torch.zeros(2), torch.zeros(2, dtype=torch.float64))]), r"params\[0\].*float64"),
+        (lambda: Adam([torch.zeros(2), "w"]), r"params\[1\]"),
+        (lambda: Adam([(torch.zeros(2),)]), r"params\[0\]"),
+        (lambda: Adam([(torch.zeros(2), torch.zeros(2), torch.zeros(2))]), r"params\[0\]"),
+        (lambda: Adam([torch.zeros(2, dtype=torch.long)]), r"params\[0\].*floating"),
+        (lambda: Adam(torch.zeros(2)), "params"),
+        (lambda: Adam(Linear(2, 2)), "params"),
+        (lambda: Adam(5), "params"),
+    ],
+)
+def test_bad_input_names_the_argument(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+@given(cls=st.sampled_from(OPTIMIZERS), lr=st.floats(0.0, 10.0), reg=st.floats(0.0, 1.0))
+def test_valid_hyperparameters_are_accepted_and_shown(cls, lr, reg):
+    opt = cls(pairs(), learn_rate=lr, reg=reg)
+    assert opt.learn_rate == lr and opt.reg == reg
+    assert repr(opt).startswith(f"{cls.__name__}(learn_rate={lr!r}, reg={reg!r}")
+
+
+def test_learn_rate_is_writable_for_schedules():
+    p, g = torch.zeros(2), torch.ones(2)
+    opt = VanillaSGD([(p, g)], learn_rate=1.0, reg=0.0)
+    opt.learn_rate = 0.5
+    opt.step()
+    assert torch.equal(p, torch.full((2,), -0.5))
+    assert opt.state_dict()["hyperparameters"]["learn_rate"] == 0.5
+    with pytest.raises(ValueError, match="learn_rate"):
+        opt.learn_rate = -1.0
+    assert opt.learn_rate == 0.5
+
+
+def test_repr():
+    assert repr(Adam(pairs())) == "Adam(learn_rate=0.001, reg=0.0, betas=(0.9, 0.999), eps=1e-08)"
+    assert repr(MomentumSGD(pairs())) == "MomentumSGD(learn_rate=0.001, reg=0.001, momentum=0.9, nesterov=False)"
+
+
+def test_optimizer_is_abstract():
+    with pytest.raises(TypeError):
+        Optimizer(pairs())
