@@ -1,0 +1,458 @@
+"""Tests for nnlab.training: fit, progress output, divergence, early stopping,
+max_batches, checkpoints (best, atomic, exact resume), TorchTrainer, overfit."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import nnlab.layers as layers
+from nnlab.data import Batches, load_digits
+from nnlab.layers import MLP, CrossEntropyLoss
+from nnlab.optimizers import Adam, MomentumSGD, VanillaSGD
+from nnlab.training import (
+    BatchResult,
+    EpochResult,
+    FitResult,
+    LayerTrainer,
+    OverfitResult,
+    TorchTrainer,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    overfit,
+    save_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Flattened digits: 640 training and 256 test samples (fixed order)."""
+    images, labels = load_digits()
+    x = images.reshape(len(images), -1)
+    return x[:640], labels[:640], x[640:896], labels[640:896]
+
+
+def make_layer_trainer(seed, learn_rate=0.1, dropout=0.0, optimizer=MomentumSGD):
+    torch.manual_seed(seed)
+    model = MLP(64, 10, hidden_features=(32,), dropout=dropout)
+    return LayerTrainer(model, CrossEntropyLoss(), optimizer(model.params(), learn_rate=learn_rate, reg=0.0))
+
+
+def assert_states_equal(actual, expected):
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        if isinstance(expected[key], torch.Tensor):
+            assert torch.equal(actual[key], expected[key]), f"state '{key}' differs"
+        else:
+            assert actual[key] == expected[key], f"state '{key}' differs"
+
+
+# fit ---------------------------------------------------------------------------------
+
+
+def test_fit_improves_accuracy_and_returns_one_value_per_epoch(digits):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0)
+    dl_train = Batches(x, y, batch_size=32, shuffle=True)
+    dl_test = Batches(x_test, y_test, batch_size=64)
+    before = trainer.test_epoch(dl_test, verbose=False)
+
+    result = trainer.fit(dl_train, dl_test, num_epochs=3, verbose=False)
+
+    assert isinstance(result, FitResult)
+    assert result.num_epochs == 3
+    for values in (result.train_loss, result.train_acc, result.test_loss, result.test_acc):
+        assert len(values) == 3
+        assert all(isinstance(value, float) for value in values)
+    assert before.accuracy < 30
+    assert result.test_acc[-1] > 70
+    assert result.train_loss[-1] < result.train_loss[0]
+    assert len(before.losses) == len(dl_test)
+
+
+def test_verbose_false_prints_nothing(digits, capfd):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0)
+    trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=2, early_stopping=1, verbose=False)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == ""
+
+
+def test_verbose_shows_headers_and_one_bar_per_epoch_on_stderr(digits, capfd):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0)
+    trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=3, print_every=2)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "--- EPOCH 1/3 ---" not in err
+    assert "--- EPOCH 2/3 ---" in err
+    assert "--- EPOCH 3/3 ---" in err  # the last epoch always gets a header
+    for epoch in (1, 2, 3):
+        assert f"train {epoch}" in err
+        assert f"test {epoch}" in err
+    assert "loss=" in err and "acc=" in err and "100%" in err
+
+
+# divergence --------------------------------------------------------------------------
+
+
+class NaNOnCall(CrossEntropyLoss):
+    """Cross-entropy that returns NaN on its ``bad_call``-th forward."""
+
+    def __init__(self, bad_call):
+        super().__init__()
+        self.calls = 0
+        self.bad_call = bad_call
+
+    def loss(self, x, y):
+        self.calls += 1
+        value = super().loss(x, y)
+        return value * float("nan") if self.calls == self.bad_call else value
+
+
+def test_nan_loss_stops_at_once_naming_epoch_and_batch(digits):
+    x, y, x_test, y_test = digits
+    torch.manual_seed(0)
+    model = MLP(64, 10, hidden_features=(16,))
+    # 4 train + 2 test batches per epoch: call 9 is epoch 2, training batch 3.
+    trainer = LayerTrainer(model, NaNOnCall(bad_call=9), VanillaSGD(model.params(), learn_rate=0.1, reg=0.0))
+    dl_train = Batches(x[:256], y[:256], 64)
+    dl_test = Batches(x_test[:128], y_test[:128], 64)
+    before_bad_batch = {}
+
+    original = trainer.train_batch
+
+    def recording_train_batch(batch):
+        before_bad_batch.update(model.state_dict())
+        return original(batch)
+
+    trainer.train_batch = recording_train_batch
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 3.*lower learning rate") as info:
+        trainer.fit(dl_train, dl_test, num_epochs=5, verbose=False)
+    assert (info.value.epoch, info.value.batch, info.value.phase) == (2, 3, "train")
+    assert isinstance(info.value, RuntimeError)
+    assert_states_equal(model.state_dict(), before_bad_batch)  # no step was taken on the NaN
+
+
+@pytest.mark.parametrize("framework", ["nnlab", "torch"])
+def test_huge_learning_rate_diverges_with_an_error(digits, framework):
+    x, y, x_test, y_test = digits
+    torch.manual_seed(0)
+    if framework == "nnlab":
+        model = MLP(64, 10, hidden_features=(32,))
+        trainer = LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=1e12, reg=0.0))
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        trainer = TorchTrainer(model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1e12))
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+, batch \d+.*lower learning rate"):
+        trainer.fit(Batches(x, y, 32), Batches(x_test, y_test, 64), num_epochs=20, verbose=False)
+
+
+# early stopping and max_batches --------------------------------------------------------
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stopping_after_k_epochs_without_lower_test_loss(digits, patience):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0, learn_rate=0.0)  # the test loss never changes
+    result = trainer.fit(
+        Batches(x[:128], y[:128], 64), Batches(x_test, y_test, 128), 10, early_stopping=patience, verbose=False
+    )
+    assert result.num_epochs == patience + 1
+    assert len(result.test_loss) == patience + 1
+    assert len(set(result.test_loss)) == 1
+
+
+class CountingTrainer(Trainer):
+    """Counts calls; 'correct' means label 0, so the expected accuracy is easy to compute."""
+
+    def __init__(self):
+        super().__init__(torch.nn.Identity())
+        self.calls = {"train": 0, "test": 0}
+
+    def train_batch(self, batch):
+        self.calls["train"] += 1
+        return BatchResult(1.0, int((batch[1] == 0).sum()))
+
+    def test_batch(self, batch):
+        self.calls["test"] += 1
+        return BatchResult(2.0, int((batch[1] == 0).sum()))
+
+
+def test_max_batches_limits_batches_and_accuracy_counts_samples_seen():
+    labels = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1, 0, 0])
+    dl = Batches(torch.zeros(10, 2), labels, batch_size=4)  # batches of 4, 4, 2
+    trainer = CountingTrainer()
+
+    result = trainer.fit(dl, dl, num_epochs=2, max_batches=2, verbose=False)
+
+    assert trainer.calls == {"train": 4, "test": 4}
+    assert result.train_acc == [50.0, 50.0]  # 4 of the 8 samples seen are label 0
+    assert result.test_loss == [2.0, 2.0]
+    full = trainer.test_epoch(dl, verbose=False)
+    assert full == EpochResult([2.0, 2.0, 2.0], 60.0)
+    assert trainer.test_epoch(dl, max_batches=100, verbose=False) == full
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(num_epochs=-1), dict(num_epochs=2, early_stopping=0), dict(num_epochs=2, max_batches=0)]
+)
+def test_fit_rejects_bad_counts(kw):
+    dl = Batches(torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64), 2)
+    with pytest.raises(ValueError):
+        CountingTrainer().fit(dl, dl, verbose=False, **kw)
+
+
+# checkpoints -------------------------------------------------------------------------
+
+
+class ScriptedAccuracy(LayerTrainer):
+    """Trains for real but reports scripted test accuracies, recording the weights
+    after each epoch, so the best epoch is known in advance."""
+
+    def __init__(self, accuracies, *args):
+        super().__init__(*args)
+        self.accuracies = list(accuracies)
+        self.states = []
+
+    def test_epoch(self, dl, **kw):
+        self.states.append(self._model_state())
+        return EpochResult([float(len(self.states))], self.accuracies[len(self.states) - 1])
+
+
+def test_checkpoint_keeps_the_best_model_and_fit_ends_with_it(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    torch.manual_seed(0)
+    model = MLP(64, 10, hidden_features=(16,))
+    trainer = ScriptedAccuracy(
+        [50.0, 80.0, 60.0, 80.0], model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=0.1, reg=0.0)
+    )
+    path = tmp_path / "model.ckpt"
+
+    result = trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), 4, checkpoints=path, verbose=False)
+
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["epoch"] == 4
+    assert checkpoint["best_epoch"] == 2  # 80 again in epoch 4 is no improvement
+    assert checkpoint["best_accuracy"] == 80.0
+    assert_states_equal(checkpoint["best_model"], trainer.states[1])
+    assert_states_equal(checkpoint["model"], trainer.states[3])  # the last epoch, for resuming
+    assert checkpoint["fit_result"] == result._asdict()
+    assert_states_equal(model.state_dict(), trainer.states[1])  # fit ends with the best weights
+
+
+def test_checkpoint_saves_only_after_improvement_updates_best(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    torch.manual_seed(0)
+    model = MLP(64, 10)
+    trainer = ScriptedAccuracy([30.0, 20.0], model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=0.1))
+    path = tmp_path / "model.ckpt"
+    trainer.fit(Batches(x, y, 128), Batches(x_test, y_test, 128), 1, checkpoints=path, verbose=False)
+    after_first = load_checkpoint(path)
+    trainer.fit(Batches(x, y, 128), Batches(x_test, y_test, 128), 2, checkpoints=path, resume=path, verbose=False)
+    after_second = load_checkpoint(path)
+    assert after_second["epoch"] == 2
+    assert after_second["best_epoch"] == 1
+    assert_states_equal(after_second["best_model"], after_first["best_model"])
+
+
+def partial_save(obj, file):
+    file.write(b"PK\x03\x04 half a checkpoint")
+    raise OSError("disk full")
+
+
+def failing_replace(source, target):
+    raise OSError("power cut")
+
+
+@pytest.mark.parametrize("failure", ["torch.save", "os.replace"])
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(digits, tmp_path, monkeypatch, failure):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0)
+    path = tmp_path / "model.ckpt"
+    dl_train = Batches(x, y, 64)
+    dl_test = Batches(x_test, y_test, 128)
+    trainer.fit(dl_train, dl_test, 1, checkpoints=path, verbose=False)
+    saved_bytes = path.read_bytes()
+
+    if failure == "torch.save":
+        monkeypatch.setattr(torch, "save", partial_save)
+    else:
+        monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        trainer.fit(dl_train, dl_test, 2, checkpoints=path, resume=path, verbose=False)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == saved_bytes
+    assert sorted(os.listdir(tmp_path)) == ["model.ckpt"]  # no temporary file left behind
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_save_checkpoint_replaces_and_load_rejects_other_files(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"format": "nnlab-checkpoint-1", "epoch": 1})
+    save_checkpoint(path, {"format": "nnlab-checkpoint-1", "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 2
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt.*not an nnlab checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("loader", ["Batches", "DataLoader"])
+def test_stop_and_resume_equals_an_uninterrupted_run(digits, tmp_path, loader):
+    x, y, x_test, y_test = digits
+    if loader == "Batches":
+        dl_train = Batches(x[:320], y[:320], 32, shuffle=True)
+    else:
+        dataset = torch.utils.data.TensorDataset(x[:320], y[:320])
+        dl_train = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True)
+    dl_test = Batches(x_test, y_test, 128)
+
+    def run(num_epochs, path, resume=None, seed=0):
+        trainer = make_layer_trainer(seed=seed, learn_rate=0.01, dropout=0.3, optimizer=Adam)
+        result = trainer.fit(dl_train, dl_test, num_epochs, checkpoints=path, resume=resume, verbose=False)
+        return trainer, result
+
+    whole, whole_result = run(5, tmp_path / "whole.ckpt")
+    whole_rng = torch.get_rng_state()
+    run(2, tmp_path / "part.ckpt")
+    resumed, resumed_result = run(5, tmp_path / "part.ckpt", resume=tmp_path / "part.ckpt", seed=123)
+
+    assert resumed_result == whole_result
+    assert_states_equal(resumed.model.state_dict(), whole.model.state_dict())  # the best weights
+    a = load_checkpoint(tmp_path / "part.ckpt")
+    b = load_checkpoint(tmp_path / "whole.ckpt")
+    assert_states_equal(a["model"], b["model"])  # the last epoch's weights
+    assert_states_equal(a["best_model"], b["best_model"])
+    for state_a, state_b in zip(a["optimizer"]["state"], b["optimizer"]["state"]):
+        assert_states_equal(state_a, state_b)
+    assert torch.equal(torch.get_rng_state(), whole_rng)
+
+
+def test_trainer_load_checkpoint_restores_the_last_epoch(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    path = tmp_path / "model.ckpt"
+    first = make_layer_trainer(seed=0)
+    first.fit(Batches(x, y, 64), Batches(x_test, y_test, 128), 2, checkpoints=path, verbose=False)
+    second = make_layer_trainer(seed=1)
+    checkpoint = second.load_checkpoint(path)
+    assert checkpoint["epoch"] == 2
+    assert_states_equal(second.model.state_dict(), checkpoint["model"])
+
+
+# TorchTrainer ------------------------------------------------------------------------
+
+
+def torch_twin(mlp):
+    """A torch.nn.Sequential with the nnlab MLP's Linear weights copied."""
+    modules = []
+    for layer in mlp:
+        if isinstance(layer, layers.Linear):
+            linear = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(layer.weight)
+                linear.bias.copy_(layer.bias)
+            modules.append(linear)
+        else:
+            modules.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*modules)
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim", "nnlab"])
+def test_torch_trainer_matches_layer_trainer_on_a_twin(digits, optimizer):
+    x, y, x_test, y_test = digits
+    torch.manual_seed(0)
+    mlp = MLP(64, 10, hidden_features=(32,))
+    twin = torch_twin(mlp)
+    dl_train = Batches(x, y, 32)
+    dl_test = Batches(x_test, y_test, 128)
+
+    ours = LayerTrainer(mlp, CrossEntropyLoss(), VanillaSGD(mlp.params(), learn_rate=0.1, reg=0.0))
+    if optimizer == "nnlab":
+        torch_optimizer = VanillaSGD(twin.parameters(), learn_rate=0.1, reg=0.0)
+    else:
+        torch_optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
+    theirs = TorchTrainer(twin, torch.nn.CrossEntropyLoss(), torch_optimizer)
+
+    ours_result = ours.fit(dl_train, dl_test, 3, verbose=False)
+    theirs_result = theirs.fit(dl_train, dl_test, 3, verbose=False)
+
+    assert theirs_result.test_acc[-1] > 60
+    assert abs(ours_result.test_acc[-1] - theirs_result.test_acc[-1]) <= 2.0
+    for ours_loss, theirs_loss in zip(ours_result.train_loss, theirs_result.train_loss):
+        assert ours_loss == pytest.approx(theirs_loss, rel=1e-3)
+    assert not twin.training  # test_epoch leaves eval mode
+
+
+def test_layer_trainer_refuses_an_optimizer_over_other_tensors():
+    model = MLP(4, 2)
+    other = MLP(4, 2)
+    with pytest.raises(ValueError, match="model.to"):
+        LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(other.params()), device="cpu")
+    LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(model.params()), device="cpu")
+
+
+# overfit -----------------------------------------------------------------------------
+
+
+def twenty_samples():
+    images, labels = load_digits()
+    return images[:20], labels[:20]
+
+
+def test_overfit_an_mlp_reaches_100_percent_on_20_samples():
+    images, labels = twenty_samples()
+    torch.manual_seed(0)
+    model = MLP(64, 10, hidden_features=(64,))
+    batches = Batches(images.reshape(20, -1), labels, 10)
+    result = overfit(model, CrossEntropyLoss(), Adam(model.params(), learn_rate=1e-2), batches, max_epochs=20)
+    assert isinstance(result, EpochResult)
+    assert result.accuracy == 100.0
+    assert result.num_epochs <= 20
+    losses, accuracy = result
+    assert len(losses) == 2 and accuracy == 100.0
+
+
+def test_overfit_a_cnn_reaches_100_percent_on_20_samples():
+    if not hasattr(layers, "CNN"):
+        pytest.skip("nnlab.layers.CNN is not available yet")
+    images, labels = twenty_samples()
+    torch.manual_seed(0)
+    model = layers.CNN((1, 8, 8), 10, channels=[8, 8], pool_every=2, hidden_dims=[32])
+    batches = Batches(images, labels, 10)
+    result = overfit(model, CrossEntropyLoss(), Adam(model.params(), learn_rate=1e-2), batches, max_epochs=20)
+    assert result.accuracy == 100.0
+    assert result.num_epochs <= 20
+
+
+def test_overfit_a_torch_module_and_the_result_round_trips():
+    images, labels = twenty_samples()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    batches = Batches(images, labels, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    result = overfit(model, torch.nn.CrossEntropyLoss(), optimizer, batches, max_epochs=20)
+    assert result.accuracy == 100.0
+    copy = pickle.loads(pickle.dumps(result))
+    assert isinstance(copy, OverfitResult)
+    assert copy == result and copy.num_epochs == result.num_epochs
+    assert f"num_epochs={result.num_epochs}" in repr(result)
+
+
+def test_overfit_stops_at_max_epochs():
+    images, labels = twenty_samples()
+    torch.manual_seed(0)
+    model = MLP(64, 10)
+    batches = Batches(images.reshape(20, -1), labels, 10)
+    result = overfit(model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=0.0), batches, max_epochs=3)
+    assert result.num_epochs == 3
+    assert result.accuracy < 100.0
