@@ -1,0 +1,465 @@
+"""Datasets and batches for nnlab: in-memory ``Batches``, offline loaders, and the small
+preprocessing helpers ``one_hot``, ``standardize`` and ``split``.
+
+Every image loader returns ``(images, labels)``: ``images`` float32 (N, C, H, W) with
+values in [0, 1] and ``labels`` int64 (N,). Nothing here downloads anything: MNIST,
+Fashion-MNIST and CIFAR-10 are read from files you already have.
+
+A file that is missing raises ``DataNotFoundError`` (both a ``DataError`` and a
+``FileNotFoundError``) listing every path searched; a file that is there but truncated,
+corrupt or of the wrong kind raises ``DataError`` (a ``ValueError``) naming the file and
+what was expected.
+"""
+
+import gzip
+import operator
+import os
+import pickle
+import zlib
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A dataset file is corrupt, truncated, or not the file that was expected."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset file is missing; the message lists every path that was searched."""
+
+
+# Batches ----------------------------------------------------------------------------
+
+
+class Batches:
+    """In-memory mini-batches of ``(samples, labels)``, usable wherever a DataLoader is.
+
+    ``len(batches)`` is the number of batches, ``ceil(num_samples / batch_size)``; the
+    last batch holds the remainder and may be smaller. ``batches[i]`` is the i-th batch
+    of the current order (negative indices count from the end, past the end raises
+    ``IndexError``); the order starts as 0, 1, ..., N - 1 and changes only when
+    ``shuffle()`` is called. ``shuffle()`` draws a new order from torch's global RNG,
+    so ``torch.manual_seed`` reproduces it. Iterating yields every batch once; with
+    ``shuffle=True`` each iteration (epoch) reshuffles first.
+
+    A batch is gathered with one index tensor: ``(samples[idx], labels[idx])``, new
+    tensors on the samples' and labels' devices.
+
+    Args:
+        samples: tensor (N, ...).
+        labels: tensor (N, ...), typically int64 class indices (N,).
+        batch_size: int >= 1.
+        shuffle: reshuffle at the start of every iteration.
+
+    Attributes:
+        samples, labels, batch_size, num_samples; ``reshuffle`` is the ``shuffle`` flag
+        (the name ``shuffle`` is the method).
+    """
+
+    def __init__(self, samples, labels, batch_size, shuffle=False):
+        samples = torch.as_tensor(samples)
+        labels = torch.as_tensor(labels)
+        if samples.dim() == 0 or labels.dim() == 0:
+            raise ValueError(
+                f"Batches: samples and labels need a first (sample) dimension, "
+                f"got shapes {tuple(samples.shape)} and {tuple(labels.shape)}"
+            )
+        if samples.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"Batches: samples and labels must have the same first dimension, "
+                f"got {samples.shape[0]} samples and {labels.shape[0]} labels"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Batches: batch_size must be an int >= 1, got {batch_size!r}")
+        self.samples = samples
+        self.labels = labels
+        self.batch_size = batch_size
+        self.num_samples = samples.shape[0]
+        self.reshuffle = bool(shuffle)
+        self._order = torch.arange(self.num_samples)
+
+    def __len__(self):
+        return (self.num_samples + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i):
+        num_batches = len(self)
+        if isinstance(i, bool):
+            raise TypeError("Batches indices must be integers, got bool")
+        i = operator.index(i)
+        if i < 0:
+            i = i + num_batches
+        if i < 0 or i >= num_batches:
+            raise IndexError(f"batch index out of range: {num_batches} batches")
+        start = i * self.batch_size
+        stop = min(start + self.batch_size, self.num_samples)
+        idx = self._order[start:stop]
+        x = self.samples[idx.to(self.samples.device)]
+        y = self.labels[idx.to(self.labels.device)]
+        return x, y
+
+    def __iter__(self):
+        if self.reshuffle:
+            self.shuffle()
+        for i in range(len(self)):
+            yield self[i]
+
+    def shuffle(self):
+        """Draws a new sample order from torch's global RNG (``torch.randperm``)."""
+        self._order = torch.randperm(self.num_samples)
+
+    def __repr__(self):
+        return (
+            f"Batches(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+            f"shuffle={self.reshuffle})"
+        )
+
+
+# Bundled data (scikit-learn, offline) ---------------------------------------------
+
+
+def load_digits():
+    """scikit-learn's bundled 8x8 handwritten digits (1797 samples, 10 classes, offline).
+
+    Returns:
+        images: float32 (1797, 1, 8, 8), pixel values 0..16 divided by 16, so in [0, 1].
+        labels: int64 (1797,), digits 0..9.
+    """
+    import sklearn.datasets
+
+    digits = sklearn.datasets.load_digits()
+    images = torch.from_numpy(digits.images / 16.0).to(torch.float32).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).to(torch.int64)
+    return images, labels
+
+
+def load_moons(n, noise, seed=0):
+    """Two interleaving half circles, from ``sklearn.datasets.make_moons``.
+
+    Unlike the image loaders the features are points, not images.
+
+    Args:
+        n: number of samples (>= 1), split evenly between the two classes.
+        noise: standard deviation of the Gaussian noise added to the points (>= 0).
+        seed: ``random_state`` for make_moons; the same seed gives the same points.
+
+    Returns:
+        points: float32 (n, 2).
+        labels: int64 (n,), 0 or 1.
+    """
+    import sklearn.datasets
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"load_moons: n must be an int >= 1, got {n!r}")
+    if noise < 0:
+        raise ValueError(f"load_moons: noise must be >= 0, got {noise!r}")
+    points, labels = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
+    return torch.from_numpy(points).to(torch.float32), torch.from_numpy(labels).to(torch.int64)
+
+
+# MNIST and Fashion-MNIST (IDX files) ------------------------------------------------
+
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+
+
+def _idx_names(kind, train):
+    """The file names MNIST-style IDX files go by, uncompressed first."""
+    prefix = "train" if train else "t10k"
+    ndim = 3 if kind == "images" else 1
+    stems = [f"{prefix}-{kind}-idx{ndim}-ubyte", f"{prefix}-{kind}.idx{ndim}-ubyte"]
+    return stems + [stem + ".gz" for stem in stems]
+
+
+def _find_file(dirs, names, what):
+    """The first existing ``dir/name``; else DataNotFoundError listing what was searched."""
+    searched = []
+    for directory in dirs:
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+            searched.append(path)
+    listing = "\n  ".join(searched)
+    raise DataNotFoundError(f"{what} not found; searched:\n  {listing}")
+
+
+def _read_bytes(path):
+    """The file's contents, un-gzipped when the name ends in .gz."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a complete gzip file ({e})") from e
+
+
+def _read_idx(path, magic, what):
+    """Parses an IDX file of unsigned bytes into a numpy array, checking its header.
+
+    IDX: a big-endian uint32 magic number (0x00000800 + number of dimensions for
+    unsigned bytes), one big-endian uint32 per dimension, then the values.
+    """
+    data = _read_bytes(path)
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DataError(
+            f"{path}: truncated: expected an IDX {what} header of {header_size} bytes, "
+            f"file has {len(data)} bytes"
+        )
+    found_magic = int.from_bytes(data[0:4], "big")
+    if found_magic != magic:
+        raise DataError(
+            f"{path}: wrong magic number 0x{found_magic:08x}, expected 0x{magic:08x} "
+            f"(IDX {what}: unsigned bytes, {ndim} dimension(s))"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected_size = header_size + int(np.prod(dims))
+    if len(data) != expected_size:
+        raise DataError(
+            f"{path}: {'truncated' if len(data) < expected_size else 'too long'}: "
+            f"dimensions {dims} need {expected_size} bytes, file has {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def load_mnist(root, fashion=False, train=True):
+    """MNIST or Fashion-MNIST from local IDX files, gzipped or not.
+
+    Looks in ``root``, ``root/raw`` and ``root/MNIST/raw`` (``root/FashionMNIST/raw``
+    when ``fashion``), i.e. the files straight from the dataset's page or torchvision's
+    layout. File names: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``
+    (``t10k-...`` for the test set), each optionally with ``.gz``; an uncompressed file
+    is preferred when both exist. MNIST and Fashion-MNIST use the same names, so
+    ``fashion`` only changes the torchvision sub-folder searched.
+
+    Returns:
+        images: float32 (N, 1, 28, 28) (rows x cols as in the file), bytes / 255, in [0, 1].
+        labels: int64 (N,).
+
+    Raises:
+        DataNotFoundError: a file is missing (the message lists the paths searched).
+        DataError: wrong magic number, truncated file, or image and label counts differ.
+    """
+    root = os.fspath(root)
+    sub = "FashionMNIST" if fashion else "MNIST"
+    dirs = [root, os.path.join(root, "raw"), os.path.join(root, sub, "raw")]
+    name = "Fashion-MNIST" if fashion else "MNIST"
+    split_name = "train" if train else "test"
+    images_path = _find_file(dirs, _idx_names("images", train), f"{name} {split_name} images")
+    labels_path = _find_file(dirs, _idx_names("labels", train), f"{name} {split_name} labels")
+    images = _read_idx(images_path, _IDX_IMAGES_MAGIC, "images")
+    labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, "labels")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+            f"{labels.shape[0]} labels; expected the same count"
+        )
+    images = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    labels = torch.from_numpy(labels.astype(np.int64))
+    return images, labels
+
+
+# CIFAR-10 (python pickle batches) ---------------------------------------------------
+
+# Everything a CIFAR-10 batch pickle (a dict of bytes, lists and one numpy array) needs.
+_PICKLE_ALLOWED = {
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only numpy arrays and builtins: a data file cannot run code."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core."):]
+        return super().find_class(module, name)
+
+
+def _dict_get(d, key):
+    """``d[b'key']`` or ``d['key']``; None when neither is there."""
+    if key.encode() in d:
+        return d[key.encode()]
+    return d.get(key)
+
+
+def _read_cifar_batch(path):
+    """One CIFAR-10 pickle batch as (uint8 (N, 3, 32, 32), int64 (N,)) numpy arrays."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except OSError:
+        raise  # cannot read the file at all: the OS error already names the path
+    except Exception as e:  # pickle raises many types on corrupt input
+        raise DataError(f"{path}: not a readable CIFAR-10 pickle batch ({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
+    data = _dict_get(batch, "data")
+    labels = _dict_get(batch, "labels")
+    if data is None or labels is None:
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels', found keys {sorted(batch, key=repr)}")
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected b'data' uint8 (N, 3072), got {data.dtype} {data.shape}")
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: expected {data.shape[0]} integer labels for {data.shape[0]} images, "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def load_cifar10(root, train=True):
+    """CIFAR-10 from the python pickle batches (``cifar-10-batches-py``).
+
+    ``root`` is the ``cifar-10-batches-py`` folder or its parent. The training set is
+    ``data_batch_1`` .. ``data_batch_5`` in order, the test set ``test_batch``. Each is a
+    pickled dict with ``b'data'`` uint8 (N, 3072) (1024 red, 1024 green, 1024 blue
+    values, each row-major 32 x 32) and ``b'labels'`` (N ints).
+
+    Only numpy arrays and builtins are unpickled (a restricted ``pickle.Unpickler`` with
+    ``encoding='bytes'``), so a tampered file cannot run code.
+
+    Returns:
+        images: float32 (N, 3, 32, 32), bytes / 255, in [0, 1].
+        labels: int64 (N,).
+
+    Raises:
+        DataNotFoundError: a batch file is missing (the message names it).
+        DataError: a batch is not a readable pickle, lacks b'data' or b'labels', or has
+            the wrong shapes.
+    """
+    root = os.fspath(root)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    if not os.path.isdir(folder):
+        folder = root
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    all_images = []
+    all_labels = []
+    for name in names:
+        path = _find_file([folder], [name], f"CIFAR-10 batch {name}")
+        images, labels = _read_cifar_batch(path)
+        all_images.append(images)
+        all_labels.append(labels)
+    images = np.concatenate(all_images).astype(np.float32) / 255.0
+    labels = np.concatenate(all_labels)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+# Preprocessing ----------------------------------------------------------------------
+
+
+def one_hot(y, num_classes):
+    """Class indices (N,) -> float32 one-hot rows (N, num_classes).
+
+    ``out[i, y[i]] = 1``, every other entry 0. Labels outside [0, num_classes) raise
+    ``ValueError``. Same values as ``torch.nn.functional.one_hot(y, num_classes).float()``.
+    """
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"one_hot: expected integer class indices (N,), got {y.dtype} {tuple(y.shape)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be an int >= 1, got {num_classes!r}")
+    if y.numel() > 0:
+        low = int(y.min())
+        high = int(y.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"one_hot: labels must be in [0, {num_classes}), got values from {low} to {high}"
+            )
+    out = torch.zeros(y.shape[0], num_classes, dtype=torch.float32, device=y.device)
+    out[torch.arange(y.shape[0], device=y.device), y] = 1.0
+    return out
+
+
+def standardize(train, *others):
+    """Standardizes ``train`` and every tensor in ``others`` with the statistics of ``train``.
+
+    Per feature (every position after dim 0, e.g. per pixel for images):
+    ``mean = train.mean(0)``, ``std = train.std(0, unbiased=False)`` (population std, as
+    scikit-learn's StandardScaler), and a feature whose std is 0 keeps std = 1 (it is
+    only centred). Each tensor ``t`` becomes ``(t - mean) / std``; ``others`` (validation,
+    test) never influence the statistics. Integer inputs are converted to float32.
+
+    Returns:
+        a tuple ``(train_standardized, *others_standardized)``, always a tuple, even with
+        no ``others``.
+    """
+    train = _as_float(train, "train")
+    if train.dim() == 0 or train.shape[0] == 0:
+        raise ValueError(f"standardize: train needs at least one sample, got shape {tuple(train.shape)}")
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, unbiased=False)
+    std = torch.where(std == 0, torch.ones_like(std), std)
+    results = [(train - mean) / std]
+    for k, other in enumerate(others):
+        other = _as_float(other, f"others[{k}]")
+        if other.shape[1:] != train.shape[1:]:
+            raise ValueError(
+                f"standardize: others[{k}] has feature shape {tuple(other.shape[1:])}, "
+                f"train has {tuple(train.shape[1:])}"
+            )
+        results.append((other - mean) / std)
+    return tuple(results)
+
+
+def _as_float(t, name):
+    t = torch.as_tensor(t)
+    if not t.dtype.is_floating_point:
+        t = t.to(torch.float32)
+    return t
+
+
+def split(x, y, fraction, seed):
+    """Splits ``(x, y)`` at random into two disjoint parts, reproducibly.
+
+    A permutation drawn from a private ``torch.Generator`` seeded with ``seed`` (the
+    global RNG is untouched) orders the samples; the first
+    ``n_a = round(fraction * N)`` go to part a, the rest to part b.
+
+    Args:
+        x, y: tensors with the same first dimension N.
+        fraction: share of the samples in the first part, strictly between 0 and 1.
+        seed: int; the same seed gives the same split.
+
+    Returns:
+        ``(x_a, y_a, x_b, y_b)``.
+
+    Raises:
+        ValueError: fraction not in (0, 1), mismatched N, or a part that would be empty.
+    """
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if not 0 < fraction < 1:
+        raise ValueError(f"split: fraction must be in (0, 1), got {fraction!r}")
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"split: x and y must have the same first dimension, got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    n = x.shape[0]
+    n_a = int(round(fraction * n))
+    if n_a == 0 or n_a == n:
+        raise ValueError(
+            f"split: fraction {fraction} of {n} samples leaves a part empty ({n_a} and {n - n_a})"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    idx_a = order[:n_a]
+    idx_b = order[n_a:]
+    return x[idx_a.to(x.device)], y[idx_a.to(y.device)], x[idx_b.to(x.device)], y[idx_b.to(y.device)]
