@@ -1,0 +1,196 @@
+"""Batch normalisation (1-D and 2-D) and channel-wise dropout."""
+
+import torch
+
+from .base import Layer
+from .dense import dropout_mask
+
+
+class _BatchNorm(Layer):
+    """Batch normalisation over every dimension except the channel dimension 1.
+
+    Forward, training mode (statistics of the batch, M = numel / C values per channel):
+        ``mean = mean(x)``, ``var = mean((x - mean)^2)`` (biased),
+        ``x_hat = (x - mean) / sqrt(var + eps)``, ``out = weight * x_hat + bias``;
+        then, outside the computation of ``out``,
+        ``running_mean = (1 - m) * running_mean + m * mean`` and
+        ``running_var = (1 - m) * running_var + m * var * M / (M - 1)`` (unbiased),
+        with m = momentum, or m = 1 / num_batches_tracked (a cumulative average) when
+        momentum is None, as in PyTorch.
+    Forward, eval mode: the same with ``running_mean`` and ``running_var`` in place of
+        the batch statistics; nothing is updated.
+
+    Backward, training mode (the statistics depend on x), with sigma = sqrt(var + eps)
+    and sums over all dimensions but 1:
+        ``dx = (weight / sigma) / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat))``.
+    Backward, eval mode (an affine map of x): ``dx = dout * weight / sigma``.
+    Both modes: ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)``.
+
+    Parameters: ``weight`` (C,) = 1 and ``bias`` (C,) = 0.
+    Buffers: ``running_mean`` (C,) = 0, ``running_var`` (C,) = 1 and
+    ``num_batches_tracked`` (int64 scalar), keyed as in PyTorch's state_dict.
+    Caches: x - mean (batch or running mean), 1 / sigma (both shaped to broadcast
+    against x) and whether the forward used batch statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+        if eps <= 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.add_param("weight", torch.ones(num_features))
+        self.add_param("bias", torch.zeros(num_features))
+        self.add_buffer("running_mean", torch.zeros(num_features))
+        self.add_buffer("running_var", torch.ones(num_features))
+        self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self._centered = None
+        self._inv_std = None
+        self._batch_stats = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+
+    def check_shape(self, x):
+        """Raises ValueError unless x has a dimensionality this layer accepts and C channels."""
+        raise NotImplementedError
+
+    def forward(self, x, **kw):
+        self.check_shape(x)
+        self.check_dtype(x)
+        dims = [0] + list(range(2, x.dim()))
+        channel_shape = [1, self.num_features] + [1] * (x.dim() - 2)
+        count = x.numel() // self.num_features
+        use_batch_stats = self.training
+        if use_batch_stats:
+            if count <= 1:
+                raise ValueError(
+                    f"{self!r}: Expected more than 1 value per channel when training, "
+                    f"got input size {tuple(x.shape)}"
+                )
+            mean = x.mean(dim=dims, keepdim=True)
+            centered = x - mean
+            var = (centered * centered).mean(dim=dims, keepdim=True)
+            self.update_running_stats(mean, var, count)
+        else:
+            centered = x - self.running_mean.reshape(channel_shape)
+            var = self.running_var.reshape(channel_shape)
+        inv_std = 1.0 / torch.sqrt(var + self.eps)
+        x_hat = centered * inv_std
+        self._centered = centered
+        self._inv_std = inv_std
+        self._batch_stats = use_batch_stats
+        return x_hat * self.weight.reshape(channel_shape) + self.bias.reshape(channel_shape)
+
+    def update_running_stats(self, mean, var, count):
+        # The running statistics are state, not part of the function being
+        # differentiated: keep their update out of any autograd graph built over x.
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / self.num_batches_tracked.item()
+            else:
+                factor = self.momentum
+            unbiased_var = var * (count / (count - 1))
+            self.running_mean.mul_(1 - factor).add_(mean.reshape(-1), alpha=factor)
+            self.running_var.mul_(1 - factor).add_(unbiased_var.reshape(-1), alpha=factor)
+
+    def backward(self, dout):
+        centered = self.cached("_centered")
+        inv_std = self._inv_std
+        dims = [0] + list(range(2, centered.dim()))
+        channel_shape = [1, self.num_features] + [1] * (centered.dim() - 2)
+        sum_dout = dout.sum(dim=dims, keepdim=True)
+        # sum(dout * x_hat), computed as torch does: sum(dout * (x - mean)) / sigma.
+        sum_dout_x_hat = (dout * centered).sum(dim=dims, keepdim=True) * inv_std
+
+        # Parameter gradients accumulate in place.
+        self._grads["weight"] += sum_dout_x_hat.reshape(-1)
+        self._grads["bias"] += sum_dout.reshape(-1)
+
+        # Input gradient.
+        scale = self.weight.reshape(channel_shape) * inv_std
+        if not self._batch_stats:
+            return dout * scale
+        # (w / sigma) / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat)), written
+        # with x - mean in place of x_hat = (x - mean) / sigma.
+        count = centered.numel() // self.num_features
+        mean_dout = sum_dout / count
+        projection = centered * (sum_dout_x_hat * inv_std / count)
+        return (dout - mean_dout - projection) * scale
+
+
+def _batchnorm_doc(summary, shapes):
+    """The shared derivation of _BatchNorm under a class-specific summary and shapes."""
+    derivation = _BatchNorm.__doc__.split("\n", 1)[1]
+    return f"{summary}\n{derivation}{shapes}\n"
+
+
+class BatchNorm1d(_BatchNorm):
+    def check_shape(self, x):
+        ok = isinstance(x, torch.Tensor) and x.dim() in (2, 3) and x.shape[1] == self.num_features
+        self.check_input(x, f"(N, {self.num_features}) or (N, {self.num_features}, L)", ok)
+
+
+BatchNorm1d.__doc__ = _batchnorm_doc(
+    "Batch normalisation of (N, C) or (N, C, L) input per channel C. "
+    "Same as ``torch.nn.BatchNorm1d(num_features, eps, momentum)``.",
+    "Shapes: (N, C) -> (N, C); (N, C, L) -> (N, C, L).",
+)
+
+
+class BatchNorm2d(_BatchNorm):
+    def check_shape(self, x):
+        ok = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == self.num_features
+        self.check_input(x, f"(N, {self.num_features}, H, W)", ok)
+
+
+BatchNorm2d.__doc__ = _batchnorm_doc(
+    "Batch normalisation of (N, C, H, W) input per channel C. "
+    "Same as ``torch.nn.BatchNorm2d(num_features, eps, momentum)``.",
+    "Shapes: (N, C, H, W) -> (N, C, H, W).",
+)
+
+
+class Dropout2d(Layer):
+    """Channel-wise inverted dropout: ``out = x * mask / (1 - p)`` in training mode, with
+    one mask entry per (sample, channel), 0 with probability p (torch's global RNG),
+    so a whole feature map is zeroed at once; ``out = x`` in eval mode.
+    Distributionally the same as ``torch.nn.Dropout2d(p)`` on (N, C, H, W) input.
+
+    Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
+    Shapes: (N, C, H, W) -> same, mask (N, C, 1, 1); or unbatched (C, H, W) -> same,
+    mask (C, 1, 1), i.e. channels are dropped, as torch.nn documents it. (torch 2.x
+    itself still treats a 3-D input as (N, C, L) and drops rows of each channel, with a
+    warning that this will change; nnlab follows the documented meaning.)
+    Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout2d: p must be in [0, 1], got {p}")
+        self.p = p
+        self._mask = None
+
+    def __repr__(self):
+        return f"Dropout2d(p={self.p})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "(N, C, H, W) or (C, H, W)", isinstance(x, torch.Tensor) and x.dim() in (3, 4))
+        if not self.training or self.p == 0:
+            self._mask = 1.0
+            return x * 1.0
+        mask_shape = tuple(x.shape[:-2]) + (1, 1)
+        self._mask = dropout_mask(mask_shape, self.p, x)
+        return x * self._mask
+
+    def backward(self, dout):
+        mask = self.cached("_mask")
+        return dout * mask

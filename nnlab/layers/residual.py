@@ -1,0 +1,319 @@
+"""Skip connections and multiple heads, the residual block builders, ResNet, and
+``count_params``."""
+
+import torch
+
+from .base import Layer
+from .containers import Builder, Sequential, _ChildErrors, indented, make_activation
+from .conv import POOLINGS, Conv2d, make_pooling
+from .dense import Flatten, Linear
+from .norm import BatchNorm2d, Dropout2d
+
+
+class Residual(Layer):
+    """A skip connection: ``out = main(x) + shortcut(x)``, with ``shortcut(x) = x`` when
+    ``shortcut`` is None.
+
+    Backward: ``dx = main.backward(dout) + shortcut.backward(dout)`` (or ``+ dout`` for
+    the identity); both paths add into their own parameter gradients.
+    Shapes: x -> main(x).shape, which must equal shortcut(x).shape (ValueError naming
+    both otherwise). Caches: nothing of its own but the output shape (as a marker that
+    forward ran); each path caches what it needs.
+    Children: "main" and "shortcut" (when not the identity), as state_dict prefixes.
+    """
+
+    def __init__(self, main, shortcut=None):
+        super().__init__()
+        if not isinstance(main, Layer):
+            raise TypeError(f"Residual: main must be a Layer, got {type(main).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Layer):
+            raise TypeError(f"Residual: shortcut must be a Layer or None, got {type(shortcut).__name__}")
+        self.main = main
+        self.shortcut = shortcut
+        self._out_shape = None
+
+    def named_children(self):
+        children = [("main", self.main)]
+        if self.shortcut is not None:
+            children.append(("shortcut", self.shortcut))
+        return children
+
+    def __repr__(self):
+        shortcut = "Identity" if self.shortcut is None else indented(repr(self.shortcut))
+        return f"Residual\n\tmain: {indented(repr(self.main))}\n\tshortcut: {shortcut}"
+
+    def forward(self, x, **kw):
+        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+            main_out = self.main(x, **kw)
+        if self.shortcut is None:
+            skip = x
+        else:
+            with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+                skip = self.shortcut(x, **kw)
+        if main_out.shape != skip.shape:
+            raise ValueError(
+                f"Residual: the main path gives shape {tuple(main_out.shape)} but the shortcut "
+                f"gives {tuple(skip.shape)}; they must match to be added"
+            )
+        self._out_shape = main_out.shape
+        return main_out + skip
+
+    def backward(self, dout):
+        self.cached("_out_shape")
+        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+            dx = self.main.backward(dout)
+        if self.shortcut is None:
+            return dx + dout
+        with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+            return dx + self.shortcut.backward(dout)
+
+
+class Heads(Layer):
+    """Several heads on one input: ``out = (head_0(x), head_1(x), ...)``, a tuple.
+
+    Backward: takes a tuple (or list) of output gradients, one per head, and returns
+    ``dx = sum_i head_i.backward(dout_i)``. A ``None`` entry (a head whose output feeds
+    no loss) contributes nothing and leaves that head's parameter gradients alone.
+    Shapes: x -> one output per head, each of that head's shape; dx has x's shape.
+    Caches: the input x (for a zero gradient when every entry is None).
+    Children: "0", "1", ... as state_dict prefixes.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if not layers:
+            raise ValueError("Heads: need at least one head")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Heads: head [{index}] must be a Layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+        self._x = None
+
+    def named_children(self):
+        return [(str(index), layer) for index, layer in enumerate(self.layers)]
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        lines = ["Heads"]
+        lines += [f"\t[{index}] {indented(repr(layer))}" for index, layer in enumerate(self.layers)]
+        return "\n".join(lines)
+
+    def forward(self, x, **kw):
+        self._x = x
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            with _ChildErrors(f"Heads[{index}] ({type(layer).__name__})"):
+                outputs.append(layer(x, **kw))
+        return tuple(outputs)
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        if not isinstance(dout, (tuple, list)) or len(dout) != len(self.layers):
+            got = f"a {type(dout).__name__} of {len(dout)}" if isinstance(dout, (tuple, list)) else type(dout).__name__
+            raise ValueError(f"Heads: backward expects a tuple of {len(self.layers)} gradients (None allowed), got {got}")
+        dx = torch.zeros_like(x)
+        for index, (layer, head_dout) in enumerate(zip(self.layers, dout)):
+            if head_dout is None:
+                continue
+            with _ChildErrors(f"Heads[{index}] ({type(layer).__name__})"):
+                dx = dx + layer.backward(head_dout)
+        return dx
+
+
+class ResidualBlock(Builder):
+    """A residual block: ``out = activation(main(x) + shortcut(x))``.
+
+    ``main`` is, for each (channels[i], kernel_sizes[i]), a Conv2d with 'same' padding
+    (k // 2; odd kernels only) followed, except after the last one, by
+    ``[Dropout2d if dropout > 0] -> [BatchNorm2d if batchnorm] -> activation``.
+    A conv followed by BatchNorm2d has no bias (BatchNorm's own bias takes its place;
+    a conv bias there would be removed by the batch mean and get a zero gradient).
+    ``shortcut`` is a bias-free 1x1 Conv2d when in_channels != channels[-1], else the
+    identity. Built as ``Sequential(Residual(main, shortcut), activation)``, so forward
+    and backward are those of ``.sequence`` (backward: see Residual and Sequential).
+    Shapes: (N, in_channels, H, W) -> (N, channels[-1], H, W).
+    Caches: nothing of its own.
+    """
+
+    def __init__(self, in_channels, channels, kernel_sizes, batchnorm=False, dropout=0.0, activation="relu"):
+        super().__init__()
+        name = type(self).__name__
+        channels = list(channels)
+        kernel_sizes = list(kernel_sizes)
+        if not channels or len(channels) != len(kernel_sizes):
+            raise ValueError(
+                f"{name}: channels and kernel_sizes must be non-empty and of equal length, "
+                f"got {channels} and {kernel_sizes}"
+            )
+        for kernel in kernel_sizes:
+            if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+                raise ValueError(f"{name}: kernel sizes must be odd positive ints ('same' padding), got {kernel_sizes}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.channels = channels
+        self.kernel_sizes = kernel_sizes
+
+        main = []
+        width = in_channels
+        for index, (out_channels, kernel) in enumerate(zip(channels, kernel_sizes)):
+            followed_by_batchnorm = batchnorm and index < len(channels) - 1
+            # A bias before BatchNorm is redundant (the batch mean removes it; its
+            # gradient is exactly 0 in training mode), so it is left out, as torchvision does.
+            main.append(Conv2d(width, out_channels, kernel, padding=kernel // 2, bias=not followed_by_batchnorm))
+            if index < len(channels) - 1:
+                if dropout > 0:
+                    main.append(Dropout2d(dropout))
+                if batchnorm:
+                    main.append(BatchNorm2d(out_channels))
+                main.append(make_activation(activation))
+            width = out_channels
+        shortcut = None
+        if in_channels != channels[-1]:
+            shortcut = Conv2d(in_channels, channels[-1], 1, bias=False)
+        self.sequence = Sequential(Residual(Sequential(*main), shortcut), make_activation(activation))
+
+
+class ResidualBottleneckBlock(ResidualBlock):
+    """A bottleneck residual block: ``out = activation(main(x) + x)`` where ``main`` is a
+    1x1 Conv2d from in_out_channels down to inner_channels[0], then a Conv2d of
+    inner_kernel_sizes[i] to inner_channels[i] for each i, then a 1x1 Conv2d back up to
+    in_out_channels; i.e. ``ResidualBlock(in_out_channels, [inner_channels[0],
+    *inner_channels, in_out_channels], [1, *inner_kernel_sizes, 1], ...)`` (so every
+    conv but the last is followed by [Dropout2d] -> [BatchNorm2d] -> activation).
+    Forward and backward are those of ``.sequence``.
+    Shapes: (N, in_out_channels, H, W) -> same. Caches: nothing of its own.
+    """
+
+    def __init__(
+        self, in_out_channels, inner_channels, inner_kernel_sizes, batchnorm=False, dropout=0.0, activation="relu"
+    ):
+        inner_channels = list(inner_channels)
+        inner_kernel_sizes = list(inner_kernel_sizes)
+        if not inner_channels or len(inner_channels) != len(inner_kernel_sizes):
+            raise ValueError(
+                "ResidualBottleneckBlock: inner_channels and inner_kernel_sizes must be non-empty "
+                f"and of equal length, got {inner_channels} and {inner_kernel_sizes}"
+            )
+        super().__init__(
+            in_out_channels,
+            [inner_channels[0], *inner_channels, in_out_channels],
+            [1, *inner_kernel_sizes, 1],
+            batchnorm=batchnorm,
+            dropout=dropout,
+            activation=activation,
+        )
+        self.in_out_channels = in_out_channels
+        self.inner_channels = inner_channels
+        self.inner_kernel_sizes = inner_kernel_sizes
+
+
+class ResNet(Builder):
+    """Residual classifier:
+    ``[ResidualBlock(pool_every convs) -> pool] * (len(channels) // pool_every)``, then one
+    ResidualBlock of the ``len(channels) % pool_every`` leftover convs (no pool after),
+    then ``Flatten -> (Linear -> act) * len(hidden_dims) -> Linear`` to ``out_classes``.
+
+    Every conv of a regular block has kernel 3 ('same' padding), so only pooling
+    changes the height and width. ``pooling`` is 'max', 'avg', 'adaptive_max' or
+    'adaptive_avg' with keyword arguments ``pooling_params`` (default
+    ``dict(kernel_size=2)``, or ``dict(output_size=(4, 4))`` for the adaptive kinds).
+    ``batchnorm`` and ``dropout`` go to every block.
+
+    Bottleneck mapping (``bottleneck=True``): a group of convs with output channels
+    c_1..c_p whose input channel count equals c_p, and p >= 3, becomes
+    ``ResidualBottleneckBlock(c_p, inner_channels=[c_2..c_{p-1}], inner_kernel_sizes=[3] * (p - 2))``:
+    a 1x1 conv down to c_2, 3x3 convs through c_2..c_{p-1}, a 1x1 conv up to c_p, so the
+    group still has exactly p convolutions and ends with c_p channels (c_1 only counts the
+    position of the 1x1 down-projection). Every other group stays a regular block.
+
+    The flattened feature count comes from running one zero image of ``in_size`` =
+    (C, H, W) through the feature part in eval mode (BatchNorm statistics and dropout
+    RNG untouched).
+    Forward and backward are those of ``.sequence``, its Sequential.
+    Shapes: (N, C, H, W) -> (N, out_classes). Caches: nothing of its own.
+    """
+
+    def __init__(
+        self,
+        in_size,
+        out_classes,
+        channels,
+        pool_every,
+        hidden_dims,
+        activation="relu",
+        pooling="max",
+        pooling_params=None,
+        batchnorm=False,
+        dropout=0.0,
+        bottleneck=False,
+    ):
+        super().__init__()
+        if len(in_size) != 3:
+            raise ValueError(f"ResNet: in_size must be (C, H, W), got {in_size!r}")
+        if not isinstance(pool_every, int) or pool_every < 1:
+            raise ValueError(f"ResNet: pool_every must be an int >= 1, got {pool_every!r}")
+        if not channels:
+            raise ValueError("ResNet: channels must not be empty")
+        if pooling not in POOLINGS:
+            raise ValueError(f"ResNet: pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling_params is None:
+            pooling_params = dict(output_size=(4, 4)) if pooling.startswith("adaptive") else dict(kernel_size=2)
+        self.in_size = tuple(in_size)
+        self.out_classes = out_classes
+        self.channels = list(channels)
+        self.pool_every = pool_every
+        self.hidden_dims = list(hidden_dims)
+        self.bottleneck = bottleneck
+        block_options = dict(batchnorm=batchnorm, dropout=dropout, activation=activation)
+
+        features = []
+        width = in_size[0]
+        for start in range(0, len(self.channels), pool_every):
+            group = self.channels[start : start + pool_every]
+            if bottleneck and width == group[-1] and len(group) >= 3:
+                inner = group[1:-1]
+                features.append(ResidualBottleneckBlock(width, inner, [3] * len(inner), **block_options))
+            else:
+                features.append(ResidualBlock(width, group, [3] * len(group), **block_options))
+            if len(group) == pool_every:
+                features.append(make_pooling(pooling, pooling_params))
+            width = group[-1]
+
+        num_features = self.feature_count(Sequential(*features))
+        layers = [*features, Flatten()]
+        widths = [num_features, *self.hidden_dims]
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers.append(Linear(width_in, width_out))
+            layers.append(make_activation(activation))
+        layers.append(Linear(widths[-1], out_classes))
+        self.sequence = Sequential(*layers)
+
+    def feature_count(self, features):
+        """Flattened size of the feature part's output for one image of ``in_size``."""
+        features.eval()
+        try:
+            out = features(torch.zeros(1, *self.in_size))
+        except ValueError as error:
+            raise ValueError(f"ResNet: the feature layers cannot take an input of size {self.in_size}: {error}") from error
+        finally:
+            features.train()
+        return out[0].numel()
+
+
+def count_params(model):
+    """Number of trainable scalars: the sum of numel over ``model.params()`` for an
+    nnlab Layer, or over the parameters that require grad for a torch.nn.Module."""
+    if isinstance(model, Layer):
+        return sum(param.numel() for param, _ in model.params())
+    if isinstance(model, torch.nn.Module):
+        return sum(param.numel() for param in model.parameters() if param.requires_grad)
+    raise TypeError(f"count_params: expected an nnlab Layer or a torch.nn.Module, got {type(model).__name__}")
