@@ -1,0 +1,375 @@
+"""2-D pooling: max and average over sliding windows, and their adaptive forms.
+
+Every layer takes (N, C, H, W) or unbatched (C, H, W), like torch.nn, and works on all
+N * C planes at once (no Python loop over samples, channels or positions).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .base import Layer
+from .conv import check_2d_input, check_windows_fit, pair
+
+
+def _check_pool_args(owner, kernel, stride, padding):
+    """ValueError unless padding is at most half the kernel (PyTorch's rule)."""
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{owner}: padding {padding} must be at most half of kernel_size {kernel}")
+
+
+def _is_tiling(kernel, stride, padding, dilation):
+    """True when windows tile the input without overlap or padding (the reshape fast path)."""
+    return stride == kernel and padding == (0, 0) and dilation == (1, 1)
+
+
+def _tiles(x4, kernel, out_h, out_w):
+    """x4 viewed as (N, C, H_out, kH, W_out, kW) tiles; rows and columns past the last
+    whole window are dropped, as PyTorch does."""
+    batch, channels = x4.shape[:2]
+    k_h, k_w = kernel
+    x_used = x4.narrow(2, 0, out_h * k_h).narrow(3, 0, out_w * k_w)
+    return x_used.reshape(batch, channels, out_h, k_h, out_w, k_w)
+
+
+def _untile(dtiles, input_hw):
+    """Gradient tiles (N, C, H_out, kH, W_out, kW) as (N, C, H, W), with zeros for the
+    rows and columns that no window covers."""
+    batch, channels, out_h, k_h, out_w, k_w = dtiles.shape
+    dx = dtiles.reshape(batch, channels, out_h * k_h, out_w * k_w)
+    missing_h = input_hw[0] - out_h * k_h
+    missing_w = input_hw[1] - out_w * k_w
+    if missing_h or missing_w:
+        dx = F.pad(dx, (0, missing_w, 0, missing_h))
+    return dx
+
+
+class _Pool2d(Layer):
+    """Shared argument handling of MaxPool2d and AvgPool2d."""
+
+    def __init__(self, kernel_size, stride, padding, dilation):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name, 1)
+        self.padding = pair(padding, "padding", name, 0)
+        self.dilation = pair(dilation, "dilation", name, 1)
+        _check_pool_args(name, self.kernel_size, self.stride, self.padding)
+        self._input_shape = None
+
+    def _describe(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def output_shape(self, shape):
+        """(C, H_out, W_out) for an input of shape (C, H, W); ValueError if impossible."""
+        channels, height, width = shape
+        windows = (self.kernel_size, self.stride, self.padding, self.dilation)
+        out_h, out_w = check_windows_fit(self, height, width, *windows)
+        return (channels, out_h, out_w)
+
+    def _prepare(self, x):
+        """x as 4-D, whether it was unbatched, and the output (H, W), after the checks."""
+        x4, unbatched = check_2d_input(self, x)
+        out_h, out_w = check_windows_fit(
+            self, x4.shape[2], x4.shape[3], self.kernel_size, self.stride, self.padding, self.dilation
+        )
+        return x4, unbatched, out_h, out_w
+
+    def _fold(self, dcols, planes_shape):
+        """Sums window columns (N*C, kH*kW, L) back into planes (N, C, H, W); fold drops
+        what lands on the padding."""
+        batch, channels, height, width = planes_shape
+        dx = F.fold(
+            dcols, (height, width), self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride
+        )
+        return dx.reshape(batch, channels, height, width)
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum over each (dilated) window, the padding counting as -inf.
+    Same as ``torch.nn.MaxPool2d`` (ceil_mode=False).
+
+    Forward: ``out[n, c, i, j] = max_{a, b} x_pad[n, c, i*s + a*d, j*s + b*d]``.
+    Backward: the whole ``dout[n, c, i, j]`` goes to the window's argmax (summed where
+    windows overlap). Ties go where PyTorch sends them: to the first maximum in row-major
+    order inside the window (``torch.max`` over the unfolded window keeps the first).
+
+    Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out), with
+    ``H_out = floor((H + 2p - d(k - 1) - 1) / s) + 1``, likewise W_out.
+    Caches: the argmax offset of every output inside its window (int64, the output's
+    shape) and the input shape; not the input.
+
+    Fast path: when stride == kernel_size with no padding or dilation the windows tile the
+    input: a reshape to (N, C, H_out, kH, W_out, kW) replaces unfold, and backward is one
+    ``where`` (argmax == offset) writing straight into the input's layout instead of
+    scatter + fold (same result, less work).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+        super().__init__(kernel_size, stride, padding, dilation)
+        self._argmax = None
+
+    def __repr__(self):
+        text = self._describe()
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        return f"MaxPool2d({text})"
+
+    def forward(self, x, **kw):
+        x4, unbatched, out_h, out_w = self._prepare(x)
+        batch, channels = x4.shape[:2]
+        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
+            tiles = _tiles(x4, self.kernel_size, out_h, out_w)
+            windows = tiles.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, out_h, out_w, -1)
+            out, argmax = windows.max(dim=-1)
+        else:
+            out, argmax = self._unfolded_max(x4)
+            out = out.reshape(batch, channels, out_h, out_w)
+        self._argmax = argmax
+        self._input_shape = (x4.shape, unbatched)
+        return out[0] if unbatched else out
+
+    def _unfolded_max(self, x4):
+        """Max over every window of the -inf-padded planes (N*C, 1, H, W), unfolded to
+        (N*C, kH*kW, L), and the row-major offset of the first maximum: both (N*C, L)."""
+        batch, channels, height, width = x4.shape
+        planes = x4.reshape(batch * channels, 1, height, width)
+        pad_h, pad_w = self.padding
+        if pad_h or pad_w:
+            planes = F.pad(planes, (pad_w, pad_w, pad_h, pad_h), value=float("-inf"))
+        cols = F.unfold(planes, self.kernel_size, dilation=self.dilation, stride=self.stride)
+        return cols.max(dim=1)
+
+    def backward(self, dout):
+        argmax = self.cached("_argmax")
+        shape, unbatched = self._input_shape
+        if unbatched:
+            dout = dout.unsqueeze(0)
+        k_h, k_w = self.kernel_size
+        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
+            # Every tile entry compares its own window offset with the argmax: one pass
+            # that writes the gradient straight in the input's layout.
+            batch, channels, out_h, out_w = argmax.shape
+            offsets = torch.arange(k_h * k_w, device=argmax.device).reshape(k_h, 1, k_w)
+            chosen = argmax.reshape(batch, channels, out_h, 1, out_w, 1) == offsets
+            dtiles = torch.where(chosen, dout.reshape(batch, channels, out_h, 1, out_w, 1), 0.0)
+            dx = _untile(dtiles, shape[2:])
+        else:
+            planes, positions = argmax.shape
+            dcols = torch.zeros(planes, k_h * k_w, positions, dtype=dout.dtype, device=dout.device)
+            dcols.scatter_(1, argmax.unsqueeze(1), dout.reshape(planes, 1, positions))
+            dx = self._fold(dcols, shape)
+        return dx[0] if unbatched else dx
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window, the zero padding counted in the divisor by default.
+    Same as ``torch.nn.AvgPool2d`` (ceil_mode=False, divisor_override=None).
+
+    Forward: ``out[n, c, i, j] = sum_{a, b} x_pad[n, c, i*s + a, j*s + b] / D`` with
+    D = kH*kW, or (``count_include_pad=False``) the number of non-padding entries.
+    Backward: each window entry gets ``dout[n, c, i, j] / D`` (summed where windows
+    overlap; what falls on the padding is dropped).
+
+    Shapes: as MaxPool2d. Caches: the input shape (and, with count_include_pad=False,
+    the divisor of every output position, (H_out*W_out,)); not the input.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, 1)
+        self.count_include_pad = bool(count_include_pad)
+        self._divisor = None
+
+    def __repr__(self):
+        text = self._describe()
+        if not self.count_include_pad:
+            text += ", count_include_pad=False"
+        return f"AvgPool2d({text})"
+
+    def _divisors(self, height, width, like):
+        """Divisor per output position, (1, L): kH*kW, or the count of real entries."""
+        window = self.kernel_size[0] * self.kernel_size[1]
+        if self.count_include_pad or self.padding == (0, 0):
+            return window
+        ones = torch.ones(1, 1, height, width, dtype=like.dtype, device=like.device)
+        return F.unfold(ones, self.kernel_size, padding=self.padding, stride=self.stride).sum(dim=1)
+
+    def forward(self, x, **kw):
+        x4, unbatched, out_h, out_w = self._prepare(x)
+        batch, channels, height, width = x4.shape
+        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
+            self._divisor = self.kernel_size[0] * self.kernel_size[1]
+            out = _tiles(x4, self.kernel_size, out_h, out_w).mean(dim=(3, 5))
+        else:
+            planes = x4.reshape(batch * channels, 1, height, width)
+            cols = F.unfold(planes, self.kernel_size, padding=self.padding, stride=self.stride)
+            self._divisor = self._divisors(height, width, x4)
+            out = (cols.sum(dim=1) / self._divisor).reshape(batch, channels, out_h, out_w)
+        self._input_shape = (x4.shape, unbatched)
+        return out[0] if unbatched else out
+
+    def backward(self, dout):
+        shape, unbatched = self.cached("_input_shape")
+        if unbatched:
+            dout = dout.unsqueeze(0)
+        window = self.kernel_size[0] * self.kernel_size[1]
+        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
+            batch, channels, out_h, out_w = dout.shape
+            k_h, k_w = self.kernel_size
+            dshare = (dout / window).reshape(batch, channels, out_h, 1, out_w, 1)
+            dx = _untile(dshare.expand(-1, -1, -1, k_h, -1, k_w), shape[2:])
+        else:
+            batch, channels = shape[:2]
+            dshare = dout.reshape(batch * channels, 1, -1) / self._divisor
+            dx = self._fold(dshare.expand(-1, window, -1), shape)
+        return dx[0] if unbatched else dx
+
+
+def _adaptive_size(output_size, owner):
+    """output_size as a pair whose entries are ints >= 1 or None (keep the input's size)."""
+    if output_size is None or isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    ok = isinstance(output_size, (tuple, list)) and len(output_size) == 2
+    ok = ok and all(s is None or (isinstance(s, int) and s >= 1) for s in output_size)
+    if not ok:
+        raise ValueError(f"{owner}: output_size must be an int >= 1, None, or a pair of them, got {output_size!r}")
+    return tuple(output_size)
+
+
+def adaptive_windows(size, out_size, device=None):
+    """PyTorch's adaptive windows along one axis: window i covers
+    [floor(i*size/out), ceil((i+1)*size/out)). Returns (index, lengths): index is
+    (out, K) with K the longest window, row i listing window i's positions and then
+    repeating its last one; lengths (out,) the true window lengths."""
+    i = torch.arange(out_size, device=device)
+    starts = (i * size) // out_size
+    ends = ((i + 1) * size + out_size - 1) // out_size
+    lengths = ends - starts
+    longest = int(lengths.max())
+    index = starts.unsqueeze(1) + torch.arange(longest, device=device).unsqueeze(0)
+    index = torch.minimum(index, (ends - 1).unsqueeze(1))
+    return index, lengths
+
+
+class _AdaptivePool2d(Layer):
+    """Shared argument handling of the adaptive pools."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _adaptive_size(output_size, type(self).__name__)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(output_size={self.output_size})"
+
+    def _out_hw(self, height, width):
+        out_h = height if self.output_size[0] is None else self.output_size[0]
+        out_w = width if self.output_size[1] is None else self.output_size[1]
+        return out_h, out_w
+
+    def output_shape(self, shape):
+        """(C, H_out, W_out) for an input of shape (C, H, W)."""
+        channels, height, width = shape
+        if height < 1 or width < 1:
+            raise ValueError(f"{self!r}: input height and width must be >= 1, got {(height, width)}")
+        return (channels, *self._out_hw(height, width))
+
+    def _prepare(self, x):
+        x4, unbatched = check_2d_input(self, x)
+        self.check_input(x, "non-empty height and width", x4.shape[2] >= 1 and x4.shape[3] >= 1)
+        return x4, unbatched, *self._out_hw(x4.shape[2], x4.shape[3])
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Maximum over PyTorch's adaptive windows: output row i covers input rows
+    [floor(i*H/H_out), ceil((i+1)*H/H_out)), likewise columns. Same as
+    ``torch.nn.AdaptiveMaxPool2d``.
+
+    Forward: every window is gathered at once as (N, C, H_out, W_out, Kh*Kw) (shorter
+    windows repeat their last row/column, which comes after the original in row-major
+    order, so the first maximum is always a genuine entry); ``torch.max`` picks it.
+    Backward: ``dout`` goes to the argmax's input position (scatter-add: adaptive
+    windows may overlap). Ties: first maximum in row-major order, as PyTorch.
+
+    Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out);
+    ``output_size`` an int, a pair, None entries keeping the input's size.
+    Caches: the flat input position (h*W + w) of every output's maximum (int64, the
+    output's shape) and the input shape; not the input.
+    """
+
+    def __init__(self, output_size):
+        super().__init__(output_size)
+        self._positions = None
+        self._input_shape = None
+
+    def forward(self, x, **kw):
+        x4, unbatched, out_h, out_w = self._prepare(x)
+        batch, channels, height, width = x4.shape
+        rows, _ = adaptive_windows(height, out_h, x4.device)
+        cols, _ = adaptive_windows(width, out_w, x4.device)
+        k_h, k_w = rows.shape[1], cols.shape[1]
+        windows = x4[:, :, rows][..., cols]  # (N, C, H_out, Kh, W_out, Kw)
+        windows = windows.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, out_h, out_w, k_h * k_w)
+        out, argmax = windows.max(dim=-1)
+
+        # Flat input position of every window entry, (H_out, W_out, Kh*Kw).
+        table = rows.reshape(out_h, 1, k_h, 1) * width + cols.reshape(1, out_w, 1, k_w)
+        table = table.reshape(1, 1, out_h, out_w, k_h * k_w).expand(batch, channels, -1, -1, -1)
+        self._positions = torch.gather(table, -1, argmax.unsqueeze(-1)).reshape(batch, channels, out_h, out_w)
+        self._input_shape = (x4.shape, unbatched)
+        return out[0] if unbatched else out
+
+    def backward(self, dout):
+        positions = self.cached("_positions")
+        shape, unbatched = self._input_shape
+        if unbatched:
+            dout = dout.unsqueeze(0)
+        batch, channels, height, width = shape
+        dx = torch.zeros(batch, channels, height * width, dtype=dout.dtype, device=dout.device)
+        dx.scatter_add_(2, positions.reshape(batch, channels, -1), dout.reshape(batch, channels, -1))
+        dx = dx.reshape(shape)
+        return dx[0] if unbatched else dx
+
+
+def _averaging_matrix(size, out_size, like):
+    """(out, size) matrix whose row i is 1/len_i on adaptive window i and 0 elsewhere."""
+    starts = (torch.arange(out_size, device=like.device) * size) // out_size
+    ends = ((torch.arange(out_size, device=like.device) + 1) * size + out_size - 1) // out_size
+    positions = torch.arange(size, device=like.device).unsqueeze(0)
+    inside = (positions >= starts.unsqueeze(1)) & (positions < ends.unsqueeze(1))
+    lengths = (ends - starts).to(like.dtype).unsqueeze(1)
+    return inside.to(like.dtype) / lengths
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Mean over PyTorch's adaptive windows (rows [floor(i*H/H_out), ceil((i+1)*H/H_out)),
+    likewise columns). Same as ``torch.nn.AdaptiveAvgPool2d``.
+
+    The mean is separable: with A_h (H_out, H) holding 1/len on each row's window,
+    forward is ``out = A_h @ x @ A_w.T`` (batched over N, C) and backward is
+    ``dx = A_h.T @ dout @ A_w``.
+
+    Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out);
+    ``output_size`` an int, a pair, None entries keeping the input's size.
+    Caches: the two averaging matrices (small: (H_out, H) and (W_out, W)) and whether
+    the input was unbatched; not the input.
+    """
+
+    def __init__(self, output_size):
+        super().__init__(output_size)
+        self._matrices = None
+        self._unbatched = None
+
+    def forward(self, x, **kw):
+        x4, unbatched, out_h, out_w = self._prepare(x)
+        rows = _averaging_matrix(x4.shape[2], out_h, x4)
+        cols = _averaging_matrix(x4.shape[3], out_w, x4)
+        out = torch.matmul(torch.matmul(rows, x4), cols.T)
+        self._matrices = (rows, cols)
+        self._unbatched = unbatched
+        return out[0] if unbatched else out
+
+    def backward(self, dout):
+        rows, cols = self.cached("_matrices")
+        if self._unbatched:
+            dout = dout.unsqueeze(0)
+        dx = torch.matmul(torch.matmul(rows.T, dout), cols)
+        return dx[0] if self._unbatched else dx

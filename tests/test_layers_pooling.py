@@ -1,0 +1,338 @@
+"""Max, average and adaptive pooling against torch.nn twins, autograd and finite
+differences, with ties routed exactly as PyTorch routes them."""
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import CONV_FORWARD_ATOL, GRAD_RTOL, check_against_torch, check_finite_differences
+
+from nnlab.layers import pooling
+from nnlab.layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def out_size(size, kernel, stride, padding, dilation=1):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def exact_gradients(layer, module, x, dout):
+    """nnlab's and torch's input gradients for the same x and upstream gradient."""
+    out = layer(x.clone())
+    dx = layer.backward(dout)
+    x_ref = x.clone().requires_grad_(True)
+    out_ref = module(x_ref)
+    (dx_ref,) = torch.autograd.grad(out_ref, x_ref, dout)
+    assert torch.equal(out, out_ref.detach()), "forward differs"
+    return dx, dx_ref
+
+
+window_configs = st.fixed_dictionaries(
+    {
+        "batch": st.sampled_from([1, 2]),
+        "channels": st.sampled_from([1, 3]),
+        "height": st.integers(1, 9),
+        "width": st.integers(1, 9),
+        "kernel": st.tuples(st.integers(1, 5), st.integers(1, 5)),
+        "stride": st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
+        "padding": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+def valid(config, use_dilation):
+    stride = config["kernel"] if config["stride"] is None else config["stride"]
+    dilation = config["dilation"] if use_dilation else (1, 1)
+    for axis, size in enumerate((config["height"], config["width"])):
+        kernel = config["kernel"][axis]
+        if config["padding"][axis] > kernel // 2:
+            return False
+        count = out_size(size, kernel, stride[axis], config["padding"][axis], dilation[axis])
+        if count < 1:
+            return False
+        if not every_window_touches_input(size, count, kernel, stride[axis], config["padding"][axis], dilation[axis]):
+            return False
+    return True
+
+
+def every_window_touches_input(size, count, kernel, stride, padding, dilation):
+    """False when some dilated window holds only padding (torch's max_pool2d backward then
+    writes out of bounds: those configurations are left out of the comparisons)."""
+    for i in range(count):
+        taps = [i * stride - padding + a * dilation for a in range(kernel)]
+        if not any(0 <= t < size for t in taps):
+            return False
+    return True
+
+
+# MaxPool2d ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(config=window_configs)
+def test_maxpool_matches_torch(dtype, config):
+    c = config
+    assume(valid(c, use_dilation=True))
+    kwargs = dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    torch.manual_seed(c["seed"])
+    x = torch.randn(c["batch"], c["channels"], c["height"], c["width"], dtype=dtype)
+    check_against_torch(MaxPool2d(**kwargs), torch.nn.MaxPool2d(**kwargs), x, grad_rtol=GRAD_RTOL[dtype])
+
+
+@given(config=window_configs, high=st.sampled_from([1, 2, 4]))
+def test_maxpool_ties_on_small_integers_exactly_like_torch(config, high):
+    c = config
+    assume(valid(c, use_dilation=True))
+    kwargs = dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    generator = torch.Generator().manual_seed(c["seed"])
+    x = torch.randint(0, high, (c["batch"], c["channels"], c["height"], c["width"]), generator=generator).float()
+    layer = MaxPool2d(**kwargs)
+    dout = torch.randint(1, 5, layer(x).shape, generator=generator).float()  # integer sums are exact
+    dx, dx_ref = exact_gradients(layer, torch.nn.MaxPool2d(**kwargs), x, dout)
+    assert torch.equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation",
+    [
+        (2, None, 0, 1),  # tiling fast path
+        (3, 1, 1, 1),  # overlapping windows with padding
+        (3, 2, 1, 2),  # overlapping, padding and dilation
+        ((2, 3), (1, 2), (1, 0), (2, 1)),
+        (3, 3, 0, 1),  # tiling that drops trailing rows and columns
+    ],
+)
+@pytest.mark.parametrize("value", [0.0, -3.5, 7.0])
+def test_maxpool_constant_input_exactly_like_torch(kernel, stride, padding, dilation, value):
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.full((2, 3, 8, 7), value)
+    layer = MaxPool2d(**kwargs)
+    dout = torch.arange(layer(x).numel(), dtype=torch.float32).reshape(layer(x).shape) % 7 + 1
+    dx, dx_ref = exact_gradients(layer, torch.nn.MaxPool2d(**kwargs), x, dout)
+    assert torch.equal(dx, dx_ref)
+
+
+def test_maxpool_tie_goes_to_first_in_row_major_order():
+    x = torch.tensor([[[[1.0, 5.0], [5.0, 5.0]]]])
+    layer = MaxPool2d(2)
+    layer(x)
+    dx = layer.backward(torch.ones(1, 1, 1, 1))
+    assert torch.equal(dx, torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]]))
+
+
+@pytest.mark.parametrize("layer_class", [MaxPool2d, AvgPool2d])
+def test_tiling_fast_path_equals_unfold_path(layer_class, monkeypatch):
+    torch.manual_seed(11)
+    x = torch.randint(0, 3, (2, 3, 9, 8)).double()  # 9 x 8 with k=2 drops the last row
+    tiled = layer_class(2)
+    out_tiled = tiled(x)
+    dout = torch.randn(out_tiled.shape, dtype=torch.float64)
+    dx_tiled = tiled.backward(dout)
+    monkeypatch.setattr(pooling, "_is_tiling", lambda *args: False)
+    general = layer_class(2)
+    torch.testing.assert_close(general(x), out_tiled, rtol=0, atol=1e-15)
+    torch.testing.assert_close(general.backward(dout), dx_tiled, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation", [(2, None, 0, 1), (3, 2, 1, 2), ((3, 2), 1, (1, 0), 1)]
+)
+def test_maxpool_finite_differences(kernel, stride, padding, dilation):
+    torch.manual_seed(12)
+    layer = MaxPool2d(kernel, stride, padding, dilation)
+    # Distinct values keep every argmax away from a tie, where max is not differentiable.
+    x = torch.randperm(2 * 2 * 7 * 6).double().reshape(2, 2, 7, 6) / 10
+    check_finite_differences(layer, x, rtol=1e-7)
+
+
+def test_maxpool_window_of_only_padding_gives_minus_inf_and_no_gradient():
+    # Width 1, kernel 2, dilation 2, padding 1: the only window's taps are columns -1 and 1.
+    # (torch.nn.MaxPool2d returns -inf too but its backward corrupts memory here.)
+    layer = MaxPool2d((1, 2), padding=(0, 1), dilation=(1, 2))
+    out = layer(torch.ones(1, 1, 1, 1))
+    assert out.shape == (1, 1, 1, 1) and out.item() == float("-inf")
+    assert torch.equal(layer.backward(torch.ones(1, 1, 1, 1)), torch.zeros(1, 1, 1, 1))
+
+
+def test_maxpool_keeps_indices_not_input():
+    layer = MaxPool2d(3, 1, 1)
+    layer(torch.randn(1, 2, 5, 5))
+    assert getattr(layer, "_argmax").dtype == torch.int64
+    assert not any(isinstance(v, torch.Tensor) and v.dtype.is_floating_point for v in vars(layer).values())
+
+
+# AvgPool2d ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(config=window_configs, count_include_pad=st.booleans())
+def test_avgpool_matches_torch(dtype, config, count_include_pad):
+    c = config
+    assume(valid(c, use_dilation=False))
+    kwargs = dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"])
+    kwargs["count_include_pad"] = count_include_pad
+    torch.manual_seed(c["seed"])
+    x = torch.randn(c["batch"], c["channels"], c["height"], c["width"], dtype=dtype)
+    check_against_torch(
+        AvgPool2d(**kwargs), torch.nn.AvgPool2d(**kwargs), x, forward_atol=CONV_FORWARD_ATOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), ((3, 2), 1, (1, 0))])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avgpool_finite_differences(kernel, stride, padding, count_include_pad):
+    torch.manual_seed(13)
+    layer = AvgPool2d(kernel, stride, padding, count_include_pad=count_include_pad)
+    check_finite_differences(layer, torch.randn(2, 2, 7, 6, dtype=torch.float64), rtol=1e-7)
+
+
+def test_avgpool_defaults_equal_torch_defaults():
+    layer = AvgPool2d(3, padding=1)
+    assert layer.stride == (3, 3) and layer.count_include_pad
+    torch.manual_seed(14)
+    x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
+    check_against_torch(layer, torch.nn.AvgPool2d(3, padding=1), x)
+
+
+# Adaptive pooling --------------------------------------------------------------------------
+
+adaptive_configs = st.fixed_dictionaries(
+    {
+        "batch": st.sampled_from([1, 2]),
+        "channels": st.sampled_from([1, 3]),
+        "height": st.integers(1, 11),
+        "width": st.integers(1, 11),
+        "output": st.one_of(
+            st.integers(1, 6),
+            st.tuples(st.integers(1, 6), st.integers(1, 6)),
+            st.tuples(st.none(), st.integers(1, 4)),
+        ),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["AdaptiveMaxPool2d", "AdaptiveAvgPool2d"])
+@given(config=adaptive_configs)
+def test_adaptive_matches_torch(dtype, kind, config):
+    c = config
+    layer = {"AdaptiveMaxPool2d": AdaptiveMaxPool2d, "AdaptiveAvgPool2d": AdaptiveAvgPool2d}[kind](c["output"])
+    module = getattr(torch.nn, kind)(c["output"])
+    torch.manual_seed(c["seed"])
+    x = torch.randn(c["batch"], c["channels"], c["height"], c["width"], dtype=dtype)
+    check_against_torch(layer, module, x, forward_atol=CONV_FORWARD_ATOL[dtype])
+
+
+@given(config=adaptive_configs, high=st.sampled_from([1, 2, 3]))
+def test_adaptive_max_ties_exactly_like_torch(config, high):
+    c = config
+    generator = torch.Generator().manual_seed(c["seed"])
+    x = torch.randint(0, high, (c["batch"], c["channels"], c["height"], c["width"]), generator=generator).float()
+    layer = AdaptiveMaxPool2d(c["output"])
+    dout = torch.randint(1, 5, layer(x).shape, generator=generator).float()
+    dx, dx_ref = exact_gradients(layer, torch.nn.AdaptiveMaxPool2d(c["output"]), x, dout)
+    assert torch.equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("output", [(3, 4), 5, (7, 2)])
+def test_adaptive_max_constant_input_exactly_like_torch(output):
+    x = torch.full((2, 2, 7, 9), 1.5)
+    layer = AdaptiveMaxPool2d(output)
+    dout = torch.arange(layer(x).numel(), dtype=torch.float32).reshape(layer(x).shape) % 5 + 1
+    dx, dx_ref = exact_gradients(layer, torch.nn.AdaptiveMaxPool2d(output), x, dout)
+    assert torch.equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("layer_class", [AdaptiveMaxPool2d, AdaptiveAvgPool2d])
+@pytest.mark.parametrize("output", [(3, 4), (4, None), 8])
+def test_adaptive_finite_differences(layer_class, output):
+    x = torch.randperm(2 * 2 * 7 * 6).double().reshape(2, 2, 7, 6) / 10
+    check_finite_differences(layer_class(output), x, rtol=1e-7)
+
+
+def test_adaptive_output_size_forms():
+    assert AdaptiveMaxPool2d(4).output_size == (4, 4)
+    assert AdaptiveAvgPool2d((None, 3))(torch.randn(1, 2, 5, 7)).shape == (1, 2, 5, 3)
+    assert repr(AdaptiveMaxPool2d((4, 4))) == "AdaptiveMaxPool2d(output_size=(4, 4))"
+    assert repr(AdaptiveAvgPool2d(2)) == "AdaptiveAvgPool2d(output_size=(2, 2))"
+
+
+# Every pooling layer: unbatched input, reprs, errors --------------------------------------
+
+ALL_POOLS = [
+    (lambda: MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1)),
+    (lambda: MaxPool2d(2), torch.nn.MaxPool2d(2)),
+    (lambda: AvgPool2d(3, 1, 1), torch.nn.AvgPool2d(3, 1, 1)),
+    (lambda: AvgPool2d(2), torch.nn.AvgPool2d(2)),
+    (lambda: AdaptiveMaxPool2d((3, 2)), torch.nn.AdaptiveMaxPool2d((3, 2))),
+    (lambda: AdaptiveAvgPool2d((3, 2)), torch.nn.AdaptiveAvgPool2d((3, 2))),
+]
+POOL_IDS = [repr(module) for _, module in ALL_POOLS]
+
+
+@pytest.mark.parametrize("make, module", ALL_POOLS, ids=POOL_IDS)
+def test_pooling_unbatched_input(make, module):
+    torch.manual_seed(15)
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    out = check_against_torch(make(), module, x)
+    assert out.dim() == 3 and out.shape[0] == 3
+
+
+@pytest.mark.parametrize("make, module", ALL_POOLS, ids=POOL_IDS)
+def test_pooling_backward_before_forward(make, module):
+    layer = make()
+    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.*before forward"):
+        layer.backward(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("make, module", ALL_POOLS, ids=POOL_IDS)
+@pytest.mark.parametrize("shape", [(7, 6), (1, 1, 1, 7, 6)])
+def test_pooling_wrong_ndim(make, module, shape):
+    layer = make()
+    with pytest.raises(ValueError, match=type(layer).__name__):
+        layer(torch.randn(*shape))
+
+
+def test_pooling_reprs():
+    assert repr(MaxPool2d(2)) == "MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
+    assert repr(MaxPool2d(3, 1, 1, 2)) == (
+        "MaxPool2d(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(2, 2))"
+    )
+    assert repr(AvgPool2d((2, 3), 1)) == "AvgPool2d(kernel_size=(2, 3), stride=(1, 1), padding=(0, 0))"
+    assert repr(AvgPool2d(3, padding=1, count_include_pad=False)) == (
+        "AvgPool2d(kernel_size=(3, 3), stride=(3, 3), padding=(1, 1), count_include_pad=False)"
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MaxPool2d(0),
+        lambda: MaxPool2d(2, stride=0),
+        lambda: MaxPool2d(2, padding=-1),
+        lambda: MaxPool2d(2, padding=2),  # more than half the kernel, as torch refuses
+        lambda: MaxPool2d((3, 2), padding=(1, 2)),
+        lambda: MaxPool2d(2, dilation=0),
+        lambda: AvgPool2d(3, padding=2),
+        lambda: AvgPool2d((2, 2, 2)),
+        lambda: AdaptiveMaxPool2d(0),
+        lambda: AdaptiveAvgPool2d((2, 2, 2)),
+        lambda: AdaptiveAvgPool2d("4"),
+    ],
+)
+def test_pooling_bad_arguments(make):
+    with pytest.raises(ValueError, match="Pool2d"):
+        make()
+
+
+def test_pooling_kernel_larger_than_padded_input():
+    with pytest.raises(ValueError, match="MaxPool2d.*larger than the padded input"):
+        MaxPool2d(5, padding=1)(torch.randn(1, 1, 2, 8))
+    with pytest.raises(ValueError, match="MaxPool2d.*larger than the padded input"):
+        MaxPool2d(3, dilation=3)(torch.randn(1, 1, 6, 6))
+    with pytest.raises(ValueError, match="AvgPool2d.*larger than the padded input"):
+        AvgPool2d(4)(torch.randn(2, 3, 3))
