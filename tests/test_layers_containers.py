@@ -1,0 +1,629 @@
+"""Sequential, MLP and make_activation: gradients against torch.nn.Sequential twins,
+the container contract (kw, order, indexing, modes, dtype), state_dict and errors."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from nnlab.layers import (
+    ACTIVATIONS,
+    MLP,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MSELoss,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    make_activation,
+)
+from reference import check_against_autograd, check_against_torch, check_finite_differences, copy_params
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def randn(shape, seed, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def twin(layer):
+    """The torch.nn module equivalent to an nnlab layer (parameters not yet copied)."""
+    if isinstance(layer, MLP):
+        return twin(layer.sequence)
+    if isinstance(layer, Sequential):
+        return torch.nn.Sequential(*[twin(child) for child in layer])
+    if isinstance(layer, Linear):
+        return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, LeakyReLU):
+        return torch.nn.LeakyReLU(layer.alpha)
+    if isinstance(layer, Dropout):
+        return torch.nn.Dropout(layer.p)
+    if isinstance(layer, Softmax):
+        return torch.nn.Softmax(layer.dim)
+    if isinstance(layer, Flatten):
+        return torch.nn.Flatten(layer.start_dim, layer.end_dim)
+    simple = {ReLU: torch.nn.ReLU, Sigmoid: torch.nn.Sigmoid, Tanh: torch.nn.Tanh}
+    return simple[type(layer)]()
+
+
+def twin_of(layer, dtype):
+    module = twin(layer).to(dtype)
+    module.train(layer.training)
+    copy_params(layer, module)
+    return module
+
+
+def twelve_layers():
+    """A 12-layer Sequential of every dense kind, ending in a Sigmoid."""
+    return Sequential(
+        Linear(6, 9),
+        ReLU(),
+        Linear(9, 7),
+        LeakyReLU(alpha=0.1),
+        Linear(7, 8),
+        Tanh(),
+        Linear(8, 5),
+        Softmax(dim=1),
+        Linear(5, 5),
+        Sigmoid(),
+        Linear(5, 3),
+        Sigmoid(),
+    )
+
+
+# Gradients against torch twins ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_twelve_layer_sequential_against_torch(batch, dtype):
+    torch.manual_seed(0)
+    model = twelve_layers().to(dtype=dtype)
+    assert len(model) == 12 and isinstance(model[-1], Sigmoid)
+    module = twin_of(model, dtype)
+    x = randn((batch, 6), 1, dtype)
+    check_against_torch(model, module, x)
+    check_against_autograd(model, x)
+
+
+def test_twelve_layer_sequential_finite_differences():
+    torch.manual_seed(0)
+    model = twelve_layers().to(dtype=torch.float64)
+    # Through Softmax and two Sigmoids the input gradient has norm ~1e-4 while the
+    # objective is O(1): with eps=1e-6 the rounding error of a central difference
+    # (~1e-16 / eps per entry) alone is ~1e-6 relative. eps=1e-4 keeps both rounding
+    # (~1e-12) and truncation (~eps^2) far below the unchanged rtol of 1e-7.
+    check_finite_differences(model, randn((3, 6), 2, torch.float64), eps=1e-4, max_elements=25)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequential_with_flatten_on_4d_input(dtype):
+    torch.manual_seed(0)
+    model = Sequential(Flatten(), Linear(2 * 3 * 5, 4), Tanh(), Linear(4, 3)).to(dtype=dtype)
+    x = randn((3, 2, 3, 5), 1, dtype)
+    check_against_torch(model, twin_of(model, dtype), x)
+    check_finite_differences(model.to(dtype=torch.float64), x.double(), max_elements=20)
+
+
+MLP_CASES = [
+    # (in, classes, hidden)
+    (5, 3, ()),
+    (4, 2, (7,)),
+    (6, 4, (8, 5)),
+    (3, 1, (4, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("in_features, classes, hidden", MLP_CASES)
+def test_mlp_against_torch(in_features, classes, hidden, activation, dtype):
+    torch.manual_seed(0)
+    model = MLP(in_features, classes, hidden, activation=activation).to(dtype=dtype)
+    module = twin_of(model, dtype)
+    for batch, seed in ((1, 1), (6, 2)):
+        check_against_torch(model, module, randn((batch, in_features), seed, dtype))
+
+
+@pytest.mark.parametrize("activation", ["lrelu", "sigmoid", "tanh"])
+def test_mlp_finite_differences(activation):
+    torch.manual_seed(0)
+    model = MLP(4, 3, (5, 4), activation=activation).to(dtype=torch.float64)
+    check_finite_differences(model, randn((3, 4), 3, torch.float64), max_elements=20)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_with_loss_against_torch(dtype):
+    torch.manual_seed(0)
+    mlp = MLP(5, 4, (6,), activation="tanh").to(dtype=dtype)
+    model = Sequential(mlp, CrossEntropyLoss())
+    module = twin_of(mlp, dtype)
+    x = randn((7, 5), 1, dtype)
+    y = torch.tensor([0, 3, 1, 2, 2, 0, 3])
+
+    class Composite(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x, y):
+            return torch.nn.functional.cross_entropy(self.inner(x), y)
+
+    check_against_torch(model, Composite(), x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_with_dropout_train_against_autograd(dtype):
+    torch.manual_seed(0)
+    model = MLP(5, 3, (8, 6), activation="relu", dropout=0.3).to(dtype=dtype)
+    check_against_autograd(model, randn((4, 5), 1, dtype), seed=11)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_with_dropout_eval_against_torch(dtype):
+    torch.manual_seed(0)
+    model = MLP(5, 3, (8, 6), activation="relu", dropout=0.5).to(dtype=dtype).eval()
+    module = twin_of(model, dtype)
+    assert not module.training
+    check_against_torch(model, module, randn((4, 5), 1, dtype))
+
+
+@settings(max_examples=15)
+@given(
+    in_features=st.integers(1, 6),
+    classes=st.integers(1, 5),
+    hidden=st.lists(st.integers(1, 6), min_size=0, max_size=3),
+    activation=st.sampled_from(sorted(ACTIVATIONS)),
+    batch=st.integers(1, 5),
+    dtype=st.sampled_from(DTYPES),
+    data=st.data(),
+)
+def test_mlp_random(in_features, classes, hidden, activation, batch, dtype, data):
+    torch.manual_seed(in_features + 7 * classes + 31 * len(hidden))
+    model = MLP(in_features, classes, tuple(hidden), activation=activation).to(dtype=dtype)
+    elements = st.floats(-5, 5, allow_nan=False, allow_subnormal=False, width=32)
+    x = torch.from_numpy(data.draw(hnp.arrays(np.float32, (batch, in_features), elements=elements))).to(dtype)
+    check_against_torch(model, twin_of(model, dtype), x)
+
+
+@settings(max_examples=10)
+@given(
+    kinds=st.lists(st.sampled_from(["relu", "lrelu", "sigmoid", "tanh", "softmax"]), min_size=1, max_size=5),
+    width=st.integers(1, 5),
+    batch=st.integers(1, 4),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 1000),
+)
+def test_sequential_random(kinds, width, batch, dtype, seed):
+    makers = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+    torch.manual_seed(seed)
+    layers = []
+    for kind in kinds:
+        layers += [Linear(width, width), makers[kind]()]
+    model = Sequential(*layers).to(dtype=dtype)
+    check_against_torch(model, twin_of(model, dtype), randn((batch, width), seed, dtype) * 2)
+
+
+# Sequential contract ----------------------------------------------------------------
+
+class Recorder(Layer):
+    """Identity that logs its calls (and the keywords it was given) into a shared list."""
+
+    def __init__(self, name, log):
+        super().__init__()
+        self.name = name
+        self.log = log
+
+    def forward(self, x, **kw):
+        self.log.append(("forward", self.name, dict(kw)))
+        return x + 1
+
+    def backward(self, dout):
+        self.log.append(("backward", self.name))
+        return dout * 2
+
+
+def test_sequential_order_and_kw():
+    log = []
+    model = Sequential(Recorder("a", log), Recorder("b", log), Recorder("c", log))
+    out = model(torch.zeros(2), y="labels", extra=3)
+    assert torch.equal(out, torch.full((2,), 3.0))
+    dx = model.backward(torch.ones(2))
+    assert torch.equal(dx, torch.full((2,), 8.0))
+    kw = {"y": "labels", "extra": 3}
+    assert log == [
+        ("forward", "a", kw),
+        ("forward", "b", kw),
+        ("forward", "c", kw),
+        ("backward", "c"),
+        ("backward", "b"),
+        ("backward", "a"),
+    ]
+
+
+def test_sequential_with_loss_is_the_loss():
+    torch.manual_seed(0)
+    mlp = MLP(5, 4, (6,))
+    x = randn((7, 5), 1)
+    labels = torch.tensor([0, 3, 1, 2, 2, 0, 3])
+    model = Sequential(mlp, CrossEntropyLoss())
+    loss = model(x, y=labels)
+    dx = model.backward(1.0)
+    grads = [grad.clone() for _, grad in mlp.params()]
+
+    mlp.zero_grad()
+    separate_loss = CrossEntropyLoss()
+    expected = separate_loss(mlp(x), labels)
+    expected_dx = mlp.backward(separate_loss.backward())
+    assert torch.equal(loss, expected)
+    assert torch.equal(dx, expected_dx)
+    for grad, (_, expected_grad) in zip(grads, mlp.params()):
+        assert torch.equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("loss, y", [(MSELoss(), randn((3, 2), 5)), (BCEWithLogitsLoss(), torch.sigmoid(randn((3, 2), 6)))])
+def test_sequential_with_other_losses(loss, y):
+    torch.manual_seed(0)
+    model = Sequential(Linear(4, 2), loss)
+    x = randn((3, 4), 1)
+    assert torch.equal(model(x, y=y), loss(model[0](x), y))
+
+
+def test_sequential_params_concatenate_in_order():
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 5, bias=False), Tanh(), Linear(5, 2))
+    expected = []
+    for layer in model.layers:
+        expected += layer.params()
+    pairs = model.params()
+    assert len(pairs) == 5
+    for (param, grad), (want_param, want_grad) in zip(pairs, expected, strict=True):
+        assert param is want_param and grad is want_grad
+    assert pairs[0][0] is model[0].weight and pairs[1][0] is model[0].bias
+    assert pairs[2][0] is model[2].weight and pairs[3][0] is model[4].weight
+
+
+def test_sequential_indexing_len_iteration():
+    layers = [Linear(3, 4), ReLU(), Linear(4, 2), Sigmoid()]
+    model = Sequential(*layers)
+    assert len(model) == 4
+    assert list(model) == layers
+    assert all(a is b for a, b in zip(model, layers))
+    assert model[0] is layers[0] and model[-1] is layers[-1]
+    head = model[:2]
+    assert isinstance(head, Sequential) and len(head) == 2
+    assert head[0] is layers[0] and head[1] is layers[1]
+    tail = model[2:]
+    x = randn((3, 3), 0)
+    assert torch.equal(model(x), tail(head(x)))
+    assert len(model[::2]) == 2 and model[::2][1] is layers[2]
+    with pytest.raises(IndexError):
+        model[4]
+    assert len(Sequential()) == 0
+
+
+def test_sequential_rejects_non_layers():
+    with pytest.raises(TypeError, match=r"\[1\]"):
+        Sequential(Linear(2, 2), torch.nn.ReLU())
+
+
+def test_train_eval_propagate():
+    model = Sequential(MLP(4, 3, (5, 5), dropout=0.5), Sequential(ReLU(), Dropout(0.2)))
+    every = [model, model[0], model[0].sequence, *model[0], model[1], *model[1]]
+    assert all(layer.training for layer in every)
+    assert model.eval() is model
+    assert not any(layer.training for layer in every)
+    assert model.train() is model
+    assert all(layer.training for layer in every)
+    model.train(False)
+    assert not any(layer.training for layer in every)
+
+
+def test_dropout_inside_mlp_is_identity_in_eval():
+    torch.manual_seed(0)
+    model = MLP(6, 3, (10, 8), dropout=0.5)
+    without = MLP(6, 3, (10, 8))
+    for (target, _), (source, _) in zip(without.params(), model.params(), strict=True):
+        target.copy_(source)
+    x = randn((50, 6), 1)
+    model.eval()
+    first = model(x)
+    second = model(x)
+    assert torch.equal(first, second)
+    assert torch.allclose(first, without(x), atol=1e-6)
+    model.train()
+    torch.manual_seed(1)
+    trained = model(x)
+    assert not torch.allclose(trained, first, atol=1e-3)
+
+
+def test_to_float64_moves_params_and_grads():
+    torch.manual_seed(0)
+    model = Sequential(MLP(4, 3, (5,)), Tanh())
+    model(randn((2, 4), 0))
+    model.backward(randn((2, 3), 1))
+    before = [(param.clone(), grad.clone()) for param, grad in model.params()]
+    assert model.to(dtype=torch.float64) is model
+    after = model.params()
+    assert len(after) == len(before)
+    for (param, grad), (old_param, old_grad) in zip(after, before):
+        assert param.dtype == torch.float64 and grad.dtype == torch.float64
+        assert torch.equal(param, old_param.double()) and torch.equal(grad, old_grad.double())
+    linear = model[0][0]
+    assert linear.w is linear.weight and linear.weight is after[0][0] and linear.dw is after[0][1]
+    out = model(randn((2, 4), 2, torch.float64))
+    assert out.dtype == torch.float64
+    with pytest.raises(ValueError, match="float64"):
+        model(randn((2, 4), 2, torch.float32))
+    with pytest.raises(ValueError):
+        model.to(dtype=torch.int64)
+
+
+# MLP structure and repr -------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kind", sorted(ACTIVATIONS.items()))
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_mlp_structure(name, kind, dropout):
+    model = MLP(10, 3, (8, 6, 4), activation=name, dropout=dropout)
+    per_hidden = [Linear, kind] + ([Dropout] if dropout else [])
+    expected = per_hidden * 3 + [Linear]
+    assert [type(layer) for layer in model] == expected
+    assert len(model) == len(expected)
+    assert isinstance(model.sequence, Sequential)
+    linears = [layer for layer in model if isinstance(layer, Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(10, 8), (8, 6), (6, 4), (4, 3)]
+    if dropout:
+        assert all(layer.p == dropout for layer in model if isinstance(layer, Dropout))
+    activations = [layer for layer in model if isinstance(layer, kind)]
+    assert len({id(layer) for layer in activations}) == 3
+
+
+def test_mlp_without_hidden_layers():
+    model = MLP(7, 2)
+    assert [type(layer) for layer in model] == [Linear]
+    assert repr(model) == "MLP, Sequential\n\t[0] Linear(7, 2)"
+
+
+@pytest.mark.parametrize("activation", [LeakyReLU(alpha=0.2), LeakyReLU])
+def test_mlp_activation_layer_gets_a_copy_per_position(activation):
+    model = MLP(4, 2, (5, 5, 5), activation=activation)
+    activations = [model[i] for i in (1, 3, 5)]
+    assert all(type(layer) is LeakyReLU for layer in activations)
+    assert len({id(layer) for layer in activations}) == 3
+    assert all(layer is not activation for layer in activations)
+    if isinstance(activation, Layer):
+        assert all(layer.alpha == 0.2 for layer in activations)
+    # Each position caches its own input: gradients still match the torch twin.
+    torch.manual_seed(0)
+    check_against_torch(model, twin_of(model, torch.float32), randn((3, 4), 1))
+
+
+def test_make_activation():
+    for name, kind in ACTIVATIONS.items():
+        first, second = make_activation(name), make_activation(name)
+        assert type(first) is kind and first is not second
+    instance = Tanh()
+    copy = make_activation(instance)
+    assert type(copy) is Tanh and copy is not instance
+    assert type(make_activation(Sigmoid)) is Sigmoid
+
+
+@pytest.mark.parametrize("bad", ["gelu", "ReLu", "", 42, None, torch.nn.ReLU()])
+def test_unknown_activation(bad):
+    with pytest.raises(ValueError):
+        make_activation(bad)
+    with pytest.raises(ValueError):
+        MLP(4, 2, (3,), activation=bad)
+
+
+def test_unknown_activation_message_lists_choices():
+    with pytest.raises(ValueError) as info:
+        MLP(4, 2, (3,), activation="gelu")
+    message = str(info.value)
+    assert "gelu" in message and "relu" in message and "tanh" in message
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_mlp_rejects_bad_dropout(dropout):
+    with pytest.raises(ValueError):
+        MLP(4, 2, (3,), dropout=dropout)
+
+
+def test_mlp_repr():
+    model = MLP(200, 10, (100, 50), activation="lrelu", dropout=0.6)
+    lines = repr(model).split("\n")
+    assert lines[0] == "MLP, Sequential"
+    assert lines[1:] == [
+        "\t[0] Linear(200, 100)",
+        "\t[1] LeakyReLU(alpha=0.01)",
+        "\t[2] Dropout(p=0.6)",
+        "\t[3] Linear(100, 50)",
+        "\t[4] LeakyReLU(alpha=0.01)",
+        "\t[5] Dropout(p=0.6)",
+        "\t[6] Linear(50, 10)",
+    ]
+    assert str(MLP(200, 10, (100,))) == "MLP, Sequential\n\t[0] Linear(200, 100)\n\t[1] ReLU\n\t[2] Linear(100, 10)"
+
+
+def test_sequential_repr():
+    assert repr(Sequential(Linear(3, 4), Sigmoid())) == "Sequential\n\t[0] Linear(3, 4)\n\t[1] Sigmoid"
+
+
+def test_mlp_indexing_len_iteration():
+    model = MLP(4, 2, (3,))
+    assert len(model) == 3
+    assert model[0] is model.sequence[0]
+    assert list(model) == list(model.sequence)
+    for (param, grad), (same_param, same_grad) in zip(model.params(), model.sequence.params(), strict=True):
+        assert param is same_param and grad is same_grad
+
+
+# state_dict ---------------------------------------------------------------------------
+
+def test_state_dict_keys_like_torch():
+    torch.manual_seed(0)
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 2, bias=False), Tanh(), Linear(2, 2))
+    keys = list(model.state_dict())
+    assert keys == list(twin(model).state_dict())
+    assert keys == ["0.weight", "0.bias", "2.weight", "4.weight", "4.bias"]
+    mlp = MLP(3, 2, (4,), dropout=0.5)
+    assert list(mlp.state_dict()) == ["sequence.0.weight", "sequence.0.bias", "sequence.3.weight", "sequence.3.bias"]
+    nested = Sequential(MLP(3, 2, (4,)), Sigmoid())
+    assert list(nested.state_dict())[0] == "0.sequence.0.weight"
+
+
+def test_state_dict_loads_into_torch_twin():
+    torch.manual_seed(0)
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 2))
+    module = twin(model)
+    module.load_state_dict(model.state_dict())
+    x = randn((5, 3), 1)
+    with torch.no_grad():
+        assert torch.allclose(module(x), model(x), atol=1e-6)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    model = MLP(5, 3, (7, 4), activation="tanh")
+    fresh = MLP(5, 3, (7, 4), activation="tanh")
+    x = randn((6, 5), 1)
+    assert not torch.equal(model(x), fresh(x))
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(model(x), fresh(x))
+    for (a, _), (b, _) in zip(model.params(), fresh.params(), strict=True):
+        assert torch.equal(a, b) and a is not b
+
+
+def train_step(model, x, seed=0):
+    model.zero_grad()
+    model(x)
+    model.backward(randn((x.shape[0], 3), seed))
+    for param, grad in model.params():
+        param -= 0.1 * grad
+
+
+def test_state_dict_is_a_copy():
+    torch.manual_seed(0)
+    model = MLP(5, 3, (4,))
+    state = model.state_dict()
+    saved = {key: value.clone() for key, value in state.items()}
+    for (param, _), value in zip(model.params(), state.values()):
+        assert value is not param
+    train_step(model, randn((4, 5), 1))
+    assert any(not torch.equal(p, saved[k]) for k, p in model.sequence.named_tensors("sequence."))
+    for key in saved:
+        assert torch.equal(state[key], saved[key])
+
+
+def test_load_state_dict_copies_in_place():
+    torch.manual_seed(0)
+    model = MLP(5, 3, (4,))
+    source = MLP(5, 3, (4,))
+    held = model.params()  # what an optimizer built earlier would hold
+    ids = [(id(param), id(grad)) for param, grad in held]
+    state = source.state_dict()
+    model.load_state_dict(state)
+    assert [(id(param), id(grad)) for param, grad in model.params()] == ids
+    for (param, _), value in zip(held, state.values()):
+        assert torch.equal(param, value)
+        assert param is not value
+    # An "optimizer" step on the held tensors changes the model; the state is untouched.
+    before = {key: value.clone() for key, value in state.items()}
+    train_step(model, randn((4, 5), 1))
+    for key in state:
+        assert torch.equal(state[key], before[key])
+    assert not torch.equal(model[0].weight, state["sequence.0.weight"])
+
+
+def test_load_state_dict_wrong_shape_changes_nothing():
+    torch.manual_seed(0)
+    model = MLP(5, 3, (4,))
+    before = model.state_dict()
+    state = MLP(5, 3, (4,)).state_dict()
+    state["sequence.2.bias"] = torch.zeros(5)  # the last key: earlier keys are fine
+    with pytest.raises(ValueError) as info:
+        model.load_state_dict(state)
+    message = str(info.value)
+    assert "sequence.2.bias" in message and "(3,)" in message and "(5,)" in message
+    after = model.state_dict()
+    for key in before:
+        assert torch.equal(before[key], after[key]), f"{key} changed by a failed load"
+
+
+def test_load_state_dict_missing_and_unexpected_keys():
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 2))
+    state = model.state_dict()
+    before = model.state_dict()
+    missing = dict(state)
+    del missing["2.bias"]
+    with pytest.raises(ValueError, match=r"2\.bias"):
+        model.load_state_dict(missing)
+    unexpected = dict(state)
+    unexpected["5.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"5\.weight"):
+        model.load_state_dict(unexpected)
+    not_a_tensor = dict(state)
+    not_a_tensor["0.bias"] = [0.0] * 4
+    with pytest.raises(ValueError, match=r"0\.bias"):
+        model.load_state_dict(not_a_tensor)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+# Errors ------------------------------------------------------------------------------
+
+def test_sequential_names_failing_child():
+    model = Sequential(Linear(3, 4), ReLU(), Linear(5, 2))
+    with pytest.raises(ValueError) as info:
+        model(torch.zeros(2, 3))
+    message = str(info.value)
+    assert "Sequential[2]" in message and "(Linear)" in message
+    assert "Linear(5, 2)" in message and "(*, 5)" in message and "(2, 4)" in message
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_nested_containers_name_the_path():
+    model = Sequential(Tanh(), MLP(3, 2, (4,)))
+    with pytest.raises(ValueError) as info:
+        model(torch.zeros(2, 5))
+    message = str(info.value)
+    assert "Sequential[1] (MLP)" in message and "Sequential[0] (Linear)" in message
+    assert "(*, 3)" in message and "(2, 5)" in message
+
+
+def test_sequential_names_failing_loss():
+    model = Sequential(MLP(3, 2, (4,)), CrossEntropyLoss())
+    with pytest.raises(ValueError) as info:
+        model(torch.zeros(2, 3), y=torch.tensor([0, 2]))
+    message = str(info.value)
+    assert "Sequential[1] (CrossEntropyLoss)" in message and "[0, 2)" in message
+
+
+def test_sequential_dtype_mismatch():
+    model = MLP(3, 2, (4,))
+    with pytest.raises(ValueError) as info:
+        model(torch.zeros(2, 3, dtype=torch.float64))
+    assert "Sequential[0] (Linear)" in str(info.value) and "float64" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "model, name",
+    [
+        (Sequential(Linear(3, 2), ReLU()), "ReLU"),
+        (MLP(3, 2, (4,)), "Linear"),
+        (Sequential(MLP(3, 2, (4,)), MSELoss()), "MSELoss"),
+    ],
+)
+def test_container_backward_before_forward(model, name):
+    with pytest.raises(RuntimeError) as info:
+        model.backward(torch.ones(2, 2))
+    message = str(info.value)
+    assert name in message and "Sequential[" in message and "before forward" in message
