@@ -96,6 +96,11 @@ class TrainingDiverged(RuntimeError):
 # Checkpoint files ---------------------------------------------------------------------
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the model or optimizer."""
+
+
+
 def save_checkpoint(path, checkpoint):
     """Writes ``checkpoint`` (a dict of tensors, numbers, strings, lists, dicts) to
     ``path`` atomically: to a temporary file in the same folder, flushed and
@@ -133,17 +138,17 @@ def _fsync_folder(folder):
 
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict that ``fit`` saved at ``path`` (loaded with
-    ``weights_only=True``: no arbitrary code runs). ``ValueError`` naming the file if
-    it is not an nnlab checkpoint; ``FileNotFoundError`` if it does not exist."""
+    ``weights_only=True``: no arbitrary code runs). ``CheckpointError`` (a ValueError)
+    naming the file if it is not an nnlab checkpoint; ``FileNotFoundError`` if it does not exist."""
     path = os.fspath(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise ValueError(f"{path}: not a readable nnlab checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: not a readable nnlab checkpoint (torch.load: {type(error).__name__})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an nnlab checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+        raise CheckpointError(f"{path}: not an nnlab checkpoint (expected format '{CHECKPOINT_FORMAT}')")
     return checkpoint
 
 
@@ -369,10 +374,13 @@ class Trainer(abc.ABC):
         ``fit(..., resume=path)`` does this itself. For the best weights instead:
         ``model.load_state_dict(load_checkpoint(path)["best_model"])``."""
         checkpoint = load_checkpoint(path, map_location=self._model_device())
-        self.model.load_state_dict(checkpoint["model"])
         optimizer = getattr(self, "optimizer", None)
-        if checkpoint["optimizer"] is not None and optimizer is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            if checkpoint["optimizer"] is not None and optimizer is not None:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as error:
+            raise CheckpointError(f"{path}: does not fit this model and optimizer: {error}") from error
         _set_rng_state(checkpoint["rng"])
         return checkpoint
 
