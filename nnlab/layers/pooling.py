@@ -88,20 +88,18 @@ class MaxPool2d(_Pool2d):
     """Maximum over each (dilated) window, the padding counting as -inf.
     Same as ``torch.nn.MaxPool2d`` (ceil_mode=False).
 
-    Forward: ``out[n, c, i, j] = max_{a, b} x_pad[n, c, i*s + a*d, j*s + b*d]``.
-    Backward: the whole ``dout[n, c, i, j]`` goes to the window's argmax (summed where
-    windows overlap). Ties go where PyTorch sends them: to the first maximum in row-major
-    order inside the window (``torch.max`` over the unfolded window keeps the first).
+    Forward: ``out[n, c, i, j] = max_{a, b} x_pad[n, c, i*s + a*d, j*s + b*d]``, computed
+    as a running maximum over the kH*kW strided views ``x_pad[..., a*d::s, b*d::s]`` (one
+    elementwise pass per kernel offset, each covering every window at once).
+    Backward: the whole ``dout[n, c, i, j]`` goes to the window's argmax, summed where
+    windows overlap (one ``scatter_add_``). Ties go where PyTorch sends them: to the first
+    maximum in row-major order inside the window (a later offset wins only if strictly
+    greater).
 
     Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out), with
     ``H_out = floor((H + 2p - d(k - 1) - 1) / s) + 1``, likewise W_out.
-    Caches: the argmax offset of every output inside its window (int64, the output's
-    shape) and the input shape; not the input.
-
-    Fast path: when stride == kernel_size with no padding or dilation the windows tile the
-    input: a reshape to (N, C, H_out, kH, W_out, kW) replaces unfold, and backward is one
-    ``where`` (argmax == offset) writing straight into the input's layout instead of
-    scatter + fold (same result, less work).
+    Caches: the position of every output's argmax inside its padded window (int64, the
+    output's shape) and the input shape; not the input.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
@@ -116,48 +114,53 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x, **kw):
         x4, unbatched, out_h, out_w = self._prepare(x)
-        batch, channels = x4.shape[:2]
-        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
-            tiles = _tiles(x4, self.kernel_size, out_h, out_w)
-            windows = tiles.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, out_h, out_w, -1)
-            out, argmax = windows.max(dim=-1)
-        else:
-            out, argmax = self._unfolded_max(x4)
-            out = out.reshape(batch, channels, out_h, out_w)
+        pad_h, pad_w = self.padding
+        padded = x4
+        if pad_h or pad_w:
+            padded = F.pad(x4, (pad_w, pad_w, pad_h, pad_h), value=float("-inf"))
+        out = None
+        for offset, view in self._window_views(padded, out_h, out_w):
+            if out is None:
+                out = view.clone()
+                argmax = torch.full(out.shape, offset, dtype=torch.int64, device=x4.device)
+            else:
+                argmax.masked_fill_(view > out, offset)
+                out = torch.maximum(out, view)
         self._argmax = argmax
         self._input_shape = (x4.shape, unbatched)
         return out[0] if unbatched else out
 
-    def _unfolded_max(self, x4):
-        """Max over every window of the -inf-padded planes (N*C, 1, H, W), unfolded to
-        (N*C, kH*kW, L), and the row-major offset of the first maximum: both (N*C, L)."""
-        batch, channels, height, width = x4.shape
-        planes = x4.reshape(batch * channels, 1, height, width)
-        pad_h, pad_w = self.padding
-        if pad_h or pad_w:
-            planes = F.pad(planes, (pad_w, pad_w, pad_h, pad_h), value=float("-inf"))
-        cols = F.unfold(planes, self.kernel_size, dilation=self.dilation, stride=self.stride)
-        return cols.max(dim=1)
+    def _window_views(self, padded, out_h, out_w):
+        """(offset, view) for each kernel position (a, b) in row-major order: ``view`` holds
+        that position of every window, (N, C, H_out, W_out); ``offset`` is its flat position
+        in the padded plane relative to the window's top-left corner."""
+        (k_h, k_w), (s_h, s_w), (d_h, d_w) = self.kernel_size, self.stride, self.dilation
+        width = padded.shape[3]
+        for a in range(k_h):
+            for b in range(k_w):
+                top, left = a * d_h, b * d_w
+                rows = slice(top, top + s_h * (out_h - 1) + 1, s_h)
+                cols = slice(left, left + s_w * (out_w - 1) + 1, s_w)
+                yield top * width + left, padded[:, :, rows, cols]
 
     def backward(self, dout):
         argmax = self.cached("_argmax")
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
-        k_h, k_w = self.kernel_size
-        if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
-            # Every tile entry compares its own window offset with the argmax: one pass
-            # that writes the gradient straight in the input's layout.
-            batch, channels, out_h, out_w = argmax.shape
-            offsets = torch.arange(k_h * k_w, device=argmax.device).reshape(k_h, 1, k_w)
-            chosen = argmax.reshape(batch, channels, out_h, 1, out_w, 1) == offsets
-            dtiles = torch.where(chosen, dout.reshape(batch, channels, out_h, 1, out_w, 1), 0.0)
-            dx = _untile(dtiles, shape[2:])
-        else:
-            planes, positions = argmax.shape
-            dcols = torch.zeros(planes, k_h * k_w, positions, dtype=dout.dtype, device=dout.device)
-            dcols.scatter_(1, argmax.unsqueeze(1), dout.reshape(planes, 1, positions))
-            dx = self._fold(dcols, shape)
+        batch, channels, height, width = shape
+        out_h, out_w = argmax.shape[2:]
+        pad_h, pad_w = self.padding
+        padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
+        # Flat position of each window's top-left corner in its padded plane.
+        rows = torch.arange(out_h, device=argmax.device).reshape(out_h, 1) * (self.stride[0] * padded_w)
+        cols = torch.arange(out_w, device=argmax.device).reshape(1, out_w) * self.stride[1]
+        positions = (argmax + (rows + cols)).reshape(batch * channels, -1)
+        dpadded = torch.zeros(batch * channels, padded_h * padded_w, dtype=dout.dtype, device=dout.device)
+        dpadded.scatter_add_(1, positions, dout.reshape(batch * channels, -1))
+        dx = dpadded.reshape(batch, channels, padded_h, padded_w)
+        if pad_h or pad_w:
+            dx = dx[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
         return dx[0] if unbatched else dx
 
 
