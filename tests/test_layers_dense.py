@@ -288,6 +288,8 @@ def test_relu_exactly_at_zero(dtype):
     assert torch.equal(dx, expected)  # torch's subgradient at 0 is 0
     assert torch.equal(out, torch.relu(x))
     check_against_torch(ReLU(), torch.nn.ReLU(), x)
+    # The forward's own autograd must agree at 0 too (Dropout2d + BatchNorm feed exact zeros).
+    check_against_autograd(ReLU(), x)
 
 
 @pytest.mark.parametrize("alpha", [0.01, 0.2])

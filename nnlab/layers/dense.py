@@ -86,7 +86,9 @@ class ReLU(Layer):
 
     def forward(self, x, **kw):
         self.check_input(x, "any shape", True)
-        self._out = x.clamp_min(0)
+        # torch.relu rather than clamp_min: autograd of clamp_min passes the gradient at
+        # exactly x = 0 (an input Dropout2d + BatchNorm produce), torch.nn.ReLU does not.
+        self._out = torch.relu(x)
         return self._out
 
     def backward(self, dout):
