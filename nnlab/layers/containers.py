@@ -27,45 +27,28 @@ def indented(text):
     return text.replace("\n", "\n\t")
 
 
-class Sequential(Layer):
-    """Layers applied in order: ``out = f_n(... f_2(f_1(x)))``. Same as ``torch.nn.Sequential``.
-
-    Backward: the chain rule in reverse, ``dx = b_1(b_2(... b_n(dout)))`` where b_i is
-    layer i's backward. ``forward(x, **kw)`` hands ``kw`` to every layer, so
-    ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
-    Shapes: those of the first layer's input and the last layer's output.
-    Caches: nothing of its own; each layer caches what it needs.
-    """
+class LayerList(Layer):
+    """Base of the containers that hold an ordered list of layers: children named
+    "0", "1", ... (the state_dict prefixes), indexing (a slice gives the same kind of
+    container), ``len``, iteration, and a repr of one child a line."""
 
     def __init__(self, *layers):
         super().__init__()
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: element [{index}] must be a Layer, got {type(layer).__name__}")
+                raise TypeError(f"{type(self).__name__}: element [{index}] must be a Layer, got {type(layer).__name__}")
         self.layers = list(layers)
 
     def named_children(self):
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
 
-    def forward(self, x, **kw):
-        for index, layer in enumerate(self.layers):
-            with self.naming_errors_of(index, layer):
-                x = layer(x, **kw)
-        return x
-
-    def backward(self, dout):
-        for index in reversed(range(len(self.layers))):
-            layer = self.layers[index]
-            with self.naming_errors_of(index, layer):
-                dout = layer.backward(dout)
-        return dout
-
-    def naming_errors_of(self, index, layer):
-        return _ChildErrors(f"Sequential[{index}] ({type(layer).__name__})")
+    def child_errors(self, index):
+        """A context that re-raises child ``index``'s errors with the child named."""
+        return _ChildErrors(f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__})")
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Sequential(*self.layers[index])
+            return type(self)(*self.layers[index])
         return self.layers[index]
 
     def __len__(self):
@@ -75,9 +58,32 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def __repr__(self):
-        lines = ["Sequential"]
+        lines = [type(self).__name__]
         lines += [f"\t[{index}] {indented(repr(layer))}" for index, layer in enumerate(self.layers)]
         return "\n".join(lines)
+
+
+class Sequential(LayerList):
+    """Layers applied in order: ``out = f_n(... f_2(f_1(x)))``. Same as ``torch.nn.Sequential``.
+
+    Backward: the chain rule in reverse, ``dx = b_1(b_2(... b_n(dout)))`` where b_i is
+    layer i's backward. ``forward(x, **kw)`` hands ``kw`` to every layer, so
+    ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
+    Shapes: those of the first layer's input and the last layer's output.
+    Caches: nothing of its own; each layer caches what it needs.
+    """
+
+    def forward(self, x, **kw):
+        for index, layer in enumerate(self.layers):
+            with self.child_errors(index):
+                x = layer(x, **kw)
+        return x
+
+    def backward(self, dout):
+        for index in reversed(range(len(self.layers))):
+            with self.child_errors(index):
+                dout = self.layers[index].backward(dout)
+        return dout
 
 
 class _ChildErrors:
@@ -94,6 +100,21 @@ class _ChildErrors:
         if kind in (ValueError, TypeError, RuntimeError):
             raise kind(f"in {self.where}: {error}") from error
         return False
+
+
+def perceptron_layers(in_features, hidden_features, out_features, activation, dropout=0.0, wstd=None):
+    """``Linear -> activation [-> Dropout]`` for each hidden width, then a final
+    ``Linear`` to ``out_features``, as a list of fresh layers (the classifier part of
+    MLP, CNN and ResNet)."""
+    widths = [in_features, *hidden_features]
+    layers = []
+    for width_in, width_out in zip(widths[:-1], widths[1:]):
+        layers.append(Linear(width_in, width_out, wstd=wstd))
+        layers.append(make_activation(activation))
+        if dropout > 0:
+            layers.append(Dropout(dropout))
+    layers.append(Linear(widths[-1], out_features, wstd=wstd))
+    return layers
 
 
 class Builder(Layer):
@@ -138,12 +159,4 @@ class MLP(Builder):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
-        widths = [in_features, *hidden_features]
-        layers = []
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
-            layers.append(Linear(width_in, width_out, wstd=wstd))
-            layers.append(make_activation(activation))
-            if dropout > 0:
-                layers.append(Dropout(dropout))
-        layers.append(Linear(widths[-1], num_classes, wstd=wstd))
-        self.sequence = Sequential(*layers)
+        self.sequence = Sequential(*perceptron_layers(in_features, hidden_features, num_classes, activation, dropout, wstd))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer
-from .containers import Builder, Sequential, make_activation
-from .dense import Flatten, Linear
+from .containers import Builder, Sequential, make_activation, perceptron_layers
+from .dense import Flatten
 
 
 def pair(value, name, owner, minimum):
@@ -180,6 +180,21 @@ class Conv2d(Layer):
 POOLINGS = ("max", "avg", "adaptive_max", "adaptive_avg")
 
 
+def check_builder_args(owner, in_size, pool_every, pooling, pooling_params):
+    """Checks the arguments CNN and ResNet share (ValueError naming ``owner``) and returns
+    ``pooling_params`` or its default: ``dict(kernel_size=2)``, or
+    ``dict(output_size=(4, 4))`` for the adaptive kinds."""
+    if len(in_size) != 3:
+        raise ValueError(f"{owner}: in_size must be (C, H, W), got {in_size!r}")
+    if not isinstance(pool_every, int) or pool_every < 1:
+        raise ValueError(f"{owner}: pool_every must be an int >= 1, got {pool_every!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"{owner}: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling_params is not None:
+        return pooling_params
+    return dict(output_size=(4, 4)) if pooling.startswith("adaptive") else dict(kernel_size=2)
+
+
 def make_pooling(kind, params):
     """A fresh pooling layer of ``kind`` ('max', 'avg', 'adaptive_max', 'adaptive_avg')
     built with the keyword arguments ``params``."""
@@ -228,16 +243,9 @@ class CNN(Builder):
         pooling_params=None,
     ):
         super().__init__()
-        if len(in_size) != 3:
-            raise ValueError(f"CNN: in_size must be (C, H, W), got {in_size!r}")
-        if not isinstance(pool_every, int) or pool_every < 1:
-            raise ValueError(f"CNN: pool_every must be an int >= 1, got {pool_every!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"CNN: pooling must be one of {POOLINGS}, got {pooling!r}")
+        pooling_params = check_builder_args("CNN", in_size, pool_every, pooling, pooling_params)
         if conv_params is None:
             conv_params = dict(kernel_size=3, padding=1)
-        if pooling_params is None:
-            pooling_params = dict(output_size=(4, 4)) if pooling.startswith("adaptive") else dict(kernel_size=2)
         self.in_size = tuple(in_size)
         self.out_classes = out_classes
         self.channels = list(channels)
@@ -260,9 +268,5 @@ class CNN(Builder):
         features = shape[0] * shape[1] * shape[2]
 
         layers.append(Flatten())
-        widths = [features, *self.hidden_dims]
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
-            layers.append(Linear(width_in, width_out))
-            layers.append(make_activation(activation))
-        layers.append(Linear(widths[-1], out_classes))
+        layers += perceptron_layers(features, self.hidden_dims, out_classes, activation)
         self.sequence = Sequential(*layers)

@@ -4,9 +4,9 @@
 import torch
 
 from .base import Layer
-from .containers import Builder, Sequential, _ChildErrors, indented, make_activation
-from .conv import POOLINGS, Conv2d, make_pooling
-from .dense import Flatten, Linear
+from .containers import Builder, LayerList, Sequential, _ChildErrors, indented, make_activation, perceptron_layers
+from .conv import Conv2d, check_builder_args, make_pooling
+from .dense import Flatten
 from .norm import BatchNorm2d, Dropout2d
 
 
@@ -68,7 +68,7 @@ class Residual(Layer):
             return dx + self.shortcut.backward(dout)
 
 
-class Heads(Layer):
+class Heads(LayerList):
     """Several heads on one input: ``out = (head_0(x), head_1(x), ...)``, a tuple.
 
     Backward: takes a tuple (or list) of output gradients, one per head, and returns
@@ -80,37 +80,16 @@ class Heads(Layer):
     """
 
     def __init__(self, *layers):
-        super().__init__()
         if not layers:
             raise ValueError("Heads: need at least one head")
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Heads: head [{index}] must be a Layer, got {type(layer).__name__}")
-        self.layers = list(layers)
+        super().__init__(*layers)
         self._x = None
-
-    def named_children(self):
-        return [(str(index), layer) for index, layer in enumerate(self.layers)]
-
-    def __getitem__(self, index):
-        return self.layers[index]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def __repr__(self):
-        lines = ["Heads"]
-        lines += [f"\t[{index}] {indented(repr(layer))}" for index, layer in enumerate(self.layers)]
-        return "\n".join(lines)
 
     def forward(self, x, **kw):
         self._x = x
         outputs = []
         for index, layer in enumerate(self.layers):
-            with _ChildErrors(f"Heads[{index}] ({type(layer).__name__})"):
+            with self.child_errors(index):
                 outputs.append(layer(x, **kw))
         return tuple(outputs)
 
@@ -123,7 +102,7 @@ class Heads(Layer):
         for index, (layer, head_dout) in enumerate(zip(self.layers, dout)):
             if head_dout is None:
                 continue
-            with _ChildErrors(f"Heads[{index}] ({type(layer).__name__})"):
+            with self.child_errors(index):
                 dx = dx + layer.backward(head_dout)
         return dx
 
@@ -257,16 +236,9 @@ class ResNet(Builder):
         bottleneck=False,
     ):
         super().__init__()
-        if len(in_size) != 3:
-            raise ValueError(f"ResNet: in_size must be (C, H, W), got {in_size!r}")
-        if not isinstance(pool_every, int) or pool_every < 1:
-            raise ValueError(f"ResNet: pool_every must be an int >= 1, got {pool_every!r}")
+        pooling_params = check_builder_args("ResNet", in_size, pool_every, pooling, pooling_params)
         if not channels:
             raise ValueError("ResNet: channels must not be empty")
-        if pooling not in POOLINGS:
-            raise ValueError(f"ResNet: pooling must be one of {POOLINGS}, got {pooling!r}")
-        if pooling_params is None:
-            pooling_params = dict(output_size=(4, 4)) if pooling.startswith("adaptive") else dict(kernel_size=2)
         self.in_size = tuple(in_size)
         self.out_classes = out_classes
         self.channels = list(channels)
@@ -289,12 +261,7 @@ class ResNet(Builder):
             width = group[-1]
 
         num_features = self.feature_count(Sequential(*features))
-        layers = [*features, Flatten()]
-        widths = [num_features, *self.hidden_dims]
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
-            layers.append(Linear(width_in, width_out))
-            layers.append(make_activation(activation))
-        layers.append(Linear(widths[-1], out_classes))
+        layers = [*features, Flatten(), *perceptron_layers(num_features, self.hidden_dims, out_classes, activation)]
         self.sequence = Sequential(*layers)
 
     def feature_count(self, features):
