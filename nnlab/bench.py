@@ -30,6 +30,23 @@ TINY_CONV_CASES = [
 ]
 
 
+def forward_backward_case(layer, module, x):
+    """nnlab layer forward + backward against the torch module's forward + autograd
+    backward, on the same input and upstream gradient."""
+    x_ref = x.clone().requires_grad_(True)
+    dout = torch.randn(layer(x).shape)
+
+    def run_nnlab():
+        layer(x)
+        layer.backward(dout)
+
+    def run_torch():
+        x_ref.grad = None
+        module(x_ref).backward(dout)
+
+    return run_nnlab, run_torch
+
+
 def conv_case(batch, in_channels, height, width, out_channels, kernel, padding):
     """Conv2d forward + backward (input, weight and bias gradients) on both sides."""
     layer = Conv2d(in_channels, out_channels, kernel, padding=padding)
@@ -37,38 +54,13 @@ def conv_case(batch, in_channels, height, width, out_channels, kernel, padding):
     with torch.no_grad():
         module.weight.copy_(layer.weight)
         module.bias.copy_(layer.bias)
-    x = torch.randn(batch, in_channels, height, width)
-    x_ref = x.clone().requires_grad_(True)
-    dout = torch.randn(layer(x).shape)
-
-    def run_nnlab():
-        layer(x)
-        layer.backward(dout)
-
-    def run_torch():
-        x_ref.grad = None
-        module(x_ref).backward(dout)
-
-    return run_nnlab, run_torch
+    return forward_backward_case(layer, module, torch.randn(batch, in_channels, height, width))
 
 
 def maxpool_case(batch, channels, size, kernel):
     """MaxPool2d forward + backward on both sides."""
-    layer = MaxPool2d(kernel)
-    module = torch.nn.MaxPool2d(kernel)
     x = torch.randn(batch, channels, size, size)
-    x_ref = x.clone().requires_grad_(True)
-    dout = torch.randn(layer(x).shape)
-
-    def run_nnlab():
-        layer(x)
-        layer.backward(dout)
-
-    def run_torch():
-        x_ref.grad = None
-        module(x_ref).backward(dout)
-
-    return run_nnlab, run_torch
+    return forward_backward_case(MaxPool2d(kernel), torch.nn.MaxPool2d(kernel), x)
 
 
 def make_sgd(params, learn_rate, reg):
