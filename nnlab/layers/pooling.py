@@ -90,7 +90,12 @@ class MaxPool2d(_Pool2d):
 
     Forward: ``out[n, c, i, j] = max_{a, b} x_pad[n, c, i*s + a*d, j*s + b*d]``, computed
     as a running maximum over the kH*kW strided views ``x_pad[..., a*d::s, b*d::s]`` (one
-    elementwise pass per kernel offset, each covering every window at once).
+    elementwise pass per kernel offset, each covering every window at once). With a
+    column stride > 1 the kW column sets ``x_pad[..., b*d::s]`` are first copied to
+    contiguous tensors, so that every later pass reads unit-stride rows. The running
+    argmax is the offset index ``k = a*kW + b`` (uint8, int32 past 256 offsets), updated
+    by ``torch.where(view > out, k, index)``; at the end it becomes the flat position in the
+    padded plane, ``(i*s_h + a*d_h) * W_pad + j*s_w + b*d_w``, via a kH*kW lookup table.
     Backward: the whole ``dout[n, c, i, j]`` goes to the window's argmax, summed where
     windows overlap (one ``scatter_add_``). Ties go where PyTorch sends them: to the first
     maximum in row-major order inside the window (a later offset wins only if strictly
@@ -98,7 +103,7 @@ class MaxPool2d(_Pool2d):
 
     Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out), with
     ``H_out = floor((H + 2p - d(k - 1) - 1) / s) + 1``, likewise W_out.
-    Caches: the position of every output's argmax inside its padded window (int64, the
+    Caches: the flat position of every output's argmax in its padded plane (int64, the
     output's shape) and the input shape; not the input.
     """
 
@@ -118,46 +123,61 @@ class MaxPool2d(_Pool2d):
         padded = x4
         if pad_h or pad_w:
             padded = F.pad(x4, (pad_w, pad_w, pad_h, pad_h), value=float("-inf"))
-        out = None
-        for offset, view in self._window_views(padded, out_h, out_w):
-            if out is None:
-                out = view.clone()
-                argmax = torch.full(out.shape, offset, dtype=torch.int64, device=x4.device)
-            else:
-                argmax.masked_fill_(view > out, offset)
-                out = torch.maximum(out, view)
-        self._argmax = argmax
+        views = self._window_views(padded, out_h, out_w)
+        index_dtype = torch.uint8 if len(views) <= 256 else torch.int32
+        if len(views) == 1:
+            out = views[0].clone()
+            index = torch.zeros(out.shape, dtype=index_dtype, device=x4.device)
+        else:
+            # Two fresh tensors from the first pair; bool viewed as uint8 is offset 0 or 1.
+            out = torch.maximum(views[0], views[1])
+            index = torch.gt(views[1], views[0]).view(torch.uint8).to(index_dtype)
+            for k in range(2, len(views)):
+                index = torch.where(views[k] > out, k, index)
+                out = torch.maximum(out, views[k])
+        self._argmax = self._positions(index, padded.shape[3])
         self._input_shape = (x4.shape, unbatched)
         return out[0] if unbatched else out
 
     def _window_views(self, padded, out_h, out_w):
-        """(offset, view) for each kernel position (a, b) in row-major order: ``view`` holds
-        that position of every window, (N, C, H_out, W_out); ``offset`` is its flat position
-        in the padded plane relative to the window's top-left corner."""
+        """Views for each kernel position (a, b) in row-major order, each (N, C, H_out, W_out)
+        holding that position of every window. With a column stride > 1 they are views of
+        kW contiguous copies of the column sets (unit-stride rows for the passes)."""
         (k_h, k_w), (s_h, s_w), (d_h, d_w) = self.kernel_size, self.stride, self.dilation
-        width = padded.shape[3]
+        columns = []
+        for b in range(k_w):
+            left = b * d_w
+            cols = padded[:, :, :, left : left + s_w * (out_w - 1) + 1 : s_w]
+            columns.append(cols.contiguous() if s_w > 1 else cols)
+        views = []
         for a in range(k_h):
+            top = a * d_h
             for b in range(k_w):
-                top, left = a * d_h, b * d_w
-                rows = slice(top, top + s_h * (out_h - 1) + 1, s_h)
-                cols = slice(left, left + s_w * (out_w - 1) + 1, s_w)
-                yield top * width + left, padded[:, :, rows, cols]
+                views.append(columns[b][:, :, top : top + s_h * (out_h - 1) + 1 : s_h])
+        return views
+
+    def _positions(self, index, padded_w):
+        """Offset indices (N, C, H_out, W_out) as flat int64 positions in the padded plane."""
+        (k_h, k_w), (s_h, s_w), (d_h, d_w) = self.kernel_size, self.stride, self.dilation
+        device = index.device
+        table = [a * d_h * padded_w + b * d_w for a in range(k_h) for b in range(k_w)]
+        table = torch.tensor(table, dtype=torch.int64, device=device)
+        positions = table.index_select(0, index.reshape(-1).to(torch.int32)).reshape(index.shape)
+        out_h, out_w = index.shape[2:]
+        rows = torch.arange(out_h, device=device).reshape(out_h, 1) * (s_h * padded_w)
+        cols = torch.arange(out_w, device=device).reshape(1, out_w) * s_w
+        return positions.add_(rows + cols)
 
     def backward(self, dout):
-        argmax = self.cached("_argmax")
+        positions = self.cached("_argmax")
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
         batch, channels, height, width = shape
-        out_h, out_w = argmax.shape[2:]
         pad_h, pad_w = self.padding
         padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
-        # Flat position of each window's top-left corner in its padded plane.
-        rows = torch.arange(out_h, device=argmax.device).reshape(out_h, 1) * (self.stride[0] * padded_w)
-        cols = torch.arange(out_w, device=argmax.device).reshape(1, out_w) * self.stride[1]
-        positions = (argmax + (rows + cols)).reshape(batch * channels, -1)
         dpadded = torch.zeros(batch * channels, padded_h * padded_w, dtype=dout.dtype, device=dout.device)
-        dpadded.scatter_add_(1, positions, dout.reshape(batch * channels, -1))
+        dpadded.scatter_add_(1, positions.reshape(batch * channels, -1), dout.reshape(batch * channels, -1))
         dx = dpadded.reshape(batch, channels, padded_h, padded_w)
         if pad_h or pad_w:
             dx = dx[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
