@@ -10,7 +10,8 @@ import torch
 from . import data, gradcheck_suite, training
 from .data import DataError
 from .grad_compare import gradient_errors
-from .layers import CNN, MLP, CrossEntropyLoss, Sequential
+from .layers import CrossEntropyLoss, Sequential
+from .models import CNN, MLP
 from .optimizers import Adam, MomentumSGD, RMSProp, VanillaSGD
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")

@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from . import layers as nn
+from . import models
 from .grad_compare import compare_to_module, finite_difference_errors, gradient_errors
 
 FORWARD_TOL = 1e-5
@@ -94,7 +95,7 @@ CASES = [
     ),
     Case(
         "MLP",
-        lambda: nn.MLP(4, 3, (6, 5), activation="lrelu"),
+        lambda: models.MLP(4, 3, (6, 5), activation="lrelu"),
         lambda: torch.nn.Sequential(
             torch.nn.Linear(4, 6), torch.nn.LeakyReLU(), torch.nn.Linear(6, 5), torch.nn.LeakyReLU(), torch.nn.Linear(5, 3)
         ),
@@ -128,13 +129,13 @@ CASES = [
     ),
     Case(
         "CNN",
-        lambda: nn.CNN((1, 6, 6), 3, channels=[2, 2], pool_every=2, hidden_dims=[4]),
+        lambda: models.CNN((1, 6, 6), 3, channels=[2, 2], pool_every=2, hidden_dims=[4]),
         None,
         (2, 1, 6, 6),
     ),
     Case(
         "ResNet",
-        lambda: nn.ResNet((1, 6, 6), 3, channels=[2, 2, 2], pool_every=3, hidden_dims=[4], batchnorm=True, bottleneck=True),
+        lambda: models.ResNet((1, 6, 6), 3, channels=[2, 2, 2], pool_every=3, hidden_dims=[4], batchnorm=True, bottleneck=True),
         None,
         (2, 1, 6, 6),
     ),

@@ -1,16 +1,30 @@
 """nnlab layers: every layer, loss and container, with hand-written backward passes.
 
-The layers live in modules by family; every public name is importable from here.
+The layers live in modules by family; every public name is importable from here. The
+model builders (``MLP``, ``CNN``, ``ResNet``) live in ``nnlab.models``, a module above
+this package; they are importable from here too, looked up on first use so that this
+package never imports the modules built on it.
 """
 
 from .base import Layer
-from .containers import ACTIVATIONS, MLP, Builder, Sequential, make_activation
-from .conv import CNN, Conv2d
+from .containers import ACTIVATIONS, Builder, Sequential, make_activation
+from .conv import Conv2d
 from .dense import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh, TanH
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .norm import BatchNorm1d, BatchNorm2d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock, ResNet, count_params
+from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock, count_params
+
+_MODEL_NAMES = ("MLP", "CNN", "ResNet")
+
+
+def __getattr__(name):
+    if name in _MODEL_NAMES:
+        from .. import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'nnlab.layers' has no attribute '{name}'")
+
 
 __all__ = [
     "ACTIVATIONS", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCEWithLogitsLoss",

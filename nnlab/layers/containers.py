@@ -1,9 +1,10 @@
-"""Sequential composition, the MLP builder, and the activation names builders accept."""
+"""Sequential composition, the Builder base of models built as one Sequential, and the
+activation names builders accept."""
 
 import copy
 
 from .base import Layer
-from .dense import Dropout, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 
 ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
@@ -102,21 +103,6 @@ class _ChildErrors:
         return False
 
 
-def perceptron_layers(in_features, hidden_features, out_features, activation, dropout=0.0, wstd=None):
-    """``Linear -> activation [-> Dropout]`` for each hidden width, then a final
-    ``Linear`` to ``out_features``, as a list of fresh layers (the classifier part of
-    MLP, CNN and ResNet)."""
-    widths = [in_features, *hidden_features]
-    layers = []
-    for width_in, width_out in zip(widths[:-1], widths[1:]):
-        layers.append(Linear(width_in, width_out, wstd=wstd))
-        layers.append(make_activation(activation))
-        if dropout > 0:
-            layers.append(Dropout(dropout))
-    layers.append(Linear(widths[-1], out_features, wstd=wstd))
-    return layers
-
-
 class Builder(Layer):
     """A model built as one Sequential, kept in ``.sequence``: forward, backward,
     indexing and iteration are the Sequential's. Prints as ``Name, Sequential`` then
@@ -145,18 +131,3 @@ class Builder(Layer):
 
     def __repr__(self):
         return f"{type(self).__name__}, {self.sequence!r}"
-
-
-class MLP(Builder):
-    """Multi-layer perceptron: ``Linear -> activation [-> Dropout]`` for each hidden
-    width, then a final ``Linear`` to ``num_classes`` scores.
-
-    Forward and backward are those of ``.sequence``, its Sequential.
-    Shapes: (N, in_features) -> (N, num_classes). Caches: nothing of its own.
-    """
-
-    def __init__(self, in_features, num_classes, hidden_features=(), activation="relu", dropout=0.0, wstd=None):
-        super().__init__()
-        if not 0 <= dropout < 1:
-            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
-        self.sequence = Sequential(*perceptron_layers(in_features, hidden_features, num_classes, activation, dropout, wstd))

@@ -1,5 +1,4 @@
-"""2-D convolution by unfold + matmul, the shape helpers the 2-D layers share, and the
-CNN builder."""
+"""2-D convolution by unfold + matmul."""
 
 import math
 
@@ -7,55 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer
-from .containers import Builder, Sequential, make_activation, perceptron_layers
-from .dense import Flatten
-
-
-def pair(value, name, owner, minimum):
-    """``value`` (an int or a pair of ints) as a pair; ValueError naming ``owner`` unless
-    both entries are ints >= ``minimum``."""
-    if isinstance(value, int):
-        value = (value, value)
-    value = tuple(value) if isinstance(value, (tuple, list)) else value
-    ok = isinstance(value, tuple) and len(value) == 2
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
-    if not ok:
-        raise ValueError(f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return value
-
-
-def window_output_size(size, kernel, stride, padding, dilation):
-    """Number of window positions along one axis: ``floor((size + 2p - d(k - 1) - 1) / s) + 1``
-    (0 or less when the dilated kernel is larger than the padded input)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def check_2d_input(layer, x, channels=None):
-    """Checks x is (N, C, H, W) or unbatched (C, H, W), with ``channels`` channels when
-    given; returns (x as 4-D, whether it was unbatched)."""
-    expected = "(N, C, H, W) or (C, H, W)" if channels is None else f"(N, {channels}, H, W) or ({channels}, H, W)"
-    ok = isinstance(x, torch.Tensor) and x.dim() in (3, 4)
-    if ok and channels is not None:
-        ok = x.shape[-3] == channels
-    layer.check_input(x, expected, ok)
-    if x.dim() == 3:
-        return x.unsqueeze(0), True
-    return x, False
-
-
-def check_windows_fit(layer, height, width, kernel, stride, padding, dilation):
-    """Output (height, width) of a sliding window; ValueError naming the layer when the
-    dilated kernel does not fit in the padded input."""
-    out_h = window_output_size(height, kernel[0], stride[0], padding[0], dilation[0])
-    out_w = window_output_size(width, kernel[1], stride[1], padding[1], dilation[1])
-    if out_h < 1 or out_w < 1:
-        span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-        padded = (height + 2 * padding[0], width + 2 * padding[1])
-        raise ValueError(
-            f"{layer!r}: the (dilated) kernel {span} is larger than the padded input {padded} "
-            f"(input {(height, width)}, padding {padding})"
-        )
-    return out_h, out_w
+from .windows import check_2d_input, check_windows_fit, pair
 
 
 class Conv2d(Layer):
@@ -175,98 +126,3 @@ class Conv2d(Layer):
         )
         dx = dx.reshape(batch, self.in_channels, *self._input_hw)
         return dx[0] if self._unbatched else dx
-
-
-POOLINGS = ("max", "avg", "adaptive_max", "adaptive_avg")
-
-
-def check_builder_args(owner, in_size, pool_every, pooling, pooling_params):
-    """Checks the arguments CNN and ResNet share (ValueError naming ``owner``) and returns
-    ``pooling_params`` or its default: ``dict(kernel_size=2)``, or
-    ``dict(output_size=(4, 4))`` for the adaptive kinds."""
-    if len(in_size) != 3:
-        raise ValueError(f"{owner}: in_size must be (C, H, W), got {in_size!r}")
-    if not isinstance(pool_every, int) or pool_every < 1:
-        raise ValueError(f"{owner}: pool_every must be an int >= 1, got {pool_every!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"{owner}: pooling must be one of {POOLINGS}, got {pooling!r}")
-    if pooling_params is not None:
-        return pooling_params
-    return dict(output_size=(4, 4)) if pooling.startswith("adaptive") else dict(kernel_size=2)
-
-
-def make_pooling(kind, params):
-    """A fresh pooling layer of ``kind`` ('max', 'avg', 'adaptive_max', 'adaptive_avg')
-    built with the keyword arguments ``params``."""
-    from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-
-    classes = {"max": MaxPool2d, "avg": AvgPool2d, "adaptive_max": AdaptiveMaxPool2d, "adaptive_avg": AdaptiveAvgPool2d}
-    if kind not in classes:
-        raise ValueError(f"CNN: pooling must be one of {POOLINGS}, got {kind!r}")
-    return classes[kind](**params)
-
-
-class CNN(Builder):
-    """Convolutional classifier:
-    ``[(Conv2d -> act) * pool_every -> pool] * (len(channels) // pool_every)``, then
-    ``Conv2d -> act`` for the ``len(channels) % pool_every`` leftover channels, then
-    ``Flatten -> (Linear -> act) * len(hidden_dims) -> Linear`` to ``out_classes`` scores.
-
-    ``conv_params`` are the keyword arguments of every Conv2d (default
-    ``dict(kernel_size=3, padding=1)``). ``pooling`` names the kind of every pooling
-    layer: 'max' (MaxPool2d), 'avg' (AvgPool2d), 'adaptive_max' (AdaptiveMaxPool2d) or
-    'adaptive_avg' (AdaptiveAvgPool2d); ``pooling_params`` are its keyword arguments
-    (default ``dict(kernel_size=2)`` for 'max'/'avg', ``dict(output_size=(4, 4))`` for
-    the adaptive kinds). With an adaptive kind and ``pool_every == len(channels)`` the
-    feature extractor ends in e.g. ``AdaptiveMaxPool2d((4, 4))``, so the classifier
-    sees ``channels[-1] * 4 * 4`` features whatever the input's height and width: the
-    model accepts several input sizes. ``activation`` is a name or Layer, as in MLP.
-
-    The flattened feature count is computed from ``in_size`` = (C, H, W) by the
-    output-size formula of each layer (nothing is run), so a configuration that
-    shrinks the image to nothing raises ValueError at construction.
-
-    Forward and backward are those of ``.sequence``, its Sequential.
-    Shapes: (N, C, H, W) -> (N, out_classes). Caches: nothing of its own.
-    """
-
-    def __init__(
-        self,
-        in_size,
-        out_classes,
-        channels,
-        pool_every,
-        hidden_dims,
-        conv_params=None,
-        activation="relu",
-        pooling="max",
-        pooling_params=None,
-    ):
-        super().__init__()
-        pooling_params = check_builder_args("CNN", in_size, pool_every, pooling, pooling_params)
-        if conv_params is None:
-            conv_params = dict(kernel_size=3, padding=1)
-        self.in_size = tuple(in_size)
-        self.out_classes = out_classes
-        self.channels = list(channels)
-        self.pool_every = pool_every
-        self.hidden_dims = list(hidden_dims)
-
-        layers = []
-        width = in_size[0]
-        for index, out_channels in enumerate(self.channels):
-            layers.append(Conv2d(width, out_channels, **conv_params))
-            layers.append(make_activation(activation))
-            if (index + 1) % pool_every == 0:
-                layers.append(make_pooling(pooling, pooling_params))
-            width = out_channels
-
-        shape = self.in_size
-        for layer in layers:
-            if hasattr(layer, "output_shape"):
-                shape = layer.output_shape(shape)
-        features = shape[0] * shape[1] * shape[2]
-
-        layers.append(Flatten())
-        layers += perceptron_layers(features, self.hidden_dims, out_classes, activation)
-        self.sequence = Sequential(*layers)

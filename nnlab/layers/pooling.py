@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer
-from .conv import check_2d_input, check_windows_fit, pair
+from .windows import check_2d_input, check_windows_fit, pair
 
 
 def _check_pool_args(owner, kernel, stride, padding):

@@ -1,12 +1,10 @@
-"""Skip connections and multiple heads, the residual block builders, ResNet, and
-``count_params``."""
+"""Skip connections and multiple heads, the residual block builders, and ``count_params``."""
 
 import torch
 
 from .base import Layer
-from .containers import Builder, LayerList, Sequential, _ChildErrors, indented, make_activation, perceptron_layers
-from .conv import Conv2d, check_builder_args, make_pooling
-from .dense import Flatten
+from .containers import Builder, LayerList, Sequential, _ChildErrors, indented, make_activation
+from .conv import Conv2d
 from .norm import BatchNorm2d, Dropout2d
 
 
@@ -193,87 +191,6 @@ class ResidualBottleneckBlock(ResidualBlock):
         self.in_out_channels = in_out_channels
         self.inner_channels = inner_channels
         self.inner_kernel_sizes = inner_kernel_sizes
-
-
-class ResNet(Builder):
-    """Residual classifier:
-    ``[ResidualBlock(pool_every convs) -> pool] * (len(channels) // pool_every)``, then one
-    ResidualBlock of the ``len(channels) % pool_every`` leftover convs (no pool after),
-    then ``Flatten -> (Linear -> act) * len(hidden_dims) -> Linear`` to ``out_classes``.
-
-    Every conv of a regular block has kernel 3 ('same' padding), so only pooling
-    changes the height and width. ``pooling`` is 'max', 'avg', 'adaptive_max' or
-    'adaptive_avg' with keyword arguments ``pooling_params`` (default
-    ``dict(kernel_size=2)``, or ``dict(output_size=(4, 4))`` for the adaptive kinds).
-    ``batchnorm`` and ``dropout`` go to every block.
-
-    Bottleneck mapping (``bottleneck=True``): a group of convs with output channels
-    c_1..c_p whose input channel count equals c_p, and p >= 3, becomes
-    ``ResidualBottleneckBlock(c_p, inner_channels=[c_2..c_{p-1}], inner_kernel_sizes=[3] * (p - 2))``:
-    a 1x1 conv down to c_2, 3x3 convs through c_2..c_{p-1}, a 1x1 conv up to c_p, so the
-    group still has exactly p convolutions and ends with c_p channels (c_1 only counts the
-    position of the 1x1 down-projection). Every other group stays a regular block.
-
-    The flattened feature count comes from running one zero image of ``in_size`` =
-    (C, H, W) through the feature part in eval mode (BatchNorm statistics and dropout
-    RNG untouched).
-    Forward and backward are those of ``.sequence``, its Sequential.
-    Shapes: (N, C, H, W) -> (N, out_classes). Caches: nothing of its own.
-    """
-
-    def __init__(
-        self,
-        in_size,
-        out_classes,
-        channels,
-        pool_every,
-        hidden_dims,
-        activation="relu",
-        pooling="max",
-        pooling_params=None,
-        batchnorm=False,
-        dropout=0.0,
-        bottleneck=False,
-    ):
-        super().__init__()
-        pooling_params = check_builder_args("ResNet", in_size, pool_every, pooling, pooling_params)
-        if not channels:
-            raise ValueError("ResNet: channels must not be empty")
-        self.in_size = tuple(in_size)
-        self.out_classes = out_classes
-        self.channels = list(channels)
-        self.pool_every = pool_every
-        self.hidden_dims = list(hidden_dims)
-        self.bottleneck = bottleneck
-        block_options = dict(batchnorm=batchnorm, dropout=dropout, activation=activation)
-
-        features = []
-        width = in_size[0]
-        for start in range(0, len(self.channels), pool_every):
-            group = self.channels[start : start + pool_every]
-            if bottleneck and width == group[-1] and len(group) >= 3:
-                inner = group[1:-1]
-                features.append(ResidualBottleneckBlock(width, inner, [3] * len(inner), **block_options))
-            else:
-                features.append(ResidualBlock(width, group, [3] * len(group), **block_options))
-            if len(group) == pool_every:
-                features.append(make_pooling(pooling, pooling_params))
-            width = group[-1]
-
-        num_features = self.feature_count(Sequential(*features))
-        layers = [*features, Flatten(), *perceptron_layers(num_features, self.hidden_dims, out_classes, activation)]
-        self.sequence = Sequential(*layers)
-
-    def feature_count(self, features):
-        """Flattened size of the feature part's output for one image of ``in_size``."""
-        features.eval()
-        try:
-            out = features(torch.zeros(1, *self.in_size))
-        except ValueError as error:
-            raise ValueError(f"ResNet: the feature layers cannot take an input of size {self.in_size}: {error}") from error
-        finally:
-            features.train()
-        return out[0].numel()
 
 
 def count_params(model):

@@ -1,0 +1,51 @@
+"""Shape helpers the 2-D layers share: argument pairs, the sliding-window output size,
+and the (N, C, H, W) / unbatched (C, H, W) input check."""
+
+import torch
+
+
+def pair(value, name, owner, minimum):
+    """``value`` (an int or a pair of ints) as a pair; ValueError naming ``owner`` unless
+    both entries are ints >= ``minimum``."""
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(value) if isinstance(value, (tuple, list)) else value
+    ok = isinstance(value, tuple) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    return value
+
+
+def window_output_size(size, kernel, stride, padding, dilation):
+    """Number of window positions along one axis: ``floor((size + 2p - d(k - 1) - 1) / s) + 1``
+    (0 or less when the dilated kernel is larger than the padded input)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def check_2d_input(layer, x, channels=None):
+    """Checks x is (N, C, H, W) or unbatched (C, H, W), with ``channels`` channels when
+    given; returns (x as 4-D, whether it was unbatched)."""
+    expected = "(N, C, H, W) or (C, H, W)" if channels is None else f"(N, {channels}, H, W) or ({channels}, H, W)"
+    ok = isinstance(x, torch.Tensor) and x.dim() in (3, 4)
+    if ok and channels is not None:
+        ok = x.shape[-3] == channels
+    layer.check_input(x, expected, ok)
+    if x.dim() == 3:
+        return x.unsqueeze(0), True
+    return x, False
+
+
+def check_windows_fit(layer, height, width, kernel, stride, padding, dilation):
+    """Output (height, width) of a sliding window; ValueError naming the layer when the
+    dilated kernel does not fit in the padded input."""
+    out_h = window_output_size(height, kernel[0], stride[0], padding[0], dilation[0])
+    out_w = window_output_size(width, kernel[1], stride[1], padding[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+        padded = (height + 2 * padding[0], width + 2 * padding[1])
+        raise ValueError(
+            f"{layer!r}: the (dilated) kernel {span} is larger than the padded input {padded} "
+            f"(input {(height, width)}, padding {padding})"
+        )
+    return out_h, out_w
