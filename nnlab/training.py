@@ -437,8 +437,8 @@ class LayerTrainer(Trainer):
     ``model.backward(loss_fn.backward())``, ``optimizer.step()``.
 
     Predictions are ``scores.argmax(dim=1)``. With ``device`` the model is moved there
-    (``model.to(device)``) and every batch too; the optimizer must be built from
-    ``model.params()`` after the model is on that device (checked here).
+    (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
+    before the move keeps working) and every batch too.
     """
 
     def __init__(self, model, loss_fn, optimizer, device=None):
@@ -447,18 +447,6 @@ class LayerTrainer(Trainer):
         self.optimizer = optimizer
         if self.device is not None:
             model.to(self.device)
-            self._check_optimizer_params()
-
-    def _check_optimizer_params(self):
-        pairs = getattr(self.optimizer, "params", None)
-        if pairs is None:
-            return
-        model_params = [param for param, _ in self.model.params()]
-        if any(param is not model_param for (param, _), model_param in zip(pairs, model_params)):
-            raise ValueError(
-                f"LayerTrainer: the optimizer does not hold the model's parameters on {self.device}; "
-                "call model.to(device) before building the optimizer from model.params()"
-            )
 
     def train_batch(self, batch):
         x, y = self.to_device(batch)

@@ -393,12 +393,19 @@ def test_torch_trainer_matches_layer_trainer_on_a_twin(digits, optimizer):
     assert not twin.training  # test_epoch leaves eval mode
 
 
-def test_layer_trainer_refuses_an_optimizer_over_other_tensors():
-    model = MLP(4, 2)
-    other = MLP(4, 2)
-    with pytest.raises(ValueError, match="model.to"):
-        LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(other.params()), device="cpu")
-    LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(model.params()), device="cpu")
+def test_an_optimizer_built_before_to_updates_the_moved_parameters():
+    torch.manual_seed(0)
+    model = MLP(4, 2, hidden_features=(3,))
+    optimizer = VanillaSGD(model.params(), learn_rate=0.5, reg=0.0)
+    before = [param.double().clone() for param, _ in model.params()]
+    trainer = LayerTrainer(model.to(dtype=torch.float64), CrossEntropyLoss(), optimizer, device="cpu")
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    trainer.train_batch((x, y))
+    for (param, _), old in zip(model.params(), before):
+        assert param.dtype == torch.float64
+        assert not torch.equal(param, old)  # the step reached the model's own tensors
+    assert [p for p, _ in optimizer.params] == [p for p, _ in model.params()]
 
 
 # overfit -----------------------------------------------------------------------------

@@ -123,17 +123,18 @@ class Layer(abc.ABC):
         return self.train(False)
 
     def to(self, device=None, dtype=None):
-        """Moves parameters, gradients and buffers; floating dtypes only. Build
-        optimizers after calling this, since the moved tensors are new objects."""
+        """Moves parameters, gradients and buffers to ``device`` and/or a floating
+        ``dtype``, in place: every tensor keeps its identity (as ``torch.nn.Module.to``
+        does), so an optimizer built before the move updates the moved parameters.
+        Integer buffers (``num_batches_tracked``) keep their dtype."""
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"{self!r}.to: dtype must be floating point, got {dtype}")
         for name in self._param_names:
-            setattr(self, name, getattr(self, name).to(device=device, dtype=dtype))
-            self._grads[name] = self._grads[name].to(device=device, dtype=dtype)
+            _move_in_place(getattr(self, name), device, dtype)
+            _move_in_place(self._grads[name], device, dtype)
         for name in self._buffer_names:
             buffer = getattr(self, name)
-            buffer_dtype = dtype if buffer.is_floating_point() else None
-            setattr(self, name, buffer.to(device=device, dtype=buffer_dtype))
+            _move_in_place(buffer, device, dtype if buffer.is_floating_point() else None)
         for _, child in self.named_children():
             child.to(device=device, dtype=dtype)
         return self
@@ -172,3 +173,11 @@ class Layer(abc.ABC):
                 )
         for key, target in targets.items():
             target.copy_(state[key])
+
+
+def _move_in_place(tensor, device, dtype):
+    """Gives ``tensor`` the contents of ``tensor.to(device, dtype)`` while keeping the
+    Python object (``torch.utils.swap_tensors``); nothing happens when it is already there."""
+    moved = tensor.to(device=device, dtype=dtype)
+    if moved is not tensor:
+        torch.utils.swap_tensors(tensor, moved)
