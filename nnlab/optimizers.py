@@ -17,20 +17,9 @@ import numbers
 
 import torch
 
+from .layers.base import checked_real
+
 # Checks -------------------------------------------------------------------------
-
-
-def _number(owner, name, value, low, high=math.inf, low_open=False, high_open=True):
-    """``value`` as a float; ValueError naming ``name`` unless it lies in the interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (math.isfinite(value) and above and below):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
-    return value
 
 
 def _describe(item):
@@ -121,14 +110,6 @@ class Optimizer(abc.ABC):
 
     # Hyperparameters ----------------------------------------------------------------
 
-    @property
-    def learn_rate(self):
-        return self._learn_rate
-
-    @learn_rate.setter
-    def learn_rate(self, value):
-        self._learn_rate = _number(type(self).__name__, "learn_rate", value, 0.0)
-
     @abc.abstractmethod
     def checked_hyperparameters(self, values):
         """``values`` (a dict keyed by HYPERPARAMETERS) validated and normalized;
@@ -137,9 +118,18 @@ class Optimizer(abc.ABC):
     def hyperparameters(self):
         return {name: getattr(self, name) for name in self.HYPERPARAMETERS}
 
+    def __setattr__(self, name, value):
+        # ``opt.reg = -5`` is checked like the constructor's arguments.
+        if name in self.HYPERPARAMETERS:
+            values = self.hyperparameters()
+            values[name] = value
+            self._set_hyperparameters(values)
+        else:
+            super().__setattr__(name, value)
+
     def _set_hyperparameters(self, values):
         for name, value in self.checked_hyperparameters(values).items():
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)
 
     def __repr__(self):
         values = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
@@ -261,8 +251,8 @@ class VanillaSGD(Optimizer):
     def checked_hyperparameters(self, values):
         owner = type(self).__name__
         return {
-            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
-            "reg": _number(owner, "reg", values["reg"], 0.0),
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": checked_real(owner, "reg", values["reg"], 0.0),
         }
 
     def step(self):
@@ -303,9 +293,9 @@ class MomentumSGD(Optimizer):
         if not isinstance(values["nesterov"], bool):
             raise ValueError(f"{owner}: nesterov must be True or False, got {values['nesterov']!r}")
         return {
-            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
-            "reg": _number(owner, "reg", values["reg"], 0.0),
-            "momentum": _number(owner, "momentum", values["momentum"], 0.0, 1.0),
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": checked_real(owner, "reg", values["reg"], 0.0),
+            "momentum": checked_real(owner, "momentum", values["momentum"], 0.0, 1.0),
             "nesterov": values["nesterov"],
         }
 
@@ -350,10 +340,10 @@ class RMSProp(Optimizer):
     def checked_hyperparameters(self, values):
         owner = type(self).__name__
         return {
-            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
-            "reg": _number(owner, "reg", values["reg"], 0.0),
-            "decay": _number(owner, "decay", values["decay"], 0.0, 1.0),
-            "eps": _number(owner, "eps", values["eps"], 0.0, low_open=True),
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": checked_real(owner, "reg", values["reg"], 0.0),
+            "decay": checked_real(owner, "decay", values["decay"], 0.0, 1.0),
+            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
         }
 
     def step(self):
@@ -398,13 +388,13 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         return {
-            "learn_rate": _number(owner, "learn_rate", values["learn_rate"], 0.0),
-            "reg": _number(owner, "reg", values["reg"], 0.0),
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "reg": checked_real(owner, "reg", values["reg"], 0.0),
             "betas": (
-                _number(owner, "betas[0]", betas[0], 0.0, 1.0),
-                _number(owner, "betas[1]", betas[1], 0.0, 1.0),
+                checked_real(owner, "betas[0]", betas[0], 0.0, 1.0),
+                checked_real(owner, "betas[1]", betas[1], 0.0, 1.0),
             ),
-            "eps": _number(owner, "eps", values["eps"], 0.0, low_open=True),
+            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
         }
 
     def step(self):

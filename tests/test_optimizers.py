@@ -413,8 +413,8 @@ def test_shared_layer_is_updated_once():
     torch.manual_seed(0)
     shared = Linear(3, 3)
     model = Sequential(shared, ReLU(), shared)
-    assert len(model.params()) == 4
-    opt = VanillaSGD(model.params(), learn_rate=0.1, reg=0.0)
+    assert len(model.params()) == 2  # listed once, as torch.nn.Module.parameters()
+    opt = VanillaSGD(model.params() + shared.params(), learn_rate=0.1, reg=0.0)
     assert len(opt.params) == 2
     before = shared.weight.clone()
     shared.dw.fill_(1.0)

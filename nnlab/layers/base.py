@@ -2,8 +2,15 @@
 pass, named parameters with gradients that accumulate, and buffers."""
 
 import abc
+import itertools
+import math
+import numbers
 
 import torch
+
+# Every call of a layer gets a new number, so a container can tell whether a child has
+# been called again (it is used at another place too) since the call it remembers.
+_CALL_IDS = itertools.count(1)
 
 
 class Layer(abc.ABC):
@@ -25,9 +32,14 @@ class Layer(abc.ABC):
         self._param_names = []
         self._buffer_names = []
         self._grads = {}
+        self._call_id = None
+        self._output_shapes = None
+        self._saved_versions = ()
 
     def __call__(self, *args, **kw):
-        return self.forward(*args, **kw)
+        out = self.forward(*args, **kw)
+        self._call_id = next(_CALL_IDS)
+        return out
 
     @abc.abstractmethod
     def forward(self, x, **kw):
@@ -61,7 +73,7 @@ class Layer(abc.ABC):
         """(name, layer) pairs of the sub-layers; containers override this."""
         return []
 
-    # Cache --------------------------------------------------------------------
+    # Cache ----------------------------------------------------------------------
 
     def cached(self, name):
         """The value ``forward`` stored in ``self.<name>``; a clear error if it has not run."""
@@ -73,12 +85,61 @@ class Layer(abc.ABC):
             )
         return value
 
+    def finish_forward(self, out):
+        """Ends a forward pass and returns ``out``. Records what ``start_backward``
+        checks: the output's shape (which dout must have) and the version counter of
+        every tensor the layer now holds (its cache and parameters), so that one changed
+        in place before backward is caught, as torch's autograd catches it."""
+        self._output_shapes = _shapes(out)
+        self._saved_versions = [(name, tensor, tensor._version) for name, tensor in self._held_tensors()]
+        return out
+
+    def start_backward(self, dout):
+        """Begins a backward pass and returns ``dout``: RuntimeError naming the layer if
+        forward has not run, or if a tensor it cached was changed in place since;
+        ValueError unless dout has the output's shape (a number or a 0-d tensor for a
+        scalar output; a tuple with a tensor or None per output for several outputs)."""
+        if self._output_shapes is None:
+            raise RuntimeError(f"{self.backward_entry()}: backward() called before forward(); run a forward pass first")
+        for name, tensor, version in self._saved_versions:
+            if tensor._version != version:
+                raise RuntimeError(
+                    f"{self!r}: the tensor '{name}' saved by forward was modified in place before "
+                    "backward; backward would use the changed values. Change a clone instead, or "
+                    "run forward again"
+                )
+        _check_dout(self, dout, self._output_shapes)
+        return dout
+
+    def backward_entry(self):
+        """Names where backward starts, for errors: the layer's class; a container names
+        its child whose backward runs first."""
+        return type(self).__name__
+
+    def _held_tensors(self):
+        """(name, tensor) for every tensor attribute (also inside tuples and lists) but
+        the buffers, which forward itself may update (running statistics)."""
+        for name, value in vars(self).items():
+            if name in self._buffer_names:
+                continue
+            if isinstance(value, torch.Tensor):
+                if not value.is_inference():
+                    yield name, value
+            elif isinstance(value, (tuple, list)):
+                for index, item in enumerate(value):
+                    if isinstance(item, torch.Tensor) and not item.is_inference():
+                        yield f"{name}[{index}]", item
+
     # Input checks -------------------------------------------------------------
 
     def check_input(self, x, expected, ok):
-        """Raises ValueError naming this layer, ``expected`` and x's shape unless ``ok``."""
+        """TypeError naming this layer unless x is a tensor; then ValueError naming this
+        layer, ``expected`` and x's shape unless ``ok`` (a bool, or a function of x,
+        called once x is known to be a tensor)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self!r}: expected a torch.Tensor input, got {type(x).__name__}")
+        if callable(ok):
+            ok = ok(x)
         if not ok:
             raise ValueError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
 
@@ -96,18 +157,21 @@ class Layer(abc.ABC):
     # Parameters, modes, devices -------------------------------------------------
 
     def params(self):
-        """(parameter, gradient) pairs: this layer's own, then each child's, in order."""
+        """(parameter, gradient) pairs: this layer's own, then each child's, in order;
+        a parameter of a layer used at several places is listed once, as in
+        ``torch.nn.Module.parameters()``."""
         pairs = [(getattr(self, name), self._grads[name]) for name in self._param_names]
         for _, child in self.named_children():
             pairs.extend(child.params())
-        return pairs
+        return _unique(pairs, key=lambda pair: id(pair[0]))
 
     def buffers(self):
-        """Buffers (saved, untrained state): this layer's own, then each child's, in order."""
+        """Buffers (saved, untrained state): this layer's own, then each child's, in
+        order; each listed once."""
         tensors = [getattr(self, name) for name in self._buffer_names]
         for _, child in self.named_children():
             tensors.extend(child.buffers())
-        return tensors
+        return _unique(tensors, key=id)
 
     def zero_grad(self):
         for _, grad in self.params():
@@ -181,3 +245,101 @@ def _move_in_place(tensor, device, dtype):
     moved = tensor.to(device=device, dtype=dtype)
     if moved is not tensor:
         torch.utils.swap_tensors(tensor, moved)
+
+
+def _unique(items, key):
+    """``items`` without repeats (by ``key``), first occurrences in order."""
+    seen = set()
+    kept = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            kept.append(item)
+    return kept
+
+
+def _shapes(out):
+    """The shape of ``out``, or a tuple of shapes for a tuple of outputs."""
+    if isinstance(out, (tuple, list)):
+        return tuple(_shapes(item) for item in out)
+    if isinstance(out, torch.Tensor):
+        return out.shape
+    return torch.Size([])
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _check_dout(layer, dout, shapes):
+    """ValueError (TypeError for a non-tensor) naming ``layer`` unless ``dout`` fits the
+    output ``shapes`` recorded by ``finish_forward``."""
+    if not isinstance(shapes, torch.Size):
+        if not isinstance(dout, (tuple, list)) or len(dout) != len(shapes):
+            raise ValueError(
+                f"{type(layer).__name__}.backward: expected a tuple of {len(shapes)} gradients "
+                f"(one per output, None allowed), got {_describe(dout)}"
+            )
+        for item, shape in zip(dout, shapes):
+            if item is not None:
+                _check_dout(layer, item, shape)
+        return
+    if len(shapes) == 0 and isinstance(dout, numbers.Real) and not isinstance(dout, bool):
+        return
+    if not isinstance(dout, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.backward: expected dout as a torch.Tensor, got {_describe(dout)}")
+    if dout.shape != shapes:
+        raise ValueError(
+            f"{type(layer).__name__}.backward: expected dout of shape {tuple(shapes)} (the output's), "
+            f"got {tuple(dout.shape)}"
+        )
+
+
+def remember_call(child):
+    """What a container keeps of a child's forward, right after it: the call's id and
+    a copy of the child's attributes (its cache; dicts and lists copied one level,
+    since some layers fill a cache dict in place)."""
+    attributes = {}
+    for name, value in vars(child).items():
+        if isinstance(value, (dict, list)):
+            value = type(value)(value)
+        attributes[name] = value
+    return child._call_id, attributes
+
+
+def recall_call(child, memory):
+    """Right before a child's backward: when the child has been called again since the
+    call ``memory`` (from ``remember_call``) belongs to (one layer used at several
+    places), puts back that call's cache, so each use gets its own backward. The
+    training flag is left as it is now."""
+    call_id, attributes = memory
+    if child._call_id != call_id:
+        training = child.training
+        vars(child).update(attributes)
+        child.training = training
+
+
+def checked_int(owner, name, value, minimum):
+    """``value`` as an int; ValueError naming ``owner`` and ``name`` unless it is an
+    integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def checked_real(owner, name, value, low=-math.inf, high=math.inf, low_open=False, high_open=True):
+    """``value`` as a float; ValueError naming ``owner`` and ``name`` unless it is a
+    finite real number (not a bool or a string) in the interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (math.isfinite(value) and above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
+    return value

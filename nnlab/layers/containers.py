@@ -3,7 +3,7 @@ activation names builders accept."""
 
 import copy
 
-from .base import Layer
+from .base import Layer, recall_call, remember_call
 from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 
 ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -47,6 +47,10 @@ class LayerList(Layer):
         """A context that re-raises child ``index``'s errors with the child named."""
         return _ChildErrors(f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__})")
 
+    def backward_entry(self):
+        last = len(self.layers) - 1
+        return f"{type(self).__name__}[{last}] ({self.layers[last].backward_entry()})"
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return type(self)(*self.layers[index])
@@ -70,20 +74,34 @@ class Sequential(LayerList):
     Backward: the chain rule in reverse, ``dx = b_1(b_2(... b_n(dout)))`` where b_i is
     layer i's backward. ``forward(x, **kw)`` hands ``kw`` to every layer, so
     ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
+    One layer may stand at several places (``act = ReLU(); Sequential(l1, act, l2, act)``,
+    or ``Sequential(l, Tanh(), l)``, tied weights): each place gets the backward of its
+    own call, and the parameter gradients of all places add up, as in PyTorch.
     Shapes: those of the first layer's input and the last layer's output.
-    Caches: nothing of its own; each layer caches what it needs.
+    Caches: per child, its call's id and a shallow copy of its attributes (the child's
+    own cache holds the tensors), to tell the calls of a shared layer apart.
     """
 
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        self._calls = None
+
     def forward(self, x, **kw):
+        calls = []
         for index, layer in enumerate(self.layers):
             with self.child_errors(index):
                 x = layer(x, **kw)
-        return x
+            calls.append(remember_call(layer))
+        self._calls = calls
+        return self.finish_forward(x)
 
     def backward(self, dout):
+        self.start_backward(dout)
         for index in reversed(range(len(self.layers))):
+            layer = self.layers[index]
+            recall_call(layer, self._calls[index])
             with self.child_errors(index):
-                dout = self.layers[index].backward(dout)
+                dout = layer.backward(dout)
         return dout
 
 
@@ -114,10 +132,17 @@ class Builder(Layer):
     def named_children(self):
         return [("sequence", self.sequence)]
 
+    def backward_entry(self):
+        return self.sequence.backward_entry()
+
     def forward(self, x, **kw):
-        return self.sequence(x, **kw)
+        out = self.sequence(x, **kw)
+        self._sequence_call = remember_call(self.sequence)
+        return self.finish_forward(out)
 
     def backward(self, dout):
+        self.start_backward(dout)
+        recall_call(self.sequence, self._sequence_call)
         return self.sequence.backward(dout)
 
     def __getitem__(self, index):

@@ -82,10 +82,11 @@ class Conv2d(Layer):
 
         # unfold works plane by plane, so unfolding the N*C planes as one sample gives the
         # same numbers in the same memory order as unfolding N samples of C planes, in one
-        # im2col call (one parallel region instead of one per sample).
-        planes = x4.reshape(1, batch * self.in_channels, height, width)
+        # im2col call (one parallel region instead of one per sample). An empty batch has
+        # no planes to merge and is unfolded as it is.
+        planes = x4.reshape(1, batch * self.in_channels, height, width) if batch else x4
         cols = F.unfold(planes, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        cols = cols.reshape(batch, -1, out_h * out_w)
+        cols = cols.reshape(batch, self.patch_size(), out_h * out_w)
         weight_2d = self.weight.reshape(self.out_channels, -1)
         if self.bias is None:
             out = torch.matmul(weight_2d, cols)
@@ -97,14 +98,19 @@ class Conv2d(Layer):
         self._cols = cols
         self._input_hw = (height, width)
         self._unbatched = unbatched
-        return out[0] if unbatched else out
+        return self.finish_forward(out[0] if unbatched else out)
+
+    def patch_size(self):
+        """Rows of an unfolded column: C_in * kH * kW."""
+        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     def backward(self, dout):
-        cols = self.cached("_cols")
+        self.start_backward(dout)
+        cols = self._cols
         if self._unbatched:
             dout = dout.unsqueeze(0)
         batch = cols.shape[0]
-        dout_3d = dout.reshape(batch, self.out_channels, -1)
+        dout_3d = dout.reshape(batch, self.out_channels, cols.shape[2])
         weight_2d = self.weight.reshape(self.out_channels, -1)
 
         # Parameter gradients accumulate in place.
@@ -116,8 +122,9 @@ class Conv2d(Layer):
         # Input gradient: columns back to image positions.
         dcols = torch.matmul(weight_2d.T, dout_3d)
         # fold sums plane by plane too: one col2im call over all N*C planes.
+        merged = dcols.reshape(1, -1, dcols.shape[2]) if batch else dcols
         dx = F.fold(
-            dcols.reshape(1, -1, dcols.shape[2]),
+            merged,
             self._input_hw,
             self.kernel_size,
             dilation=self.dilation,

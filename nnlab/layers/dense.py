@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from .base import Layer
+from .base import Layer, checked_int, checked_real
 
 
 class Linear(Layer):
@@ -23,12 +23,10 @@ class Linear(Layer):
 
     def __init__(self, in_features, out_features, bias=True, wstd=None):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(
-                f"Linear: in_features and out_features must be >= 1, got {in_features}, {out_features}"
-            )
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = checked_int("Linear", "in_features", in_features, 1)
+        self.out_features = checked_int("Linear", "out_features", out_features, 1)
+        if wstd is not None:
+            wstd = checked_real("Linear", "wstd", wstd, 0.0)
         if wstd is None:
             bound = 1.0 / math.sqrt(in_features)
             weight = torch.empty(out_features, in_features).uniform_(-bound, bound)
@@ -53,16 +51,17 @@ class Linear(Layer):
         return f"Linear({self.in_features}, {self.out_features}{bias})"
 
     def forward(self, x, **kw):
-        self.check_input(x, f"(*, {self.in_features})", x.dim() >= 1 and x.shape[-1] == self.in_features)
+        self.check_input(x, f"(*, {self.in_features})", lambda x: x.dim() >= 1 and x.shape[-1] == self.in_features)
         self.check_dtype(x)
         self._x = x
         out = x @ self.weight.T
         if self.bias is not None:
             out = out + self.bias
-        return out
+        return self.finish_forward(out)
 
     def backward(self, dout):
-        x = self.cached("_x")
+        self.start_backward(dout)
+        x = self._x
         x_rows = x.reshape(-1, self.in_features)
         dout_rows = dout.reshape(-1, self.out_features)
         # Parameter gradients accumulate in place.
@@ -75,8 +74,9 @@ class Linear(Layer):
 class ReLU(Layer):
     """``out = max(x, 0)``. Same as ``torch.nn.ReLU``.
 
-    Backward: ``dx = dout * [x > 0]`` (the subgradient at exactly 0 is 0, as in PyTorch).
-    Since out >= 0, the indicator [x > 0] equals sign(out).
+    Backward: ``dx = dout`` where ``out > 0`` or out is NaN, else 0 (the subgradient at
+    exactly 0 is 0; a NaN input passes dout; dout = inf where x <= 0 gives 0, not NaN:
+    all as PyTorch's ``threshold_backward``).
     Shapes: any -> same. Caches: the output.
     """
 
@@ -89,13 +89,13 @@ class ReLU(Layer):
         # torch.relu rather than clamp_min: autograd of clamp_min passes the gradient at
         # exactly x = 0 (an input Dropout2d + BatchNorm produce), torch.nn.ReLU does not.
         self._out = torch.relu(x)
-        return self._out
+        return self.finish_forward(self._out)
 
     def backward(self, dout):
-        out = self.cached("_out")
-        # sign(out) is the 0/1 indicator already in dout's dtype; on CPU this is about
-        # ten times faster than torch.where with a boolean mask.
-        return dout * out.sign()
+        self.start_backward(dout)
+        # masked_fill, unlike dout * sign(out), gives 0 (not NaN) for dout = inf at
+        # out = 0 and passes dout at a NaN output, as torch does.
+        return dout.masked_fill(self._out <= 0, 0)
 
 
 class LeakyReLU(Layer):
@@ -107,9 +107,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        if not 0 <= alpha < 1:
-            raise ValueError(f"LeakyReLU: alpha must be in [0, 1), got {alpha}")
-        self.alpha = alpha
+        self.alpha = checked_real("LeakyReLU", "alpha", alpha, 0.0, 1.0)
         self._mask = None
 
     def __repr__(self):
@@ -118,11 +116,11 @@ class LeakyReLU(Layer):
     def forward(self, x, **kw):
         self.check_input(x, "any shape", True)
         self._mask = x > 0
-        return torch.where(self._mask, x, x * self.alpha)
+        return self.finish_forward(torch.where(self._mask, x, x * self.alpha))
 
     def backward(self, dout):
-        mask = self.cached("_mask")
-        return torch.where(mask, dout, dout * self.alpha)
+        self.start_backward(dout)
+        return torch.where(self._mask, dout, dout * self.alpha)
 
 
 class Sigmoid(Layer):
@@ -140,10 +138,11 @@ class Sigmoid(Layer):
         self.check_input(x, "any shape", True)
         # torch.sigmoid never overflows, unlike 1 / (1 + exp(-x)) written out.
         self._out = torch.sigmoid(x)
-        return self._out
+        return self.finish_forward(self._out)
 
     def backward(self, dout):
-        out = self.cached("_out")
+        self.start_backward(dout)
+        out = self._out
         return dout * out * (1 - out)
 
 
@@ -160,10 +159,11 @@ class Tanh(Layer):
     def forward(self, x, **kw):
         self.check_input(x, "any shape", True)
         self._out = torch.tanh(x)
-        return self._out
+        return self.finish_forward(self._out)
 
     def backward(self, dout):
-        out = self.cached("_out")
+        self.start_backward(dout)
+        out = self._out
         return dout * (1 - out * out)
 
 
@@ -180,6 +180,8 @@ class Softmax(Layer):
 
     def __init__(self, dim=-1):
         super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"Softmax: dim must be an int, got {dim!r}")
         self.dim = dim
         self._out = None
 
@@ -187,14 +189,15 @@ class Softmax(Layer):
         return f"Softmax(dim={self.dim})"
 
     def forward(self, x, **kw):
-        self.check_input(x, f"a tensor with dimension {self.dim}", -x.dim() <= self.dim < max(x.dim(), 1))
+        self.check_input(x, f"a tensor with dimension {self.dim}", lambda x: -x.dim() <= self.dim < max(x.dim(), 1))
         shifted = x - x.amax(dim=self.dim, keepdim=True)
         exps = torch.exp(shifted)
         self._out = exps / exps.sum(dim=self.dim, keepdim=True)
-        return self._out
+        return self.finish_forward(self._out)
 
     def backward(self, dout):
-        out = self.cached("_out")
+        self.start_backward(dout)
+        out = self._out
         return out * (dout - (dout * out).sum(dim=self.dim, keepdim=True))
 
 
@@ -218,9 +221,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = checked_real("Dropout", "p", p, 0.0, 1.0, high_open=False)
         self._mask = None
 
     def __repr__(self):
@@ -230,13 +231,13 @@ class Dropout(Layer):
         self.check_input(x, "any shape", True)
         if not self.training or self.p == 0:
             self._mask = 1.0
-            return x * 1.0
+            return self.finish_forward(x * 1.0)
         self._mask = dropout_mask(x.shape, self.p, x)
-        return x * self._mask
+        return self.finish_forward(x * self._mask)
 
     def backward(self, dout):
-        mask = self.cached("_mask")
-        return dout * mask
+        self.start_backward(dout)
+        return dout * self._mask
 
 
 class Flatten(Layer):
@@ -248,6 +249,9 @@ class Flatten(Layer):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
+        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"Flatten: {name} must be an int, got {value!r}")
         self.start_dim = start_dim
         self.end_dim = end_dim
         self._shape = None
@@ -262,8 +266,8 @@ class Flatten(Layer):
         valid = -ndim <= self.start_dim < ndim and -ndim <= self.end_dim < ndim and start <= end
         self.check_input(x, f"at least {max(self.start_dim, self.end_dim) + 1} dimensions", valid)
         self._shape = x.shape
-        return x.flatten(self.start_dim, self.end_dim)
+        return self.finish_forward(x.flatten(self.start_dim, self.end_dim))
 
     def backward(self, dout):
-        shape = self.cached("_shape")
-        return dout.reshape(shape)
+        self.start_backward(dout)
+        return dout.reshape(self._shape)

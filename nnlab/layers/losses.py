@@ -13,7 +13,13 @@ class Loss(Layer):
     def forward(self, x, y=None, **kw):
         if y is None:
             raise ValueError(f"{self!r}: forward(x, y) needs targets y; got none")
-        return self.loss(x, y)
+        return self.finish_forward(self.loss(x, y))
+
+    @staticmethod
+    def batch_scale(dout, count):
+        """``dout / count`` for the gradient of a mean over ``count`` terms; an empty
+        batch (count 0, whose mean is NaN as in torch) has an empty gradient anyway."""
+        return dout / max(count, 1)
 
     @abc.abstractmethod
     def loss(self, x, y):
@@ -47,37 +53,48 @@ class CrossEntropyLoss(Loss):
         self._targets = None
 
     def loss(self, x, y):
-        self.check_input(x, "(N, C)", x.dim() == 2 and x.shape[1] > 0)
-        targets = self.target_probabilities(x, y)
+        self.check_input(x, "(N, C)", lambda x: x.dim() == 2 and x.shape[1] > 0)
         shifted = x - x.amax(dim=1, keepdim=True)
         log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
         self._probs = torch.exp(log_probs)
-        self._targets = targets
-        return -(targets * log_probs).sum() / x.shape[0]
+        if self.is_class_labels(x, y):
+            labels = y.to(device=x.device, dtype=torch.long).view(-1, 1)
+            self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
+            # Picking the target's log-probability (not summing one-hot * log_probs)
+            # keeps a -inf logit of another class (a mask) from making 0 * -inf = NaN.
+            return -log_probs.gather(1, labels).sum() / x.shape[0]
+        self._targets = y.to(x.dtype)
+        return -(self._targets * log_probs).sum() / x.shape[0]
 
-    def target_probabilities(self, x, y):
-        """y as an (N, C) matrix of probabilities; checks shape, dtype and label range."""
+    def is_class_labels(self, x, y):
+        """True for class labels (N,), False for probabilities (N, C); checks shape,
+        dtype and label range (ValueError naming the layer)."""
         num_samples, num_classes = x.shape
         if not isinstance(y, torch.Tensor):
-            raise ValueError(f"{self!r}: expected targets y as a tensor, got {type(y).__name__}")
-        if y.is_floating_point():
+            raise TypeError(f"{self!r}: expected targets y as a torch.Tensor, got {type(y).__name__}")
+        if y.is_floating_point() and y.dim() == 2:
             if y.shape != x.shape:
                 raise ValueError(
                     f"{self!r}: expected probability targets of shape {tuple(x.shape)}, got {tuple(y.shape)}"
                 )
-            return y.to(x.dtype)
-        if y.shape != (num_samples,):
-            raise ValueError(f"{self!r}: expected class labels of shape ({num_samples},), got {tuple(y.shape)}")
+            return False
+        # torch takes int64 or uint8 labels; any integer type is read exactly.
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex() or y.shape != (num_samples,):
+            raise ValueError(
+                f"{self!r}: expected class labels (an integer tensor of shape ({num_samples},)) or "
+                f"probabilities (a float tensor of shape {tuple(x.shape)}), got {y.dtype} of shape {tuple(y.shape)}"
+            )
         if num_samples and (y.min() < 0 or y.max() >= num_classes):
             bad = y[(y < 0) | (y >= num_classes)][0].item()
             raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {bad}")
-        return torch.zeros_like(x).scatter_(1, y.view(-1, 1).to(x.device), 1.0)
+        return True
 
     def backward(self, dout=1.0):
-        probs = self.cached("_probs")
+        self.start_backward(dout)
+        probs = self._probs
         targets = self._targets
         grad = probs * targets.sum(dim=1, keepdim=True) - targets
-        return grad * (dout / probs.shape[0])
+        return grad * self.batch_scale(dout, probs.shape[0])
 
 
 class MSELoss(Loss):
@@ -97,8 +114,8 @@ class MSELoss(Loss):
         return (self._diff * self._diff).mean()
 
     def backward(self, dout=1.0):
-        diff = self.cached("_diff")
-        return diff * (2 * dout / diff.numel())
+        self.start_backward(dout)
+        return self._diff * self.batch_scale(2 * dout, self._diff.numel())
 
 
 class BCEWithLogitsLoss(Loss):
@@ -124,5 +141,5 @@ class BCEWithLogitsLoss(Loss):
         return losses.mean()
 
     def backward(self, dout=1.0):
-        probs = self.cached("_probs")
-        return (probs - self._y) * (dout / probs.numel())
+        self.start_backward(dout)
+        return (self._probs - self._y) * self.batch_scale(dout, self._probs.numel())

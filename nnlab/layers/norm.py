@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import Layer
+from .base import Layer, checked_int, checked_real
 from .dense import dropout_mask
 
 
@@ -36,14 +36,10 @@ class _BatchNorm(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
         name = type(self).__name__
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
-        if eps <= 0:
-            raise ValueError(f"{name}: eps must be > 0, got {eps}")
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
-        self.num_features = num_features
-        self.eps = eps
+        self.num_features = checked_int(name, "num_features", num_features, 1)
+        self.eps = checked_real(name, "eps", eps, 0.0, low_open=True)
+        if momentum is not None:
+            momentum = checked_real(name, "momentum", momentum, 0.0, 1.0, high_open=False)
         self.momentum = momentum
         self.add_param("weight", torch.ones(num_features))
         self.add_param("bias", torch.zeros(num_features))
@@ -86,7 +82,7 @@ class _BatchNorm(Layer):
         self._centered = centered
         self._inv_std = inv_std
         self._batch_stats = use_batch_stats
-        return x_hat * self.weight.reshape(channel_shape) + self.bias.reshape(channel_shape)
+        return self.finish_forward(x_hat * self.weight.reshape(channel_shape) + self.bias.reshape(channel_shape))
 
     def update_running_stats(self, mean, var, count):
         # The running statistics are state, not part of the function being
@@ -102,7 +98,8 @@ class _BatchNorm(Layer):
             self.running_var.mul_(1 - factor).add_(unbiased_var.reshape(-1), alpha=factor)
 
     def backward(self, dout):
-        centered = self.cached("_centered")
+        self.start_backward(dout)
+        centered = self._centered
         inv_std = self._inv_std
         dims = [0] + list(range(2, centered.dim()))
         channel_shape = [1, self.num_features] + [1] * (centered.dim() - 2)
@@ -174,9 +171,7 @@ class Dropout2d(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"Dropout2d: p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = checked_real("Dropout2d", "p", p, 0.0, 1.0, high_open=False)
         self._mask = None
 
     def __repr__(self):
@@ -186,11 +181,11 @@ class Dropout2d(Layer):
         self.check_input(x, "(N, C, H, W) or (C, H, W)", isinstance(x, torch.Tensor) and x.dim() in (3, 4))
         if not self.training or self.p == 0:
             self._mask = 1.0
-            return x * 1.0
+            return self.finish_forward(x * 1.0)
         mask_shape = tuple(x.shape[:-2]) + (1, 1)
         self._mask = dropout_mask(mask_shape, self.p, x)
-        return x * self._mask
+        return self.finish_forward(x * self._mask)
 
     def backward(self, dout):
-        mask = self.cached("_mask")
-        return dout * mask
+        self.start_backward(dout)
+        return dout * self._mask

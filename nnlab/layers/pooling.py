@@ -135,9 +135,33 @@ class MaxPool2d(_Pool2d):
             for k in range(2, len(views)):
                 index = torch.where(views[k] > out, k, index)
                 out = torch.maximum(out, views[k])
+        index = self._torch_choice_at_nonfinite(views, out, index, x4.shape[2:])
         self._argmax = self._positions(index, padded.shape[3])
         self._input_shape = (x4.shape, unbatched)
-        return out[0] if unbatched else out
+        return self.finish_forward(out[0] if unbatched else out)
+
+    def _torch_choice_at_nonfinite(self, views, out, index, input_hw):
+        """The running argmax above, corrected where torch chooses otherwise (each check is
+        one pass over the output, the fix-up only runs when needed): torch takes the
+        *last* NaN of a window (it moves on ``val > max or isnan(val)``), and for a window
+        whose real entries are all -inf its first real entry, never the -inf padding."""
+        if out.isnan().any():
+            for k, view in enumerate(views):
+                index = torch.where(view.isnan(), k, index)
+        if self.padding != (0, 0):
+            all_minus_inf = out == float("-inf")
+            if all_minus_inf.any():
+                first, has_real = self._first_real_offsets(out.shape[2], out.shape[3], input_hw, out.device)
+                index = torch.where(all_minus_inf & has_real, first.to(index.dtype), index)
+        return index
+
+    def _first_real_offsets(self, out_h, out_w, input_hw, device):
+        """(H_out, W_out) offsets k = a*kW + b of each window's first non-padding entry in
+        row-major order, and whether the window has one at all."""
+        rows, rows_ok = _first_real_along(out_h, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0], input_hw[0], device)
+        cols, cols_ok = _first_real_along(out_w, self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1], input_hw[1], device)
+        first = rows.reshape(-1, 1) * self.kernel_size[1] + cols.reshape(1, -1)
+        return first, rows_ok.reshape(-1, 1) & cols_ok.reshape(1, -1)
 
     def _window_views(self, padded, out_h, out_w):
         """Views for each kernel position (a, b) in row-major order, each (N, C, H_out, W_out)
@@ -169,15 +193,18 @@ class MaxPool2d(_Pool2d):
         return positions.add_(rows + cols)
 
     def backward(self, dout):
-        positions = self.cached("_argmax")
+        self.start_backward(dout)
+        positions = self._argmax
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
         batch, channels, height, width = shape
         pad_h, pad_w = self.padding
         padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
-        dpadded = torch.zeros(batch * channels, padded_h * padded_w, dtype=dout.dtype, device=dout.device)
-        dpadded.scatter_add_(1, positions.reshape(batch * channels, -1), dout.reshape(batch * channels, -1))
+        planes = batch * channels
+        outputs = positions.shape[2] * positions.shape[3]
+        dpadded = torch.zeros(planes, padded_h * padded_w, dtype=dout.dtype, device=dout.device)
+        dpadded.scatter_add_(1, positions.reshape(planes, outputs), dout.reshape(planes, outputs))
         dx = dpadded.reshape(batch, channels, padded_h, padded_w)
         if pad_h or pad_w:
             dx = dx[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
@@ -228,10 +255,11 @@ class AvgPool2d(_Pool2d):
             self._divisor = self._divisors(height, width, x4)
             out = (cols.sum(dim=1) / self._divisor).reshape(batch, channels, out_h, out_w)
         self._input_shape = (x4.shape, unbatched)
-        return out[0] if unbatched else out
+        return self.finish_forward(out[0] if unbatched else out)
 
     def backward(self, dout):
-        shape, unbatched = self.cached("_input_shape")
+        self.start_backward(dout)
+        shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
         window = self.kernel_size[0] * self.kernel_size[1]
@@ -241,8 +269,8 @@ class AvgPool2d(_Pool2d):
             dshare = (dout / window).reshape(batch, channels, out_h, 1, out_w, 1)
             dx = _untile(dshare.expand(-1, -1, -1, k_h, -1, k_w), shape[2:])
         else:
-            batch, channels = shape[:2]
-            dshare = dout.reshape(batch * channels, 1, -1) / self._divisor
+            batch, channels, out_h, out_w = dout.shape
+            dshare = dout.reshape(batch * channels, 1, out_h * out_w) / self._divisor
             dx = self._fold(dshare.expand(-1, window, -1), shape)
         return dx[0] if unbatched else dx
 
@@ -332,67 +360,111 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
         windows = x4[:, :, rows][..., cols]  # (N, C, H_out, Kh, W_out, Kw)
         windows = windows.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, out_h, out_w, k_h * k_w)
         out, argmax = windows.max(dim=-1)
+        if out.isnan().any():
+            # torch takes a window's last NaN (torch.max takes its first).
+            last_nan = windows.isnan().flip(-1).to(torch.uint8).argmax(dim=-1)
+            argmax = torch.where(out.isnan(), k_h * k_w - 1 - last_nan, argmax)
 
         # Flat input position of every window entry, (H_out, W_out, Kh*Kw).
         table = rows.reshape(out_h, 1, k_h, 1) * width + cols.reshape(1, out_w, 1, k_w)
         table = table.reshape(1, 1, out_h, out_w, k_h * k_w).expand(batch, channels, -1, -1, -1)
         self._positions = torch.gather(table, -1, argmax.unsqueeze(-1)).reshape(batch, channels, out_h, out_w)
         self._input_shape = (x4.shape, unbatched)
-        return out[0] if unbatched else out
+        return self.finish_forward(out[0] if unbatched else out)
 
     def backward(self, dout):
-        positions = self.cached("_positions")
+        self.start_backward(dout)
+        positions = self._positions
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
         batch, channels, height, width = shape
+        outputs = positions.shape[2] * positions.shape[3]
         dx = torch.zeros(batch, channels, height * width, dtype=dout.dtype, device=dout.device)
-        dx.scatter_add_(2, positions.reshape(batch, channels, -1), dout.reshape(batch, channels, -1))
+        dx.scatter_add_(2, positions.reshape(batch, channels, outputs), dout.reshape(batch, channels, outputs))
         dx = dx.reshape(shape)
         return dx[0] if unbatched else dx
 
 
-def _averaging_matrix(size, out_size, like):
-    """(out, size) matrix whose row i is 1/len_i on adaptive window i and 0 elsewhere."""
-    starts = (torch.arange(out_size, device=like.device) * size) // out_size
-    ends = ((torch.arange(out_size, device=like.device) + 1) * size + out_size - 1) // out_size
-    positions = torch.arange(size, device=like.device).unsqueeze(0)
-    inside = (positions >= starts.unsqueeze(1)) & (positions < ends.unsqueeze(1))
-    lengths = (ends - starts).to(like.dtype).unsqueeze(1)
-    return inside.to(like.dtype) / lengths
+def _window_sums(x, dim, index, valid):
+    """Sums of x over adaptive windows along ``dim``: ``index`` and ``valid`` (out, K) from
+    ``adaptive_windows``/``_valid_entries``. The repeats of a window's last entry are
+    dropped with ``where`` rather than multiplied by 0, so that a NaN or inf stays in the
+    windows that hold it (0 * inf is NaN), as in torch."""
+    out_size, longest = index.shape
+    gathered = x.index_select(dim, index.reshape(-1))
+    gathered = gathered.reshape(*x.shape[:dim], out_size, longest, *x.shape[dim + 1 :])
+    mask = valid.reshape(out_size, longest, *[1] * (x.dim() - dim - 1))
+    return torch.where(mask, gathered, 0).sum(dim=dim + 1)
+
+
+def _window_spread(grad, dim, index, valid, size):
+    """The adjoint of ``_window_sums``: every window's gradient added to each of its
+    entries, into a tensor whose ``dim`` has ``size`` entries."""
+    out_size, longest = index.shape
+    expanded = grad.unsqueeze(dim + 1).expand(*grad.shape[: dim + 1], longest, *grad.shape[dim + 1 :])
+    mask = valid.reshape(out_size, longest, *[1] * (grad.dim() - dim - 1))
+    spread = torch.where(mask, expanded, 0).reshape(*grad.shape[:dim], out_size * longest, *grad.shape[dim + 1 :])
+    result = torch.zeros(*grad.shape[:dim], size, *grad.shape[dim + 1 :], dtype=grad.dtype, device=grad.device)
+    return result.index_add_(dim, index.reshape(-1), spread)
+
+
+def _valid_entries(lengths, longest):
+    """(out, K) True for the first lengths[i] entries of row i (the window's own)."""
+    return torch.arange(longest, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class AdaptiveAvgPool2d(_AdaptivePool2d):
     """Mean over PyTorch's adaptive windows (rows [floor(i*H/H_out), ceil((i+1)*H/H_out)),
     likewise columns). Same as ``torch.nn.AdaptiveAvgPool2d``.
 
-    The mean is separable: with A_h (H_out, H) holding 1/len on each row's window,
-    forward is ``out = A_h @ x @ A_w.T`` (batched over N, C) and backward is
-    ``dx = A_h.T @ dout @ A_w``.
+    The window sums are separable: with R_i the rows of window i and C_j the columns of
+    window j, forward is ``out[i, j] = sum_{r in R_i} sum_{c in C_j} x[r, c] / (|R_i| |C_j|)``,
+    summed over rows and then columns (every plane at once); backward gives each input
+    entry ``dx[r, c] = sum_{i: r in R_i} sum_{j: c in C_j} dout[i, j] / (|R_i| |C_j|)``.
+    A NaN or inf reaches only the windows that hold it, as in torch.
 
     Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out);
     ``output_size`` an int, a pair, None entries keeping the input's size.
-    Caches: the two averaging matrices (small: (H_out, H) and (W_out, W)) and whether
-    the input was unbatched; not the input.
+    Caches: the window indices and masks along both axes (small: (H_out, Kh) and
+    (W_out, Kw)), the window areas (H_out, W_out), the input shape and whether it was
+    unbatched; not the input.
     """
 
     def __init__(self, output_size):
         super().__init__(output_size)
-        self._matrices = None
-        self._unbatched = None
+        self._windows = None
+        self._input_shape = None
 
     def forward(self, x, **kw):
         x4, unbatched, out_h, out_w = self._prepare(x)
-        rows = _averaging_matrix(x4.shape[2], out_h, x4)
-        cols = _averaging_matrix(x4.shape[3], out_w, x4)
-        out = torch.matmul(torch.matmul(rows, x4), cols.T)
-        self._matrices = (rows, cols)
-        self._unbatched = unbatched
-        return out[0] if unbatched else out
+        rows, row_lengths = adaptive_windows(x4.shape[2], out_h, x4.device)
+        cols, col_lengths = adaptive_windows(x4.shape[3], out_w, x4.device)
+        rows_valid = _valid_entries(row_lengths, rows.shape[1])
+        cols_valid = _valid_entries(col_lengths, cols.shape[1])
+        area = (row_lengths.unsqueeze(1) * col_lengths.unsqueeze(0)).to(x4.dtype)
+        sums = _window_sums(_window_sums(x4, 2, rows, rows_valid), 3, cols, cols_valid)
+        self._windows = (rows, rows_valid, cols, cols_valid, area)
+        self._input_shape = (x4.shape, unbatched)
+        out = sums / area
+        return self.finish_forward(out[0] if unbatched else out)
 
     def backward(self, dout):
-        rows, cols = self.cached("_matrices")
-        if self._unbatched:
+        self.start_backward(dout)
+        rows, rows_valid, cols, cols_valid, area = self._windows
+        shape, unbatched = self._input_shape
+        if unbatched:
             dout = dout.unsqueeze(0)
-        dx = torch.matmul(torch.matmul(rows.T, dout), cols)
-        return dx[0] if self._unbatched else dx
+        by_columns = _window_spread(dout / area, 3, cols, cols_valid, shape[3])
+        dx = _window_spread(by_columns, 2, rows, rows_valid, shape[2])
+        return dx[0] if unbatched else dx
+
+
+def _first_real_along(out_size, kernel, stride, padding, dilation, size, device):
+    """For each window along one axis, the offset a of its first entry past the padding,
+    ``max(0, ceil((padding - i*stride) / dilation))``, and whether that entry lies inside
+    the input at all."""
+    starts = torch.arange(out_size, device=device) * stride
+    offsets = torch.clamp((padding - starts + dilation - 1) // dilation, min=0)
+    inside = (offsets < kernel) & (starts + offsets * dilation < padding + size)
+    return offsets, inside

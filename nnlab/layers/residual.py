@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import Layer
+from .base import Layer, recall_call, remember_call
 from .containers import Builder, LayerList, Sequential, _ChildErrors, indented, make_activation
 from .conv import Conv2d
 from .norm import BatchNorm2d, Dropout2d
@@ -14,9 +14,11 @@ class Residual(Layer):
 
     Backward: ``dx = main.backward(dout) + shortcut.backward(dout)`` (or ``+ dout`` for
     the identity); both paths add into their own parameter gradients.
+    ``main`` and ``shortcut`` may share layers (each call keeps its own cache; see
+    Sequential).
     Shapes: x -> main(x).shape, which must equal shortcut(x).shape (ValueError naming
-    both otherwise). Caches: nothing of its own but the output shape (as a marker that
-    forward ran); each path caches what it needs.
+    both otherwise). Caches: each path's call (its id and attributes); each path caches
+    its own tensors.
     Children: "main" and "shortcut" (when not the identity), as state_dict prefixes.
     """
 
@@ -28,13 +30,17 @@ class Residual(Layer):
             raise TypeError(f"Residual: shortcut must be a Layer or None, got {type(shortcut).__name__}")
         self.main = main
         self.shortcut = shortcut
-        self._out_shape = None
+        self._main_call = None
+        self._shortcut_call = None
 
     def named_children(self):
         children = [("main", self.main)]
         if self.shortcut is not None:
             children.append(("shortcut", self.shortcut))
         return children
+
+    def backward_entry(self):
+        return f"Residual.main ({self.main.backward_entry()})"
 
     def __repr__(self):
         shortcut = "Identity" if self.shortcut is None else indented(repr(self.shortcut))
@@ -43,27 +49,31 @@ class Residual(Layer):
     def forward(self, x, **kw):
         with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
             main_out = self.main(x, **kw)
+        self._main_call = remember_call(self.main)
         if self.shortcut is None:
             skip = x
         else:
             with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
                 skip = self.shortcut(x, **kw)
+            self._shortcut_call = remember_call(self.shortcut)
         if main_out.shape != skip.shape:
             raise ValueError(
                 f"Residual: the main path gives shape {tuple(main_out.shape)} but the shortcut "
                 f"gives {tuple(skip.shape)}; they must match to be added"
             )
-        self._out_shape = main_out.shape
-        return main_out + skip
+        return self.finish_forward(main_out + skip)
 
     def backward(self, dout):
-        self.cached("_out_shape")
-        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
-            dx = self.main.backward(dout)
+        self.start_backward(dout)
         if self.shortcut is None:
-            return dx + dout
-        with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
-            return dx + self.shortcut.backward(dout)
+            dskip = dout
+        else:
+            recall_call(self.shortcut, self._shortcut_call)
+            with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+                dskip = self.shortcut.backward(dout)
+        recall_call(self.main, self._main_call)
+        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+            return self.main.backward(dout) + dskip
 
 
 class Heads(LayerList):
@@ -72,8 +82,10 @@ class Heads(LayerList):
     Backward: takes a tuple (or list) of output gradients, one per head, and returns
     ``dx = sum_i head_i.backward(dout_i)``. A ``None`` entry (a head whose output feeds
     no loss) contributes nothing and leaves that head's parameter gradients alone.
+    Heads may share layers (each call keeps its own cache; see Sequential).
     Shapes: x -> one output per head, each of that head's shape; dx has x's shape.
-    Caches: the input x (for a zero gradient when every entry is None).
+    Caches: the input x (for a zero gradient when every entry is None) and each head's
+    call (its id and attributes).
     Children: "0", "1", ... as state_dict prefixes.
     """
 
@@ -82,26 +94,29 @@ class Heads(LayerList):
             raise ValueError("Heads: need at least one head")
         super().__init__(*layers)
         self._x = None
+        self._calls = None
 
     def forward(self, x, **kw):
         self._x = x
         outputs = []
+        calls = []
         for index, layer in enumerate(self.layers):
             with self.child_errors(index):
                 outputs.append(layer(x, **kw))
-        return tuple(outputs)
+            calls.append(remember_call(layer))
+        self._calls = calls
+        return self.finish_forward(tuple(outputs))
 
     def backward(self, dout):
-        x = self.cached("_x")
-        if not isinstance(dout, (tuple, list)) or len(dout) != len(self.layers):
-            got = f"a {type(dout).__name__} of {len(dout)}" if isinstance(dout, (tuple, list)) else type(dout).__name__
-            raise ValueError(f"Heads: backward expects a tuple of {len(self.layers)} gradients (None allowed), got {got}")
-        dx = torch.zeros_like(x)
-        for index, (layer, head_dout) in enumerate(zip(self.layers, dout)):
-            if head_dout is None:
+        self.start_backward(dout)
+        dx = torch.zeros_like(self._x)
+        for index in reversed(range(len(self.layers))):
+            if dout[index] is None:
                 continue
+            layer = self.layers[index]
+            recall_call(layer, self._calls[index])
             with self.child_errors(index):
-                dx = dx + layer.backward(head_dout)
+                dx = dx + layer.backward(dout[index])
         return dx
 
 
