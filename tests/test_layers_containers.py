@@ -11,22 +11,26 @@ from hypothesis.extra import numpy as hnp
 from nnlab.layers import (
     ACTIVATIONS,
     MLP,
+    BatchNorm1d,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
     Dropout,
     Flatten,
+    Heads,
     Layer,
     LeakyReLU,
     Linear,
     MSELoss,
     ReLU,
+    Residual,
     Sequential,
     Sigmoid,
     Softmax,
     Tanh,
     make_activation,
 )
-from reference import check_against_autograd, check_against_torch, check_finite_differences, copy_params
+from nnlab.optimizers import VanillaSGD
+from reference import check_against_autograd, check_against_torch, check_finite_differences, copy_params, rel_error
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -627,3 +631,146 @@ def test_container_backward_before_forward(model, name):
         model.backward(torch.ones(2, 2))
     message = str(info.value)
     assert name in message and "Sequential[" in message and "before forward" in message
+
+
+# One layer instance at several places (issue 9, item 1) -----------------------------------
+
+
+class _SumOfPaths(torch.nn.Module):
+    def __init__(self, main, shortcut):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.main(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+class _TupleOfHeads(torch.nn.Module):
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+
+    def forward(self, x):
+        return tuple(head(x) for head in self.heads)
+
+
+def shared_twin(layer, made):
+    """The torch twin of ``layer`` in which every nnlab instance met twice maps to one
+    torch module (``made``: id -> module), so the twin shares exactly what nnlab shares."""
+    if id(layer) in made:
+        return made[id(layer)]
+    if isinstance(layer, MLP):
+        module = shared_twin(layer.sequence, made)
+    elif isinstance(layer, Sequential):
+        module = torch.nn.Sequential(*[shared_twin(child, made) for child in layer])
+    elif isinstance(layer, Residual):
+        shortcut = None if layer.shortcut is None else shared_twin(layer.shortcut, made)
+        module = _SumOfPaths(shared_twin(layer.main, made), shortcut)
+    elif isinstance(layer, Heads):
+        module = _TupleOfHeads([shared_twin(child, made) for child in layer])
+    elif isinstance(layer, BatchNorm1d):
+        module = torch.nn.BatchNorm1d(layer.num_features)
+    else:
+        module = twin(layer)
+    made[id(layer)] = module
+    return module
+
+
+def assert_shared_model_matches_autograd(model, x):
+    """Output, input gradient and every (deduplicated) parameter gradient of ``model``
+    equal those of its shared torch twin in float64."""
+    model.to(dtype=torch.float64)
+    module = shared_twin(model, {}).to(torch.float64)
+    module.train(model.training)
+    copy_params(model, module)
+    x = x.double()
+    outputs = model(x)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    douts = tuple(randn(o.shape, 7 + i, torch.float64) for i, o in enumerate(outputs))
+    dx = model.backward(douts if len(douts) > 1 else douts[0])
+
+    x_ref = x.clone().requires_grad_(True)
+    reference = module(x_ref)
+    reference = reference if isinstance(reference, tuple) else (reference,)
+    grads = torch.autograd.grad(reference, [x_ref, *module.parameters()], douts)
+    for out, ref in zip(outputs, reference):
+        torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-12)
+    assert rel_error(dx, grads[0]) <= 1e-10
+    assert len(model.params()) == len(grads) - 1
+    for index, ((_, grad), ref) in enumerate(zip(model.params(), grads[1:])):
+        # An absolute floor for the Linear bias before BatchNorm, whose true gradient is 0.
+        torch.testing.assert_close(grad, ref, rtol=1e-10, atol=1e-12, msg=f"param#{index + 1}")
+
+
+def shared_models():
+    torch.manual_seed(0)
+    act = ReLU()
+    layer = Linear(4, 4)
+    block = Sequential(Linear(4, 4), Tanh())
+    mlp = MLP(4, 4, (5,), activation="tanh")
+    inner = Linear(4, 4)
+    norm = BatchNorm1d(4)
+    return {
+        "activation at two places": Sequential(Linear(4, 5), act, Linear(5, 4), act),
+        "tied weights l, Tanh, l": Sequential(layer, Tanh(), layer),
+        "a container twice": Sequential(block, block, Linear(4, 2)),
+        "a builder twice": Sequential(mlp, Sigmoid(), mlp),
+        "shared inside two sub-Sequentials": Sequential(Sequential(inner, Tanh()), Sequential(inner, Sigmoid())),
+        "residual with main = shortcut": Sequential(Residual(Sequential(inner, Tanh()), inner), inner),
+        "heads sharing a layer": Sequential(Linear(4, 4), Heads(Sequential(inner, ReLU()), inner)),
+        "batch norm twice": Sequential(Linear(4, 4), norm, Tanh(), Linear(4, 4), norm),
+    }
+
+
+@pytest.mark.parametrize("name", list(shared_models()))
+def test_a_layer_at_several_places_gets_the_gradients_of_autograd(name):
+    assert_shared_model_matches_autograd(shared_models()[name], randn((6, 4), 1))
+
+
+def test_a_shared_layer_trains_like_torch():
+    torch.manual_seed(0)
+    layer = Linear(3, 3)
+    model = Sequential(layer, Tanh(), layer).to(dtype=torch.float64)
+    module = shared_twin(model, {}).to(torch.float64)
+    copy_params(model, module)
+    optimizer = VanillaSGD(model.params(), learn_rate=0.1, reg=0.0)
+    reference_optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    for step in range(5):
+        x = randn((4, 3), step, torch.float64)
+        optimizer.zero_grad()
+        model(x)
+        model.backward(torch.ones(4, 3, dtype=torch.float64))
+        optimizer.step()
+        reference_optimizer.zero_grad()
+        module(x).backward(torch.ones(4, 3, dtype=torch.float64))
+        reference_optimizer.step()
+    torch.testing.assert_close(layer.weight, module[0].weight.detach(), rtol=0, atol=1e-12)
+
+
+def test_a_layer_shared_by_two_models_run_in_turn():
+    """Two models run forward, then backward in reverse order (as two losses would be):
+    each backward uses its own model's call of the shared layer."""
+    torch.manual_seed(0)
+    shared = Linear(3, 3)
+    first, second = Sequential(shared, Tanh()), Sequential(shared, Sigmoid())
+    x1, x2 = randn((4, 3), 1), randn((4, 3), 2)
+    first(x1)
+    second(x2)
+    dx2 = second.backward(torch.ones(4, 3))
+    dx1 = first.backward(torch.ones(4, 3))
+    with torch.no_grad():
+        tanh_grad = 1 - torch.tanh(x1 @ shared.weight.T + shared.bias) ** 2
+        sig = torch.sigmoid(x2 @ shared.weight.T + shared.bias)
+        sigmoid_grad = sig * (1 - sig)
+    torch.testing.assert_close(dx1, tanh_grad @ shared.weight)
+    torch.testing.assert_close(dx2, sigmoid_grad @ shared.weight)
+    torch.testing.assert_close(shared.dw, tanh_grad.T @ x1 + sigmoid_grad.T @ x2)
+
+
+def test_shared_dropout_keeps_each_call_mask():
+    torch.manual_seed(0)
+    dropout = Dropout(0.5)
+    model = Sequential(Linear(4, 4), dropout, Linear(4, 4), dropout)
+    model.to(dtype=torch.float64)
+    check_against_autograd(model, randn((5, 4), 3, torch.float64), seed=3)

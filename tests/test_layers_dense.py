@@ -582,3 +582,13 @@ def test_forward_does_not_modify_input():
         layer(x)
         layer.backward(torch.ones_like(layer(x)))
         assert torch.equal(x, kept), repr(layer)
+
+
+def test_relu_backward_at_nan_input_and_inf_gradient_as_torch():
+    x = torch.tensor([float("nan"), -1.0, 0.0, 2.0, float("inf")])
+    dout = torch.tensor([1.0, float("inf"), float("inf"), 3.0, 1.0])
+    x_ref = x.clone().requires_grad_(True)
+    torch.nn.ReLU()(x_ref).backward(dout)
+    layer = ReLU()
+    layer(x)
+    assert torch.equal(layer.backward(dout), x_ref.grad)  # [1, 0, 0, 3, 1]

@@ -1,6 +1,8 @@
 """Losses (CrossEntropyLoss, MSELoss, BCEWithLogitsLoss) against the torch.nn twin,
 autograd through their own forward, and float64 finite differences."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -272,3 +274,17 @@ def test_loss_contract(loss):
     y = torch.tensor([0, 1, 1]) if loss is CrossEntropyLoss else uniform((3, 2), 1)
     assert torch.equal(layer(x, y), layer.forward(x, y=y))
     assert torch.equal(layer(x, y), layer(x, y=y, unused_keyword=3))
+
+
+def test_cross_entropy_with_a_masked_class_as_torch():
+    """A -inf logit on a class that is not the target (masking) is finite in torch."""
+    x = torch.tensor([[0.0, float("-inf"), 0.0], [1.0, 2.0, float("-inf")]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    x_ref = x.clone().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(x_ref, y)
+    expected.backward()
+    loss = CrossEntropyLoss()
+    value = loss(x, y)
+    assert math.isfinite(value.item())
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(loss.backward(), x_ref.grad, rtol=1e-12, atol=0)

@@ -336,3 +336,62 @@ def test_pooling_kernel_larger_than_padded_input():
         MaxPool2d(3, dilation=3)(torch.randn(1, 1, 6, 6))
     with pytest.raises(ValueError, match="AvgPool2d.*larger than the padded input"):
         AvgPool2d(4)(torch.randn(2, 3, 3))
+
+
+# Non-finite values route as in torch (issue 9, item 4) -----------------------------------
+
+
+def assert_same_with_nonfinite(actual, expected):
+    """NaN where torch has NaN, the same infinities, finite entries within 1e-6."""
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert torch.equal(actual.isinf(), expected.isinf())
+    finite = ~(expected.isnan() | expected.isinf())
+    assert torch.equal(actual[expected.isinf()], expected[expected.isinf()])
+    torch.testing.assert_close(actual[finite], expected[finite], rtol=0, atol=1e-6)
+
+
+def run_both(layer, module, x, dout):
+    x_ref = x.clone().requires_grad_(True)
+    expected = module(x_ref)
+    expected.backward(dout)
+    out = layer(x.clone())
+    dx = layer.backward(dout.clone())
+    assert_same_with_nonfinite(out, expected.detach())
+    assert_same_with_nonfinite(dx, x_ref.grad)
+
+
+def test_adaptive_avg_pool_keeps_a_nan_in_its_own_window():
+    x = torch.randn(1, 2, 6, 5)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 1, 4, 0] = float("inf")
+    run_both(AdaptiveAvgPool2d((3, 2)), torch.nn.AdaptiveAvgPool2d((3, 2)), x, torch.randn(1, 2, 3, 2))
+
+
+def test_adaptive_avg_pool_keeps_an_inf_gradient_in_its_window():
+    dout = torch.randn(1, 2, 3, 2)
+    dout[0, 1, 0, 0] = float("inf")
+    run_both(AdaptiveAvgPool2d((3, 2)), torch.nn.AdaptiveAvgPool2d((3, 2)), torch.randn(1, 2, 7, 5), dout)
+
+
+def test_max_pool_sends_no_gradient_into_padding_when_a_window_is_all_minus_inf():
+    x = torch.full((1, 1, 3, 3), float("-inf"))
+    run_both(MaxPool2d(2, 2, 1), torch.nn.MaxPool2d(2, 2, 1), x, torch.ones(1, 1, 2, 2))
+    x = torch.randn(2, 3, 6, 6)
+    x[0, 1, :3, :3] = float("-inf")
+    run_both(MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1), x, torch.randn(2, 3, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "layer, module",
+    [
+        (MaxPool2d(2), torch.nn.MaxPool2d(2)),
+        (MaxPool2d(3, 1, 1), torch.nn.MaxPool2d(3, 1, 1)),
+        (AdaptiveMaxPool2d((2, 3)), torch.nn.AdaptiveMaxPool2d((2, 3))),
+    ],
+)
+def test_max_pools_send_the_gradient_to_the_last_nan_as_torch(layer, module):
+    x = torch.randn(2, 2, 4, 6)
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = float("nan")
+    x[1, 1, 2, 3] = float("nan")
+    out_shape = module(x).shape
+    run_both(layer, module, x, torch.randn(out_shape))
