@@ -264,6 +264,8 @@ def test_cross_entropy_label_dtypes_as_torch():
         (AdaptiveMaxPool2d(2), torch.nn.AdaptiveMaxPool2d(2), (0, 2, 5, 5)),
         (AdaptiveAvgPool2d(2), torch.nn.AdaptiveAvgPool2d(2), (0, 2, 5, 5)),
         (BatchNorm2d(2).eval(), torch.nn.BatchNorm2d(2).eval(), (0, 2, 3, 3)),
+        (BatchNorm2d(2), torch.nn.BatchNorm2d(2), (0, 2, 3, 3)),
+        (BatchNorm1d(2), torch.nn.BatchNorm1d(2), (0, 2)),
     ],
 )
 def test_an_empty_batch_works_as_in_torch(layer, module, shape):
@@ -274,6 +276,8 @@ def test_an_empty_batch_works_as_in_torch(layer, module, shape):
     assert layer.backward(torch.zeros(out.shape)).shape == shape
     for _, grad in layer.params():
         assert not grad.any()
+    for mine, theirs in zip(layer.buffers(), module.buffers()):
+        assert torch.equal(mine, theirs)
 
 
 @pytest.mark.parametrize(

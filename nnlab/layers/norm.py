@@ -18,7 +18,8 @@ class _BatchNorm(Layer):
         with m = momentum, or m = 1 / num_batches_tracked (a cumulative average) when
         momentum is None, as in PyTorch.
     Forward, eval mode: the same with ``running_mean`` and ``running_var`` in place of
-        the batch statistics; nothing is updated.
+        the batch statistics; nothing is updated. An empty batch in training mode is
+        treated so too, but ``num_batches_tracked`` still counts it (as torch does).
 
     Backward, training mode (the statistics depend on x), with sigma = sqrt(var + eps)
     and sums over all dimensions but 1:
@@ -64,8 +65,13 @@ class _BatchNorm(Layer):
         channel_shape = [1, self.num_features] + [1] * (x.dim() - 2)
         count = x.numel() // self.num_features
         use_batch_stats = self.training
+        if use_batch_stats and count == 0:
+            # torch's empty batch: an empty output, statistics untouched but the count.
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+            use_batch_stats = False
         if use_batch_stats:
-            if count <= 1:
+            if count == 1:
                 raise ValueError(
                     f"{self!r}: Expected more than 1 value per channel when training, "
                     f"got input size {tuple(x.shape)}"
