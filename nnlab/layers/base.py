@@ -27,6 +27,9 @@ class Layer(abc.ABC):
     and list sub-layers in ``named_children``.
     """
 
+    # Attributes that backward reads, checked for in-place changes (see finish_forward).
+    SAVED_TENSORS = ()
+
     def __init__(self):
         self.training = True
         self._param_names = []
@@ -88,10 +91,12 @@ class Layer(abc.ABC):
     def finish_forward(self, out):
         """Ends a forward pass and returns ``out``. Records what ``start_backward``
         checks: the output's shape (which dout must have) and the version counter of
-        every tensor the layer now holds (its cache and parameters), so that one changed
-        in place before backward is caught, as torch's autograd catches it."""
+        every tensor named in the class's ``SAVED_TENSORS`` (the attributes backward
+        reads), so that one changed in place before backward is caught, as torch's
+        autograd catches it."""
         self._output_shapes = _shapes(out)
-        self._saved_versions = [(name, tensor, tensor._version) for name, tensor in self._held_tensors()]
+        saved = [(name, getattr(self, name)) for name in self.SAVED_TENSORS]
+        self._saved_versions = [(name, tensor, tensor._version) for name, tensor in saved if _tracked(tensor)]
         return out
 
     def start_backward(self, dout):
@@ -115,20 +120,6 @@ class Layer(abc.ABC):
         """Names where backward starts, for errors: the layer's class; a container names
         its child whose backward runs first."""
         return type(self).__name__
-
-    def _held_tensors(self):
-        """(name, tensor) for every tensor attribute (also inside tuples and lists) but
-        the buffers, which forward itself may update (running statistics)."""
-        for name, value in vars(self).items():
-            if name in self._buffer_names:
-                continue
-            if isinstance(value, torch.Tensor):
-                if not value.is_inference():
-                    yield name, value
-            elif isinstance(value, (tuple, list)):
-                for index, item in enumerate(value):
-                    if isinstance(item, torch.Tensor) and not item.is_inference():
-                        yield f"{name}[{index}]", item
 
     # Input checks -------------------------------------------------------------
 
@@ -247,6 +238,11 @@ def _move_in_place(tensor, device, dtype):
         torch.utils.swap_tensors(tensor, moved)
 
 
+def _tracked(value):
+    """True for a tensor whose version counter can be read (not an inference tensor)."""
+    return isinstance(value, torch.Tensor) and not value.is_inference()
+
+
 def _unique(items, key):
     """``items`` without repeats (by ``key``), first occurrences in order."""
     seen = set()
@@ -303,11 +299,7 @@ def remember_call(child):
     """What a container keeps of a child's forward, right after it: the call's id and
     a copy of the child's attributes (its cache; dicts and lists copied one level,
     since some layers fill a cache dict in place)."""
-    attributes = {}
-    for name, value in vars(child).items():
-        if isinstance(value, (dict, list)):
-            value = type(value)(value)
-        attributes[name] = value
+    attributes = {name: value.copy() if type(value) in (dict, list) else value for name, value in vars(child).items()}
     return child._call_id, attributes
 
 

@@ -30,6 +30,8 @@ class Conv2d(Layer):
     batchedness (for fold); not the input itself.
     """
 
+    SAVED_TENSORS = ("_cols", "weight")
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True):
         super().__init__()
         if not isinstance(in_channels, int) or not isinstance(out_channels, int) or in_channels < 1 or out_channels < 1:

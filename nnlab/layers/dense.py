@@ -21,6 +21,8 @@ class Linear(Layer):
     Caches: the input x.
     """
 
+    SAVED_TENSORS = ("_x", "weight")
+
     def __init__(self, in_features, out_features, bias=True, wstd=None):
         super().__init__()
         self.in_features = checked_int("Linear", "in_features", in_features, 1)
@@ -80,6 +82,8 @@ class ReLU(Layer):
     Shapes: any -> same. Caches: the output.
     """
 
+    SAVED_TENSORS = ("_out",)
+
     def __init__(self):
         super().__init__()
         self._out = None
@@ -104,6 +108,8 @@ class LeakyReLU(Layer):
     Backward: ``dx = dout if x > 0 else alpha * dout`` (slope alpha at exactly 0,
     as in PyTorch). Shapes: any -> same. Caches: the boolean mask x > 0.
     """
+
+    SAVED_TENSORS = ("_mask",)
 
     def __init__(self, alpha=0.01):
         super().__init__()
@@ -130,6 +136,8 @@ class Sigmoid(Layer):
     Shapes: any -> same. Caches: the output.
     """
 
+    SAVED_TENSORS = ("_out",)
+
     def __init__(self):
         super().__init__()
         self._out = None
@@ -151,6 +159,8 @@ class Tanh(Layer):
 
     Backward: ``dx = dout * (1 - out^2)``. Shapes: any -> same. Caches: the output.
     """
+
+    SAVED_TENSORS = ("_out",)
 
     def __init__(self):
         super().__init__()
@@ -177,6 +187,8 @@ class Softmax(Layer):
     Backward: ``dx = out * (dout - sum(dout * out, dim))``.
     Shapes: any -> same. Caches: the output.
     """
+
+    SAVED_TENSORS = ("_out",)
 
     def __init__(self, dim=-1):
         super().__init__()
@@ -218,6 +230,8 @@ class Dropout(Layer):
     Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
     Shapes: any -> same. Caches: the scaled mask (the number 1.0 in eval mode).
     """
+
+    SAVED_TENSORS = ("_mask",)
 
     def __init__(self, p=0.5):
         super().__init__()

@@ -47,6 +47,8 @@ class CrossEntropyLoss(Loss):
     Caches: softmax(x) and y as probabilities.
     """
 
+    SAVED_TENSORS = ("_probs", "_targets")
+
     def __init__(self):
         super().__init__()
         self._probs = None
@@ -104,6 +106,8 @@ class MSELoss(Loss):
     Shapes: x any, y the same shape -> scalar. Caches: the difference x - y.
     """
 
+    SAVED_TENSORS = ("_diff",)
+
     def __init__(self):
         super().__init__()
         self._diff = None
@@ -126,6 +130,8 @@ class BCEWithLogitsLoss(Loss):
     Backward: ``dz = dout * (sigmoid(z) - y) / numel(z)``.
     Shapes: z any, y the same shape -> scalar. Caches: sigmoid(z) and y.
     """
+
+    SAVED_TENSORS = ("_probs", "_y")
 
     def __init__(self):
         super().__init__()

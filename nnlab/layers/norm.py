@@ -34,6 +34,8 @@ class _BatchNorm(Layer):
     against x) and whether the forward used batch statistics.
     """
 
+    SAVED_TENSORS = ("_centered", "_inv_std", "weight")
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
         name = type(self).__name__
@@ -174,6 +176,8 @@ class Dropout2d(Layer):
     warning that this will change; nnlab follows the documented meaning.)
     Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
     """
+
+    SAVED_TENSORS = ("_mask",)
 
     def __init__(self, p=0.5):
         super().__init__()

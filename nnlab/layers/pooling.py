@@ -107,6 +107,8 @@ class MaxPool2d(_Pool2d):
     output's shape) and the input shape; not the input.
     """
 
+    SAVED_TENSORS = ("_argmax",)
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
         super().__init__(kernel_size, stride, padding, dilation)
         self._argmax = None
@@ -345,6 +347,8 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
     Caches: the flat input position (h*W + w) of every output's maximum (int64, the
     output's shape) and the input shape; not the input.
     """
+
+    SAVED_TENSORS = ("_positions",)
 
     def __init__(self, output_size):
         super().__init__(output_size)
