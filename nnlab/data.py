@@ -242,7 +242,8 @@ def load_mnist(root, fashion=False, train=True):
 
     Raises:
         DataNotFoundError: a file is missing (the message lists the paths searched).
-        DataError: wrong magic number, truncated file, or image and label counts differ.
+        DataError: wrong magic number, truncated file, image and label counts differ,
+            no images, or a label outside 0-9.
     """
     root = os.fspath(root)
     sub = "FashionMNIST" if fashion else "MNIST"
@@ -258,6 +259,10 @@ def load_mnist(root, fashion=False, train=True):
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
             f"{labels.shape[0]} labels; expected the same count"
         )
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path}: holds no images; expected at least one")
+    if labels.max() > 9:
+        raise DataError(f"{labels_path}: labels must be digits 0 to 9, found {int(labels.max())}")
     images = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     labels = torch.from_numpy(labels.astype(np.int64))
     return images, labels

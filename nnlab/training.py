@@ -6,8 +6,8 @@ Checkpoints
 -----------
 ``fit(..., checkpoints=PATH)`` rewrites PATH after every epoch, atomically (a temporary
 file in the same folder, flushed and fsync'ed, then ``os.replace``: a crash while
-saving leaves the previous checkpoint intact). The file is a dict (see
-``Trainer.checkpoint``) that holds
+saving leaves the previous checkpoint intact), with a checksum of its whole content
+(``nnlab.checkpoints``). The file is a dict (see ``Trainer.checkpoint``) that holds
 
 * ``"best_model"``: the weights of the epoch with the best test accuracy so far; it
   changes exactly when test accuracy improves. ``fit`` ends by loading these weights
@@ -15,7 +15,11 @@ saving leaves the previous checkpoint intact). The file is a dict (see
 * ``"model"``, ``"optimizer"``, ``"epoch"``, ``"rng"``, ``"fit_result"``: the state at
   the end of the last completed epoch, which ``fit(..., resume=PATH)`` (or
   ``Trainer.load_checkpoint(PATH)``) restores, so that training continues exactly as
-  an uninterrupted run with the same data would have.
+  an uninterrupted run with the same data would have. Loading is all or nothing:
+  everything is checked against the file's checksum, the model and the optimizer
+  before anything changes.
+* ``"config"``: what the caller passed as ``fit(..., config=...)`` (the data, split
+  seed, model, batch size... of the run; None if nothing), for whoever resumes it.
 
 ``num_epochs`` counts from the start of the whole run: ``fit(dl, dl_test, 10,
 checkpoints=p, resume=p)`` after 4 saved epochs trains epochs 5 to 10 and returns a
@@ -24,16 +28,22 @@ checkpoints=p, resume=p)`` after 4 saved epochs trains epochs 5 to 10 and return
 
 import abc
 import math
-import os
-import random
 import sys
-import tempfile
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-CHECKPOINT_FORMAT = "nnlab-checkpoint-1"
+from .checkpoints import (  # noqa: F401  (CHECKPOINT_FORMAT, save_checkpoint: public names of this module too)
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_rng_state,
+    check_state_fits,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 class BatchResult(NamedTuple):
@@ -93,86 +103,6 @@ class TrainingDiverged(RuntimeError):
         self.phase = phase
 
 
-# Checkpoint files ---------------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that does not fit the model or optimizer."""
-
-
-
-def save_checkpoint(path, checkpoint):
-    """Writes ``checkpoint`` (a dict of tensors, numbers, strings, lists, dicts) to
-    ``path`` atomically: to a temporary file in the same folder, flushed and
-    fsync'ed, then moved over ``path`` with ``os.replace``. If anything fails, the
-    temporary file is removed and whatever was at ``path`` before is left untouched."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder):
-    """Makes the rename itself durable where the platform allows it (POSIX)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """The checkpoint dict that ``fit`` saved at ``path`` (loaded with
-    ``weights_only=True``: no arbitrary code runs). ``CheckpointError`` (a ValueError)
-    naming the file if it is not an nnlab checkpoint; ``FileNotFoundError`` if it does not exist."""
-    path = os.fspath(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: not a readable nnlab checkpoint (torch.load: {type(error).__name__})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an nnlab checkpoint (expected format '{CHECKPOINT_FORMAT}')")
-    return checkpoint
-
-
-def _rng_state():
-    """torch's CPU (and, if initialized, CUDA) RNG state and Python's ``random`` state."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate()}
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    if state.get("python") is not None:
-        random.setstate(_as_tuples(state["python"]))
-
-
-def _as_tuples(value):
-    """Python's random state with its nested lists turned back into tuples."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(item) for item in value)
-    return value
-
-
 def _check_count(owner, name, value, allow_none=True, minimum=1):
     if value is None and allow_none:
         return
@@ -225,6 +155,7 @@ class Trainer(abc.ABC):
         self.epoch = None  # the epoch fit is running (1-based); None outside fit
         self._phase = "train"
         self._batch = 0
+        self._restored = None  # the checkpoint load_checkpoint restored last, for fit(resume=...)
 
     # Whole runs ---------------------------------------------------------------------
 
@@ -237,6 +168,7 @@ class Trainer(abc.ABC):
         early_stopping=None,
         print_every=1,
         resume=None,
+        config=None,
         **kw,
     ):
         """Trains for ``num_epochs`` epochs, testing after each, and returns a ``FitResult``.
@@ -253,12 +185,22 @@ class Trainer(abc.ABC):
             print_every: print an epoch header every this many epochs (and for the
                 last); None: never.
             resume: a checkpoint path: restore the model, optimizer, RNG state and
-                history saved there and continue from the epoch after it.
+                history saved there and continue from the epoch after it. Or the
+                dict that this trainer's ``load_checkpoint`` just returned, to change
+                something between restoring and training (as with PyTorch's
+                ``optimizer.load_state_dict`` followed by a new learning rate):
+                ``c = trainer.load_checkpoint(p); trainer.optimizer.learn_rate = 0.01;
+                trainer.fit(..., resume=c)``.
+            config: a dict of plain values describing the run (data, split seed,
+                model, batch size, ...), saved in every checkpoint as ``"config"``;
+                ``fit`` does not interpret it.
             kw: ``max_batches`` (per epoch and phase) and ``verbose`` (default True),
                 passed to ``train_epoch`` and ``test_epoch``.
 
         Raises:
             TrainingDiverged: a loss became NaN or infinite (names epoch and batch).
+            CheckpointError: ``resume`` is damaged or does not fit this model and
+                optimizer (nothing is changed then).
         """
         _check_count("fit", "num_epochs", num_epochs, allow_none=False, minimum=0)
         _check_count("fit", "early_stopping", early_stopping)
@@ -268,7 +210,7 @@ class Trainer(abc.ABC):
         progress = _Progress()
         best_state = None
         if resume is not None:
-            checkpoint = self.load_checkpoint(resume)
+            checkpoint = self._checkpoint_to_resume(resume)
             history = {key: list(values) for key, values in checkpoint["fit_result"].items() if key in history}
             for epoch, (loss, acc) in enumerate(zip(history["test_loss"], history["test_acc"]), start=1):
                 progress.update(epoch, loss, acc)
@@ -296,7 +238,7 @@ class Trainer(abc.ABC):
                     best_state = self._model_state()
                 if checkpoints is not None:
                     result = FitResult(len(history["train_loss"]), **history)
-                    save_checkpoint(checkpoints, self.checkpoint(result, best_state, progress))
+                    save_checkpoint(checkpoints, self.checkpoint(result, best_state, progress, config))
         finally:
             self.epoch = None
 
@@ -349,40 +291,72 @@ class Trainer(abc.ABC):
 
     # Checkpoints -------------------------------------------------------------------------
 
-    def checkpoint(self, fit_result, best_state, progress=None):
+    def checkpoint(self, fit_result, best_state, progress=None, config=None):
         """The dict that ``fit`` saves: ``format``, ``epoch`` (completed epochs),
         ``model`` and ``optimizer`` (their state_dicts now; ``optimizer`` is None
         without one), ``rng`` (torch's and Python's RNG state), ``fit_result`` (the
-        FitResult so far, as a dict), ``best_model``, ``best_epoch``, ``best_accuracy``."""
-        optimizer = getattr(self, "optimizer", None)
-        has_state = optimizer is not None and hasattr(optimizer, "state_dict")
+        FitResult so far, as a dict), ``best_model``, ``best_epoch``, ``best_accuracy``
+        and ``config`` (``fit``'s). ``save_checkpoint`` adds its ``checksum``."""
+        optimizer = self._optimizer_with_state()
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": fit_result.num_epochs,
             "model": self._model_state(),
-            "optimizer": optimizer.state_dict() if has_state else None,
-            "rng": _rng_state(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "rng": rng_state(),
             "fit_result": fit_result._asdict(),
             "best_model": best_state,
             "best_epoch": progress.best_epoch if progress is not None else None,
             "best_accuracy": progress.best_acc if progress is not None else None,
+            "config": config,
         }
 
     def load_checkpoint(self, path):
         """Restores what a ``fit`` checkpoint saved for the last completed epoch (model,
         optimizer, RNG state) and returns the checkpoint dict; a following
         ``fit(..., resume=path)`` does this itself. For the best weights instead:
-        ``model.load_state_dict(load_checkpoint(path)["best_model"])``."""
+        ``model.load_state_dict(load_checkpoint(path)["best_model"])``.
+
+        All or nothing: the file (checksum, structure), the model's names and shapes,
+        the optimizer's kind, hyperparameters and per-parameter state, and the RNG
+        state are all checked before anything changes; ``CheckpointError`` naming the
+        file leaves model, optimizer and RNGs as they were."""
         checkpoint = load_checkpoint(path, map_location=self._model_device())
-        optimizer = getattr(self, "optimizer", None)
+        optimizer = self._optimizer_with_state()
         try:
-            self.model.load_state_dict(checkpoint["model"])
-            if checkpoint["optimizer"] is not None and optimizer is not None:
+            check_state_fits("model", checkpoint["model"], self.model.state_dict())
+            if (checkpoint["optimizer"] is None) != (optimizer is None):
+                saved = "no optimizer state" if checkpoint["optimizer"] is None else "an optimizer state"
+                here = "one" if optimizer is not None else "none"
+                raise ValueError(f"the checkpoint holds {saved}, this trainer has {here}")
+            check_rng_state(checkpoint["rng"])
+            # The optimizer's load_state_dict checks everything before it changes
+            # anything, so it goes first; the model and RNG states were checked above.
+            if optimizer is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError as error:
             raise CheckpointError(f"{path}: does not fit this model and optimizer: {error}") from error
-        _set_rng_state(checkpoint["rng"])
+        self.model.load_state_dict(checkpoint["model"])
+        set_rng_state(checkpoint["rng"])
+        self._restored = checkpoint
         return checkpoint
+
+    def _checkpoint_to_resume(self, resume):
+        """The checkpoint ``fit(..., resume=...)`` continues, restored into this trainer."""
+        if not isinstance(resume, dict):
+            return self.load_checkpoint(resume)
+        if resume is not self._restored:
+            raise ValueError(
+                "fit: resume takes a checkpoint path, or the dict that this trainer's "
+                "load_checkpoint just returned (its state is then in the model); got another dict"
+            )
+        self._restored = None
+        return resume
+
+    def _optimizer_with_state(self):
+        """The trainer's optimizer if it has one that saves its state, else None."""
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer if optimizer is not None and hasattr(optimizer, "state_dict") else None
 
     def _model_state(self):
         """A copy of the model's state_dict that later training does not change."""

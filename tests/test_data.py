@@ -193,6 +193,21 @@ def test_load_mnist_too_long(tmp_path):
         load_mnist(tmp_path)
 
 
+
+def test_load_mnist_rejects_labels_outside_0_to_9(tmp_path):
+    images, labels = random_mnist(3, seed=12)
+    labels[1] = 10
+    write_mnist(str(tmp_path), images, labels)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.*0 to 9.*10"):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_rejects_a_file_without_images(tmp_path):
+    images, labels = random_mnist(1, seed=13)
+    write_mnist(str(tmp_path), images[:0], labels[:0])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*no images"):
+        load_mnist(tmp_path)
+
 # CIFAR-10 ----------------------------------------------------------------------------
 
 

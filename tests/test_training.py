@@ -1,8 +1,13 @@
 """Tests for nnlab.training: fit, progress output, divergence, early stopping,
 max_batches, checkpoints (best, atomic, exact resume), TorchTrainer, overfit."""
 
+import copy
 import os
 import pickle
+import random
+import re
+import shutil
+import struct
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ from nnlab.layers import MLP, CrossEntropyLoss
 from nnlab.optimizers import Adam, MomentumSGD, VanillaSGD
 from nnlab.training import (
     BatchResult,
+    CheckpointError,
     EpochResult,
     FitResult,
     LayerTrainer,
@@ -294,9 +300,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(digits, tmp_path, m
 
 def test_save_checkpoint_replaces_and_load_rejects_other_files(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"format": "nnlab-checkpoint-1", "epoch": 1})
-    save_checkpoint(path, {"format": "nnlab-checkpoint-1", "epoch": 2})
-    assert load_checkpoint(path)["epoch"] == 2
+    empty = make_layer_trainer(seed=0).checkpoint(FitResult(0, [], [], [], []), None)
+    save_checkpoint(path, dict(empty, config={"run": 1}))
+    save_checkpoint(path, dict(empty, config={"run": 2}))
+    assert load_checkpoint(path)["config"] == {"run": 2}
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(tmp_path / "bad.pt")
@@ -347,6 +354,215 @@ def test_trainer_load_checkpoint_restores_the_last_epoch(digits, tmp_path):
     checkpoint = second.load_checkpoint(path)
     assert checkpoint["epoch"] == 2
     assert_states_equal(second.model.state_dict(), checkpoint["model"])
+
+
+@pytest.fixture(scope="module")
+def saved(digits, tmp_path_factory):
+    """Checkpoint files of one short epoch each, by optimizer: {"momentum": path, "adam": path}."""
+    x, y, x_test, y_test = digits
+    folder = tmp_path_factory.mktemp("saved")
+    paths = {}
+    for name, optimizer in [("momentum", MomentumSGD), ("adam", Adam)]:
+        paths[name] = folder / f"{name}.ckpt"
+        trainer = make_layer_trainer(seed=0, optimizer=optimizer)
+        trainer.fit(Batches(x[:128], y[:128], 32), Batches(x_test, y_test, 128), 1, checkpoints=paths[name], verbose=False)
+    return paths
+
+
+def rewritten(source, target, change):
+    """``source``'s checkpoint dict, changed by ``change`` and saved (a valid file) at ``target``."""
+    checkpoint = torch.load(source, weights_only=True)
+    change(checkpoint)
+    save_checkpoint(target, checkpoint)
+    return target
+
+
+def first_tensor_in_state(checkpoint):
+    return next(key for key, value in checkpoint["optimizer"]["state"][0].items() if isinstance(value, torch.Tensor))
+
+
+def swap_in_adam_state(checkpoint, source):
+    checkpoint["optimizer"] = torch.load(source, weights_only=True)["optimizer"]
+
+
+DAMAGES = {
+    "model key missing": lambda c: c["model"].pop(next(iter(c["model"]))),
+    "model shape": lambda c: c["model"].update({next(iter(c["model"])): torch.zeros(3, 3)}),
+    "optimizer of another kind": None,  # an Adam state into MomentumSGD (see the test)
+    "optimizer state shape": lambda c: c["optimizer"]["state"][0].update({first_tensor_in_state(c): torch.zeros(1)}),
+    "optimizer hyperparameter": lambda c: c["optimizer"]["hyperparameters"].update(learn_rate=float("nan")),
+    "optimizer missing": lambda c: c.pop("optimizer"),
+    "optimizer state none": lambda c: c.update(optimizer=None),
+    "rng missing": lambda c: c.pop("rng"),
+    "rng torch tensor": lambda c: c["rng"].update(torch=torch.zeros(5, dtype=torch.uint8)),
+    "rng torch dtype": lambda c: c["rng"].update(torch=c["rng"]["torch"].float()),
+    "rng python": lambda c: c["rng"].update(python=(3, (1, 2, 3), None)),
+    "fit_result missing": lambda c: c.pop("fit_result"),
+    "fit_result lengths": lambda c: c["fit_result"].update(test_acc=[]),
+    "fit_result epochs": lambda c: c.update(epoch=7),
+    "best_model does not fit": lambda c: c.update(best_model={"weight": torch.zeros(2)}),
+}
+
+
+def trainer_state(trainer):
+    """Copies of everything loading a checkpoint could change: model, optimizer, RNGs."""
+    return {
+        "model": {key: value.clone() for key, value in trainer.model.state_dict().items()},
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "torch rng": torch.get_rng_state(),
+        "python rng": random.getstate(),
+    }
+
+
+def assert_trainer_state_equal(actual, expected):
+    assert_states_equal(actual["model"], expected["model"])
+    assert actual["optimizer"]["hyperparameters"] == expected["optimizer"]["hyperparameters"]
+    for state_a, state_b in zip(actual["optimizer"]["state"], expected["optimizer"]["state"], strict=True):
+        assert_states_equal(state_a, state_b)
+    assert torch.equal(actual["torch rng"], expected["torch rng"])
+    assert actual["python rng"] == expected["python rng"]
+
+
+def a_trained_trainer(digits):
+    """A MomentumSGD trainer one step into its own run, with fresh RNG states."""
+    x, y, _, _ = digits
+    trainer = make_layer_trainer(seed=5)
+    trainer.train_batch((x[:32], y[:32]))
+    torch.manual_seed(8)
+    random.seed(7)
+    return trainer
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_checkpoint_that_does_not_fit_changes_nothing(digits, saved, tmp_path, damage):
+    path = tmp_path / "damaged.ckpt"
+    if damage == "optimizer of another kind":
+        rewritten(saved["momentum"], path, lambda c: swap_in_adam_state(c, saved["adam"]))
+    else:
+        rewritten(saved["momentum"], path, DAMAGES[damage])
+    trainer = a_trained_trainer(digits)
+    before = trainer_state(trainer)
+
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        trainer.load_checkpoint(path)
+
+    assert_trainer_state_equal(trainer_state(trainer), before)
+
+
+def test_fit_resuming_from_a_checkpoint_that_does_not_fit_changes_nothing(digits, saved, tmp_path):
+    x, y, x_test, y_test = digits
+    path = rewritten(saved["momentum"], tmp_path / "damaged.ckpt", lambda c: swap_in_adam_state(c, saved["adam"]))
+    trainer = a_trained_trainer(digits)
+    before = trainer_state(trainer)
+    with pytest.raises(CheckpointError, match="damaged.ckpt"):
+        trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), 2, resume=path, verbose=False)
+    assert_trainer_state_equal(trainer_state(trainer), before)
+
+
+def test_a_checkpoint_that_fits_is_loaded_whole(digits, saved):
+    trainer = a_trained_trainer(digits)
+    checkpoint = trainer.load_checkpoint(saved["momentum"])
+    assert_states_equal(trainer.model.state_dict(), checkpoint["model"])
+    for state_a, state_b in zip(trainer.optimizer.state_dict()["state"], checkpoint["optimizer"]["state"], strict=True):
+        assert_states_equal(state_a, state_b)
+    assert torch.equal(torch.get_rng_state(), checkpoint["rng"]["torch"])
+
+
+def flip_a_bit(path, target, content):
+    """Copies ``path`` to ``target`` with one bit flipped inside the first place where the
+    bytes ``content`` are stored."""
+    raw = bytearray(path.read_bytes())
+    where = raw.find(content)
+    assert where >= 0, "the content is not stored verbatim in the file"
+    raw[where + len(content) // 2] ^= 0x04
+    target.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_a_stored_weight_is_caught(digits, saved, tmp_path):
+    checkpoint = load_checkpoint(saved["momentum"])
+    weight = checkpoint["model"][next(iter(checkpoint["model"]))]
+    flipped = tmp_path / "flipped.ckpt"
+    flip_a_bit(saved["momentum"], flipped, weight.numpy().tobytes())
+    assert torch.load(flipped, weights_only=True)["format"] == checkpoint["format"]  # torch.load itself sees nothing
+    with pytest.raises(CheckpointError, match=r"flipped\.ckpt.*checksum"):
+        load_checkpoint(flipped)
+    trainer = a_trained_trainer(digits)
+    before = trainer_state(trainer)
+    with pytest.raises(CheckpointError, match=r"flipped\.ckpt.*checksum"):
+        trainer.load_checkpoint(flipped)
+    assert_trainer_state_equal(trainer_state(trainer), before)
+
+
+def test_a_flipped_bit_in_a_stored_number_is_caught(saved, tmp_path):
+    loss = load_checkpoint(saved["momentum"])["fit_result"]["train_loss"][0]
+    flipped = tmp_path / "flipped.ckpt"
+    flip_a_bit(saved["momentum"], flipped, struct.pack(">d", loss))  # pickle stores floats big-endian
+    assert torch.load(flipped, weights_only=True)["fit_result"]["train_loss"][0] != loss
+    with pytest.raises(CheckpointError, match=r"flipped\.ckpt.*checksum"):
+        load_checkpoint(flipped)
+
+
+def test_a_checkpoint_without_a_checksum_is_refused(saved, tmp_path):
+    checkpoint = torch.load(saved["momentum"], weights_only=True)
+    checkpoint.pop("checksum", None)
+    torch.save(checkpoint, tmp_path / "unsummed.ckpt")
+    with pytest.raises(CheckpointError, match=r"unsummed\.ckpt.*checksum"):
+        load_checkpoint(tmp_path / "unsummed.ckpt")
+
+
+def test_a_save_removes_stale_temporary_files_of_that_checkpoint_only(saved, tmp_path):
+    stale = [".model.ckpt.k2j4_x9a.tmp", ".model.ckpt.00000000.tmp"]
+    others = [
+        ".other.ckpt.k2j4_x9a.tmp",  # another checkpoint's
+        ".model.ckpt.k2j4_x9a.tmp.keep",
+        "model.ckpt.k2j4_x9a.tmp",
+        ".model.ckpt.notes",
+        ".model.ckpt.toolongname.tmp",
+    ]
+    for name in stale + others:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "model.ckpt", load_checkpoint(saved["momentum"]))
+    assert sorted(os.listdir(tmp_path)) == sorted(others + ["model.ckpt"])
+
+
+def test_fit_saves_the_run_configuration_it_is_given(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    path = tmp_path / "model.ckpt"
+    config = {"data": "digits", "seed": 3, "batch_size": 64, "hidden": [32]}
+    trainer = make_layer_trainer(seed=0)
+    trainer.fit(Batches(x[:128], y[:128], 64), Batches(x_test, y_test, 128), 1, checkpoints=path, config=config, verbose=False)
+    assert load_checkpoint(path)["config"] == config
+
+
+def test_resume_from_a_restored_checkpoint_keeps_a_changed_learning_rate(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    dl_train = Batches(x[:256], y[:256], 32, shuffle=True)
+    dl_test = Batches(x_test, y_test, 128)
+    path = tmp_path / "model.ckpt"
+    make_layer_trainer(seed=0, learn_rate=1e-3, optimizer=Adam).fit(dl_train, dl_test, 1, checkpoints=path, verbose=False)
+    shutil.copy(path, tmp_path / "epoch1.ckpt")
+
+    trainer = make_layer_trainer(seed=1, learn_rate=1e-3, optimizer=Adam)
+    checkpoint = trainer.load_checkpoint(path)
+    trainer.optimizer.learn_rate = 0.05
+    result = trainer.fit(dl_train, dl_test, 2, checkpoints=path, resume=checkpoint, verbose=False)
+
+    reference = make_layer_trainer(seed=2, learn_rate=1e-3, optimizer=Adam)
+    reference.load_checkpoint(tmp_path / "epoch1.ckpt")
+    reference.optimizer.learn_rate = 0.05
+    reference.train_epoch(dl_train, verbose=False)
+    final = load_checkpoint(path)
+    assert final["optimizer"]["hyperparameters"]["learn_rate"] == 0.05
+    assert_states_equal(final["model"], reference.model.state_dict())
+    assert result.num_epochs == 2
+    assert result.train_loss[0] == checkpoint["fit_result"]["train_loss"][0]
+
+
+def test_resume_refuses_a_checkpoint_dict_this_trainer_did_not_restore(digits, saved):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0)
+    with pytest.raises(ValueError, match="resume"):
+        trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), 2, resume=load_checkpoint(saved["momentum"]), verbose=False)
 
 
 # TorchTrainer ------------------------------------------------------------------------
