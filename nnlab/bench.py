@@ -178,6 +178,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.seed < 2**64:
+        parser.error(f"--seed must be from 0 to 2**64 - 1, got {args.seed}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

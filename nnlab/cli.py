@@ -2,12 +2,15 @@
 
 import argparse
 import copy
+import math
 import os
 import sys
+import tempfile
 
 import torch
 
 from . import data, gradcheck_suite, training
+from .checkpoints import content_digest
 from .data import DataError
 from .grad_compare import gradient_errors
 from .layers import CrossEntropyLoss, Sequential
@@ -20,6 +23,52 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed on one line with the usage, exit 2."""
+
+
+# Argument types: argparse turns their errors into one line with the usage, exit 2.
+
+
+def positive_int(text):
+    value = _parsed(int, text, "an integer >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def seed(text):
+    """What torch.manual_seed takes, without its negative aliases (-1 is 2**64 - 1 there)."""
+    value = _parsed(int, text, "an integer from 0 to 2**64 - 1")
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text}")
+    return value
+
+
+def learning_rate(text):
+    value = _parsed(float, text, "a finite number >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _parsed(kind, text, expected):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+TRAIN_EPILOG = """\
+checkpoints and resuming:
+  --checkpoint FILE  saves the run after every epoch (atomically, with a checksum);
+                     an existing FILE is refused unless --resume FILE or --overwrite.
+  --resume FILE      continues the run exactly where it stopped (bit for bit). The
+                     checkpoint records the run; a flag not given comes from it.
+    kept:            --data, --model, --optimizer, --batch-size, --seed and the data
+                     themselves (the files, the split): a different value is refused.
+    may change:      --lr (applied from the next step, and said), --epochs (the whole
+                     run's count, at least the epochs done), --root (same data only).
+    free:            --plot, --checkpoint (default: FILE itself), --no-verify, --quiet.
+"""
 
 
 def build_parser():
@@ -35,7 +84,7 @@ def build_parser():
         description="Every nnlab layer against PyTorch on random inputs: forward against torch.nn, "
         "backward against autograd, and central finite differences in float64. Exit status 1 if any fails.",
     )
-    check.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    check.add_argument("--seed", type=seed, default=0, help="seed for the random inputs (default 0)")
 
     overfit = commands.add_parser(
         "overfit",
@@ -44,27 +93,31 @@ def build_parser():
         "accuracy. Exit status 1 if it does not.",
     )
     overfit.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model to check (default mlp)")
-    overfit.add_argument("--samples", type=int, default=20, help="number of samples (default 20)")
-    overfit.add_argument("--max-epochs", type=int, default=20, help="epochs allowed (default 20)")
-    overfit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    overfit.add_argument("--samples", type=positive_int, default=20, help="number of samples (default 20)")
+    overfit.add_argument("--max-epochs", type=positive_int, default=20, help="epochs allowed (default 20)")
+    overfit.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
 
     train = commands.add_parser(
         "train",
         help="train an MLP or CNN built from nnlab layers",
-        description="Trains an nnlab MLP or CNN. Before training, the model's gradients on one batch "
-        "are compared with autograd; training is refused if they disagree (--no-verify skips this).",
+        description="Trains an nnlab MLP or CNN. Before training, the model's gradients on one batch\n"
+        "are compared with autograd; training is refused if they disagree (--no-verify\n"
+        "skips this). Every output file is checked before training starts.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--data", choices=DATASETS, default="digits", help="dataset (default digits, bundled)")
+    train.add_argument("--data", choices=DATASETS, help="dataset (default digits, bundled)")
     train.add_argument("--root", help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files")
-    train.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model (default mlp)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (default adam)")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
-    train.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
-    train.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--plot", metavar="FILE.png", help="write the learning curves to this PNG")
-    train.add_argument("--checkpoint", metavar="FILE", help="save the best model and training state here")
-    train.add_argument("--resume", metavar="FILE", help="continue training from this checkpoint")
+    train.add_argument("--model", choices=("mlp", "cnn"), help="model (default mlp)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
+    train.add_argument("--lr", type=learning_rate, help="learning rate (default: per optimizer; on --resume, the checkpoint's)")
+    train.add_argument("--epochs", type=positive_int, help="epochs of the whole run (default 30)")
+    train.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
+    train.add_argument("--seed", type=seed, help="random seed: initial weights and the digits' split (default 0)")
+    train.add_argument("--plot", metavar="FILE.png", help="write the learning curves to this image (.png, .pdf, .svg, ...)")
+    train.add_argument("--checkpoint", metavar="FILE", help="save the run here after every epoch (best model and training state)")
+    train.add_argument("--resume", metavar="FILE", help="continue the run saved in this checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="let --checkpoint replace an existing file")
     train.add_argument("--no-verify", action="store_true", help="skip the gradient check before training")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -85,16 +138,22 @@ def main(argv=None):
     try:
         return COMMANDS[args.command](args)
     except (UsageError, DataError, training.CheckpointError, FileNotFoundError) as error:
-        one_line = " ".join(str(error).split())
-        print(f"nnlab {args.command}: error: {one_line}", file=sys.stderr)
+        print(f"nnlab {args.command}: error: {one_line(error)}", file=sys.stderr)
         print(args.usage().strip(), file=sys.stderr)
         return 2
     except training.TrainingDiverged as error:
         print(f"nnlab {args.command}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the machine failed us mid-run (disk full, ...): not a usage error
+        print(f"nnlab {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(error):
+    return " ".join(str(error).split())
 
 
 def run_gradcheck(args):
@@ -109,10 +168,10 @@ def run_gradcheck(args):
 
 
 def run_overfit(args):
-    if args.samples < 1 or args.max_epochs < 1:
-        raise UsageError(f"--samples and --max-epochs must be >= 1, got {args.samples} and {args.max_epochs}")
     torch.manual_seed(args.seed)
     x, y, _, _, in_size, num_classes = load_dataset("digits", None, args.seed)
+    if args.samples > len(x):
+        raise UsageError(f"--samples {args.samples}: the digits' training split has only {len(x)} samples")
     x, y = x[: args.samples], y[: args.samples]
     model = build_model(args.model, in_size, num_classes)
     optimizer = make_optimizer("adam", model.params(), 1e-2)
@@ -128,6 +187,14 @@ def run_overfit(args):
 def load_dataset(name, root, seed):
     """(x_train, y_train, x_test, y_test, in_size, num_classes), standardized with the
     training statistics; the digits are split 80/20 with ``seed``."""
+    x_train, y_train, x_test, y_test = load_split(name, root, seed)
+    x_train, x_test = data.standardize(x_train, x_test)
+    return x_train, y_train, x_test, y_test, tuple(x_train.shape[1:]), 10
+
+
+def load_split(name, root, seed):
+    """(x_train, y_train, x_test, y_test) as the files hold them (images in [0, 1]);
+    the digits are split 80/20 with ``seed``."""
     if name == "digits":
         images, labels = data.load_digits()
         x_train, y_train, x_test, y_test = data.split(images, labels, 0.8, seed)
@@ -143,8 +210,7 @@ def load_dataset(name, root, seed):
             fashion = name == "fashion-mnist"
             x_train, y_train = data.load_mnist(root, fashion=fashion, train=True)
             x_test, y_test = data.load_mnist(root, fashion=fashion, train=False)
-    x_train, x_test = data.standardize(x_train, x_test)
-    return x_train, y_train, x_test, y_test, tuple(x_train.shape[1:]), 10
+    return x_train, y_train, x_test, y_test
 
 
 def model_input(kind, images):
@@ -180,45 +246,168 @@ def verify_gradients(model, loss_fn, x, y):
 VERIFY_TOLERANCE = 1e-10
 
 
+# What determines a run, with its defaults; --resume takes them from the checkpoint.
+RUN_DEFAULTS = {"data": "digits", "root": None, "model": "mlp", "optimizer": "adam", "batch_size": 32, "seed": 0, "epochs": 30}
+# What a resumed run may not change: it decides what the run has trained on and with.
+FIXED_ON_RESUME = ("data", "model", "optimizer", "batch_size", "seed")
+
+
+def flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def run_settings(args, saved):
+    """The run's settings: the flags given, else (on --resume) the checkpoint's, else the
+    defaults. A flag that contradicts a FIXED_ON_RESUME setting is refused."""
+    if saved is None:
+        return {key: default if getattr(args, key) is None else getattr(args, key) for key, default in RUN_DEFAULTS.items()}
+    config = saved["config"]
+    if not isinstance(config, dict) or not set(RUN_DEFAULTS) | {"data_fingerprint"} <= set(config):
+        raise UsageError(
+            f"--resume {args.resume}: holds no `nnlab train` run configuration "
+            "(saved by fit() without config=...), so this command cannot tell how to continue it"
+        )
+    settings = {}
+    for key in RUN_DEFAULTS:
+        given = getattr(args, key)
+        if key in FIXED_ON_RESUME and given is not None and given != config[key]:
+            raise UsageError(
+                f"{flag(key)} {given} contradicts --resume {args.resume}, a run with {flag(key)} {config[key]}: "
+                "a resumed run keeps its data, split, model, optimizer and batch size (start a new run instead)"
+            )
+        settings[key] = config[key] if given is None else given
+    if settings["epochs"] < saved["epoch"]:
+        raise UsageError(
+            f"--epochs {settings['epochs']}: {args.resume} already holds {saved['epoch']} epochs "
+            "(--epochs counts the whole run)"
+        )
+    return settings
+
+
+def checkpoint_target(args):
+    """Where the run saves its checkpoint (a resumed run: into its own file unless
+    --checkpoint names another), checked: writable, and not another run's file unless
+    --overwrite."""
+    target = args.checkpoint if args.checkpoint is not None else args.resume
+    if target is None:
+        return None
+    check_output_file("--checkpoint", target)
+    if os.path.exists(target) and not args.overwrite and not continues(target, args.resume):
+        raise UsageError(
+            f"--checkpoint {target}: the file exists (an earlier run's checkpoint); "
+            f"--resume {target} continues that run, --overwrite starts a new one over it"
+        )
+    return target
+
+
+def continues(target, resume):
+    """Whether the checkpoint ``target`` is the file the run resumes from."""
+    return resume is not None and os.path.exists(resume) and os.path.samefile(target, resume)
+
+
+def check_output_file(option, path):
+    """UsageError unless a file can be written at ``path``: a name, not a folder, in a
+    folder that exists and takes new files (tried for real)."""
+    if path == "":
+        raise UsageError(f"{option}: expected a file name, got ''")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder; expected a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nnlab-write-test-"):
+            pass
+    except NotADirectoryError:
+        raise UsageError(f"{option} {path}: {folder} is not a folder (part of it is a file)") from None
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such folder {folder}") from None
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot write in {folder} ({error.strerror})") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: cannot write the file (it is read-only)")
+
+
+def check_plot_file(path):
+    check_output_file("--plot", path)
+    from matplotlib.backend_bases import FigureCanvasBase  # matplotlib loads only when a plot is asked for
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        raise UsageError(
+            f"--plot {path}: not an image format matplotlib writes; expected a name ending in "
+            + ", ".join(f".{name}" for name in sorted(formats))
+        )
+
+
 def run_train(args):
-    if args.epochs < 1 or args.batch_size < 1:
-        raise UsageError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
-    torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test, in_size, num_classes = load_dataset(args.data, args.root, args.seed)
-    x_train = model_input(args.model, x_train)
-    x_test = model_input(args.model, x_test)
-    model = build_model(args.model, in_size, num_classes)
+    saved = training.load_checkpoint(args.resume) if args.resume is not None else None
+    settings = run_settings(args, saved)
+    target = checkpoint_target(args)
+    if args.plot is not None:
+        check_plot_file(args.plot)
+
+    torch.manual_seed(settings["seed"])
+    x_train, y_train, x_test, y_test = load_split(settings["data"], settings["root"], settings["seed"])
+    config = dict(settings, data_fingerprint=content_digest([x_train, y_train, x_test, y_test]))
+    if settings["root"] is not None:
+        config["root"] = os.path.abspath(settings["root"])
+    if saved is not None and config["data_fingerprint"] != saved["config"]["data_fingerprint"]:
+        raise UsageError(
+            f"--resume {args.resume}: the {settings['data']} data differ from the ones the run trained on "
+            "(other files, or another split); a resumed run must see the same data"
+        )
+    x_train, x_test = data.standardize(x_train, x_test)
+    in_size = tuple(x_train.shape[1:])
+    x_train = model_input(settings["model"], x_train)
+    x_test = model_input(settings["model"], x_test)
+    model = build_model(settings["model"], in_size, 10)
     loss_fn = CrossEntropyLoss()
-    optimizer = make_optimizer(args.optimizer, model.params(), args.lr)
-    print(f"{args.data}: {len(x_train)} training and {len(x_test)} test samples")
+    optimizer = make_optimizer(settings["optimizer"], model.params(), args.lr)
+    print(f"{settings['data']}: {len(x_train)} training and {len(x_test)} test samples")
     print(model)
 
     if not args.no_verify:
-        worst = verify_gradients(model, loss_fn, x_train[: args.batch_size], y_train[: args.batch_size])
+        batch_size = settings["batch_size"]
+        worst = verify_gradients(model, loss_fn, x_train[:batch_size], y_train[:batch_size])
         print(f"gradient check on one batch: worst relative error {worst:.1e} against autograd (float64)")
         if not worst <= VERIFY_TOLERANCE:
             print(f"refusing to train: the error is above {VERIFY_TOLERANCE:g} (--no-verify skips this check)")
             return 1
 
-    train_batches = data.Batches(x_train, y_train, args.batch_size, shuffle=True)
-    test_batches = data.Batches(x_test, y_test, args.batch_size)
+    train_batches = data.Batches(x_train, y_train, settings["batch_size"], shuffle=True)
+    test_batches = data.Batches(x_test, y_test, settings["batch_size"])
     trainer = training.LayerTrainer(model, loss_fn, optimizer)
+    resume = None
+    if saved is not None:
+        resume = trainer.load_checkpoint(args.resume)
+        announce_resume(args, settings, saved, optimizer)
     fit = trainer.fit(
         train_batches,
         test_batches,
-        args.epochs,
-        checkpoints=args.checkpoint,
-        resume=args.resume,
+        settings["epochs"],
+        checkpoints=target,
+        resume=resume,
+        config=config,
         verbose=not args.quiet,
     )
     if args.plot:
-        from .plot import plot_fit  # matplotlib loads only when a plot is asked for
+        from .plot import plot_fit
 
-        figure, _ = plot_fit(fit, legend=f"{args.model}, {args.optimizer}")
+        figure, _ = plot_fit(fit, legend=f"{settings['model']}, {settings['optimizer']}")
         figure.savefig(args.plot)
         print(f"learning curves written to {args.plot}")
     print(f"final test accuracy: {fit.test_acc[-1]:.2f}% (best {max(fit.test_acc):.2f}%)")
     return 0
+
+
+def announce_resume(args, settings, saved, optimizer):
+    """Says where the run continues, and applies (and says) a new learning rate."""
+    print(f"resuming {args.resume} after epoch {saved['epoch']} of {settings['epochs']}")
+    if settings["epochs"] != saved["config"]["epochs"]:
+        print(f"training to {settings['epochs']} epochs (the run was started for {saved['config']['epochs']})")
+    if args.lr is not None and args.lr != optimizer.learn_rate:
+        print(f"learning rate {args.lr:g} from now on (the run used {optimizer.learn_rate:g})")
+        optimizer.learn_rate = args.lr
 
 
 def run_bench(args):

@@ -3,14 +3,19 @@
 
 import os
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
 from nnlab import cli
 from nnlab.layers import Linear
+from nnlab.training import load_checkpoint, save_checkpoint
 
 
 def nnlab(*args, timeout=240):
@@ -165,3 +170,335 @@ def test_bench_prints_ratios():
     result = nnlab("bench", "--tiny", "--repeats", "1", "--warmup", "0")
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout and "geometric mean" in result.stdout
+
+
+# Runs, checkpoints and resuming ---------------------------------------------------------
+
+FAST = ("--batch-size", "256", "--no-verify", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A checkpoint of `nnlab train --epochs 2` (mlp, adam, seed 0) and its stdout."""
+    path = tmp_path_factory.mktemp("run") / "two.pt"
+    status = cli.main(["train", "--epochs", "2", *FAST, "--checkpoint", str(path)])
+    assert status == 0
+    return path
+
+
+def copied(source, folder, name="run.pt"):
+    shutil.copy(source, folder / name)
+    return folder / name
+
+
+def test_train_records_the_run_configuration(two_epochs):
+    config = load_checkpoint(two_epochs)["config"]
+    expected = {"data": "digits", "model": "mlp", "optimizer": "adam", "batch_size": 256, "seed": 0, "epochs": 2}
+    assert {key: config[key] for key in expected} == expected
+    assert len(config["data_fingerprint"]) == 64  # a SHA-256 of the split data
+
+
+def test_resume_takes_the_run_configuration_from_the_checkpoint(capsys, tmp_path):
+    path = tmp_path / "cnn.pt"
+    first = run_in_process(
+        capsys, "train", "--model", "cnn", "--optimizer", "sgd", "--seed", "3", "--epochs", "1", *FAST, "--checkpoint", str(path)
+    )
+    assert first.returncode == 0, first.stderr
+    resumed = run_in_process(capsys, "train", "--resume", str(path), "--epochs", "2", "--no-verify", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    checkpoint = load_checkpoint(path)  # a resumed run goes on saving into its checkpoint
+    assert checkpoint["epoch"] == 2
+    config = checkpoint["config"]
+    assert (config["model"], config["optimizer"], config["seed"], config["batch_size"]) == ("cnn", "sgd", 3, 256)
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--seed", "5"), ("--model", "cnn"), ("--optimizer", "sgd"), ("--batch-size", "64"), ("--data", "mnist")],
+)
+def test_resume_refuses_a_flag_that_changes_the_run(capsys, tmp_path, two_epochs, flag, value):
+    path = copied(two_epochs, tmp_path)
+    extra = ["--root", str(tmp_path)] if flag == "--data" else []
+    result = run_in_process(capsys, "train", "--resume", str(path), flag, value, *extra, "--quiet")
+    assert_usage_error(result, flag, value)
+    assert path.read_bytes() == two_epochs.read_bytes()
+
+
+def test_resume_accepts_flags_that_repeat_the_run_and_can_save_elsewhere(capsys, tmp_path, two_epochs):
+    path = copied(two_epochs, tmp_path)
+    branch = tmp_path / "branch.pt"
+    args = ["--model", "mlp", "--optimizer", "adam", "--seed", "0", "--batch-size", "256", "--data", "digits"]
+    result = run_in_process(
+        capsys, "train", "--resume", str(path), *args, "--epochs", "3", "--checkpoint", str(branch), "--no-verify", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(branch)["epoch"] == 3
+    assert path.read_bytes() == two_epochs.read_bytes()
+
+
+def test_resume_with_a_new_learning_rate_applies_it_and_says_so(capsys, tmp_path, two_epochs):
+    changed = copied(two_epochs, tmp_path, "changed.pt")
+    kept = copied(two_epochs, tmp_path, "kept.pt")
+    result = run_in_process(capsys, "train", "--resume", str(changed), "--lr", "0.05", "--epochs", "3", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "learning rate 0.05" in result.stdout and "0.001" in result.stdout
+    assert run_in_process(capsys, "train", "--resume", str(kept), "--epochs", "3", *FAST).returncode == 0
+    changed_run = load_checkpoint(changed)
+    kept_run = load_checkpoint(kept)
+    assert changed_run["optimizer"]["hyperparameters"]["learn_rate"] == 0.05
+    assert kept_run["optimizer"]["hyperparameters"]["learn_rate"] == 0.001
+    assert not torch.equal(changed_run["model"]["sequence.0.weight"], kept_run["model"]["sequence.0.weight"])
+
+
+def test_resume_refuses_fewer_epochs_than_the_checkpoint_holds(capsys, tmp_path, two_epochs):
+    path = copied(two_epochs, tmp_path)
+    assert_usage_error(run_in_process(capsys, "train", "--resume", str(path), "--epochs", "1", "--quiet"), "--epochs 1")
+
+
+def test_resume_refuses_a_checkpoint_without_a_run_configuration(capsys, tmp_path, two_epochs):
+    path = tmp_path / "bare.pt"
+    save_checkpoint(path, dict(load_checkpoint(two_epochs), config=None))
+    assert_usage_error(run_in_process(capsys, "train", "--resume", str(path), "--quiet"), str(path), "configuration")
+
+
+def test_a_new_run_refuses_to_overwrite_a_checkpoint(capsys, tmp_path, two_epochs):
+    path = copied(two_epochs, tmp_path)
+    result = run_in_process(capsys, "train", "--epochs", "1", *FAST, "--checkpoint", str(path))
+    assert_usage_error(result, str(path), "--resume", "--overwrite")
+    assert result.stdout == ""
+    assert path.read_bytes() == two_epochs.read_bytes()
+    other = tmp_path / "other.pt"
+    result = run_in_process(capsys, "train", "--resume", str(path), "--checkpoint", str(copied(path, tmp_path, "other.pt")))
+    assert_usage_error(result, str(other), "--overwrite")
+
+    result = run_in_process(capsys, "train", "--epochs", "1", *FAST, "--checkpoint", str(path), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def write_idx(path, magic, dims, values):
+    path.write_bytes(struct.pack(">I" + "I" * len(dims), magic, *dims) + bytes(values))
+
+
+def write_tiny_mnist(folder, train_labels):
+    rng = np.random.default_rng(0)
+    for prefix, labels in [("train", train_labels), ("t10k", list(range(10)))]:
+        pixels = rng.integers(0, 256, size=len(labels) * 28 * 28).tolist()
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", 0x803, (len(labels), 28, 28), pixels)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", 0x801, (len(labels),), labels)
+
+
+def test_resume_refuses_data_that_changed_under_the_same_name(capsys, tmp_path):
+    labels = [i % 10 for i in range(20)]
+    write_tiny_mnist(tmp_path, labels)
+    path = tmp_path / "mnist.pt"
+    args = ["--data", "mnist", "--root", str(tmp_path), *FAST]
+    assert run_in_process(capsys, "train", *args, "--epochs", "1", "--checkpoint", str(path)).returncode == 0
+    write_tiny_mnist(tmp_path, labels[::-1])
+    result = run_in_process(capsys, "train", *args, "--epochs", "2", "--resume", str(path))
+    assert_usage_error(result, "data", str(path))
+
+
+def test_train_reports_mnist_labels_outside_0_to_9(capsys, tmp_path):
+    write_tiny_mnist(tmp_path, [3, 12])
+    result = run_in_process(capsys, "train", "--data", "mnist", "--root", str(tmp_path), "--quiet")
+    assert_usage_error(result, "train-labels-idx1-ubyte", "12")
+
+
+BAD_VALUES = [
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--seed", str(2**64)], "--seed"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--batch-size", "-2"], "--batch-size"),
+    (["overfit", "--seed", str(2**64)], "--seed"),
+    (["overfit", "--samples", "100000"], "--samples"),
+    (["gradcheck", "--seed", str(2**64)], "--seed"),
+    (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--threads", "-3"], "--threads"),
+    (["bench", "--repeats", "-1"], "--repeats"),
+]
+
+
+@pytest.mark.parametrize("args, flag", BAD_VALUES, ids=[" ".join(args) for args, _ in BAD_VALUES])
+def test_bad_numbers_give_usage_and_status_2(capsys, args, flag):
+    result = run_in_process(capsys, *args)
+    assert_usage_error(result, flag)
+    assert result.stdout == ""
+
+
+def test_overfit_names_how_many_samples_there_are(capsys):
+    assert_usage_error(run_in_process(capsys, "overfit", "--samples", "100000"), "100000", "1438")
+
+
+BAD_OUTPUTS = [
+    (["--checkpoint", ""], "--checkpoint"),
+    (["--checkpoint", "{tmp}"], "folder"),
+    (["--checkpoint", "{file}/run.pt"], "not a folder"),
+    (["--checkpoint", "{tmp}/missing/run.pt"], "no such folder"),
+    (["--plot", "{tmp}/curves.txt"], "--plot"),
+    (["--plot", "{tmp}/curves"], "--plot"),
+    (["--plot", "{file}/curves.png"], "not a folder"),
+    (["--plot", ""], "--plot"),
+    (["--plot", "{tmp}"], "folder"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", BAD_OUTPUTS, ids=[" ".join(args) for args, _ in BAD_OUTPUTS])
+def test_output_paths_are_checked_before_training(capsys, tmp_path, args, fragment):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = [arg.format(tmp=tmp_path, file=tmp_path / "file") for arg in args]
+    result = run_in_process(capsys, "train", "--epochs", "1", *FAST, *args)
+    assert_usage_error(result, fragment)
+    assert result.stdout == ""  # refused before anything ran
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("flag, name", [("--checkpoint", "run.pt"), ("--plot", "curves.png")])
+def test_an_output_in_a_read_only_folder_is_refused_before_training(capsys, tmp_path, flag, name):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        result = run_in_process(capsys, "train", "--epochs", "1", *FAST, flag, str(folder / name))
+    finally:
+        folder.chmod(0o700)
+    assert_usage_error(result, flag, "cannot write")
+    assert result.stdout == ""
+
+
+DAMAGED = {
+    "rng missing": lambda c: c.pop("rng"),
+    "optimizer missing": lambda c: c.pop("optimizer"),
+    "fit_result missing": lambda c: c.pop("fit_result"),
+    "rng tensor": lambda c: c["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)),
+    "best_model does not fit": lambda c: c.update(best_model={"sequence.0.weight": torch.zeros(2, 2)}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_a_damaged_checkpoint_gives_one_line_and_status_2(capsys, tmp_path, two_epochs, damage):
+    checkpoint = torch.load(two_epochs, weights_only=True)
+    DAMAGED[damage](checkpoint)
+    path = tmp_path / "damaged.pt"
+    save_checkpoint(path, checkpoint)
+    result = run_in_process(capsys, "train", "--resume", str(path), "--epochs", "3", "--quiet")
+    assert_usage_error(result, str(path))
+
+
+def test_a_flipped_bit_in_a_checkpoint_gives_one_line_and_status_2(capsys, tmp_path, two_epochs):
+    weight = load_checkpoint(two_epochs)["model"]["sequence.0.weight"]
+    raw = bytearray(two_epochs.read_bytes())
+    where = raw.find(weight.numpy().tobytes())
+    raw[where + 100] ^= 0x01
+    path = tmp_path / "flipped.pt"
+    path.write_bytes(bytes(raw))
+    assert_usage_error(run_in_process(capsys, "train", "--resume", str(path), "--quiet"), str(path), "checksum")
+
+
+def test_the_real_command_refuses_a_bad_number_without_a_traceback():
+    assert_usage_error(nnlab("train", "--lr", "nan", timeout=60), "--lr")
+
+
+# Killed for real (SIGKILL) at chosen moments, then resumed ------------------------------
+
+# Runs `python -m nnlab ...` after arranging one pause: at the PAUSE_AT-th training batch
+# ("batch:N"), or halfway through writing the checkpoint of epoch N ("save:N"). At the
+# pause it creates MARKER and sleeps, so the test's SIGKILL lands exactly there.
+KILLABLE = r"""
+import io, os, runpy, sys, time
+import torch
+from nnlab import training
+
+kind, number = os.environ["PAUSE_AT"].split(":")
+number = int(number)
+
+def pause():
+    open(os.environ["MARKER"], "w").close()
+    time.sleep(60)
+
+if kind == "batch":
+    train_batch = training.LayerTrainer.train_batch
+    calls = []
+    def paused_train_batch(self, batch):
+        calls.append(1)
+        if len(calls) == number:
+            pause()
+        return train_batch(self, batch)
+    training.LayerTrainer.train_batch = paused_train_batch
+else:
+    save = torch.save
+    def half_save(obj, file, *args, **kw):
+        if obj.get("epoch") != number:
+            return save(obj, file, *args, **kw)
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kw)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        file.flush()
+        pause()
+    torch.save = half_save
+
+sys.argv = ["nnlab", *sys.argv[1:]]
+runpy.run_module("nnlab", run_name="__main__", alter_sys=True)
+"""
+
+
+def kill_when_paused(tmp_path, pause_at, *args):
+    marker = tmp_path / "paused"
+    env = dict(_env(), PAUSE_AT=pause_at, MARKER=str(marker))
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, *args], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"never reached {pause_at}: {process.communicate()[1]}")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    marker.unlink()
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_kill_9_during_training_and_during_a_save_then_resume_is_exact(capsys, tmp_path):
+    # Only the killed runs need processes of their own; one torch thread everywhere
+    # (conftest, OMP_NUM_THREADS=1), so the sums are the same in and out of process.
+    run = ["train", "--epochs", "4", "--seed", "1", "--batch-size", "256", "--no-verify", "--quiet"]
+    whole = run_in_process(capsys, *run, "--checkpoint", str(tmp_path / "whole.pt"))
+    assert whole.returncode == 0, whole.stderr
+    path = tmp_path / "part.pt"
+
+    kill_when_paused(tmp_path, "batch:8", *run, "--checkpoint", str(path))  # 6 batches an epoch: in epoch 2
+    assert load_checkpoint(path)["epoch"] == 1
+    kill_when_paused(tmp_path, "save:3", "train", "--resume", str(path), "--quiet")
+    assert load_checkpoint(path)["epoch"] == 2  # the half-written epoch 3 never replaced it
+    assert any(name.startswith(".part.pt.") for name in os.listdir(tmp_path))  # its temporary file
+
+    resumed = run_in_process(capsys, "train", "--resume", str(path), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[-1] == whole.stdout.splitlines()[-1]  # the final accuracy line
+    assert sorted(os.listdir(tmp_path)) == ["part.pt", "whole.pt"]  # the stale temporary file went
+    a = load_checkpoint(path)
+    b = load_checkpoint(tmp_path / "whole.pt")
+    assert a["fit_result"] == b["fit_result"]
+    assert_same(a["model"], b["model"])
+    assert_same(a["best_model"], b["best_model"])
+    assert_same(a["optimizer"], b["optimizer"])
+    assert_same(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Bit for bit: tensors with torch.equal, through nested dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (item_a, item_b) in enumerate(zip(a, b)):
+            assert_same(item_a, item_b, f"{where}[{index}]")
+    else:
+        assert a == b, where
