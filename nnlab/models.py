@@ -343,7 +343,39 @@ class MLP(Builder):
         return widths, [activation_factory("MLP", f"nonlins[{i}]", spec) for i, spec in enumerate(nonlins)]
 
 
-class CNN(Builder):
+class ImageClassifier(Builder):
+    """What CNN and ResNet share: their size arguments checked and kept (``in_size``,
+    ``out_classes``, ``channels``, ``pool_every``, ``hidden_dims``), the activation and
+    pooling in either spelling, and the dense head."""
+
+    def check_sizes(self, in_size, out_classes, channels, pool_every, hidden_dims, batchnorm, dropout):
+        owner = type(self).__name__
+        self.in_size = check_in_size(owner, in_size)
+        self.out_classes = check_positive_int(owner, "out_classes", out_classes)
+        self.channels = check_int_list(owner, "channels", channels, allow_empty=False)
+        self.pool_every = check_positive_int(owner, "pool_every", pool_every)
+        self.hidden_dims = check_int_list(owner, "hidden_dims", hidden_dims)
+        check_flag(owner, "batchnorm", batchnorm)
+        check_probability(owner, "dropout", dropout)
+
+    def layer_factories(self, activation, activation_type, activation_params, pooling, pooling_type, pooling_params, output_activation):
+        """Factories of the activation, the pooling layer and the output activation (None:
+        no layer), from the arguments in either spelling."""
+        owner = type(self).__name__
+        spelling, activation = one_spelling(owner, "activation", activation, "activation_type", activation_type, DEFAULT_ACTIVATION)
+        act = activation_factory(owner, spelling, activation, activation_params)
+        spelling, pooling = one_spelling(owner, "pooling", pooling, "pooling_type", pooling_type, DEFAULT_POOLING)
+        pool = pooling_factory(owner, spelling, pooling, "pooling_params", pooling_params)
+        output = None if output_activation is None else activation_factory(owner, "output_activation", output_activation)
+        return act, pool, output
+
+    def head(self, num_features, act, output):
+        """``Flatten -> (Linear -> act) per hidden_dims -> Linear(out_classes) [-> output]``."""
+        widths = [num_features, *self.hidden_dims, self.out_classes]
+        return [Flatten(), *dense_layers(widths, [act] * len(self.hidden_dims) + [output])]
+
+
+class CNN(ImageClassifier):
     """Convolutional classifier:
     ``[(Conv2d -> [BatchNorm2d] -> act [-> Dropout2d]) * pool_every -> pool] * (len(channels) // pool_every)``,
     then the same conv unit for the ``len(channels) % pool_every`` leftover channels,
@@ -403,23 +435,15 @@ class CNN(Builder):
         output_activation=None,
     ):
         super().__init__()
-        self.in_size = check_in_size("CNN", in_size)
-        self.out_classes = check_positive_int("CNN", "out_classes", out_classes)
-        self.hidden_dims = check_int_list("CNN", "hidden_dims", hidden_dims)
-        self.channels = check_int_list("CNN", "channels", channels, allow_empty=False)
-        self.pool_every = check_positive_int("CNN", "pool_every", pool_every)
-        check_flag("CNN", "batchnorm", batchnorm)
-        check_probability("CNN", "dropout", dropout)
-        spelling, activation = one_spelling("CNN", "activation", activation, "activation_type", activation_type, DEFAULT_ACTIVATION)
-        act = activation_factory("CNN", spelling, activation, activation_params)
-        spelling, pooling = one_spelling("CNN", "pooling", pooling, "pooling_type", pooling_type, DEFAULT_POOLING)
-        pool = pooling_factory("CNN", spelling, pooling, "pooling_params", pooling_params)
+        self.check_sizes(in_size, out_classes, channels, pool_every, hidden_dims, batchnorm, dropout)
+        act, pool, output = self.layer_factories(
+            activation, activation_type, activation_params, pooling, pooling_type, pooling_params, output_activation
+        )
         final_pool = None
         if final_pooling is not None:
             final_pool = pooling_factory("CNN", "final_pooling", final_pooling, "final_pooling_params", final_pooling_params)
         elif final_pooling_params is not None:
             raise ValueError("CNN: final_pooling_params given without final_pooling")
-        output = None if output_activation is None else activation_factory("CNN", "output_activation", output_activation)
         if conv_params is None:
             conv_params = dict(kernel_size=3, padding=1)
         settings = per_conv_settings("CNN", conv_params, len(self.channels), batchnorm)
@@ -444,14 +468,10 @@ class CNN(Builder):
             width = out_channels
 
         channels_out, height, width_out = feature_shape("CNN", self.in_size, layers)
-        classifier = dense_layers(
-            [channels_out * height * width_out, *self.hidden_dims, self.out_classes],
-            [act] * len(self.hidden_dims) + [output],
-        )
-        self.sequence = Sequential(*layers, Flatten(), *classifier)
+        self.sequence = Sequential(*layers, *self.head(channels_out * height * width_out, act, output))
 
 
-class ResNet(Builder):
+class ResNet(ImageClassifier):
     """Residual classifier:
     ``[ResidualBlock(pool_every convs) -> pool] * (len(channels) // pool_every)``, then one
     ResidualBlock of the ``len(channels) % pool_every`` leftover convs (no pool after),
@@ -500,21 +520,13 @@ class ResNet(Builder):
         output_activation=None,
     ):
         super().__init__()
-        self.in_size = check_in_size("ResNet", in_size)
-        self.out_classes = check_positive_int("ResNet", "out_classes", out_classes)
-        self.hidden_dims = check_int_list("ResNet", "hidden_dims", hidden_dims)
-        self.channels = check_int_list("ResNet", "channels", channels, allow_empty=False)
-        self.pool_every = check_positive_int("ResNet", "pool_every", pool_every)
+        self.check_sizes(in_size, out_classes, channels, pool_every, hidden_dims, batchnorm, dropout)
         self.bottleneck = check_flag("ResNet", "bottleneck", bottleneck)
-        check_flag("ResNet", "batchnorm", batchnorm)
-        check_probability("ResNet", "dropout", dropout)
-        spelling, activation = one_spelling("ResNet", "activation", activation, "activation_type", activation_type, DEFAULT_ACTIVATION)
-        act = activation_factory("ResNet", spelling, activation, activation_params)
+        act, pool, output = self.layer_factories(
+            activation, activation_type, activation_params, pooling, pooling_type, pooling_params, output_activation
+        )
         if act is None:
             raise ValueError("ResNet: activation 'none' is not possible: a residual block ends in its activation")
-        spelling, pooling = one_spelling("ResNet", "pooling", pooling, "pooling_type", pooling_type, DEFAULT_POOLING)
-        pool = pooling_factory("ResNet", spelling, pooling, "pooling_params", pooling_params)
-        output = None if output_activation is None else activation_factory("ResNet", "output_activation", output_activation)
         block_options = dict(batchnorm=batchnorm, dropout=dropout, activation=act())
 
         features = []
@@ -531,8 +543,7 @@ class ResNet(Builder):
             width = group[-1]
 
         num_features = self.feature_count(Sequential(*features))
-        classifier = dense_layers([num_features, *self.hidden_dims, self.out_classes], [act] * len(self.hidden_dims) + [output])
-        self.sequence = Sequential(*features, Flatten(), *classifier)
+        self.sequence = Sequential(*features, *self.head(num_features, act, output))
 
     def feature_count(self, features):
         """Flattened size of the feature part's output for one image of ``in_size``."""
