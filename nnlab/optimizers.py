@@ -44,6 +44,15 @@ def _check_grad(owner, index, param, grad):
         )
 
 
+def _follow(param, state):
+    """Gives the state tensors (moments, velocities) the parameter's device and dtype, so
+    an optimizer built before ``model.to(...)`` (the order course notebooks use) keeps
+    training the moved parameters in their new precision, as torch.optim does."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.dtype != param.dtype or value.device != param.device):
+            state[key] = value.to(device=param.device, dtype=param.dtype)
+
+
 def _collect(owner, params):
     """[(param, grad or None)] from pairs or tensors; ``None`` means "read param.grad".
 
@@ -153,6 +162,7 @@ class Optimizer(abc.ABC):
                 if grad is None:
                     continue
                 _check_grad(owner, index, param, grad)
+            _follow(param, state)
             found.append((param, grad, state))
         return found
 

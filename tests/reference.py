@@ -157,3 +157,152 @@ def check_finite_differences(layer, x, y=None, eps=1e-6, rtol=1e-7, max_elements
             numeric[j] = (plus - minus) / (2 * eps)
         expected = grad.reshape(-1)[picks].cpu()
         assert_close(f"{name} finite differences", expected, numeric, rtol=rtol)
+
+
+# torch.nn twins of nnlab models ------------------------------------------------------------
+
+
+class TorchResidual(torch.nn.Module):
+    """main(x) + shortcut(x), the identity when shortcut is None."""
+
+    def __init__(self, main, shortcut=None):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.main(x) + skip
+
+
+class TorchHeads(torch.nn.Module):
+    """A tuple with one output per head."""
+
+    def __init__(self, *heads):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+
+    def forward(self, x):
+        return tuple(head(x) for head in self.heads)
+
+
+def torch_twin(layer):
+    """A torch.nn model computing what the nnlab ``layer`` computes: the torch.nn layer of
+    each kind in the same order and nesting, in the same train/eval mode and dtype, with
+    every parameter and buffer copied (so parameters zip one to one with ``params()``)."""
+    module = _twin_structure(layer)
+    copy_params(layer, module)
+    with torch.no_grad():
+        layer_counts = [b for b in layer.buffers() if not b.is_floating_point()]
+        module_counts = [b for b in module.buffers() if not b.is_floating_point()]
+        for target, source in zip(module_counts, layer_counts, strict=True):
+            target.copy_(source)
+    return module
+
+
+def _twin_structure(layer):
+    """The torch.nn twin of ``layer`` (parameters not yet copied), in the layer's mode."""
+    from nnlab import layers as nl
+
+    if isinstance(layer, nl.Builder):
+        module = _twin_structure(layer.sequence)
+    elif isinstance(layer, nl.Sequential):
+        module = torch.nn.Sequential(*[_twin_structure(child) for child in layer])
+    elif isinstance(layer, nl.Residual):
+        shortcut = None if layer.shortcut is None else _twin_structure(layer.shortcut)
+        module = TorchResidual(_twin_structure(layer.main), shortcut)
+    elif isinstance(layer, nl.Heads):
+        module = TorchHeads(*[_twin_structure(head) for head in layer])
+    else:
+        floating = [p for p, _ in layer.params()] + [b for b in layer.buffers() if b.is_floating_point()]
+        dtype = floating[0].dtype if floating else torch.get_default_dtype()
+        module = _twin_leaf(nl, layer).to(dtype)
+    module.training = layer.training  # this module's flag only: children keep their own
+    return module
+
+
+def _twin_leaf(nl, layer):
+    if isinstance(layer, nl.Conv2d):
+        return torch.nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=layer.bias is not None,
+        )
+    if isinstance(layer, nl.Linear):
+        return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, nl.BatchNorm2d):
+        return torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    if isinstance(layer, nl.BatchNorm1d):
+        return torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    if isinstance(layer, nl.MaxPool2d):
+        return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    if isinstance(layer, nl.AvgPool2d):
+        return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=layer.count_include_pad)
+    if isinstance(layer, nl.AdaptiveMaxPool2d):
+        return torch.nn.AdaptiveMaxPool2d(layer.output_size)
+    if isinstance(layer, nl.AdaptiveAvgPool2d):
+        return torch.nn.AdaptiveAvgPool2d(layer.output_size)
+    if isinstance(layer, nl.Dropout2d):
+        return torch.nn.Dropout2d(layer.p)
+    if isinstance(layer, nl.Dropout):
+        return torch.nn.Dropout(layer.p)
+    if isinstance(layer, nl.LeakyReLU):
+        return torch.nn.LeakyReLU(layer.alpha)
+    if isinstance(layer, nl.Softmax):
+        return torch.nn.Softmax(layer.dim)
+    if isinstance(layer, nl.Flatten):
+        return torch.nn.Flatten(layer.start_dim, layer.end_dim)
+    simple = {nl.ReLU: torch.nn.ReLU, nl.Tanh: torch.nn.Tanh, nl.Sigmoid: torch.nn.Sigmoid}
+    if type(layer) in simple:
+        return simple[type(layer)]()
+    raise TypeError(f"no torch twin for {layer!r}")
+
+
+# Looking inside nnlab models ------------------------------------------------------------------
+
+
+def sublayers(model):
+    """Every layer of ``model``, itself included, depth first in order."""
+    found = [model]
+    for _, child in model.named_children():
+        found += sublayers(child)
+    return found
+
+
+def randomize_batchnorms(model, seed=0):
+    """Non-trivial affine parameters and running statistics in every BatchNorm2d."""
+    from nnlab.layers import BatchNorm2d
+
+    generator = torch.Generator().manual_seed(seed)
+    for layer in sublayers(model):
+        if isinstance(layer, BatchNorm2d):
+            size = layer.num_features
+            dtype = layer.weight.dtype
+            layer.weight.copy_(torch.rand(size, generator=generator, dtype=dtype) + 0.5)
+            layer.bias.copy_(torch.randn(size, generator=generator, dtype=dtype) * 0.1)
+            layer.running_mean.copy_(torch.randn(size, generator=generator, dtype=dtype) * 0.1)
+            layer.running_var.copy_(torch.rand(size, generator=generator, dtype=dtype) + 0.5)
+    return model
+
+
+def batchnorms(model):
+    """The BatchNorm2d layers of ``model``, depth first in order."""
+    from nnlab.layers import BatchNorm2d
+
+    return [layer for layer in sublayers(model) if isinstance(layer, BatchNorm2d)]
+
+
+def count_convs(model):
+    from nnlab.layers import Conv2d
+
+    return sum(isinstance(layer, Conv2d) for layer in sublayers(model))
+
+
+def random_tensor(shape, dtype, seed=7):
+    """Standard normal entries drawn in float64 from their own generator, then cast."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)

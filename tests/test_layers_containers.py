@@ -1,12 +1,10 @@
-"""Sequential, MLP and make_activation: gradients against torch.nn.Sequential twins,
+"""Sequential and make_activation: gradients against torch.nn.Sequential twins,
 the container contract (kw, order, indexing, modes, dtype), state_dict and errors."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from nnlab.layers import (
     ACTIVATIONS,
@@ -116,87 +114,6 @@ def test_sequential_with_flatten_on_4d_input(dtype):
     x = randn((3, 2, 3, 5), 1, dtype)
     check_against_torch(model, twin_of(model, dtype), x)
     check_finite_differences(model.to(dtype=torch.float64), x.double(), max_elements=20)
-
-
-MLP_CASES = [
-    # (in, classes, hidden)
-    (5, 3, ()),
-    (4, 2, (7,)),
-    (6, 4, (8, 5)),
-    (3, 1, (4, 4, 3)),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-@pytest.mark.parametrize("in_features, classes, hidden", MLP_CASES)
-def test_mlp_against_torch(in_features, classes, hidden, activation, dtype):
-    torch.manual_seed(0)
-    model = MLP(in_features, classes, hidden, activation=activation).to(dtype=dtype)
-    module = twin_of(model, dtype)
-    for batch, seed in ((1, 1), (6, 2)):
-        check_against_torch(model, module, randn((batch, in_features), seed, dtype))
-
-
-@pytest.mark.parametrize("activation", ["lrelu", "sigmoid", "tanh"])
-def test_mlp_finite_differences(activation):
-    torch.manual_seed(0)
-    model = MLP(4, 3, (5, 4), activation=activation).to(dtype=torch.float64)
-    check_finite_differences(model, randn((3, 4), 3, torch.float64), max_elements=20)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_mlp_with_loss_against_torch(dtype):
-    torch.manual_seed(0)
-    mlp = MLP(5, 4, (6,), activation="tanh").to(dtype=dtype)
-    model = Sequential(mlp, CrossEntropyLoss())
-    module = twin_of(mlp, dtype)
-    x = randn((7, 5), 1, dtype)
-    y = torch.tensor([0, 3, 1, 2, 2, 0, 3])
-
-    class Composite(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = module
-
-        def forward(self, x, y):
-            return torch.nn.functional.cross_entropy(self.inner(x), y)
-
-    check_against_torch(model, Composite(), x, y)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_mlp_with_dropout_train_against_autograd(dtype):
-    torch.manual_seed(0)
-    model = MLP(5, 3, (8, 6), activation="relu", dropout=0.3).to(dtype=dtype)
-    check_against_autograd(model, randn((4, 5), 1, dtype), seed=11)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_mlp_with_dropout_eval_against_torch(dtype):
-    torch.manual_seed(0)
-    model = MLP(5, 3, (8, 6), activation="relu", dropout=0.5).to(dtype=dtype).eval()
-    module = twin_of(model, dtype)
-    assert not module.training
-    check_against_torch(model, module, randn((4, 5), 1, dtype))
-
-
-@settings(max_examples=15)
-@given(
-    in_features=st.integers(1, 6),
-    classes=st.integers(1, 5),
-    hidden=st.lists(st.integers(1, 6), min_size=0, max_size=3),
-    activation=st.sampled_from(sorted(ACTIVATIONS)),
-    batch=st.integers(1, 5),
-    dtype=st.sampled_from(DTYPES),
-    data=st.data(),
-)
-def test_mlp_random(in_features, classes, hidden, activation, batch, dtype, data):
-    torch.manual_seed(in_features + 7 * classes + 31 * len(hidden))
-    model = MLP(in_features, classes, tuple(hidden), activation=activation).to(dtype=dtype)
-    elements = st.floats(-5, 5, allow_nan=False, allow_subnormal=False, width=32)
-    x = torch.from_numpy(data.draw(hnp.arrays(np.float32, (batch, in_features), elements=elements))).to(dtype)
-    check_against_torch(model, twin_of(model, dtype), x)
 
 
 @settings(max_examples=10)
@@ -331,24 +248,6 @@ def test_train_eval_propagate():
     assert not any(layer.training for layer in every)
 
 
-def test_dropout_inside_mlp_is_identity_in_eval():
-    torch.manual_seed(0)
-    model = MLP(6, 3, (10, 8), dropout=0.5)
-    without = MLP(6, 3, (10, 8))
-    for (target, _), (source, _) in zip(without.params(), model.params(), strict=True):
-        target.copy_(source)
-    x = randn((50, 6), 1)
-    model.eval()
-    first = model(x)
-    second = model(x)
-    assert torch.equal(first, second)
-    assert torch.allclose(first, without(x), atol=1e-6)
-    model.train()
-    torch.manual_seed(1)
-    trained = model(x)
-    assert not torch.allclose(trained, first, atol=1e-3)
-
-
 def test_to_float64_moves_params_and_grads():
     torch.manual_seed(0)
     model = Sequential(MLP(4, 3, (5,)), Tanh())
@@ -371,45 +270,6 @@ def test_to_float64_moves_params_and_grads():
         model.to(dtype=torch.int64)
 
 
-# MLP structure and repr -------------------------------------------------------------
-
-@pytest.mark.parametrize("name, kind", sorted(ACTIVATIONS.items()))
-@pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_mlp_structure(name, kind, dropout):
-    model = MLP(10, 3, (8, 6, 4), activation=name, dropout=dropout)
-    per_hidden = [Linear, kind] + ([Dropout] if dropout else [])
-    expected = per_hidden * 3 + [Linear]
-    assert [type(layer) for layer in model] == expected
-    assert len(model) == len(expected)
-    assert isinstance(model.sequence, Sequential)
-    linears = [layer for layer in model if isinstance(layer, Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(10, 8), (8, 6), (6, 4), (4, 3)]
-    if dropout:
-        assert all(layer.p == dropout for layer in model if isinstance(layer, Dropout))
-    activations = [layer for layer in model if isinstance(layer, kind)]
-    assert len({id(layer) for layer in activations}) == 3
-
-
-def test_mlp_without_hidden_layers():
-    model = MLP(7, 2)
-    assert [type(layer) for layer in model] == [Linear]
-    assert repr(model) == "MLP, Sequential\n\t[0] Linear(7, 2)"
-
-
-@pytest.mark.parametrize("activation", [LeakyReLU(alpha=0.2), LeakyReLU])
-def test_mlp_activation_layer_gets_a_copy_per_position(activation):
-    model = MLP(4, 2, (5, 5, 5), activation=activation)
-    activations = [model[i] for i in (1, 3, 5)]
-    assert all(type(layer) is LeakyReLU for layer in activations)
-    assert len({id(layer) for layer in activations}) == 3
-    assert all(layer is not activation for layer in activations)
-    if isinstance(activation, Layer):
-        assert all(layer.alpha == 0.2 for layer in activations)
-    # Each position caches its own input: gradients still match the torch twin.
-    torch.manual_seed(0)
-    check_against_torch(model, twin_of(model, torch.float32), randn((3, 4), 1))
-
-
 def test_make_activation():
     for name, kind in ACTIVATIONS.items():
         first, second = make_activation(name), make_activation(name)
@@ -428,46 +288,8 @@ def test_unknown_activation(bad):
         MLP(4, 2, (3,), activation=bad)
 
 
-def test_unknown_activation_message_lists_choices():
-    with pytest.raises(ValueError) as info:
-        MLP(4, 2, (3,), activation="gelu")
-    message = str(info.value)
-    assert "gelu" in message and "relu" in message and "tanh" in message
-
-
-@pytest.mark.parametrize("dropout", [-0.1, 1.0])
-def test_mlp_rejects_bad_dropout(dropout):
-    with pytest.raises(ValueError):
-        MLP(4, 2, (3,), dropout=dropout)
-
-
-def test_mlp_repr():
-    model = MLP(200, 10, (100, 50), activation="lrelu", dropout=0.6)
-    lines = repr(model).split("\n")
-    assert lines[0] == "MLP, Sequential"
-    assert lines[1:] == [
-        "\t[0] Linear(200, 100)",
-        "\t[1] LeakyReLU(alpha=0.01)",
-        "\t[2] Dropout(p=0.6)",
-        "\t[3] Linear(100, 50)",
-        "\t[4] LeakyReLU(alpha=0.01)",
-        "\t[5] Dropout(p=0.6)",
-        "\t[6] Linear(50, 10)",
-    ]
-    assert str(MLP(200, 10, (100,))) == "MLP, Sequential\n\t[0] Linear(200, 100)\n\t[1] ReLU\n\t[2] Linear(100, 10)"
-
-
 def test_sequential_repr():
     assert repr(Sequential(Linear(3, 4), Sigmoid())) == "Sequential\n\t[0] Linear(3, 4)\n\t[1] Sigmoid"
-
-
-def test_mlp_indexing_len_iteration():
-    model = MLP(4, 2, (3,))
-    assert len(model) == 3
-    assert model[0] is model.sequence[0]
-    assert list(model) == list(model.sequence)
-    for (param, grad), (same_param, same_grad) in zip(model.params(), model.sequence.params(), strict=True):
-        assert param is same_param and grad is same_grad
 
 
 # state_dict ---------------------------------------------------------------------------

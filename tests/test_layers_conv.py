@@ -1,4 +1,4 @@
-"""Conv2d and the CNN builder against torch.nn twins, autograd and finite differences."""
+"""Conv2d against torch.nn twins, autograd and finite differences."""
 
 import math
 
@@ -13,22 +13,15 @@ from reference import (
     check_against_torch,
     check_finite_differences,
     copy_params,
+    torch_twin,
 )
 
 from nnlab.layers import (
-    CNN,
-    AdaptiveAvgPool2d,
-    AdaptiveMaxPool2d,
-    AvgPool2d,
     Conv2d,
     Flatten,
-    LeakyReLU,
-    Linear,
     MaxPool2d,
     ReLU,
     Sequential,
-    Sigmoid,
-    Tanh,
 )
 
 DTYPES = [torch.float32, torch.float64]
@@ -44,47 +37,6 @@ def conv_pair(in_channels, out_channels, kernel, stride=1, padding=0, dilation=1
     module = torch.nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias=bias).to(dtype)
     copy_params(layer, module)
     return layer, module
-
-
-def torch_twin(layers):
-    """A torch.nn.Sequential mirroring nnlab layers (parameters copied by copy_params)."""
-    modules = []
-    for layer in layers:
-        if isinstance(layer, Conv2d):
-            modules.append(
-                torch.nn.Conv2d(
-                    layer.in_channels,
-                    layer.out_channels,
-                    layer.kernel_size,
-                    layer.stride,
-                    layer.padding,
-                    layer.dilation,
-                    bias=layer.bias is not None,
-                )
-            )
-        elif isinstance(layer, MaxPool2d):
-            modules.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation))
-        elif isinstance(layer, AvgPool2d):
-            modules.append(torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding))
-        elif isinstance(layer, AdaptiveMaxPool2d):
-            modules.append(torch.nn.AdaptiveMaxPool2d(layer.output_size))
-        elif isinstance(layer, AdaptiveAvgPool2d):
-            modules.append(torch.nn.AdaptiveAvgPool2d(layer.output_size))
-        elif isinstance(layer, Linear):
-            modules.append(torch.nn.Linear(layer.in_features, layer.out_features))
-        elif isinstance(layer, Flatten):
-            modules.append(torch.nn.Flatten())
-        elif isinstance(layer, LeakyReLU):
-            modules.append(torch.nn.LeakyReLU(layer.alpha))
-        elif isinstance(layer, ReLU):
-            modules.append(torch.nn.ReLU())
-        elif isinstance(layer, Sigmoid):
-            modules.append(torch.nn.Sigmoid())
-        elif isinstance(layer, Tanh):
-            modules.append(torch.nn.Tanh())
-        else:
-            raise AssertionError(f"no twin for {layer!r}")
-    return torch.nn.Sequential(*modules)
 
 
 # Randomised grid against torch.nn.Conv2d -------------------------------------------------
@@ -304,91 +256,3 @@ def test_seed_network_float64():
     check_against_torch(network, twin, torch.randn(2, 1, 28, 28, dtype=torch.float64))
 
 
-# CNN builder ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "pooling, activation, channels, pool_every, hidden_dims",
-    [
-        ("max", "relu", [4, 6], 1, [12]),
-        ("avg", "tanh", [4, 4, 6], 2, [10, 8]),
-        ("max", "lrelu", [3, 5, 5], 3, []),
-        ("avg", "sigmoid", [4], 1, [6]),
-    ],
-)
-def test_cnn_matches_torch_twin(pooling, activation, channels, pool_every, hidden_dims):
-    torch.manual_seed(8)
-    model = CNN((3, 12, 10), 5, channels, pool_every, hidden_dims, activation=activation, pooling=pooling)
-    model.to(dtype=torch.float64)
-    twin = torch_twin(model.sequence).to(torch.float64)
-    copy_params(model, twin)
-    out = check_against_torch(model, twin, torch.randn(3, 3, 12, 10, dtype=torch.float64))
-    assert out.shape == (3, 5)
-
-
-def test_cnn_layer_layout():
-    model = CNN((1, 16, 16), 10, [4, 8, 8], 2, [20], pooling_params=dict(kernel_size=2))
-    kinds = [type(layer).__name__ for layer in model]
-    assert kinds == [
-        "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d",
-        "Conv2d", "ReLU",  # leftover conv: 3 channels, pool every 2
-        "Flatten", "Linear", "ReLU", "Linear",
-    ]  # fmt: skip
-    assert model[8].in_features == 8 * 8 * 8
-    first_line = "\t[0] Conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))"
-    assert repr(model).startswith("CNN, Sequential\n" + first_line)
-
-
-@pytest.mark.parametrize("pooling", ["adaptive_max", "adaptive_avg"])
-def test_cnn_ending_in_adaptive_pooling_accepts_several_sizes(pooling):
-    torch.manual_seed(9)
-    model = CNN(
-        (2, 16, 16),
-        4,
-        [3, 5],
-        2,
-        [7],
-        conv_params=dict(kernel_size=3, padding=1),
-        pooling=pooling,
-        pooling_params=dict(output_size=(4, 4)),
-    ).to(dtype=torch.float64)
-    assert repr(model[4]) in ("AdaptiveMaxPool2d(output_size=(4, 4))", "AdaptiveAvgPool2d(output_size=(4, 4))")
-    twin = torch_twin(model.sequence).to(torch.float64)
-    copy_params(model, twin)
-    for height, width in [(16, 16), (11, 9), (28, 28), (4, 5)]:
-        out = check_against_torch(model, twin, torch.randn(2, 2, height, width, dtype=torch.float64))
-        assert out.shape == (2, 4)
-
-
-def test_cnn_with_custom_conv_and_pool_params_and_activation_layer():
-    torch.manual_seed(10)
-    model = CNN(
-        (1, 28, 28),
-        10,
-        [8, 8],
-        1,
-        [16],
-        conv_params=dict(kernel_size=3, stride=1, padding=0),
-        activation=LeakyReLU(0.2),
-        pooling="max",
-        pooling_params=dict(kernel_size=3, stride=2, padding=1),
-    )
-    twin = torch_twin(model.sequence)
-    copy_params(model, twin)
-    check_against_torch(model, twin, torch.randn(2, 1, 28, 28), forward_atol=CONV_FORWARD_ATOL[torch.float32])
-
-
-def test_cnn_errors():
-    with pytest.raises(ValueError, match="CNN: pooling"):
-        CNN((1, 8, 8), 2, [4], 1, [], pooling="min")
-    with pytest.raises(ValueError, match="pool_every"):
-        CNN((1, 8, 8), 2, [4], 0, [])
-    with pytest.raises(ValueError, match="in_size"):
-        CNN((8, 8), 2, [4], 1, [])
-    with pytest.raises(ValueError, match="MaxPool2d.*larger than the padded input"):
-        CNN((1, 4, 4), 2, [4, 4, 4], 1, [])  # 4 -> 2 -> 1 -> nothing
-    model = CNN((1, 8, 8), 2, [4], 1, [])
-    with pytest.raises(ValueError, match=r"Sequential\[0\] \(Conv2d\)"):
-        model(torch.randn(1, 2, 8, 8))
-    with pytest.raises(RuntimeError, match="before forward"):
-        CNN((1, 8, 8), 2, [4], 1, []).backward(torch.randn(1, 2))

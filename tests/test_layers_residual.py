@@ -1,15 +1,13 @@
-"""Residual, Heads, the residual block builders, ResNet and count_params against
-torch.nn twins built from the nnlab model, autograd and finite differences."""
+"""Residual, Heads and the residual block builders against torch.nn twins built from
+the nnlab layer, autograd and finite differences; a multi-task model that trains."""
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nnlab.layers import (
-    AvgPool2d,
     BatchNorm2d,
-    Builder,
     Conv2d,
     CrossEntropyLoss,
     Dropout2d,
@@ -22,149 +20,24 @@ from nnlab.layers import (
     Residual,
     ResidualBlock,
     ResidualBottleneckBlock,
-    ResNet,
     Sequential,
     Sigmoid,
     Tanh,
-    count_params,
 )
 from reference import (
     CONV_FORWARD_ATOL,
     GRAD_RTOL,
     assert_close,
+    batchnorms,
     check_against_autograd,
     check_against_torch,
     check_finite_differences,
+    random_tensor,
+    randomize_batchnorms,
+    torch_twin,
 )
 
 DTYPES = [torch.float32, torch.float64]
-
-
-# torch.nn twins -------------------------------------------------------------------
-
-
-class TorchResidual(torch.nn.Module):
-    """main(x) + shortcut(x), the identity when shortcut is None."""
-
-    def __init__(self, main, shortcut=None):
-        super().__init__()
-        self.main = main
-        self.shortcut = shortcut
-
-    def forward(self, x):
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return self.main(x) + skip
-
-
-class TorchHeads(torch.nn.Module):
-    """A tuple with one output per head."""
-
-    def __init__(self, *heads):
-        super().__init__()
-        self.heads = torch.nn.ModuleList(heads)
-
-    def forward(self, x):
-        return tuple(head(x) for head in self.heads)
-
-
-def copied(module, layer):
-    """``module`` holding copies of ``layer``'s parameters and floating buffers, in order."""
-    with torch.no_grad():
-        for target, (source, _) in zip(module.parameters(recurse=False), layer.params()):
-            target.copy_(source)
-    return module
-
-
-def torch_twin(layer):
-    """A torch.nn model computing what the nnlab ``layer`` computes, with the same
-    parameter values and registration order (so parameters zip one to one)."""
-    if isinstance(layer, Builder):
-        return torch_twin(layer.sequence)
-    if isinstance(layer, Sequential):
-        return torch.nn.Sequential(*[torch_twin(child) for child in layer])
-    if isinstance(layer, Residual):
-        shortcut = None if layer.shortcut is None else torch_twin(layer.shortcut)
-        return TorchResidual(torch_twin(layer.main), shortcut)
-    if isinstance(layer, Heads):
-        return TorchHeads(*[torch_twin(head) for head in layer])
-    dtype = layer.params()[0][0].dtype if layer.params() else torch.float64
-    if isinstance(layer, Conv2d):
-        module = torch.nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            bias=layer.bias is not None,
-        )
-        return copied(module.to(dtype), layer)
-    if isinstance(layer, Linear):
-        module = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        return copied(module.to(dtype), layer)
-    if isinstance(layer, BatchNorm2d):
-        module = torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum).to(dtype)
-        copied(module, layer)
-        with torch.no_grad():
-            module.running_mean.copy_(layer.running_mean)
-            module.running_var.copy_(layer.running_var)
-            module.num_batches_tracked.copy_(layer.num_batches_tracked)
-        return module.train(layer.training)
-    if isinstance(layer, MaxPool2d):
-        return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-    if isinstance(layer, AvgPool2d):
-        return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
-    if isinstance(layer, Dropout2d):
-        return torch.nn.Dropout2d(layer.p).train(layer.training)
-    if isinstance(layer, LeakyReLU):
-        return torch.nn.LeakyReLU(layer.alpha)
-    simple = {ReLU: torch.nn.ReLU, Tanh: torch.nn.Tanh, Sigmoid: torch.nn.Sigmoid}
-    if type(layer) in simple:
-        return simple[type(layer)]()
-    if isinstance(layer, Flatten):
-        return torch.nn.Flatten(layer.start_dim, layer.end_dim)
-    raise TypeError(f"no torch twin for {layer!r}")
-
-
-def random_tensor(shape, dtype, seed=7):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
-
-
-def randomize_batchnorms(model, seed=0):
-    """Non-trivial affine parameters and running statistics in every BatchNorm2d."""
-    generator = torch.Generator().manual_seed(seed)
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        stack.extend(child for _, child in layer.named_children())
-        if isinstance(layer, BatchNorm2d):
-            size = layer.num_features
-            dtype = layer.weight.dtype
-            layer.weight.copy_(torch.rand(size, generator=generator, dtype=dtype) + 0.5)
-            layer.bias.copy_(torch.randn(size, generator=generator, dtype=dtype) * 0.1)
-            layer.running_mean.copy_(torch.randn(size, generator=generator, dtype=dtype) * 0.1)
-            layer.running_var.copy_(torch.rand(size, generator=generator, dtype=dtype) + 0.5)
-    return model
-
-
-def batchnorms(model):
-    stack, found = [model], []
-    while stack:
-        layer = stack.pop(0)
-        stack = [child for _, child in layer.named_children()] + stack
-        if isinstance(layer, BatchNorm2d):
-            found.append(layer)
-    return found
-
-
-def count_convs(model):
-    stack, count = [model], 0
-    while stack:
-        layer = stack.pop()
-        stack.extend(child for _, child in layer.named_children())
-        count += isinstance(layer, Conv2d)
-    return count
 
 
 # Residual -----------------------------------------------------------------------
@@ -385,136 +258,6 @@ def test_residual_block_hypothesis(in_channels, channels, kernel, batchnorm, act
     randomize_batchnorms(block)
     x = random_tensor((2, in_channels, size, size), torch.float64)
     check_against_torch(block, torch_twin(block), x, forward_atol=1e-12)
-
-
-# ResNet -------------------------------------------------------------------------
-
-RESNET_OPTIONS = dict(
-    in_size=(3, 16, 16),
-    out_classes=5,
-    channels=[8, 8, 8, 8, 8, 8, 12, 12, 12, 12],
-    pool_every=3,
-    hidden_dims=[16],
-    batchnorm=True,
-    bottleneck=True,
-)
-
-
-def make_resnet(dtype, **overrides):
-    torch.manual_seed(8)
-    model = ResNet(**{**RESNET_OPTIONS, **overrides}).to(dtype=dtype)
-    return randomize_batchnorms(model)
-
-
-def test_resnet_structure_with_bottlenecks():
-    model = make_resnet(torch.float32)
-    kinds = [type(layer).__name__ for layer in model]
-    assert kinds == [
-        "ResidualBlock",  # 3 -> 8: channel counts differ, a regular block with a 1x1 shortcut
-        "MaxPool2d",
-        "ResidualBottleneckBlock",  # 8 -> [8, 8, 8]: in == out, a bottleneck of 3 convs
-        "MaxPool2d",
-        "ResidualBlock",  # 8 -> 12: regular
-        "MaxPool2d",
-        "ResidualBlock",  # the leftover conv (12 -> 12), no pool after it
-        "Flatten",
-        "Linear",
-        "ReLU",
-        "Linear",
-    ]
-    assert count_convs(model) == 10 + 2  # every conv of channels, plus two 1x1 shortcuts
-    assert model[8].in_features == 12 * 2 * 2
-    # Building ran a forward pass in eval mode only: statistics untouched, training mode on.
-    assert all(bn.num_batches_tracked.item() == 0 for bn in batchnorms(model))
-    assert all(layer.training for layer in model)
-    assert repr(model).startswith("ResNet, Sequential\n\t[0] ResidualBlock, Sequential\n\t\t[0] Residual")
-
-
-def test_resnet_bottleneck_mapping():
-    model = ResNet((4, 8, 8), 3, [2, 3, 4, 4, 4], pool_every=5, hidden_dims=[], bottleneck=True)
-    block = model[0]
-    assert isinstance(block, ResidualBottleneckBlock)
-    assert (block.in_out_channels, block.inner_channels, block.inner_kernel_sizes) == (4, [3, 4, 4], [3, 3, 3])
-    assert count_convs(model) == 5
-    # Groups of fewer than 3 convs, or whose input and output channels differ, stay regular.
-    model = ResNet((4, 8, 8), 3, [4, 4], pool_every=2, hidden_dims=[], bottleneck=True)
-    assert type(model[0]) is ResidualBlock
-    model = ResNet((3, 8, 8), 3, [4, 4, 4], pool_every=3, hidden_dims=[], bottleneck=True)
-    assert type(model[0]) is ResidualBlock
-    model = ResNet((4, 8, 8), 3, [4, 4, 4], pool_every=3, hidden_dims=[], bottleneck=False)
-    assert type(model[0]) is ResidualBlock
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_resnet_bottleneck_batchnorm_matches_torch_twin_in_training_mode(dtype):
-    model = make_resnet(dtype)
-    assert count_convs(model) >= 8
-    twin = torch_twin(model)
-    x = random_tensor((2, 3, 16, 16), dtype)
-    check_against_torch(model, twin, x, forward_atol=CONV_FORWARD_ATOL[dtype], grad_rtol=GRAD_RTOL[dtype])
-    twin_bns = [m for m in twin.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(twin_bns) == len(batchnorms(model)) > 0
-    for layer, module in zip(batchnorms(model), twin_bns):
-        assert_close("running_mean", layer.running_mean, module.running_mean, rtol=GRAD_RTOL[dtype])
-        assert_close("running_var", layer.running_var, module.running_var, rtol=GRAD_RTOL[dtype])
-        assert layer.num_batches_tracked.item() == module.num_batches_tracked.item() == 1
-
-
-def test_resnet_matches_torch_twin_in_eval_mode_with_avg_pooling():
-    model = make_resnet(torch.float64, pooling="avg", activation="tanh").eval()
-    twin = torch_twin(model).eval()
-    check_against_torch(model, twin, random_tensor((2, 3, 16, 16), torch.float64), forward_atol=1e-12)
-
-
-def test_resnet_state_dict_keys_match_the_twin():
-    model = make_resnet(torch.float32)
-    twin_keys = list(torch_twin(model).state_dict())
-    assert [key.replace("sequence.", "") for key in model.state_dict()] == twin_keys
-    assert "sequence.2.sequence.0.main.1.running_var" in model.state_dict()
-
-
-def test_count_params_matches_torch_twin():
-    model = make_resnet(torch.float32)
-    twin = torch_twin(model)
-    assert count_params(model) == sum(p.numel() for p in twin.parameters())
-    assert count_params(model) == sum(p.numel() for p, _ in model.params())
-    # Buffers (running statistics) are not trainable.
-    assert count_params(BatchNorm2d(7)) == 14
-    frozen = torch.nn.Linear(3, 2)
-    frozen.bias.requires_grad_(False)
-    assert count_params(frozen) == 6
-    with pytest.raises(TypeError, match="count_params"):
-        count_params("model")
-
-
-def test_resnet_errors():
-    with pytest.raises(ValueError, match="ResNet"):
-        ResNet((3, 8), 2, [4], 1, [])
-    with pytest.raises(ValueError, match="ResNet"):
-        ResNet((3, 8, 8), 2, [4], 0, [])
-    with pytest.raises(ValueError, match="ResNet"):
-        ResNet((3, 8, 8), 2, [4], 1, [], pooling="median")
-    with pytest.raises(ValueError, match=r"ResNet: .*\(3, 4, 4\).*MaxPool2d"):
-        ResNet((3, 4, 4), 2, [4, 4, 4], 1, [])
-
-
-@given(
-    channels=st.lists(st.sampled_from([2, 3]), min_size=1, max_size=4),
-    pool_every=st.integers(1, 3),
-    pooling=st.sampled_from(["max", "avg"]),
-    batchnorm=st.booleans(),
-    bottleneck=st.booleans(),
-)
-def test_resnet_hypothesis(channels, pool_every, pooling, batchnorm, bottleneck):
-    assume(len(channels) // pool_every <= 3)  # 8x8 halves at most 3 times
-    torch.manual_seed(len(channels) * 7 + pool_every)
-    model = ResNet(
-        (2, 8, 8), 3, channels, pool_every, [4], pooling=pooling, batchnorm=batchnorm, bottleneck=bottleneck
-    ).to(dtype=torch.float64)
-    randomize_batchnorms(model)
-    twin = torch_twin(model)
-    assert count_params(model) == count_params(twin)
-    check_against_torch(model, twin, random_tensor((2, 2, 8, 8), torch.float64), forward_atol=1e-12)
 
 
 # A multi-task model ---------------------------------------------------------------

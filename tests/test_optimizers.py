@@ -265,6 +265,25 @@ def test_zero_learn_rate_moves_nothing(cls):
         assert torch.equal(old.view(torch.int32), new.view(torch.int32))  # bit for bit
 
 
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_built_before_model_to_float64_steps_as_if_built_after(cls):
+    """The order course notebooks use: optimizer, then model.to(...). The state (moments,
+    velocities) must follow the moved parameters, not stay float32 beside them."""
+    x, y = blobs()
+    before = make_model()
+    opt_before = cls(before.params(), **TRAIN_SETTINGS[cls])
+    before.to(dtype=torch.float64)
+    after = make_model().to(dtype=torch.float64)
+    opt_after = cls(after.params(), **TRAIN_SETTINGS[cls])
+    train(before, opt_before, x.double(), y, 5)
+    train(after, opt_after, x.double(), y, 5)
+    for (got, _), (want, _) in zip(before.params(), after.params(), strict=True):
+        assert got.dtype == torch.float64
+        assert torch.equal(got, want)
+    for entry in opt_before.state:
+        assert all(value.dtype == torch.float64 for value in entry.values() if isinstance(value, torch.Tensor))
+
+
 # 4. Save and resume -----------------------------------------------------------------
 
 
