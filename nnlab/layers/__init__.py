@@ -11,9 +11,11 @@ from .containers import ACTIVATIONS, Builder, Sequential, make_activation
 from .conv import Conv2d
 from .dense import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh, TanH
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock, count_params
+from .upsample import Upsample
 
 _MODEL_NAMES = ("MLP", "CNN", "ResNet")
 
@@ -27,9 +29,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ACTIVATIONS", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCEWithLogitsLoss",
-    "BatchNorm1d", "BatchNorm2d", "Builder", "CNN", "Conv2d", "CrossEntropyLoss", "Dropout",
+    "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCEWithLogitsLoss",
+    "BatchNorm1d", "BatchNorm2d", "Builder", "CNN", "Concat", "Conv2d", "CrossEntropyLoss", "Dropout",
     "Dropout2d", "Flatten", "Heads", "Layer", "LeakyReLU", "Linear", "Loss", "MLP", "MSELoss",
-    "MaxPool2d", "ReLU", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "TanH", "count_params", "make_activation",
+    "MaxPool2d", "Merge", "Multiply", "ReLU", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
+    "Sequential", "Sigmoid", "Softmax", "Tanh", "TanH", "Upsample", "count_params", "make_activation",
 ]
