@@ -4,6 +4,11 @@ and a ``torch.nn`` module of the same kind with the layer's weights copied in.
 
 This module (with the tests and ``TorchTrainer``) is where nnlab uses autograd: to
 judge the layers, never to compute their gradients.
+
+Every checker takes ``x``, the input, or a tuple of inputs for a layer that takes
+several (``layer(*x)``, whose backward returns one gradient per input: ``Add``,
+``Concat``, a graph ``Model`` of several inputs); their gradients come first, named
+``input#1``, ``input#2``, ...
 """
 
 import contextlib
@@ -22,6 +27,16 @@ def _as_tuple(outputs):
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
+def _tensor_names(inputs, params):
+    """Names for the input gradients (``input``, or ``input#1``, ``input#2``, ... for a
+    layer of several inputs), then ``param#01``, ``param#02``, ..."""
+    if len(inputs) == 1:
+        names = ["input"]
+    else:
+        names = [f"input#{index}" for index in range(1, len(inputs) + 1)]
+    return names + [f"param#{index:02d}" for index in range(1, len(params) + 1)]
+
+
 def _random_douts(outputs, seed):
     """One standard-normal upstream gradient per output, reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
@@ -33,10 +48,11 @@ def _pack(douts):
 
 
 def _run_forward(layer, x, y, seed):
-    """The layer's forward under a fixed seed, so that Dropout draws the same mask each time."""
+    """The layer's forward under a fixed seed, so that Dropout draws the same mask each
+    time; ``x`` is the input, or a tuple of the inputs of a layer that takes several."""
     torch.manual_seed(seed)
     kw = {} if y is None else {"y": y}
-    return _as_tuple(layer(x, **kw))
+    return _as_tuple(layer(*_as_tuple(x), **kw))
 
 
 def _layers(layer):
@@ -66,28 +82,28 @@ def _preserved(layer):
 
 
 def _own_gradients(layer, x, y, seed):
-    """(outputs, douts, input gradient, parameter gradients) from the layer's own
-    forward and backward."""
+    """(outputs, douts, input gradients, parameter gradients) from the layer's own
+    forward and backward; one input gradient per input."""
     layer.zero_grad()
     outputs = _run_forward(layer, x, y, seed)
     douts = _random_douts(outputs, seed + 1)
-    dx = layer.backward(_pack(douts))
-    return outputs, douts, dx, [grad.clone() for _, grad in layer.params()]
+    dxs = list(_as_tuple(layer.backward(_pack(douts))))
+    return outputs, douts, dxs, [grad.clone() for _, grad in layer.params()]
 
 
 def _autograd_gradients(layer, x, y, seed, douts):
     """Input and parameter gradients of sum(forward * douts) by torch autograd."""
     params = [param for param, _ in layer.params()]
-    x_ref = x.detach().clone().requires_grad_(True)
+    x_refs = tuple(x.detach().clone().requires_grad_(True) for x in _as_tuple(x))
     for param in params:
         param.requires_grad_(True)
     try:
-        outputs = _run_forward(layer, x_ref, y, seed)
-        grads = torch.autograd.grad(outputs, [x_ref] + params, douts, allow_unused=True)
+        outputs = _run_forward(layer, x_refs, y, seed)
+        grads = torch.autograd.grad(outputs, list(x_refs) + params, douts, allow_unused=True)
     finally:
         for param in params:
             param.requires_grad_(False)
-    wrt = [x_ref] + params
+    wrt = list(x_refs) + params
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
 
 
@@ -95,9 +111,9 @@ def gradient_errors(layer, x, y=None, seed=42):
     """Relative errors (input first, then each parameter in ``params()`` order) between
     the layer's backward and autograd on the same forward; leaves everything as found."""
     with _preserved(layer):
-        _, douts, dx, own = _own_gradients(layer, x, y, seed)
+        _, douts, dxs, own = _own_gradients(layer, x, y, seed)
         reference = _autograd_gradients(layer, x, y, seed, douts)
-    return [rel_error(a, b) for a, b in zip([dx] + own, reference)]
+    return [rel_error(a, b) for a, b in zip(dxs + own, reference)]
 
 
 def compare_layer_to_torch(layer, x, y=None, seed=42):
@@ -107,12 +123,11 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
     ``params()`` order, printing one line for each. Leaves the layer, its gradients,
     its buffers, ``x`` and torch's RNG as it found them."""
     with _preserved(layer):
-        _, douts, dx, own = _own_gradients(layer, x, y, seed)
+        _, douts, dxs, own = _own_gradients(layer, x, y, seed)
         reference = _autograd_gradients(layer, x, y, seed, douts)
-    diffs = [(a.double() - b.double()).norm().item() for a, b in zip([dx] + own, reference)]
-    names = ["input   "] + [f"param#{i:02d}" for i in range(1, len(diffs))]
-    for name, diff in zip(names, diffs):
-        print(f"{name} diff={diff:.3f}")
+    diffs = [(a.double() - b.double()).norm().item() for a, b in zip(dxs + own, reference)]
+    for name, diff in zip(_tensor_names(dxs, own), diffs):
+        print(f"{name:<8} diff={diff:.3f}")
     return diffs
 
 
@@ -142,12 +157,12 @@ def _finite_difference_pairs(layer, x, y, eps, seed):
     parameter of a float64 copy of the layer, the copy's backward against central
     differences of sum(forward * douts)."""
     layer64 = copy.deepcopy(layer).to(dtype=torch.float64)
-    x64 = x.detach().to(torch.float64).clone()
+    x64 = tuple(x.detach().to(torch.float64).clone() for x in _as_tuple(x))
     y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
-    _, douts, dx, own = _own_gradients(layer64, x64, y64, seed)
-    tensors = [x64] + [param for param, _ in layer64.params()]
-    names = ["input"] + [f"param#{i:02d}" for i in range(1, len(tensors))]
-    for name, tensor, analytic in zip(names, tensors, [dx] + own):
+    _, douts, dxs, own = _own_gradients(layer64, x64, y64, seed)
+    params = [param for param, _ in layer64.params()]
+    names = _tensor_names(x64, params)
+    for name, tensor, analytic in zip(names, list(x64) + params, dxs + own):
         numeric = _numeric_gradient(tensor, lambda: _objective(layer64, x64, y64, seed, douts), eps)
         yield name, tensor, analytic, numeric
 
@@ -180,7 +195,8 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     """Copies the layer's parameters (and floating buffers) into ``module``, an
     independent ``torch.nn`` module of the same kind, puts it in the layer's mode, runs
     both on x with the same random upstream gradient and returns
-    ``{'output': max abs diff, 'input': rel error, 'param#01': rel error, ...}``."""
+    ``{'output': max abs diff, 'input': rel error, 'param#01': rel error, ...}``
+    (``'input#1'``, ``'input#2'``, ... when x is a tuple of inputs)."""
     layer_params = [param for param, _ in layer.params()]
     module_params = list(module.parameters())
     if len(layer_params) != len(module_params):
@@ -203,15 +219,15 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     module.train(layer.training)
 
     with _preserved(layer):
-        outputs, douts, dx, own = _own_gradients(layer, x, y, seed)
-    x_ref = x.detach().clone().requires_grad_(True)
+        outputs, douts, dxs, own = _own_gradients(layer, x, y, seed)
+    x_refs = [x.detach().clone().requires_grad_(True) for x in _as_tuple(x)]
     torch.manual_seed(seed)
-    reference = _as_tuple(module(x_ref) if y is None else module(x_ref, y))
-    grads = torch.autograd.grad(reference, [x_ref] + module_params, douts, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_ref] + module_params)]
+    reference = _as_tuple(module(*x_refs) if y is None else module(*x_refs, y))
+    wrt = x_refs + module_params
+    grads = torch.autograd.grad(reference, wrt, douts, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
 
     result = {"output": max((o - r.detach()).abs().max().item() for o, r in zip(outputs, reference))}
-    result["input"] = rel_error(dx, grads[0])
-    for index, (mine, theirs) in enumerate(zip(own, grads[1:]), start=1):
-        result[f"param#{index:02d}"] = rel_error(mine, theirs)
+    for name, mine, theirs in zip(_tensor_names(dxs, own), dxs + own, grads):
+        result[name] = rel_error(mine, theirs)
     return result
