@@ -13,6 +13,20 @@ import torch
 _CALL_IDS = itertools.count(1)
 
 
+class Symbolic:
+    """Marker base of symbolic values: the nodes of a graph model (``nnlab.graph.Node``).
+
+    Calling a layer with a symbolic value as its first argument computes nothing:
+    ``Layer.__call__`` hands the call to ``args[0].apply_layer(layer, args, kw)``, which
+    records the layer in the graph and returns a new symbolic value. The marker lives
+    here so that this package never imports ``nnlab.graph``, the module built on it; an
+    ordinary call on tensors pays one ``isinstance`` check for it.
+    """
+
+    def apply_layer(self, layer, args, kw):
+        raise NotImplementedError(f"{type(self).__name__} must define apply_layer")
+
+
 class Layer(abc.ABC):
     """A differentiable function with a hand-written vector-Jacobian product.
 
@@ -25,6 +39,9 @@ class Layer(abc.ABC):
     Subclasses register tensors with ``add_param`` (trainable, has a gradient) and
     ``add_buffer`` (state that is saved but not trained, e.g. running statistics),
     and list sub-layers in ``named_children``.
+
+    Calling a layer (``layer(x)``) runs ``forward``; calling it on graph nodes
+    (``layer(node)``, see ``Symbolic`` and ``nnlab.graph``) adds it to a graph instead.
     """
 
     # Attributes that backward reads, checked for in-place changes (see finish_forward).
@@ -40,6 +57,8 @@ class Layer(abc.ABC):
         self._saved_versions = ()
 
     def __call__(self, *args, **kw):
+        if args and isinstance(args[0], Symbolic):
+            return args[0].apply_layer(self, args, kw)
         out = self.forward(*args, **kw)
         self._call_id = next(_CALL_IDS)
         return out

@@ -45,7 +45,7 @@ class LayerList(Layer):
 
     def child_errors(self, index):
         """A context that re-raises child ``index``'s errors with the child named."""
-        return _ChildErrors(f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__})")
+        return ChildErrors(f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__})")
 
     def backward_entry(self):
         last = len(self.layers) - 1
@@ -105,7 +105,7 @@ class Sequential(LayerList):
         return dout
 
 
-class _ChildErrors:
+class ChildErrors:
     """Re-raises a child's ValueError, TypeError or RuntimeError with the child named
     in front, keeping the original as the cause."""
 

@@ -3,7 +3,7 @@
 import torch
 
 from .base import Layer, recall_call, remember_call
-from .containers import Builder, LayerList, Sequential, _ChildErrors, indented, make_activation
+from .containers import Builder, ChildErrors, LayerList, Sequential, indented, make_activation
 from .conv import Conv2d
 from .norm import BatchNorm2d, Dropout2d
 
@@ -47,13 +47,13 @@ class Residual(Layer):
         return f"Residual\n\tmain: {indented(repr(self.main))}\n\tshortcut: {shortcut}"
 
     def forward(self, x, **kw):
-        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+        with ChildErrors(f"Residual.main ({type(self.main).__name__})"):
             main_out = self.main(x, **kw)
         self._main_call = remember_call(self.main)
         if self.shortcut is None:
             skip = x
         else:
-            with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+            with ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
                 skip = self.shortcut(x, **kw)
             self._shortcut_call = remember_call(self.shortcut)
         if main_out.shape != skip.shape:
@@ -69,10 +69,10 @@ class Residual(Layer):
             dskip = dout
         else:
             recall_call(self.shortcut, self._shortcut_call)
-            with _ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+            with ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
                 dskip = self.shortcut.backward(dout)
         recall_call(self.main, self._main_call)
-        with _ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+        with ChildErrors(f"Residual.main ({type(self.main).__name__})"):
             return self.main.backward(dout) + dskip
 
 
