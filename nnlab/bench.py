@@ -4,7 +4,8 @@ Every case runs an nnlab callable and its torch twin (torch.nn modules + autogra
 the same tensors. After a warm-up the two are timed alternately in one process
 (nnlab, torch, nnlab, torch, ...), so that drifting machine load hits both alike, and
 each side's median over ``--repeats`` runs is reported with the ratio nnlab / torch
-and the geometric mean of the ratios.
+and the geometric mean of the ratios. A second table times the same layers as a graph
+``Model`` against a ``Sequential`` (the cost of the graph machinery).
 
     python -m nnlab.bench --repeats 30 --threads 2
 """
@@ -16,7 +17,8 @@ import time
 
 import torch
 
-from nnlab.layers import Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from nnlab.graph import Input, Model
+from nnlab.layers import Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tanh
 
 # (name, batch, in_channels, height, width, out_channels, kernel, padding)
 CONV_CASES = [
@@ -74,16 +76,7 @@ def training_case(batch, size, classes=10, learn_rate=1e-2, reg=1e-4):
     """One SGD training step of conv-relu-pool-conv-relu-pool-flatten-linear with
     cross-entropy: nnlab layers + VanillaSGD against torch.nn + autograd + torch.optim.SGD."""
     features = 32 * (size // 4) * (size // 4)
-    model = Sequential(
-        Conv2d(3, 16, 3, padding=1),
-        ReLU(),
-        MaxPool2d(2),
-        Conv2d(16, 32, 3, padding=1),
-        ReLU(),
-        MaxPool2d(2),
-        Flatten(),
-        Linear(features, classes),
-    )
+    model = Sequential(*small_cnn_layers(size, classes))
     loss_fn = CrossEntropyLoss()
     optimizer = make_sgd(model.params(), learn_rate, reg)
     twin = torch.nn.Sequential(
@@ -117,6 +110,55 @@ def training_case(batch, size, classes=10, learn_rate=1e-2, reg=1e-4):
         twin_optimizer.step()
 
     return run_nnlab, run_torch
+
+
+def small_cnn_layers(size, classes=10):
+    """conv-relu-pool-conv-relu-pool-flatten-linear for 3 x size x size images."""
+    features = 32 * (size // 4) * (size // 4)
+    return [
+        Conv2d(3, 16, 3, padding=1),
+        ReLU(),
+        MaxPool2d(2),
+        Conv2d(16, 32, 3, padding=1),
+        ReLU(),
+        MaxPool2d(2),
+        Flatten(),
+        Linear(features, classes),
+    ]
+
+
+def graph_against_sequential_case(layers, x):
+    """Forward + backward of the same layer instances chained as a graph Model and as a
+    Sequential, on the same input and upstream gradient."""
+    sequential = Sequential(*layers)
+    node = graph_input = Input(tuple(x.shape[1:]))
+    for layer in layers:
+        node = layer(node)
+    model = Model(graph_input, node)
+    dout = torch.randn(sequential(x).shape)
+
+    def run_graph():
+        model(x)
+        model.backward(dout)
+
+    def run_sequential():
+        sequential(x)
+        sequential.backward(dout)
+
+    return run_graph, run_sequential
+
+
+def build_graph_cases(tiny=False):
+    """(name, graph callable, Sequential callable): a CNN, where the layers' work
+    dominates, and a deep narrow MLP, where the per-node bookkeeping shows most."""
+    batch, size, width = (2, 8, 4) if tiny else (64, 32, 32)
+    mlp = []
+    for _ in range(8):
+        mlp += [Linear(width, width), Tanh()]
+    return [
+        (f"CNN {batch}x3x{size}x{size}", *graph_against_sequential_case(small_cnn_layers(size), torch.randn(batch, 3, size, size))),
+        (f"MLP 16 layers {batch}x{width}", *graph_against_sequential_case(mlp, torch.randn(batch, width))),
+    ]
 
 
 def build_cases(tiny=False):
@@ -154,17 +196,19 @@ def time_cases(cases, repeats, warmup):
     return [(name, statistics.median(ours), statistics.median(theirs)) for name, (ours, theirs) in samples.items()]
 
 
-def format_table(results):
-    """The results as a text table with a ratio column and the geometric mean."""
+def format_table(results, sides=("nnlab", "torch")):
+    """The results as a text table with a ratio column and the geometric mean; ``sides``
+    names the two timed columns."""
     width = max(len(name) for name, _, _ in results)
-    lines = [f"{'case':<{width}}  {'nnlab ms':>9}  {'torch ms':>9}  {'ratio':>6}"]
+    columns = [f"{side + ' ms':>9}" for side in sides]
+    lines = [f"{'case':<{width}}  {columns[0]}  {columns[1]}  {'ratio':>6}"]
     ratios = []
     for name, ours, theirs in results:
         ratio = ours / theirs
         ratios.append(ratio)
-        lines.append(f"{name:<{width}}  {ours * 1e3:9.3f}  {theirs * 1e3:9.3f}  {ratio:6.2f}")
+        lines.append(f"{name:<{width}}  {ours * 1e3:{len(columns[0])}.3f}  {theirs * 1e3:{len(columns[1])}.3f}  {ratio:6.2f}")
     geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    lines.append(f"{'geometric mean':<{width}}  {'':>9}  {'':>9}  {geomean:6.2f}")
+    lines.append(f"{'geometric mean':<{width}}  {'':>{len(columns[0])}}  {'':>{len(columns[1])}}  {geomean:6.2f}")
     return "\n".join(lines)
 
 
@@ -187,8 +231,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     cases = build_cases(tiny=args.tiny)
     results = time_cases(cases, args.repeats, args.warmup)
+    graph_results = time_cases(build_graph_cases(tiny=args.tiny), args.repeats, args.warmup)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} runs")
     print(format_table(results))
+    print()
+    print("The same layers as a graph Model and as a Sequential, forward + backward:")
+    print(format_table(graph_results, sides=("Model", "Sequential")))
     return 0
 
 

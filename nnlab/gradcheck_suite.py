@@ -9,8 +9,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from . import graph, models
 from . import layers as nn
-from . import models
 from .grad_compare import compare_to_module, finite_difference_errors, gradient_errors
 
 FORWARD_TOL = 1e-5
@@ -22,7 +22,7 @@ class Case(NamedTuple):
     name: str
     make_layer: Callable
     make_twin: Optional[Callable]  # an independent torch.nn module, or None
-    input_shape: tuple
+    input_shape: tuple  # a list of shapes for a layer of several inputs
     make_target: Optional[Callable] = None  # targets for losses, from the input shape
     train: bool = True
 
@@ -72,6 +72,42 @@ class _TupleOfHeads(torch.nn.Module):
 
     def forward(self, x):
         return tuple(head(x) for head in self.heads)
+
+
+class _TorchOp(torch.nn.Module):
+    """torch twin of a layer of several inputs: ``function(*xs)``."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, *xs):
+        return self.function(*xs)
+
+
+def _small_unet():
+    """A graph with a shared layer, a skip concatenated after down and up sampling."""
+    x = graph.Input((2, 4, 4))
+    shared = nn.Conv2d(2, 2, 3, padding=1)
+    skip = nn.Tanh()(shared(x))
+    down = nn.Tanh()(shared(nn.AvgPool2d(2)(skip)))
+    joined = graph.Concat()(nn.Upsample(2)(down), skip)
+    return graph.Model(x, graph.Multiply()(nn.Conv2d(4, 2, 1)(joined), x))
+
+
+class _SmallUNetTwin(torch.nn.Module):
+    """torch twin of ``_small_unet`` (parameters in the same order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.mix = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        skip = torch.tanh(self.shared(x))
+        down = torch.tanh(self.shared(torch.nn.functional.avg_pool2d(skip, 2)))
+        joined = torch.cat([torch.nn.functional.interpolate(down, scale_factor=2), skip], dim=1)
+        return self.mix(joined) * x
 
 
 CASES = [
@@ -127,6 +163,11 @@ CASES = [
         lambda: _TupleOfHeads(torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)),
         (3, 4),
     ),
+    Case("Upsample", lambda: nn.Upsample((2, 3)), lambda: torch.nn.Upsample(scale_factor=(2, 3)), (2, 2, 3, 2)),
+    Case("Add", nn.Add, lambda: _TorchOp(lambda *xs: xs[0] + xs[1] + xs[2]), [(2, 3, 2)] * 3),
+    Case("Multiply", nn.Multiply, lambda: _TorchOp(lambda *xs: xs[0] * xs[1] * xs[2]), [(2, 3, 2)] * 3),
+    Case("Concat", nn.Concat, lambda: _TorchOp(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
+    Case("Model (graph)", _small_unet, _SmallUNetTwin, (2, 2, 4, 4)),
     Case(
         "CNN",
         lambda: models.CNN((1, 6, 6), 3, channels=[2, 2], pool_every=2, hidden_dims=[4]),
@@ -146,7 +187,10 @@ def check(case, seed=0):
     """Runs one case and returns its Row."""
     torch.manual_seed(seed)
     layer = case.make_layer().train(case.train)
-    x = torch.randn(case.input_shape)
+    if isinstance(case.input_shape, list):
+        x = tuple(torch.randn(shape) for shape in case.input_shape)
+    else:
+        x = torch.randn(case.input_shape)
     y = case.make_target(case.input_shape) if case.make_target else None
     forward = None
     backward = max(gradient_errors(layer, x, y, seed=seed))

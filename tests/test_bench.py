@@ -17,7 +17,8 @@ def test_bench_runs_on_tiny_sizes(capsys):
     assert "Conv2d" in printed and "MaxPool2d" in printed and "train step" in printed
     assert re.search(r"geometric mean\s+\d+\.\d\d", printed)
     rows = [line for line in printed.splitlines() if re.search(r"\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d\d$", line)]
-    assert len(rows) == len(bench.build_cases(tiny=True))
+    assert len(rows) == len(bench.build_cases(tiny=True)) + len(bench.build_graph_cases(tiny=True))
+    assert "graph Model and as a Sequential" in printed and "Sequential ms" in printed
 
 
 def test_format_table_geometric_mean():

@@ -70,9 +70,10 @@ def test_every_command_has_help(capsys, command):
 def test_gradcheck_prints_a_row_per_layer_and_passes():
     result = nnlab("gradcheck")
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ["Linear", "Conv2d", "MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Residual", "Heads", "ResNet"]:
+    names = ["Linear", "Conv2d", "MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Residual", "Heads", "ResNet"]
+    for name in names + ["Upsample", "Add", "Multiply", "Concat", "Model (graph)"]:
         assert any(line.startswith(name) and line.endswith("ok") for line in result.stdout.splitlines()), name
-    assert "all 27 layers passed" in result.stdout
+    assert "all 32 layers passed" in result.stdout
 
 
 def test_gradcheck_exits_1_when_a_layer_is_wrong(monkeypatch, capsys):
