@@ -155,8 +155,9 @@ def build_graph_cases(tiny=False):
     mlp = []
     for _ in range(8):
         mlp += [Linear(width, width), Tanh()]
+    cnn = small_cnn_layers(size)
     return [
-        (f"CNN {batch}x3x{size}x{size}", *graph_against_sequential_case(small_cnn_layers(size), torch.randn(batch, 3, size, size))),
+        (f"CNN {batch}x3x{size}x{size}", *graph_against_sequential_case(cnn, torch.randn(batch, 3, size, size))),
         (f"MLP 16 layers {batch}x{width}", *graph_against_sequential_case(mlp, torch.randn(batch, width))),
     ]
 
@@ -206,7 +207,8 @@ def format_table(results, sides=("nnlab", "torch")):
     for name, ours, theirs in results:
         ratio = ours / theirs
         ratios.append(ratio)
-        lines.append(f"{name:<{width}}  {ours * 1e3:{len(columns[0])}.3f}  {theirs * 1e3:{len(columns[1])}.3f}  {ratio:6.2f}")
+        times = f"{ours * 1e3:{len(columns[0])}.3f}  {theirs * 1e3:{len(columns[1])}.3f}"
+        lines.append(f"{name:<{width}}  {times}  {ratio:6.2f}")
     geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     lines.append(f"{'geometric mean':<{width}}  {'':>{len(columns[0])}}  {'':>{len(columns[1])}}  {geomean:6.2f}")
     return "\n".join(lines)

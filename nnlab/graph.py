@@ -100,7 +100,8 @@ class Node(Symbolic):
         count = None
         if self.shape is not None:
             if not _is_tuple_shape(self.shape):
-                raise TypeError(f"node '{self.name}' holds one tensor of shape {_format_shape(self.shape)}, not a tuple")
+                shape = _format_shape(self.shape)
+                raise TypeError(f"node '{self.name}' holds one tensor of shape {shape}, not a tuple")
             count = len(self.shape)
             if not -count <= index < count:
                 raise IndexError(f"node '{self.name}' holds a tuple of {count}; item {index} is out of range")
@@ -111,11 +112,12 @@ class Node(Symbolic):
         return self._items[index]
 
     def __iter__(self):
-        if self.shape is None or not _is_tuple_shape(self.shape):
+        if self.shape is None:
             raise TypeError(
-                f"node '{self.name}' can only be unpacked when it is known to hold a tuple "
-                "(give the Input a shape), or index it: node[0], node[1]"
+                f"node '{self.name}' can only be unpacked when its length is known (give the "
+                "Input a shape); index it instead: node[0], node[1]"
             )
+        # self[index] refuses a node that holds one tensor.
         return (self[index] for index in range(len(self.shape)))
 
     def __repr__(self):
@@ -229,13 +231,14 @@ def _as_nodes(role, value):
 
 
 def _repeated(names):
-    return sorted({name for name in names if names.count(name) > 1})
+    return sorted(name for name, count in collections.Counter(names).items() if count > 1)
 
 
 def _check_input_nodes(inputs):
     for node in inputs:
         if not isinstance(node, Input):
-            raise ValueError(f"Model: input '{node.name}' must be an Input node, not the output of {_label(node.layer)}")
+            made_by = _label(node.layer) if node.layer is not None else "an item of a tuple"
+            raise ValueError(f"Model: input '{node.name}' must be an Input node, not the output of {made_by}")
     repeated = _repeated(_names(inputs))
     if repeated:
         raise ValueError(f"Model: inputs {repeated} are given more than once")
@@ -469,7 +472,10 @@ class Model(Layer):
                  f"{_counted(len(self.nodes), 'node')}")
         for index, row in enumerate(rows):
             # The parameter counts (column 3) are right-aligned, the rest left-aligned.
-            cells = [cell.rjust(width) if column == 3 else cell.ljust(width) for column, (cell, width) in enumerate(zip(row, widths))]
+            cells = [
+                cell.rjust(width) if column == 3 else cell.ljust(width)
+                for column, (cell, width) in enumerate(zip(row, widths))
+            ]
             print_fn("  ".join(cells).rstrip())
             if index == 0:
                 print_fn("  ".join("=" * width for width in widths))
