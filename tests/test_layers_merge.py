@@ -2,6 +2,7 @@
 autograd on the same ops and against finite differences, their checks, and the
 documented way to write a layer of several inputs."""
 
+import itertools
 import textwrap
 
 import pytest
@@ -129,9 +130,11 @@ def test_multiply_detects_an_input_changed_in_place():
 
 def documented_subtract():
     """The ``Subtract`` class exactly as nnlab.layers.merge's docstring writes it."""
-    example = merge.__doc__.split("::\n", 1)[1].split("\n\n``Merge``", 1)[0]
+    after = merge.__doc__.split("::\n", 1)[1].splitlines()
+    # the indented block that follows "::", up to the first line of prose
+    block = itertools.takewhile(lambda line: not line or line.startswith("    "), after)
     namespace = {"Layer": Layer}
-    exec(textwrap.dedent(example), namespace)  # our own docstring, run as written
+    exec(textwrap.dedent("\n".join(block)), namespace)  # our own docstring, run as written
     return namespace["Subtract"]
 
 

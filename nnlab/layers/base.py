@@ -111,10 +111,17 @@ class Layer(abc.ABC):
         """Ends a forward pass and returns ``out``. Records what ``start_backward``
         checks: the output's shape (which dout must have) and the version counter of
         every tensor named in the class's ``SAVED_TENSORS`` (the attributes backward
-        reads), so that one changed in place before backward is caught, as torch's
+        reads; one may hold a tuple of tensors, as a layer of several inputs caches
+        them), so that one changed in place before backward is caught, as torch's
         autograd catches it."""
         self._output_shapes = _shapes(out)
-        saved = [(name, getattr(self, name)) for name in self.SAVED_TENSORS]
+        saved = []
+        for name in self.SAVED_TENSORS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                saved.extend((f"{name}[{index}]", item) for index, item in enumerate(value))
+            else:
+                saved.append((name, value))
         self._saved_versions = [(name, tensor, tensor._version) for name, tensor in saved if _tracked(tensor)]
         return out
 

@@ -14,6 +14,9 @@ inputs. That is the whole contract; to write one (say ``out = a - b``)::
             self.start_backward(dout)
             return dout, -dout          # d/da, d/db
 
+A layer that caches tensors for backward names those attributes in its class's
+``SAVED_TENSORS`` (one may hold the tuple of inputs, as ``Multiply``'s ``_xs`` does), so
+that an input changed in place before backward is caught.
 ``Merge`` below adds the checks that most of them share (at least two tensors of one
 shape, dtype and device). A graph model (``nnlab.graph``) calls such a layer on several
 nodes, ``Add()(h, x)``, and hands each parent node its own gradient.
@@ -77,6 +80,8 @@ class Multiply(Merge):
     Backward: ``dx_i = dout * prod_{j != i} x_j`` (no division, so exact at zeros).
     Shapes: n >= 2 inputs of one shape -> that shape. Caches: the inputs.
     """
+
+    SAVED_TENSORS = ("_xs",)
 
     def __init__(self):
         super().__init__()
