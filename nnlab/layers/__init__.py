@@ -10,7 +10,17 @@ from .base import Layer
 from .containers import ACTIVATIONS, Builder, Sequential, make_activation
 from .conv import Conv2d
 from .dense import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh, TanH
-from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from .losses import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    ClippedCrossEntropyLoss,
+    CrossEntropyLoss,
+    L1Loss,
+    Loss,
+    MSELoss,
+    MultiTaskLoss,
+    NLLLoss,
+)
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
@@ -29,9 +39,10 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCEWithLogitsLoss",
-    "BatchNorm1d", "BatchNorm2d", "Builder", "CNN", "Concat", "Conv2d", "CrossEntropyLoss", "Dropout",
-    "Dropout2d", "Flatten", "Heads", "Layer", "LeakyReLU", "Linear", "Loss", "MLP", "MSELoss",
-    "MaxPool2d", "Merge", "Multiply", "ReLU", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "TanH", "Upsample", "count_params", "make_activation",
+    "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
+    "BatchNorm1d", "BatchNorm2d", "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv2d",
+    "CrossEntropyLoss", "Dropout", "Dropout2d", "Flatten", "Heads", "L1Loss", "Layer", "LeakyReLU", "Linear",
+    "Loss", "MLP", "MSELoss", "MaxPool2d", "Merge", "MultiTaskLoss", "Multiply", "NLLLoss", "ReLU", "ResNet",
+    "Residual", "ResidualBlock", "ResidualBottleneckBlock", "Sequential", "Sigmoid", "Softmax", "Tanh", "TanH",
+    "Upsample", "count_params", "make_activation",
 ]
