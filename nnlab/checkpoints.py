@@ -227,17 +227,38 @@ def check_state_fits(name, state, reference):
 
 
 def _check_history(fit_result, epoch):
+    """The FitResult dict: one value per epoch in each history list (the accuracies may
+    be empty: a task without accuracy) and in each list of ``metrics``, whose entries
+    the history lists must equal; ``steps`` holds lists of numbers. ``metrics`` and
+    ``steps`` may be absent or None (a FitResult built from the classic fields)."""
     if not isinstance(fit_result, dict) or not set(HISTORY_KEYS) <= set(fit_result):
         raise ValueError(f"'fit_result' must be a dict with 'num_epochs' and {list(HISTORY_KEYS)}")
     if fit_result.get("num_epochs") != epoch:
         raise ValueError(f"'fit_result' has num_epochs {fit_result.get('num_epochs')!r}, but 'epoch' is {epoch}")
     for key in HISTORY_KEYS:
-        values = fit_result[key]
-        if not isinstance(values, (list, tuple)) or len(values) != epoch:
-            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-            raise ValueError(f"'fit_result' '{key}' must hold one value per epoch ({epoch}), got {got}")
-        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
-            raise ValueError(f"'fit_result' '{key}' must hold numbers")
+        _check_numbers(key, fit_result[key], (epoch, 0) if key.endswith("_acc") else (epoch,))
+    for records, lengths in (("metrics", (epoch,)), ("steps", None)):
+        entries = fit_result.get(records)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ValueError(f"'fit_result' '{records}' must be a dict of lists, got {type(entries).__name__}")
+        for key, values in entries.items():
+            _check_numbers(f"{records}.{key}", values, lengths)
+    metrics = fit_result.get("metrics")
+    for key in HISTORY_KEYS if metrics is not None else ():
+        if list(fit_result[key]) != list(metrics.get(key, [])):
+            raise ValueError(f"'fit_result' '{key}' disagrees with its 'metrics' entry")
+
+
+def _check_numbers(name, values, lengths):
+    """ValueError unless ``values`` is a list of numbers with one of ``lengths`` (any
+    length when None)."""
+    if not isinstance(values, (list, tuple)) or (lengths is not None and len(values) not in lengths):
+        got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(f"'fit_result' '{name}' must hold one value per epoch ({lengths[0]}), got {got}")
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+        raise ValueError(f"'fit_result' '{name}' must hold numbers")
 
 
 # RNG state ----------------------------------------------------------------------------

@@ -1,6 +1,27 @@
 """Training loops: result records, the abstract ``Trainer`` with ``fit`` (progress bars,
-checkpoints, resuming, early stopping, divergence checks), ``LayerTrainer`` for nnlab
-layers, ``TorchTrainer`` for ``torch.nn`` modules, and the ``overfit`` sanity check.
+task-aware metrics, per-step records, callbacks, the best model in memory, checkpoints,
+resuming, early stopping, divergence checks), ``LayerTrainer`` for nnlab layers,
+``TorchTrainer`` for ``torch.nn`` modules, ``grad_norm`` and the ``overfit`` sanity check.
+
+Metrics
+-------
+What a fit measures follows the task, which ``LayerTrainer`` and ``TorchTrainer`` read
+from the loss (``task_of``) unless given ``task=``:
+
+* ``"classification"`` (CrossEntropyLoss, NLLLoss, ClippedCrossEntropyLoss): ``loss`` and
+  ``acc`` (percent of rows whose argmax is the target class);
+* ``"binary"`` (BCELoss on probabilities, threshold 0.5) and ``"binary-logits"``
+  (BCEWithLogitsLoss, threshold 0): ``loss`` and ``acc`` over every predicted entry;
+* ``"regression"`` (MSELoss, L1Loss): ``loss``, ``mae`` and ``mse``, never an accuracy;
+* a ``MultiTaskLoss``: a tuple of those, one per task: ``loss`` (the weighted mean)
+  and, for task t, ``task{t}_loss`` and that task's metrics (``task{t}_acc``, ...).
+
+Each batch reports its metrics as sums and counts (``BatchResult``), each epoch adds
+them up (``EpochResult.totals``, which processes can add across ranks) and divides
+(``EpochResult.metrics``). ``FitResult.metrics`` holds one list per phase and metric,
+``"train_loss"``, ``"test_acc"``, ``"test_mae"``, ``"test_task0_acc"``..., one value per
+epoch; ``FitResult.steps`` holds the loss and the parameter-gradient norm of every
+training step. Both are plain dicts of lists of floats.
 
 Checkpoints
 -----------
@@ -9,15 +30,16 @@ file in the same folder, flushed and fsync'ed, then ``os.replace``: a crash whil
 saving leaves the previous checkpoint intact), with a checksum of its whole content
 (``nnlab.checkpoints``). The file is a dict (see ``Trainer.checkpoint``) that holds
 
-* ``"best_model"``: the weights of the epoch with the best test accuracy so far; it
-  changes exactly when test accuracy improves. ``fit`` ends by loading these weights
+* ``"best_model"``: the weights of the best epoch so far: by test accuracy (by test
+  loss when the task records no accuracy), or by ``monitor`` with ``restore_best=True``;
+  it changes exactly when that metric improves. ``fit`` ends by loading these weights
   into the model, so after ``fit(..., checkpoints=PATH)`` the model is the best one.
-* ``"model"``, ``"optimizer"``, ``"epoch"``, ``"rng"``, ``"fit_result"``: the state at
-  the end of the last completed epoch, which ``fit(..., resume=PATH)`` (or
-  ``Trainer.load_checkpoint(PATH)``) restores, so that training continues exactly as
-  an uninterrupted run with the same data would have. Loading is all or nothing:
-  everything is checked against the file's checksum, the model and the optimizer
-  before anything changes.
+* ``"model"``, ``"optimizer"``, ``"epoch"``, ``"rng"``, ``"fit_result"`` (every record,
+  per epoch and per step): the state at the end of the last completed epoch, which
+  ``fit(..., resume=PATH)`` (or ``Trainer.load_checkpoint(PATH)``) restores, so that
+  training continues exactly as an uninterrupted run with the same data would have.
+  Loading is all or nothing: everything is checked against the file's checksum, the
+  model and the optimizer before anything changes.
 * ``"config"``: what the caller passed as ``fit(..., config=...)`` (the data, split
   seed, model, batch size... of the run; None if nothing), for whoever resumes it.
 
@@ -29,7 +51,7 @@ checkpoints=p, resume=p)`` after 4 saved epochs trains epochs 5 to 10 and return
 import abc
 import math
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -44,30 +66,172 @@ from .checkpoints import (  # noqa: F401  (CHECKPOINT_FORMAT, save_checkpoint: p
     save_checkpoint,
     set_rng_state,
 )
+from .layers import MultiTaskLoss
 
 
 class BatchResult(NamedTuple):
-    """One batch: its loss and how many of its samples were classified correctly."""
+    """One batch: its loss; how many of its samples were classified correctly (None when
+    the task has no accuracy, as in regression); further metrics as sums and counts,
+    ``{name: (sum, count)}`` (``{"mae": (sum of |error|, number of errors)}``; an
+    ``"acc"`` entry here overrides ``num_correct`` out of the batch size); and for a
+    training step, the norm of the parameter gradients before the update."""
 
     loss: float
-    num_correct: int
+    num_correct: Optional[int]
+    metrics: Optional[dict] = None
+    grad_norm: Optional[float] = None
 
 
-class EpochResult(NamedTuple):
-    """One pass over a data loader: the loss of every batch and the accuracy in percent."""
-
+class _EpochFields(NamedTuple):
     losses: list
-    accuracy: float
+    accuracy: Optional[float]
+
+
+class EpochResult(_EpochFields):
+    """One pass over a data loader: the loss of every batch and the accuracy in percent
+    (None when the task records no accuracy).
+
+    These two fields are the tuple (unpacking and ``==`` use them alone); the pass's
+    other records are attributes:
+
+    * ``metrics``: ``{name: value}``, every metric of the pass: ``"loss"`` (the mean
+      batch loss), ``"acc"`` (percent), ``"mae"``, ``"task0_acc"``...; by default the
+      loss and the accuracy.
+    * ``totals``: ``{name: (sum, count)}``, the sums behind ``metrics`` (value = sum /
+      count, times 100 for accuracies): what data-parallel processes add up. None when
+      the result was built from the two fields alone.
+    * ``grad_norms``: the parameter-gradient norm of every training step (empty when
+      none was reported, and for a test pass).
+    """
+
+    def __new__(cls, losses, accuracy, metrics=None, totals=None, grad_norms=None):
+        result = super().__new__(cls, losses, accuracy)
+        if metrics is None:
+            metrics = {"loss": sum(losses) / len(losses)} if losses else {}
+            if accuracy is not None:
+                metrics["acc"] = accuracy
+        result.metrics = metrics
+        result.totals = totals
+        result.grad_norms = [] if grad_norms is None else grad_norms
+        return result
 
 
 class FitResult(NamedTuple):
-    """A whole fit: one value per epoch (loss = the epoch's mean batch loss, accuracy in percent)."""
+    """A whole fit: one value per epoch (loss = the epoch's mean batch loss, accuracy in
+    percent; ``train_acc`` and ``test_acc`` are empty when the task records no accuracy).
+
+    ``metrics``: every per-epoch record, ``{"train_loss": [...], "test_acc": [...],
+    "test_mae": [...], "test_task0_acc": [...], ...}`` (the four fields above are its
+    entries). ``steps``: every training step, ``{"loss": [...], "grad_norm": [...]}``
+    (``grad_norm`` empty for trainers that report none). Both are None in a FitResult
+    built from the first five fields alone.
+    """
 
     num_epochs: int
     train_loss: list
     train_acc: list
     test_loss: list
     test_acc: list
+    metrics: Optional[dict] = None
+    steps: Optional[dict] = None
+
+
+def _fit_result(metrics, steps):
+    """A FitResult holding copies of the records (later epochs do not change it)."""
+    metrics = {name: list(values) for name, values in metrics.items()}
+    steps = {name: list(values) for name, values in steps.items()}
+    return FitResult(
+        len(metrics.get("train_loss", [])),
+        metrics.get("train_loss", []),
+        metrics.get("train_acc", []),
+        metrics.get("test_loss", []),
+        metrics.get("test_acc", []),
+        metrics,
+        steps,
+    )
+
+
+def _records(fit_result):
+    """(metrics, steps) as lists to extend, from a FitResult's dict; one from a
+    checkpoint without them gets its metrics from the four classic fields."""
+    metrics = fit_result.get("metrics")
+    if metrics is None:
+        classic = ("train_loss", "train_acc", "test_loss", "test_acc")
+        metrics = {name: fit_result[name] for name in classic if fit_result.get(name)}
+    steps = fit_result.get("steps") or {}
+    return (
+        {name: list(values) for name, values in metrics.items()},
+        {name: list(steps.get(name, [])) for name in STEP_RECORDS},
+    )
+
+
+STEP_RECORDS = ("loss", "grad_norm")
+
+
+def is_accuracy(name):
+    """Accuracies are percentages and higher is better; every other metric (loss, mae,
+    mse) is lower-is-better. The rule is Keras' 'auto' mode: by the name."""
+    return name == "acc" or name.endswith("_acc")
+
+
+def _metric_values(totals):
+    """{name: sum / count} from {name: (sum, count)}, accuracies in percent."""
+    return {
+        name: 100.0 * total / count if is_accuracy(name) else total / count
+        for name, (total, count) in totals.items()
+    }
+
+
+class Callback:
+    """Hooks ``fit`` calls, so that users log, adjust or stop a run without subclassing
+    the trainer (as Keras callbacks): subclass and override, or pass functions,
+    ``Callback(on_epoch_end=lambda trainer, epoch, metrics: print(metrics))``.
+
+    ``on_batch_end(trainer, phase, batch, result)``: after every batch of training
+    (``phase`` 'train') and testing ('test'); ``batch`` is its 1-based number in the
+    epoch, ``result`` its ``BatchResult``.
+    ``on_epoch_end(trainer, epoch, metrics)``: after every epoch, trained, tested and
+    recorded (before its checkpoint is written, so changes a callback makes to the
+    optimizer are saved); ``metrics`` is this epoch's ``{"train_loss": ..., "test_acc":
+    ..., ...}``.
+
+    To stop, set ``trainer.stop_training = True``: ``fit`` stops after the current epoch,
+    which is finished, tested and recorded like every other.
+    """
+
+    def __init__(self, on_batch_end=None, on_epoch_end=None):
+        if on_batch_end is not None:
+            self.on_batch_end = on_batch_end
+        if on_epoch_end is not None:
+            self.on_epoch_end = on_epoch_end
+
+    def on_batch_end(self, trainer, phase, batch, result):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        pass
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    callbacks = list(callbacks)
+    for index, callback in enumerate(callbacks):
+        if not (hasattr(callback, "on_batch_end") or hasattr(callback, "on_epoch_end")):
+            raise TypeError(
+                f"fit: callbacks[{index}] must have on_batch_end or on_epoch_end (a nnlab.training.Callback), "
+                f"got {type(callback).__name__}"
+            )
+    return callbacks
+
+
+def _call_each(callbacks, hook, *args):
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
 
 
 class OverfitResult(EpochResult):
@@ -114,26 +278,41 @@ def _check_count(owner, name, value, allow_none=True, minimum=1):
 
 
 class _Progress:
-    """Early-stopping and best-model bookkeeping, replayable from a FitResult."""
+    """Early stopping (on the test loss) and the best epoch by one recorded metric,
+    replayable from the records. ``monitor`` None: test accuracy when the task records
+    one, else test loss (the rule for checkpoints without ``restore_best``)."""
 
-    def __init__(self):
+    def __init__(self, monitor=None):
+        self.monitor = monitor
         self.best_test_loss = None
         self.epochs_without_improvement = 0
-        self.best_acc = None
+        self.best_value = None
         self.best_epoch = None
 
-    def update(self, epoch, test_loss, test_acc):
-        """Records one epoch; True if test accuracy improved (a new best model)."""
+    def update(self, epoch, values):
+        """Records one epoch's ``{name: value}``; True if the monitored metric improved
+        (a new best model; a tie is no improvement)."""
+        test_loss = values["test_loss"]
         if self.best_test_loss is None or test_loss < self.best_test_loss:
             self.best_test_loss = test_loss
             self.epochs_without_improvement = 0
         else:
             self.epochs_without_improvement += 1
-        if self.best_acc is None or test_acc > self.best_acc:
-            self.best_acc = test_acc
+        if self.monitor is None:
+            self.monitor = "test_acc" if "test_acc" in values else "test_loss"
+        if self.monitor not in values:
+            raise ValueError(f"fit: monitor '{self.monitor}' is not a recorded metric; this fit records {sorted(values)}")
+        value = values[self.monitor]
+        if self.best_value is None:
+            improved = True
+        elif is_accuracy(self.monitor):
+            improved = value > self.best_value
+        else:
+            improved = value < self.best_value
+        if improved:
+            self.best_value = value
             self.best_epoch = epoch
-            return True
-        return False
+        return improved
 
 
 class Trainer(abc.ABC):
@@ -142,20 +321,27 @@ class Trainer(abc.ABC):
     Subclasses implement ``train_batch`` (forward, loss, backward, optimizer step) and
     ``test_batch`` (forward and loss only), each returning a ``BatchResult``; this class
     runs the epochs. A data loader is any iterable of ``(x, y)`` batches with ``len()``
-    (a ``torch.utils.data.DataLoader`` or ``nnlab.data.Batches``).
+    (a ``torch.utils.data.DataLoader`` or ``nnlab.data.Batches``); y may be a tuple
+    (one target per task).
 
     Progress (epoch headers and one tqdm bar per epoch and phase, showing the running
-    loss and accuracy) goes to ``sys.stderr``, so that stdout holds only results;
-    ``verbose=False`` prints nothing at all.
+    loss and the task's metrics) goes to ``sys.stderr``, so that stdout holds only
+    results; ``verbose=False`` prints nothing at all.
+
+    ``task`` ("classification" by default; see the module docstring) says which metrics
+    ``batch_result`` measures.
     """
 
-    def __init__(self, model, device=None):
+    def __init__(self, model, device=None, task="classification"):
         self.model = model
         self.device = torch.device(device) if device is not None else None
+        self.task = _check_task(task)
         self.epoch = None  # the epoch fit is running (1-based); None outside fit
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._phase = "train"
         self._batch = 0
         self._restored = None  # the checkpoint load_checkpoint restored last, for fit(resume=...)
+        self._callbacks = []
 
     # Whole runs ---------------------------------------------------------------------
 
@@ -169,6 +355,9 @@ class Trainer(abc.ABC):
         print_every=1,
         resume=None,
         config=None,
+        restore_best=False,
+        monitor="test_loss",
+        callbacks=None,
         **kw,
     ):
         """Trains for ``num_epochs`` epochs, testing after each, and returns a ``FitResult``.
@@ -179,13 +368,13 @@ class Trainer(abc.ABC):
                 resumed checkpoint already did).
             checkpoints: a file path. After every epoch the file is rewritten
                 atomically (see the module docstring); its ``best_model`` changes
-                whenever test accuracy improves, and at the end of ``fit`` the model
+                whenever the best epoch changes, and at the end of ``fit`` the model
                 is loaded with those best weights.
             early_stopping: k: stop after k epochs in a row without a lower test loss.
             print_every: print an epoch header every this many epochs (and for the
                 last); None: never.
             resume: a checkpoint path: restore the model, optimizer, RNG state and
-                history saved there and continue from the epoch after it. Or the
+                records saved there and continue from the epoch after it. Or the
                 dict that this trainer's ``load_checkpoint`` just returned, to change
                 something between restoring and training (as with PyTorch's
                 ``optimizer.load_state_dict`` followed by a new learning rate):
@@ -194,6 +383,15 @@ class Trainer(abc.ABC):
             config: a dict of plain values describing the run (data, split seed,
                 model, batch size, ...), saved in every checkpoint as ``"config"``;
                 ``fit`` does not interpret it.
+            restore_best: keep the weights of the best epoch by ``monitor`` in memory
+                (and in the checkpoint, with ``checkpoints``) and load them into the
+                model at the end of ``fit``.
+            monitor: the recorded metric that picks the best epoch with
+                ``restore_best``: "test_loss", "test_acc", "test_mae", "train_loss",
+                "test_task0_acc", ...; accuracies are better higher, everything else
+                lower. A tie keeps the earlier epoch.
+            callbacks: a ``Callback`` or a list of them, called after every batch and
+                every epoch.
             kw: ``max_batches`` (per epoch and phase) and ``verbose`` (default True),
                 passed to ``train_epoch`` and ``test_epoch``.
 
@@ -205,18 +403,25 @@ class Trainer(abc.ABC):
         _check_count("fit", "num_epochs", num_epochs, allow_none=False, minimum=0)
         _check_count("fit", "early_stopping", early_stopping)
         _check_count("fit", "print_every", print_every)
+        if not isinstance(monitor, str):
+            raise ValueError(f"fit: monitor must be the name of a recorded metric, such as 'test_loss', got {monitor!r}")
+        callbacks = _check_callbacks(callbacks)
         verbose = kw.get("verbose", True)
-        history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
-        progress = _Progress()
+        keep_best = bool(restore_best) or checkpoints is not None
+        metrics, steps = {}, {name: [] for name in STEP_RECORDS}
+        progress = _Progress(monitor if restore_best else None)
         best_state = None
         if resume is not None:
             checkpoint = self._checkpoint_to_resume(resume)
-            history = {key: list(values) for key, values in checkpoint["fit_result"].items() if key in history}
-            for epoch, (loss, acc) in enumerate(zip(history["test_loss"], history["test_acc"]), start=1):
-                progress.update(epoch, loss, acc)
+            metrics, steps = _records(checkpoint["fit_result"])
+            for epoch in range(1, len(metrics.get("train_loss", [])) + 1):
+                progress.update(epoch, {name: values[epoch - 1] for name, values in metrics.items()})
+            _check_same_monitor(resume, checkpoint, progress)
             best_state = checkpoint["best_model"]
-        first_epoch = len(history["train_loss"]) + 1
+        first_epoch = len(metrics.get("train_loss", [])) + 1
 
+        self.stop_training = False
+        self._callbacks = callbacks
         try:
             for epoch in range(first_epoch, num_epochs + 1):
                 if early_stopping is not None and progress.epochs_without_improvement >= early_stopping:
@@ -230,21 +435,23 @@ class Trainer(abc.ABC):
                     self._say(verbose, f"--- EPOCH {epoch}/{num_epochs} ---")
                 train = self.train_epoch(dl_train, **kw)
                 test = self.test_epoch(dl_test, **kw)
-                history["train_loss"].append(sum(train.losses) / len(train.losses))
-                history["train_acc"].append(train.accuracy)
-                history["test_loss"].append(sum(test.losses) / len(test.losses))
-                history["test_acc"].append(test.accuracy)
-                if progress.update(epoch, history["test_loss"][-1], test.accuracy) and checkpoints is not None:
+                values = _record_epoch(metrics, steps, train, test)
+                if progress.update(epoch, values) and keep_best:
                     best_state = self._model_state()
+                _call_each(callbacks, "on_epoch_end", self, epoch, values)
                 if checkpoints is not None:
-                    result = FitResult(len(history["train_loss"]), **history)
+                    result = _fit_result(metrics, steps)
                     save_checkpoint(checkpoints, self.checkpoint(result, best_state, progress, config))
+                if self.stop_training:
+                    self._say(verbose, f"Stopped by a callback after epoch {epoch}")
+                    break
         finally:
             self.epoch = None
+            self._callbacks = []
 
-        if checkpoints is not None and best_state is not None:
+        if keep_best and best_state is not None:
             self.model.load_state_dict(best_state)
-        return FitResult(len(history["train_loss"]), **history)
+        return _fit_result(metrics, steps)
 
     def train_epoch(self, dl_train, **kw):
         """One pass over ``dl_train`` in training mode, updating the model; an ``EpochResult``."""
@@ -267,11 +474,12 @@ class Trainer(abc.ABC):
     # Helpers for subclasses -------------------------------------------------------------
 
     def to_device(self, batch):
-        """The batch's ``(x, y)`` moved to ``self.device`` (unchanged when it is None)."""
+        """The batch's ``(x, y)`` moved to ``self.device`` (unchanged when it is None);
+        a tuple of targets is moved entry by entry."""
         x, y = batch
         if self.device is not None:
-            x = x.to(self.device)
-            y = y.to(self.device)
+            x = _move(x, self.device)
+            y = _move(y, self.device)
         return x, y
 
     def count_correct(self, scores, y):
@@ -280,6 +488,43 @@ class Trainer(abc.ABC):
         other kinds of predictions."""
         labels = y.argmax(dim=1) if y.dim() == 2 else y
         return int((scores.argmax(dim=1) == labels).sum().item())
+
+    def batch_result(self, loss, outputs, y, grad_norm=None):
+        """The ``BatchResult`` of one batch for ``self.task``: the number correct for a
+        classification, ``{"mae", "mse"}`` sums for a regression, and for a multi-task
+        model (``self.loss_fn`` a ``MultiTaskLoss`` that has just run) each task's loss
+        and metrics as ``task{t}_...``."""
+        with torch.no_grad():
+            if isinstance(self.task, tuple):
+                return BatchResult(loss, None, self._multi_task_sums(outputs, y), grad_norm)
+            sums = self._task_sums(self.task, outputs, y)
+        if self.task == "classification":
+            return BatchResult(loss, sums["acc"][0], None, grad_norm)
+        return BatchResult(loss, sums["acc"][0] if "acc" in sums else None, sums, grad_norm)
+
+    def _task_sums(self, task, outputs, y):
+        """{name: (sum, count)} of one task's metrics on one batch."""
+        if task == "regression":
+            error = outputs - y
+            return {
+                "mae": (error.abs().sum().item(), error.numel()),
+                "mse": (error.pow(2).sum().item(), error.numel()),
+            }
+        if task == "classification":
+            return {"acc": (self.count_correct(outputs, y), _num_samples(y))}
+        threshold = 0.5 if task == "binary" else 0.0
+        correct = (outputs > threshold) == (y > 0.5)
+        return {"acc": (int(correct.sum().item()), correct.numel())}
+
+    def _multi_task_sums(self, outputs, y):
+        sums = {}
+        targets = self.loss_fn.split_targets(y)
+        task_losses = self.loss_fn.task_losses
+        for index, (task, output, target) in enumerate(zip(self.task, outputs, targets)):
+            sums[f"task{index}_loss"] = (float(task_losses[index]), 1)
+            for name, value in self._task_sums(task, output, target).items():
+                sums[f"task{index}_{name}"] = value
+        return sums
 
     def check_loss(self, loss):
         """``loss`` as a float; ``TrainingDiverged`` naming the epoch and batch if it is
@@ -295,9 +540,15 @@ class Trainer(abc.ABC):
         """The dict that ``fit`` saves: ``format``, ``epoch`` (completed epochs),
         ``model`` and ``optimizer`` (their state_dicts now; ``optimizer`` is None
         without one), ``rng`` (torch's and Python's RNG state), ``fit_result`` (the
-        FitResult so far, as a dict), ``best_model``, ``best_epoch``, ``best_accuracy``
-        and ``config`` (``fit``'s). ``save_checkpoint`` adds its ``checksum``."""
+        FitResult so far, as a dict, its records included), ``best_model``,
+        ``best_epoch``, ``best_monitor`` (the metric that chose it), ``best_accuracy``
+        (the test accuracy of that epoch; None without one) and ``config`` (``fit``'s).
+        ``save_checkpoint`` adds its ``checksum``."""
         optimizer = self._optimizer_with_state()
+        best_epoch = progress.best_epoch if progress is not None else None
+        best_accuracy = None
+        if best_epoch is not None and fit_result.test_acc:
+            best_accuracy = fit_result.test_acc[best_epoch - 1]
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": fit_result.num_epochs,
@@ -306,8 +557,9 @@ class Trainer(abc.ABC):
             "rng": rng_state(),
             "fit_result": fit_result._asdict(),
             "best_model": best_state,
-            "best_epoch": progress.best_epoch if progress is not None else None,
-            "best_accuracy": progress.best_acc if progress is not None else None,
+            "best_epoch": best_epoch,
+            "best_monitor": progress.monitor if progress is not None else None,
+            "best_accuracy": best_accuracy,
             "config": config,
         }
 
@@ -381,7 +633,8 @@ class Trainer(abc.ABC):
         if max_batches is not None:
             num_batches = min(num_batches, max_batches)
         losses = []
-        num_correct = 0
+        grad_norms = []
+        totals = {}
         num_samples = 0
         self._phase = phase
         description = phase if self.epoch is None else f"{phase} {self.epoch}"
@@ -392,31 +645,172 @@ class Trainer(abc.ABC):
                 result = forward_fn(batch)
                 loss = self.check_loss(result.loss)
                 losses.append(loss)
-                num_correct += int(result.num_correct)
-                num_samples += batch[1].shape[0]
-                bar.set_postfix(
-                    loss=f"{sum(losses) / len(losses):.3f}",
-                    acc=f"{100.0 * num_correct / num_samples:.1f}%",
-                    refresh=False,
-                )
+                if result.grad_norm is not None:
+                    grad_norms.append(float(result.grad_norm))
+                batch_size = _num_samples(batch[1])
+                num_samples += batch_size
+                _add_sums(totals, _batch_sums(result, loss, batch_size))
+                bar.set_postfix(_postfix(_metric_values(totals)), refresh=False)
                 bar.update()
+                _call_each(self._callbacks, "on_batch_end", self, phase, index + 1, result)
         if num_samples == 0:
             raise ValueError(f"{phase}_epoch: the data loader yielded no samples")
-        return EpochResult(losses=losses, accuracy=100.0 * num_correct / num_samples)
+        metrics = _metric_values(totals)
+        return EpochResult(losses, metrics.get("acc"), metrics=metrics, totals=totals, grad_norms=grad_norms)
+
+
+def _batch_sums(result, loss, batch_size):
+    """A BatchResult as {name: (sum, count)}: the loss counts once per batch (an epoch's
+    loss is its mean batch loss), num_correct out of the batch size."""
+    sums = {"loss": (loss, 1)}
+    if result.num_correct is not None:
+        sums["acc"] = (int(result.num_correct), batch_size)
+    for name, (total, count) in (result.metrics or {}).items():
+        sums[name] = (total, count)
+    return sums
+
+
+def _add_sums(totals, sums):
+    for name, (total, count) in sums.items():
+        old_total, old_count = totals.get(name, (0, 0))
+        totals[name] = (old_total + total, old_count + count)
+
+
+def _postfix(values):
+    """The progress bar's running metrics: accuracies in percent, the rest to 3 decimals."""
+    return {name: f"{value:.1f}%" if is_accuracy(name) else f"{value:.3f}" for name, value in values.items()}
+
+
+def _record_epoch(metrics, steps, train, test):
+    """Appends one epoch's train and test results to the records; returns the epoch's
+    ``{"train_loss": ..., "test_acc": ..., ...}``."""
+    values = {}
+    for phase, result in (("train", train), ("test", test)):
+        for name, value in result.metrics.items():
+            values[f"{phase}_{name}"] = value
+    for name, value in values.items():
+        metrics.setdefault(name, []).append(value)
+    steps["loss"].extend(train.losses)
+    steps["grad_norm"].extend(train.grad_norms)
+    return values
+
+
+def _check_same_monitor(resume, checkpoint, progress):
+    """A resumed run must pick its best model by the metric the checkpoint's best model
+    was picked by: the weights of a best epoch by another metric were never kept."""
+    saved = checkpoint.get("best_monitor")
+    if saved is not None and progress.monitor is not None and saved != progress.monitor:
+        where = "the checkpoint" if isinstance(resume, dict) else resume
+        raise CheckpointError(
+            f"{where}: its best model was chosen by '{saved}', this fit asks for '{progress.monitor}'; "
+            f"resume with restore_best=True, monitor='{saved}'"
+            + (" (or without restore_best)" if saved in ("test_acc", "test_loss") else "")
+        )
+
+
+def _num_samples(y):
+    """The batch size, from the targets (the first of a tuple of targets)."""
+    if isinstance(y, (tuple, list)):
+        return _num_samples(y[0])
+    return y.shape[0]
+
+
+def _move(tensors, device):
+    if isinstance(tensors, (tuple, list)):
+        return type(tensors)(_move(tensor, device) for tensor in tensors)
+    return tensors.to(device)
+
+
+# Tasks and gradient norms ---------------------------------------------------------------
+
+TASKS = ("classification", "binary", "binary-logits", "regression")
+
+# By class name, so that torch.nn's losses (for TorchTrainer) and subclasses are known too.
+LOSS_TASKS = {
+    "CrossEntropyLoss": "classification",
+    "NLLLoss": "classification",
+    "ClippedCrossEntropyLoss": "classification",
+    "BCELoss": "binary",
+    "BCEWithLogitsLoss": "binary-logits",
+    "MSELoss": "regression",
+    "L1Loss": "regression",
+    "SmoothL1Loss": "regression",
+    "HuberLoss": "regression",
+}
+
+
+def task_of(loss_fn):
+    """The task a loss trains, for the metrics ``fit`` records: one of ``TASKS`` (by the
+    class name of the loss or of a class it derives from: nnlab's and torch.nn's losses),
+    a tuple of them for a ``MultiTaskLoss``, and "classification" for a loss it does not
+    know (what every fit recorded before tasks existed)."""
+    if isinstance(loss_fn, MultiTaskLoss):
+        return tuple(task_of(loss) for loss in loss_fn.losses)
+    for cls in type(loss_fn).__mro__:
+        if cls.__name__ in LOSS_TASKS:
+            return LOSS_TASKS[cls.__name__]
+    return "classification"
+
+
+def _check_task(task):
+    tasks = task if isinstance(task, tuple) else (task,)
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"task must be one of {TASKS} or a tuple of them (one per head), got {task!r}")
+    return task
+
+
+def grad_norm(model_or_params):
+    """The Euclidean norm of all parameter gradients, ``sqrt(sum_p ||grad_p||^2)``, as a
+    float computed in float64 (IFT3395's ``compute_gradient_norm``; torch's
+    ``torch.nn.utils.get_total_norm`` of the gradients).
+
+    Takes an nnlab ``Layer`` or optimizer (the gradients of ``params()``), a
+    ``torch.nn.Module`` (each parameter's ``.grad``; None counts as 0), or a list of
+    ``(param, grad)`` pairs or of tensors whose ``.grad`` is used. A gradient listed
+    twice (one layer at two places) counts once.
+    """
+    unique = {id(grad): grad for grad in _gradients(model_or_params)}
+    if not unique:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(grad, dtype=torch.float64) for grad in unique.values()])
+    return float(torch.linalg.vector_norm(norms))
+
+
+def _gradients(model_or_params):
+    if isinstance(model_or_params, torch.nn.Module):
+        return [param.grad for param in model_or_params.parameters() if param.grad is not None]
+    params = getattr(model_or_params, "params", model_or_params)
+    if callable(params):
+        params = params()
+    grads = []
+    for index, item in enumerate(params):
+        if isinstance(item, torch.Tensor):
+            if item.grad is not None:
+                grads.append(item.grad)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.Tensor):
+            grads.append(item[1])
+        else:
+            raise TypeError(
+                f"grad_norm: expected a model, an optimizer, or (param, grad) pairs / tensors; "
+                f"entry {index} is a {type(item).__name__}"
+            )
+    return grads
 
 
 class LayerTrainer(Trainer):
     """Trains an nnlab ``Layer`` model with a hand-written backward pass:
-    ``scores = model(x)``, ``loss = loss_fn(scores, y)``, ``optimizer.zero_grad()``,
-    ``model.backward(loss_fn.backward())``, ``optimizer.step()``.
+    ``outputs = model(x)``, ``loss = loss_fn(outputs, y)``, ``optimizer.zero_grad()``,
+    ``model.backward(loss_fn.backward())``, ``optimizer.step()``; each step records the
+    gradient norm (``grad_norm(model)``) before the update.
 
-    Predictions are ``scores.argmax(dim=1)``. With ``device`` the model is moved there
+    ``task`` (default: ``task_of(loss_fn)``) picks the metrics; for classification the
+    predictions are ``outputs.argmax(dim=1)``. With ``device`` the model is moved there
     (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
     before the move keeps working) and every batch too.
     """
 
-    def __init__(self, model, loss_fn, optimizer, device=None):
-        super().__init__(model, device)
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+        super().__init__(model, device, _loss_task(loss_fn, task))
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         if self.device is not None:
@@ -424,32 +818,43 @@ class LayerTrainer(Trainer):
 
     def train_batch(self, batch):
         x, y = self.to_device(batch)
-        scores = self.model(x)
-        loss = self.check_loss(self.loss_fn(scores, y))
+        outputs = self.model(x)
+        loss = self.check_loss(self.loss_fn(outputs, y))
         self.optimizer.zero_grad()
         dout = self.loss_fn.backward()
         self.model.backward(dout)
+        norm = grad_norm(self.model)
         self.optimizer.step()
-        return BatchResult(loss, self.count_correct(scores, y))
+        return self.batch_result(loss, outputs, y, norm)
 
     def test_batch(self, batch):
         x, y = self.to_device(batch)
-        scores = self.model(x)
-        loss = self.check_loss(self.loss_fn(scores, y))
-        return BatchResult(loss, self.count_correct(scores, y))
+        outputs = self.model(x)
+        loss = self.check_loss(self.loss_fn(outputs, y))
+        return self.batch_result(loss, outputs, y)
+
+
+def _loss_task(loss_fn, task):
+    """``task``, or the loss's; a per-head tuple needs a MultiTaskLoss to split the targets."""
+    task = task_of(loss_fn) if task is None else task
+    if isinstance(task, tuple) and not isinstance(loss_fn, MultiTaskLoss):
+        raise ValueError(f"a task per head {task!r} needs a MultiTaskLoss, got {type(loss_fn).__name__}")
+    return task
 
 
 class TorchTrainer(Trainer):
     """Trains a ``torch.nn.Module`` with autograd, the same way ``LayerTrainer`` trains
     nnlab layers, for side-by-side comparison: ``optimizer.zero_grad()``,
-    ``loss_fn(model(x), y).backward()``, ``optimizer.step()``.
+    ``loss_fn(model(x), y).backward()``, ``optimizer.step()``, recording the same
+    metrics and gradient norms.
 
     ``optimizer``: any ``torch.optim`` optimizer, or an nnlab optimizer over
-    ``model.parameters()``. ``loss_fn``: a callable such as ``torch.nn.CrossEntropyLoss()``.
+    ``model.parameters()``. ``loss_fn``: a callable such as ``torch.nn.CrossEntropyLoss()``;
+    ``task`` as for ``LayerTrainer``.
     """
 
-    def __init__(self, model, loss_fn, optimizer, device=None):
-        super().__init__(model, device)
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+        super().__init__(model, device, _loss_task(loss_fn, task))
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         if self.device is not None:
@@ -458,20 +863,21 @@ class TorchTrainer(Trainer):
     def train_batch(self, batch):
         x, y = self.to_device(batch)
         self.optimizer.zero_grad()
-        scores = self.model(x)
-        loss_tensor = self.loss_fn(scores, y)
+        outputs = self.model(x)
+        loss_tensor = self.loss_fn(outputs, y)
         loss = self.check_loss(loss_tensor.item())
         loss_tensor.backward()
+        norm = grad_norm(self.model)
         with torch.no_grad():
             self.optimizer.step()
-        return BatchResult(loss, self.count_correct(scores.detach(), y))
+        return self.batch_result(loss, outputs.detach(), y, norm)
 
     def test_batch(self, batch):
         x, y = self.to_device(batch)
         with torch.no_grad():
-            scores = self.model(x)
-            loss = self.check_loss(self.loss_fn(scores, y).item())
-        return BatchResult(loss, self.count_correct(scores, y))
+            outputs = self.model(x)
+            loss = self.check_loss(self.loss_fn(outputs, y).item())
+        return self.batch_result(loss, outputs, y)
 
 
 def overfit(model, loss_fn, optimizer, batches, max_epochs=100, device=None, verbose=False):

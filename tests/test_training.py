@@ -1,7 +1,10 @@
 """Tests for nnlab.training: fit, progress output, divergence, early stopping,
-max_batches, checkpoints (best, atomic, exact resume), TorchTrainer, overfit."""
+max_batches, checkpoints (best, atomic, exact resume), task metrics (classification,
+binary, regression, multi-task), per-step records, grad_norm, restore_best, callbacks,
+TorchTrainer, overfit."""
 
 import copy
+import math
 import os
 import pickle
 import random
@@ -14,10 +17,22 @@ import torch
 
 import nnlab.layers as layers
 from nnlab.data import Batches, load_digits
-from nnlab.layers import MLP, CrossEntropyLoss
+from nnlab.layers import (
+    MLP,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    Heads,
+    L1Loss,
+    Linear,
+    MSELoss,
+    MultiTaskLoss,
+    ReLU,
+    Sequential,
+)
 from nnlab.optimizers import Adam, MomentumSGD, VanillaSGD
 from nnlab.training import (
     BatchResult,
+    Callback,
     CheckpointError,
     EpochResult,
     FitResult,
@@ -26,9 +41,11 @@ from nnlab.training import (
     TorchTrainer,
     Trainer,
     TrainingDiverged,
+    grad_norm,
     load_checkpoint,
     overfit,
     save_checkpoint,
+    task_of,
 )
 
 
@@ -679,3 +696,299 @@ def test_overfit_stops_at_max_epochs():
     result = overfit(model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=0.0), batches, max_epochs=3)
     assert result.num_epochs == 3
     assert result.accuracy < 100.0
+
+
+# task metrics ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regression():
+    """y = x w + noise, (N, 1) targets: 96 training and 64 test samples."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 3, generator=generator)
+    y = x @ torch.tensor([[1.5], [-2.0], [0.5]]) + 0.1 * torch.randn(160, 1, generator=generator)
+    return x[:96], y[:96], x[96:], y[96:]
+
+
+def make_regression_trainer(seed, loss_fn=None, learn_rate=0.01):
+    torch.manual_seed(seed)
+    model = MLP(3, 1, hidden_features=(16,))
+    return LayerTrainer(model, loss_fn or MSELoss(), Adam(model.params(), learn_rate=learn_rate))
+
+
+def test_regression_records_mae_and_mse_and_never_an_accuracy(regression, capfd):
+    x, y, x_test, y_test = regression
+    trainer = make_regression_trainer(seed=0)
+    result = trainer.fit(Batches(x, y, 32, shuffle=True), Batches(x_test, y_test, 25), 3)
+
+    assert result.train_acc == [] and result.test_acc == []
+    assert set(result.metrics) == {f"{p}_{m}" for p in ("train", "test") for m in ("loss", "mae", "mse")}
+    assert all(len(values) == 3 for values in result.metrics.values())
+    assert result.metrics["train_loss"] is result.train_loss
+    _, err = capfd.readouterr()
+    assert "mae=" in err and "mse=" in err and "acc" not in err and "%|" in err  # bars, no accuracy
+    # The last epoch's test metrics, computed here from the model's predictions.
+    error = trainer.model.eval()(x_test) - y_test
+    assert result.metrics["test_mae"][-1] == pytest.approx(error.abs().mean().item(), rel=1e-6)
+    assert result.metrics["test_mse"][-1] == pytest.approx(error.pow(2).mean().item(), rel=1e-6)
+    assert result.metrics["test_mse"][-1] < result.metrics["test_mse"][0]
+
+
+def test_task_of_reads_nnlab_and_torch_losses():
+    assert task_of(CrossEntropyLoss()) == "classification"
+    assert task_of(torch.nn.CrossEntropyLoss()) == "classification"
+    assert task_of(MSELoss()) == task_of(L1Loss()) == task_of(torch.nn.L1Loss()) == "regression"
+    assert task_of(BCEWithLogitsLoss()) == "binary-logits"
+    assert task_of(torch.nn.BCELoss()) == "binary"
+    assert task_of(MultiTaskLoss(CrossEntropyLoss(), MSELoss())) == ("classification", "regression")
+    assert task_of(NaNOnCall(0)) == "classification"  # a subclass
+    model = MLP(2, 1)
+    with pytest.raises(ValueError, match="task"):
+        LayerTrainer(model, MSELoss(), VanillaSGD(model.params()), task="ranking")
+    with pytest.raises(ValueError, match="MultiTaskLoss"):
+        LayerTrainer(model, MSELoss(), VanillaSGD(model.params()), task=("regression", "regression"))
+
+
+def test_torch_trainer_records_regression_metrics(regression):
+    x, y, x_test, y_test = regression
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    trainer = TorchTrainer(model, torch.nn.L1Loss(), torch.optim.SGD(model.parameters(), lr=0.05))
+    result = trainer.fit(Batches(x, y, 32), Batches(x_test, y_test, 64), 2, verbose=False)
+    assert result.test_acc == [] and "test_mae" in result.metrics
+    with torch.no_grad():
+        mae = (model(x_test) - y_test).abs().mean().item()
+    assert result.metrics["test_mae"][-1] == pytest.approx(mae, rel=1e-6)
+    assert result.metrics["test_loss"][-1] == pytest.approx(mae, rel=1e-6)  # one batch: L1 is the MAE
+
+
+def test_binary_accuracy_thresholds_the_logit():
+    """A (N, 1) logit column: accuracy is sign agreement (argmax of one column would
+    call every prediction right)."""
+    torch.manual_seed(0)
+    model = Linear(2, 1)
+    x = torch.randn(40, 2)
+    y = (x[:, :1] > 0).to(torch.float32)
+    trainer = LayerTrainer(model, BCEWithLogitsLoss(), VanillaSGD(model.params(), learn_rate=0.0))
+    result = trainer.test_epoch(Batches(x, y, 16), verbose=False)
+    expected = 100.0 * ((model(x) > 0) == (y > 0.5)).float().mean().item()
+    assert result.accuracy == pytest.approx(expected)
+    assert result.accuracy < 100.0
+    assert result.totals["acc"] == (round(expected * 40 / 100), 40)
+
+
+def two_task_digits(digits):
+    """Digits with two labels per image: (N, 2), the digit and its parity."""
+    x, y, x_test, y_test = digits
+    return x, torch.stack([y, y % 2], dim=1), x_test, torch.stack([y_test, y_test % 2], dim=1)
+
+
+def make_two_task_trainer(seed):
+    torch.manual_seed(seed)
+    model = Sequential(Linear(64, 32), ReLU(), Heads(Linear(32, 10), Linear(32, 2)))
+    loss = MultiTaskLoss(CrossEntropyLoss(), CrossEntropyLoss(), weights=(1.0, 0.5))
+    return LayerTrainer(model, loss, Adam(model.params(), learn_rate=0.01))
+
+
+def test_multi_task_records_each_task(digits):
+    x, y, x_test, y_test = two_task_digits(digits)
+    trainer = make_two_task_trainer(seed=0)
+    result = trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 256), 2, verbose=False)
+
+    phases = ("train", "test")
+    expected = {f"{p}_{m}" for p in phases for m in ("loss", "task0_loss", "task0_acc", "task1_loss", "task1_acc")}
+    assert set(result.metrics) == expected
+    assert result.test_acc == []  # no single accuracy for two tasks
+    digit_scores, parity_scores = trainer.model(x_test)  # one test batch: the epoch's values
+    assert result.metrics["test_task0_acc"][-1] == pytest.approx(
+        100.0 * (digit_scores.argmax(1) == y_test[:, 0]).float().mean().item()
+    )
+    assert result.metrics["test_task1_acc"][-1] == pytest.approx(
+        100.0 * (parity_scores.argmax(1) == y_test[:, 1]).float().mean().item()
+    )
+    ce = torch.nn.functional.cross_entropy
+    task_losses = [ce(digit_scores, y_test[:, 0]).item(), ce(parity_scores, y_test[:, 1]).item()]
+    assert result.metrics["test_task0_loss"][-1] == pytest.approx(task_losses[0], rel=1e-6)
+    assert result.metrics["test_task1_loss"][-1] == pytest.approx(task_losses[1], rel=1e-6)
+    assert result.test_loss[-1] == pytest.approx((task_losses[0] + 0.5 * task_losses[1]) / 1.5, rel=1e-6)
+    assert result.metrics["test_task0_acc"][-1] > 60 and result.metrics["test_task1_acc"][-1] > 70
+
+
+def test_multi_task_with_a_tuple_of_targets_per_batch(digits):
+    x, y, x_test, y_test = two_task_digits(digits)
+    as_tuples = [(x[i : i + 64], (y[i : i + 64, 0], y[i : i + 64, 1])) for i in range(0, 256, 64)]
+    by_tuple = make_two_task_trainer(seed=0).fit(as_tuples, as_tuples[:1], 1, verbose=False)
+    as_columns = [(bx, torch.stack(by, dim=1)) for bx, by in as_tuples]
+    by_column = make_two_task_trainer(seed=0).fit(as_columns, as_columns[:1], 1, verbose=False)
+    assert by_tuple == by_column
+
+
+# per-step records and grad_norm --------------------------------------------------------
+
+
+def test_steps_record_every_training_step(digits):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0, learn_rate=0.0)  # the weights stay: one gradient to check
+    first_batch = (x[:64], y[:64])
+    reference = copy.deepcopy(trainer.model)
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(reference(first_batch[0]), first_batch[1])
+    reference.backward(loss_fn.backward())
+    expected_norm = math.sqrt(sum((grad.double() ** 2).sum().item() for _, grad in reference.params()))
+
+    result = trainer.fit(Batches(x[:192], y[:192], 64), Batches(x_test, y_test, 128), 2, verbose=False)
+
+    assert len(result.steps["loss"]) == len(result.steps["grad_norm"]) == 6
+    assert result.steps["loss"][0] == loss.item()
+    assert result.steps["grad_norm"][0] == pytest.approx(expected_norm, rel=1e-12)
+    assert result.steps["loss"][:3] == result.steps["loss"][3:]  # lr 0: the same three batches again
+    assert sum(result.steps["loss"][3:]) / 3 == result.train_loss[1]
+
+
+def test_grad_norm_against_torch(digits):
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    model = MLP(64, 10, hidden_features=(16,))
+    twin = torch_twin(model)
+    loss_fn = CrossEntropyLoss()
+    loss_fn(model(x[:32]), y[:32])
+    model.backward(loss_fn.backward())
+    torch.nn.functional.cross_entropy(twin(x[:32]), y[:32]).backward()
+    expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm=float("inf")).item()
+    optimizer = VanillaSGD(model.params())
+    for source in (model, model.params(), optimizer, twin, list(twin.parameters())):
+        assert grad_norm(source) == pytest.approx(expected, rel=1e-5)
+    pairs = model.params()
+    assert grad_norm(pairs + pairs) == grad_norm(pairs)  # a gradient listed twice counts once
+    assert grad_norm([]) == 0.0
+    with pytest.raises(TypeError, match="grad_norm"):
+        grad_norm([1.0, 2.0])
+
+
+# restore_best and monitor --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("monitor", ["test_loss", "test_acc"])
+def test_restore_best_loads_the_best_epoch_and_evaluates_to_the_record(digits, monitor):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0, learn_rate=0.05, optimizer=Adam)
+    dl_test = Batches(x_test, y_test, 256)
+    # 64 samples at a high learning rate: the test loss is lowest in epoch 4, then rises.
+    result = trainer.fit(Batches(x[:64], y[:64], 16, shuffle=True), dl_test, 8, restore_best=True, monitor=monitor, verbose=False)
+
+    records = result.metrics[monitor]
+    best = min(records) if monitor == "test_loss" else max(records)
+    assert records.index(best) + 1 < result.num_epochs  # the best is not the last epoch
+    again = trainer.test_epoch(dl_test, verbose=False)
+    assert again.metrics[monitor.removeprefix("test_")] == best
+
+
+def test_restore_best_on_a_regression_metric(regression):
+    x, y, x_test, y_test = regression
+    trainer = make_regression_trainer(seed=0, learn_rate=0.05)
+    dl_test = Batches(x_test, y_test, 64)
+    result = trainer.fit(Batches(x, y, 8, shuffle=True), dl_test, 4, restore_best=True, monitor="test_mae", verbose=False)
+    assert trainer.test_epoch(dl_test, verbose=False).metrics["mae"] == min(result.metrics["test_mae"])
+
+
+def test_monitor_must_be_a_recorded_metric(regression):
+    x, y, x_test, y_test = regression
+    trainer = make_regression_trainer(seed=0)
+    with pytest.raises(ValueError, match=r"monitor 'test_acc' is not a recorded metric.*test_mae"):
+        trainer.fit(Batches(x, y, 32), Batches(x_test, y_test, 64), 2, restore_best=True, monitor="test_acc", verbose=False)
+    with pytest.raises(ValueError, match="monitor"):
+        trainer.fit(Batches(x, y, 32), Batches(x_test, y_test, 64), 2, restore_best=True, monitor=None, verbose=False)
+
+
+def test_without_restore_best_fit_ends_with_the_last_weights(digits):
+    x, y, x_test, y_test = digits
+    trainer = make_layer_trainer(seed=0, learn_rate=0.05, optimizer=Adam)
+    dl_test = Batches(x_test, y_test, 256)
+    result = trainer.fit(Batches(x[:64], y[:64], 16, shuffle=True), dl_test, 6, verbose=False)
+    assert trainer.test_epoch(dl_test, verbose=False).losses[0] == result.test_loss[-1]
+
+
+def test_resume_refuses_a_best_model_chosen_by_another_metric(digits, tmp_path):
+    x, y, x_test, y_test = digits
+    path = tmp_path / "run.ckpt"
+    dl, dl_test = Batches(x[:128], y[:128], 64), Batches(x_test, y_test, 128)
+    make_layer_trainer(seed=0).fit(dl, dl_test, 1, checkpoints=path, verbose=False)  # best by test accuracy
+    assert load_checkpoint(path)["best_monitor"] == "test_acc"
+    with pytest.raises(CheckpointError, match="chosen by 'test_acc'"):
+        make_layer_trainer(seed=0).fit(dl, dl_test, 2, checkpoints=path, resume=path, restore_best=True, verbose=False)
+
+
+# callbacks --------------------------------------------------------------------------------
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.batches = []
+        self.epochs = []
+        self.stop_after = stop_after
+
+    def on_batch_end(self, trainer, phase, batch, result):
+        self.batches.append((trainer.epoch, phase, batch, result.loss))
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self.epochs.append((epoch, dict(metrics)))
+        if epoch == self.stop_after:
+            trainer.stop_training = True
+
+
+def test_callbacks_see_every_batch_and_epoch_and_can_stop(digits):
+    x, y, x_test, y_test = digits
+    recorder = Recorder(stop_after=2)
+    seen = []
+    printer = Callback(on_epoch_end=lambda trainer, epoch, metrics: seen.append(metrics["test_acc"]))
+    trainer = make_layer_trainer(seed=0)
+    result = trainer.fit(Batches(x[:192], y[:192], 64), Batches(x_test, y_test, 128), 5, callbacks=[recorder, printer], verbose=False)
+
+    assert result.num_epochs == 2  # stopped after epoch 2, which was finished and recorded
+    assert [(epoch, phase, batch) for epoch, phase, batch, _ in recorder.batches] == [
+        (epoch, phase, batch) for epoch in (1, 2) for phase, n in (("train", 3), ("test", 2)) for batch in range(1, n + 1)
+    ]
+    assert [loss for _, phase, _, loss in recorder.batches if phase == "train"] == result.steps["loss"]
+    assert [metrics for _, metrics in recorder.epochs] == [
+        {name: values[epoch] for name, values in result.metrics.items()} for epoch in range(2)
+    ]
+    assert seen == result.test_acc
+    assert trainer.stop_training  # fit starts each run with it cleared
+    trainer.fit(Batches(x[:64], y[:64], 64), Batches(x_test, y_test, 128), 1, verbose=False)
+    assert not trainer.stop_training
+    with pytest.raises(TypeError, match=r"callbacks\[0\]"):
+        trainer.fit(Batches(x[:64], y[:64], 64), Batches(x_test, y_test, 128), 1, callbacks=[print], verbose=False)
+
+
+def test_resume_after_a_callback_stop_equals_an_uninterrupted_run_with_every_record(regression, tmp_path):
+    x, y, x_test, y_test = regression
+    dl_train = Batches(x, y, 16, shuffle=True)
+    dl_test = Batches(x_test, y_test, 32)
+
+    whole = make_regression_trainer(seed=0)
+    whole_result = whole.fit(dl_train, dl_test, 4, checkpoints=tmp_path / "whole.ckpt", verbose=False)
+    stopped = make_regression_trainer(seed=0)
+    stopped.fit(dl_train, dl_test, 4, checkpoints=tmp_path / "part.ckpt", callbacks=Recorder(stop_after=2), verbose=False)
+    resumed = make_regression_trainer(seed=7)
+    path = tmp_path / "part.ckpt"
+    resumed_result = resumed.fit(dl_train, dl_test, 4, checkpoints=path, resume=path, verbose=False)
+
+    assert len(whole_result.steps["grad_norm"]) == 4 * 6 and len(whole_result.metrics["test_mae"]) == 4
+    assert resumed_result == whole_result  # every field: per-epoch metrics and per-step records
+    assert load_checkpoint(path)["fit_result"] == whole_result._asdict()
+    assert_states_equal(resumed.model.state_dict(), whole.model.state_dict())
+
+
+# records ----------------------------------------------------------------------------------
+
+
+def test_epoch_result_keeps_its_two_fields_and_carries_the_rest():
+    plain = EpochResult([1.0, 3.0], 50.0)
+    assert plain.metrics == {"loss": 2.0, "acc": 50.0} and plain.totals is None and plain.grad_norms == []
+    rich = EpochResult([1.0, 3.0], None, metrics={"loss": 2.0, "mae": 0.5}, totals={"loss": (4.0, 2), "mae": (3.0, 6)}, grad_norms=[0.1, 0.2])
+    losses, accuracy = rich
+    assert (losses, accuracy) == ([1.0, 3.0], None)
+    copy_ = pickle.loads(pickle.dumps(rich))
+    assert copy_ == rich and copy_.metrics == rich.metrics and copy_.totals == rich.totals and copy_.grad_norms == rich.grad_norms
+    assert FitResult(1, [1.0], [50.0], [1.0], [40.0]).metrics is None  # the five classic fields still build one
