@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import tempfile
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -13,12 +14,12 @@ from . import data, gradcheck_suite, training
 from .checkpoints import content_digest
 from .data import DataError
 from .grad_compare import gradient_errors
-from .layers import CrossEntropyLoss, Sequential
+from .layers import CrossEntropyLoss, Heads, Linear, MSELoss, MultiTaskLoss, ReLU, Sequential
 from .models import CNN, MLP
 from .optimizers import Adam, MomentumSGD, RMSProp, VanillaSGD
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "diabetes", "multi-digits", "mnist", "fashion-mnist", "cifar10")
 
 
 class UsageError(Exception):
@@ -100,13 +101,19 @@ def build_parser():
     train = commands.add_parser(
         "train",
         help="train an MLP or CNN built from nnlab layers",
-        description="Trains an nnlab MLP or CNN. Before training, the model's gradients on one batch\n"
-        "are compared with autograd; training is refused if they disagree (--no-verify\n"
-        "skips this). Every output file is checked before training starts.",
+        description="Trains an nnlab MLP or CNN: a classifier (digits, MNIST, Fashion-MNIST,\n"
+        "CIFAR-10), a regression MLP (diabetes), or a shared encoder with two heads on\n"
+        "two-digit images (multi-digits). Before training, the model's gradients on one\n"
+        "batch are compared with autograd; training is refused if they disagree\n"
+        "(--no-verify skips this). Every output file is checked before training starts.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--data", choices=DATASETS, help="dataset (default digits, bundled)")
+    train.add_argument(
+        "--data",
+        choices=DATASETS,
+        help="dataset (default digits; digits, diabetes and multi-digits are bundled, offline)",
+    )
     train.add_argument("--root", help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files")
     train.add_argument("--model", choices=("mlp", "cnn"), help="model (default mlp)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
@@ -194,10 +201,16 @@ def load_dataset(name, root, seed):
 
 def load_split(name, root, seed):
     """(x_train, y_train, x_test, y_test) as the files hold them (images in [0, 1]);
-    the digits are split 80/20 with ``seed``."""
+    the digits and the diabetes patients are split 80/20 with ``seed``; the two-digit
+    images are built from the split digits (``multi_digit_split``)."""
     if name == "digits":
         images, labels = data.load_digits()
         x_train, y_train, x_test, y_test = data.split(images, labels, 0.8, seed)
+    elif name == "diabetes":
+        features, targets = data.load_diabetes()
+        x_train, y_train, x_test, y_test = data.split(features, targets, 0.8, seed)
+    elif name == "multi-digits":
+        x_train, y_train, x_test, y_test = multi_digit_split(seed)
     else:
         if root is None:
             raise UsageError(f"--data {name} needs --root DIR, the folder that holds its files")
@@ -210,6 +223,20 @@ def load_split(name, root, seed):
             fashion = name == "fashion-mnist"
             x_train, y_train = data.load_mnist(root, fashion=fashion, train=True)
             x_test, y_test = data.load_mnist(root, fashion=fashion, train=False)
+    return x_train, y_train, x_test, y_test
+
+
+MULTI_DIGIT_SAMPLES = {"train": 5000, "test": 1000}
+MULTI_DIGIT_TASKS = ("top-left digit", "bottom-right digit")
+
+
+def multi_digit_split(seed):
+    """Two-digit images (``data.multi_digit``): the bundled digits are split 80/20 with
+    ``seed`` first, so that no digit image is on both sides, then each side is paired."""
+    images, labels = data.load_digits()
+    train_images, train_labels, test_images, test_labels = data.split(images, labels, 0.8, seed)
+    x_train, y_train = data.multi_digit(train_images, train_labels, MULTI_DIGIT_SAMPLES["train"], seed=seed)
+    x_test, y_test = data.multi_digit(test_images, test_labels, MULTI_DIGIT_SAMPLES["test"], seed=seed + 1)
     return x_train, y_train, x_test, y_test
 
 
@@ -240,7 +267,8 @@ def verify_gradients(model, loss_fn, x, y):
     """Worst relative error between the model's backward (through the loss) and
     autograd, on a float64 copy so that rounding cannot hide or fake a bug."""
     model_and_loss = copy.deepcopy(Sequential(model, loss_fn)).to(dtype=torch.float64)
-    return max(gradient_errors(model_and_loss, x.double(), y))
+    targets = y.double() if y.is_floating_point() else y
+    return max(gradient_errors(model_and_loss, x.double(), targets))
 
 
 VERIFY_TOLERANCE = 1e-10
@@ -356,26 +384,23 @@ def run_train(args):
             f"--resume {args.resume}: the {settings['data']} data differ from the ones the run trained on "
             "(other files, or another split); a resumed run must see the same data"
         )
-    x_train, x_test = data.standardize(x_train, x_test)
-    in_size = tuple(x_train.shape[1:])
-    x_train = model_input(settings["model"], x_train)
-    x_test = model_input(settings["model"], x_test)
-    model = build_model(settings["model"], in_size, 10)
-    loss_fn = CrossEntropyLoss()
+    make_problem = PROBLEMS.get(settings["data"], classification_problem)
+    problem = make_problem(settings["model"], settings["data"], x_train, y_train, x_test, y_test)
+    model, loss_fn = problem.model, problem.loss_fn
     optimizer = make_optimizer(settings["optimizer"], model.params(), args.lr)
-    print(f"{settings['data']}: {len(x_train)} training and {len(x_test)} test samples")
+    print(problem.description)
     print(model)
 
     if not args.no_verify:
         batch_size = settings["batch_size"]
-        worst = verify_gradients(model, loss_fn, x_train[:batch_size], y_train[:batch_size])
+        worst = verify_gradients(model, loss_fn, problem.x_train[:batch_size], problem.y_train[:batch_size])
         print(f"gradient check on one batch: worst relative error {worst:.1e} against autograd (float64)")
         if not worst <= VERIFY_TOLERANCE:
             print(f"refusing to train: the error is above {VERIFY_TOLERANCE:g} (--no-verify skips this check)")
             return 1
 
-    train_batches = data.Batches(x_train, y_train, settings["batch_size"], shuffle=True)
-    test_batches = data.Batches(x_test, y_test, settings["batch_size"])
+    train_batches = data.Batches(problem.x_train, problem.y_train, settings["batch_size"], shuffle=True)
+    test_batches = data.Batches(problem.x_test, problem.y_test, settings["batch_size"])
     trainer = training.LayerTrainer(model, loss_fn, optimizer)
     resume = None
     if saved is not None:
@@ -396,8 +421,107 @@ def run_train(args):
         figure, _ = plot_fit(fit, legend=f"{settings['model']}, {settings['optimizer']}")
         figure.savefig(args.plot)
         print(f"learning curves written to {args.plot}")
-    print(f"final test accuracy: {fit.test_acc[-1]:.2f}% (best {max(fit.test_acc):.2f}%)")
+    problem.report(fit)
     return 0
+
+
+class Problem(NamedTuple):
+    """What ``nnlab train`` trains for one --data: the data (standardized, shaped for the
+    model), the model and loss, a one-line description, and ``report(fit)``, which
+    prints the final figures."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    model: object
+    loss_fn: object
+    description: str
+    report: Callable
+
+
+def classification_problem(kind, name, x_train, y_train, x_test, y_test):
+    """An MLP or CNN classifier over 10 classes with CrossEntropyLoss."""
+    x_train, x_test = data.standardize(x_train, x_test)
+
+    def report(fit):
+        print(f"final test accuracy: {fit.test_acc[-1]:.2f}% (best {max(fit.test_acc):.2f}%)")
+
+    return Problem(
+        model_input(kind, x_train),
+        y_train,
+        model_input(kind, x_test),
+        y_test,
+        build_model(kind, tuple(x_train.shape[1:]), 10),
+        CrossEntropyLoss(),
+        f"{name}: {len(x_train)} training and {len(x_test)} test samples",
+        report,
+    )
+
+
+def diabetes_problem(kind, name, x_train, y_train, x_test, y_test):
+    """A regression MLP with MSELoss. Features and targets are standardized with the
+    training statistics; the report gives MAE and MSE in the target's own units, next
+    to those of predicting the training mean."""
+    if kind != "mlp":
+        raise UsageError("--data diabetes trains an MLP (its samples are 10 measurements, not images); drop --model cnn")
+    x_train, x_test = data.standardize(x_train, x_test)
+    mean, std = y_train.mean(), y_train.std(unbiased=False)
+    baseline_error = y_test - mean
+
+    def report(fit):
+        mae = fit.metrics["test_mae"][-1] * std.item()
+        mse = fit.metrics["test_mse"][-1] * std.item() ** 2
+        baseline_mae = baseline_error.abs().mean().item()
+        baseline_mse = baseline_error.pow(2).mean().item()
+        print(
+            f"final test MAE {mae:.2f}, MSE {mse:.1f} (in the target's units; predicting the training "
+            f"mean: MAE {baseline_mae:.2f}, MSE {baseline_mse:.1f}; MAE ratio {mae / baseline_mae:.3f})"
+        )
+
+    return Problem(
+        x_train,
+        (y_train - mean) / std,
+        x_test,
+        (y_test - mean) / std,
+        MLP(x_train.shape[1], 1, hidden_features=(64,)),
+        MSELoss(),
+        f"{name}: {len(x_train)} training and {len(x_test)} test patients, 10 features, regression",
+        report,
+    )
+
+
+def multi_digits_problem(kind, name, x_train, y_train, x_test, y_test):
+    """A shared encoder (the --model, with 128 outputs) followed by ReLU and two
+    classification heads, one per digit, trained with MultiTaskLoss."""
+    x_train, x_test = data.standardize(x_train, x_test)
+    in_size = tuple(x_train.shape[1:])
+    features = 128
+    encoder = build_model(kind, in_size, features)
+    model = Sequential(encoder, ReLU(), Heads(Linear(features, 10), Linear(features, 10)))
+
+    def report(fit):
+        accuracies = []
+        for index, task in enumerate(MULTI_DIGIT_TASKS):
+            values = fit.metrics[f"test_task{index}_acc"]
+            accuracies.append(f"{task} {values[-1]:.2f}% (best {max(values):.2f}%)")
+        print(f"final test accuracy: {', '.join(accuracies)}")
+
+    height, width = in_size[1:]
+    return Problem(
+        model_input(kind, x_train),
+        y_train,
+        model_input(kind, x_test),
+        y_test,
+        model,
+        MultiTaskLoss(CrossEntropyLoss(), CrossEntropyLoss()),
+        f"{name}: {len(x_train)} training and {len(x_test)} test {height}x{width} two-digit images; "
+        f"two tasks: the {' and the '.join(MULTI_DIGIT_TASKS)}",
+        report,
+    )
+
+
+PROBLEMS = {"diabetes": diabetes_problem, "multi-digits": multi_digits_problem}
 
 
 def announce_resume(args, settings, saved, optimizer):

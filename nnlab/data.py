@@ -1,5 +1,6 @@
-"""Datasets and batches for nnlab: in-memory ``Batches``, offline loaders, and the small
-preprocessing helpers ``one_hot``, ``standardize`` and ``split``.
+"""Datasets and batches for nnlab: in-memory ``Batches``, offline loaders, the small
+preprocessing helpers ``one_hot``, ``standardize`` and ``split``, and datasets made from
+others: ``permute_pixels`` (Permuted-MNIST) and ``multi_digit`` (MultiMNIST).
 
 Every image loader returns ``(images, labels)``: ``images`` float32 (N, C, H, W) with
 values in [0, 1] and ``labels`` int64 (N,). Nothing here downloads anything: MNIST,
@@ -155,6 +156,27 @@ def load_moons(n, noise, seed=0):
         raise ValueError(f"load_moons: noise must be >= 0, got {noise!r}")
     points, labels = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
     return torch.from_numpy(points).to(torch.float32), torch.from_numpy(labels).to(torch.int64)
+
+
+def load_diabetes():
+    """scikit-learn's bundled diabetes regression set (442 patients, offline): ten
+    baseline measurements (age, sex, body-mass index, blood pressure, six blood serum
+    values) and a quantitative measure of disease progression one year later.
+
+    The features are as measured (``scaled=False``): standardize them with the training
+    statistics (``standardize``) before training.
+
+    Returns:
+        features: float32 (442, 10).
+        targets: float32 (442, 1), from 25 to 346: shaped as the output of a model with
+            one output unit, as ``MSELoss`` and ``L1Loss`` expect.
+    """
+    import sklearn.datasets
+
+    diabetes = sklearn.datasets.load_diabetes(scaled=False)
+    features = torch.from_numpy(diabetes.data).to(torch.float32)
+    targets = torch.from_numpy(diabetes.target).to(torch.float32).unsqueeze(1)
+    return features, targets
 
 
 # MNIST and Fashion-MNIST (IDX files) ------------------------------------------------
@@ -468,3 +490,79 @@ def split(x, y, fraction, seed):
     idx_a = order[:n_a]
     idx_b = order[n_a:]
     return x[idx_a.to(x.device)], y[idx_a.to(y.device)], x[idx_b.to(x.device)], y[idx_b.to(y.device)]
+
+
+# Datasets made from others ------------------------------------------------------------
+
+
+def permute_pixels(images, seed):
+    """Permuted-MNIST: every image's pixels reordered by one fixed permutation.
+
+    The permutation of the H*W pixel positions is drawn from a private generator
+    seeded with ``seed`` (the global RNG is untouched), so the same seed gives the same
+    permutation for any number of images (the training and test sets alike); every
+    channel of every image is permuted the same way. ``(N, D)`` feature rows have their
+    D features permuted.
+
+    Args:
+        images: (N, C, H, W), (N, H, W) or (N, D).
+        seed: int.
+
+    Returns:
+        a new tensor of the same shape and dtype.
+    """
+    images = torch.as_tensor(images)
+    if images.dim() not in (2, 3, 4):
+        raise ValueError(f"permute_pixels: expected images (N, C, H, W), (N, H, W) or (N, D), got {tuple(images.shape)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"permute_pixels: seed must be an int, got {seed!r}")
+    start = 1 if images.dim() == 2 else images.dim() - 2
+    pixels = images.flatten(start_dim=start)
+    order = torch.randperm(pixels.shape[-1], generator=torch.Generator().manual_seed(seed))
+    return pixels[..., order.to(images.device)].reshape(images.shape)
+
+
+def multi_digit(images, labels, num_samples=None, shift=None, seed=0):
+    """MultiMNIST-style two-digit images (Sener and Koltun's layout): two images drawn at
+    random, one placed at the top-left and one at the bottom-right of a canvas
+    ``shift`` pixels larger in each direction, overlapping in the middle (the brighter
+    pixel wins), labelled with both classes.
+
+    Build the training and test composites from the training and test images
+    separately, so that no digit image appears on both sides.
+
+    Args:
+        images: (N, C, H, W) in [0, 1], e.g. ``load_digits()``'s.
+        labels: int64 (N,).
+        num_samples: composites to make (default N).
+        shift: how far the second image is moved right and down (default H // 2, so
+            the two overlap on a quarter of each).
+        seed: the pairs are drawn from a private generator seeded with it.
+
+    Returns:
+        images: (num_samples, C, H + shift, W + shift).
+        labels: int64 (num_samples, 2): column 0 the top-left image's class, column 1
+            the bottom-right one's (the (N, T) targets ``MultiTaskLoss`` takes).
+    """
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels)
+    if images.dim() != 4 or labels.shape != (images.shape[0],) or images.shape[0] == 0:
+        raise ValueError(
+            f"multi_digit: expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    count, channels, height, width = images.shape
+    num_samples = count if num_samples is None else num_samples
+    shift = height // 2 if shift is None else shift
+    for name, value, low in (("num_samples", num_samples, 1), ("shift", shift, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"multi_digit: {name} must be an int >= {low}, got {value!r}")
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(0, count, (num_samples,), generator=generator)
+    second = torch.randint(0, count, (num_samples,), generator=generator)
+    canvas = (num_samples, channels, height + shift, width + shift)
+    top_left = images.new_zeros(canvas)
+    top_left[:, :, :height, :width] = images[first.to(images.device)]
+    bottom_right = images.new_zeros(canvas)
+    bottom_right[:, :, shift:, shift:] = images[second.to(images.device)]
+    pairs = torch.stack([labels[first.to(labels.device)], labels[second.to(labels.device)]], dim=1)
+    return torch.maximum(top_left, bottom_right), pairs.to(torch.int64)

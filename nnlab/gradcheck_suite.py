@@ -25,6 +25,7 @@ class Case(NamedTuple):
     input_shape: tuple  # a list of shapes for a layer of several inputs
     make_target: Optional[Callable] = None  # targets for losses, from the input shape
     train: bool = True
+    make_input: Optional[Callable] = None  # inputs from the shape; torch.randn when None
 
 
 class Row(NamedTuple):
@@ -49,6 +50,20 @@ def _probabilities(shape):
 
 def _uniform(shape):
     return torch.rand(shape)
+
+
+def _inside_0_1(shape):
+    """Probabilities away from 0 and 1, where finite differences stay in [0, 1]."""
+    return 0.05 + 0.9 * torch.rand(shape)
+
+
+def _softmax_rows(shape):
+    return torch.softmax(torch.randn(shape), dim=1)
+
+
+def _two_task_labels(shape):
+    """(N, 2) targets: column 0 for a 3-class head, column 1 for a 2-class head."""
+    return torch.stack([torch.randint(0, 3, (shape[0],)), torch.randint(0, 2, (shape[0],))], dim=1)
 
 
 class _SumOfPaths(torch.nn.Module):
@@ -121,8 +136,22 @@ CASES = [
     Case("Flatten", nn.Flatten, torch.nn.Flatten, (2, 3, 2, 2)),
     Case("CrossEntropyLoss", nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss, (4, 5), _labels),
     Case("CrossEntropyLoss (soft)", nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss, (4, 5), _probabilities),
+    Case("NLLLoss", nn.NLLLoss, torch.nn.NLLLoss, (4, 5), _labels),
+    Case("ClippedCrossEntropyLoss", nn.ClippedCrossEntropyLoss, None, (4, 5), _labels, make_input=_softmax_rows),
     Case("MSELoss", nn.MSELoss, torch.nn.MSELoss, (4, 3), torch.randn),
+    Case("L1Loss", nn.L1Loss, torch.nn.L1Loss, (4, 3), torch.randn),
+    Case("BCELoss", nn.BCELoss, torch.nn.BCELoss, (4, 3), _uniform, make_input=_inside_0_1),
     Case("BCEWithLogitsLoss", nn.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss, (4, 3), _uniform),
+    Case(
+        "MultiTaskLoss",
+        lambda: nn.Sequential(
+            nn.Heads(nn.Linear(4, 3), nn.Linear(4, 2)),
+            nn.MultiTaskLoss(nn.CrossEntropyLoss(), nn.CrossEntropyLoss(), weights=(2.0, 1.0)),
+        ),
+        None,
+        (3, 4),
+        _two_task_labels,
+    ),
     Case(
         "Sequential",
         lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3), nn.Sigmoid()),
@@ -187,7 +216,9 @@ def check(case, seed=0):
     """Runs one case and returns its Row."""
     torch.manual_seed(seed)
     layer = case.make_layer().train(case.train)
-    if isinstance(case.input_shape, list):
+    if case.make_input is not None:
+        x = case.make_input(case.input_shape)
+    elif isinstance(case.input_shape, list):
         x = tuple(torch.randn(shape) for shape in case.input_shape)
     else:
         x = torch.randn(case.input_shape)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nnlab import cli
-from nnlab.layers import Linear
+from nnlab.layers import Linear, MSELoss, MultiTaskLoss
 from nnlab.training import load_checkpoint, save_checkpoint
 
 
@@ -71,9 +71,10 @@ def test_gradcheck_prints_a_row_per_layer_and_passes():
     result = nnlab("gradcheck")
     assert result.returncode == 0, result.stdout + result.stderr
     names = ["Linear", "Conv2d", "MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Residual", "Heads", "ResNet"]
+    names += ["NLLLoss", "ClippedCrossEntropyLoss", "L1Loss", "BCELoss", "MultiTaskLoss"]
     for name in names + ["Upsample", "Add", "Multiply", "Concat", "Model (graph)"]:
         assert any(line.startswith(name) and line.endswith("ok") for line in result.stdout.splitlines()), name
-    assert "all 32 layers passed" in result.stdout
+    assert "all 37 layers passed" in result.stdout
 
 
 def test_gradcheck_exits_1_when_a_layer_is_wrong(monkeypatch, capsys):
@@ -126,6 +127,54 @@ def test_verify_gradients_is_tiny_for_the_real_model():
     x, y, _, _, in_size, classes = cli.load_dataset("digits", None, 0)
     model = cli.build_model("cnn", in_size, classes)
     assert cli.verify_gradients(model, cli.CrossEntropyLoss(), x[:8], y[:8]) < cli.VERIFY_TOLERANCE
+
+
+def test_train_diabetes_reports_mae_and_mse_and_never_an_accuracy(capsys, tmp_path):
+    plot = tmp_path / "regression.png"
+    result = run_in_process(capsys, "train", "--data", "diabetes", "--epochs", "2", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert "gradient check on one batch" in result.stdout
+    final = result.stdout.splitlines()[-1]
+    assert final.startswith("final test MAE") and "MSE" in final and "predicting the training mean" in final
+    assert "accuracy" not in result.stdout
+    assert "mae=" in result.stderr and "acc" not in result.stderr  # the progress bars
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_diabetes_resumes_from_its_checkpoint(capsys, tmp_path):
+    checkpoint = tmp_path / "regression.pt"
+    first = run_in_process(capsys, "train", "--data", "diabetes", "--epochs", "1", "--checkpoint", str(checkpoint), "--quiet")
+    assert first.returncode == 0, first.stderr
+    resumed = run_in_process(capsys, "train", "--resume", str(checkpoint), "--epochs", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and resumed.stdout.splitlines()[-1].startswith("final test MAE")
+    records = load_checkpoint(checkpoint)["fit_result"]
+    assert len(records["metrics"]["test_mae"]) == 2 and records["test_acc"] == []
+
+
+def test_train_multi_digits_reports_each_task(capsys):
+    result = run_in_process(capsys, "train", "--data", "multi-digits", "--epochs", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Heads" in result.stdout and "gradient check on one batch" in result.stdout
+    final = result.stdout.splitlines()[-1]
+    assert final.startswith("final test accuracy: top-left digit") and "bottom-right digit" in final
+
+
+def test_train_diabetes_is_an_mlp_only(capsys):
+    assert_usage_error(run_in_process(capsys, "train", "--data", "diabetes", "--model", "cnn"), "--data diabetes")
+
+
+@pytest.mark.parametrize("data, loss", [("diabetes", MSELoss), ("multi-digits", MultiTaskLoss)])
+def test_train_refuses_a_regression_or_multi_task_model_whose_gradients_are_wrong(monkeypatch, capsys, data, loss):
+    original = loss.backward
+
+    def off_by_a_little(self, dout=1.0):
+        grads = original(self, dout)
+        return tuple(g * (1 + 1e-6) for g in grads) if isinstance(grads, tuple) else grads * (1 + 1e-6)
+
+    monkeypatch.setattr(loss, "backward", off_by_a_little)
+    assert cli.main(["train", "--data", data, "--epochs", "1", "--quiet"]) == 1
+    assert "refusing to train" in capsys.readouterr().out
 
 
 def test_train_needs_a_root_for_other_datasets():

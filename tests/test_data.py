@@ -17,10 +17,13 @@ from nnlab.data import (
     DataError,
     DataNotFoundError,
     load_cifar10,
+    load_diabetes,
     load_digits,
     load_mnist,
     load_moons,
+    multi_digit,
     one_hot,
+    permute_pixels,
     split,
     standardize,
 )
@@ -366,6 +369,83 @@ def test_load_moons():
         load_moons(0, noise=0.1)
     with pytest.raises(ValueError, match="noise"):
         load_moons(10, noise=-1.0)
+
+
+def test_load_diabetes():
+    import sklearn.datasets
+
+    x, y = load_diabetes()
+    reference = sklearn.datasets.load_diabetes(scaled=False)
+    assert x.dtype == torch.float32 and x.shape == (442, 10)
+    assert y.dtype == torch.float32 and y.shape == (442, 1)  # as a one-output model's predictions
+    np.testing.assert_allclose(x.numpy(), reference.data, rtol=1e-6)
+    assert y[:, 0].tolist() == reference.target.tolist()
+    assert (y.min().item(), y.max().item()) == (25.0, 346.0)
+
+
+# Datasets made from others ----------------------------------------------------------
+
+
+def test_permute_pixels_applies_one_permutation_to_every_image_and_channel():
+    images = torch.rand(5, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    rng_before = torch.get_rng_state()
+    permuted = permute_pixels(images, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is untouched
+    assert permuted.shape == images.shape and permuted.dtype == images.dtype
+    # The permutation, read off an image whose pixels are their own positions.
+    positions = torch.arange(24.0).reshape(1, 1, 4, 6)
+    order = permute_pixels(positions, seed=7).flatten().long()
+    assert sorted(order.tolist()) == list(range(24)) and order.tolist() != list(range(24))
+    for n in range(5):
+        for c in range(3):
+            assert torch.equal(permuted[n, c].flatten(), images[n, c].flatten()[order])
+    assert torch.equal(permute_pixels(images[2:3], seed=7), permuted[2:3])  # the same for any N
+    assert not torch.equal(permute_pixels(images, seed=8), permuted)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(24)
+    assert torch.equal(permuted.flatten(2)[..., inverse].reshape(images.shape), images)
+
+
+def test_permute_pixels_other_shapes_and_errors():
+    rows = torch.arange(12.0).reshape(2, 6)
+    permuted = permute_pixels(rows, seed=1)
+    assert torch.equal(permuted[1] - permuted[0], torch.full((6,), 6.0))  # one order for both rows
+    assert permute_pixels(torch.zeros(3, 5, 5), seed=1).shape == (3, 5, 5)
+    with pytest.raises(ValueError, match="permute_pixels"):
+        permute_pixels(torch.zeros(5), seed=1)
+    with pytest.raises(ValueError, match="seed"):
+        permute_pixels(rows, seed=1.5)
+
+
+def test_multi_digit_places_two_images_and_labels_both():
+    # Image k is constant (k + 1) / 10 with label k: every canvas pixel says which image it came from.
+    images = (torch.arange(1.0, 6.0) / 10).reshape(5, 1, 1, 1).expand(5, 1, 2, 2).contiguous()
+    labels = torch.arange(5)
+    composites, pairs = multi_digit(images, labels, num_samples=40, shift=1, seed=3)
+    assert composites.shape == (40, 1, 3, 3) and pairs.shape == (40, 2) and pairs.dtype == torch.int64
+    assert len(set(map(tuple, pairs.tolist()))) > 10
+    for image, (first, second) in zip(composites[:, 0], pairs.tolist()):
+        a, b = (first + 1) / 10, (second + 1) / 10
+        expected = torch.tensor([[a, a, 0.0], [a, max(a, b), b], [0.0, b, b]])
+        assert torch.equal(image, expected)
+    again, again_pairs = multi_digit(images, labels, num_samples=40, shift=1, seed=3)
+    assert torch.equal(again, composites) and torch.equal(again_pairs, pairs)
+
+
+def test_multi_digit_defaults_on_the_digits_and_errors():
+    images, labels = load_digits()
+    composites, pairs = multi_digit(images[:100], labels[:100])
+    assert composites.shape == (100, 1, 12, 12)  # shifted by half the height
+    assert composites.min() >= 0 and composites.max() <= 1
+    assert set(pairs.flatten().tolist()) <= set(labels[:100].tolist())
+    with pytest.raises(ValueError, match="multi_digit"):
+        multi_digit(images[:, 0], labels)
+    with pytest.raises(ValueError, match="multi_digit"):
+        multi_digit(images, labels[:10])
+    with pytest.raises(ValueError, match="num_samples"):
+        multi_digit(images, labels, num_samples=0)
+    with pytest.raises(ValueError, match="shift"):
+        multi_digit(images, labels, shift=-1)
 
 
 # Batches -----------------------------------------------------------------------------

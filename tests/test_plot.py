@@ -1,4 +1,5 @@
-"""nnlab.plot: learning curves, overlays, headless PNGs."""
+"""nnlab.plot: learning curves of every metric, overlays, layouts, per-step plots,
+image grids, headless PNGs."""
 
 import collections
 import os
@@ -8,7 +9,9 @@ import sys
 import pytest
 from matplotlib.figure import Figure
 
-from nnlab.plot import plot_fit, save
+import torch
+
+from nnlab.plot import plot_fit, plot_images, plot_steps, save, smoothed
 
 # The fields of nnlab.training.FitResult; a local twin keeps this test independent of it.
 FitResult = collections.namedtuple("FitResult", ["num_epochs", "train_loss", "train_acc", "test_loss", "test_acc"])
@@ -99,3 +102,107 @@ def test_headless_without_pyplot(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+# Every metric a fit records --------------------------------------------------------------
+
+# A FitResult with records, as nnlab.training builds it (a local twin again).
+Recorded = collections.namedtuple("Recorded", list(FitResult._fields) + ["metrics", "steps"])
+
+
+def recorded(metrics, steps=None):
+    return Recorded(
+        len(metrics["train_loss"]),
+        metrics["train_loss"],
+        metrics.get("train_acc", []),
+        metrics["test_loss"],
+        metrics.get("test_acc", []),
+        metrics,
+        steps,
+    )
+
+
+REGRESSION = recorded(
+    {
+        "train_loss": [1.0, 0.5], "train_mae": [0.8, 0.6], "train_mse": [1.0, 0.5],
+        "test_loss": [1.1, 0.7], "test_mae": [0.9, 0.7], "test_mse": [1.1, 0.7],
+    },
+    {"loss": [1.2, 0.9, 0.6, 0.4], "grad_norm": [2.0, 1.5, 1.0, 0.5]},
+)
+TWO_TASKS = recorded(
+    {
+        f"{phase}_{name}": [1.0, 2.0]
+        for phase in ("train", "test")
+        for name in ("loss", "task0_loss", "task0_acc", "task1_loss", "task1_acc")
+    }
+)
+
+
+def titles(axes):
+    return [ax.get_title() for ax in axes]
+
+
+def test_a_regression_plot_holds_loss_mae_mse_and_no_accuracy():
+    fig, axes = plot_fit(REGRESSION)
+    assert titles(axes) == ["loss", "mean absolute error", "mean squared error"]
+    assert len(fig.axes) == 3
+    text = " ".join(ax.get_title() + ax.get_ylabel() + " ".join(labels(ax)) for ax in fig.axes)
+    assert "acc" not in text
+    assert list(axes[1].get_lines()[1].get_ydata()) == REGRESSION.metrics["test_mae"]
+    assert labels(axes[2]) == ["train", "test"]
+
+
+def test_a_multi_task_plot_has_each_task_and_log_loss_on_every_loss():
+    fig, axes = plot_fit(TWO_TASKS, log_loss=True)
+    assert titles(axes) == ["loss", "task 0 loss", "task 0 accuracy", "task 1 loss", "task 1 accuracy"]
+    assert [ax.get_yscale() for ax in axes] == ["log", "log", "linear", "log", "linear"]
+    assert axes[2].get_ylabel() == "accuracy (%)"
+
+
+def test_train_test_overlay_false_is_the_course_layout():
+    fig, axes = plot_fit(RUN_A, legend="sgd", train_test_overlay=False)
+    assert titles(axes) == ["train loss", "train accuracy", "test loss", "test accuracy"]
+    plot_fit(RUN_B, fig=fig, legend="adam", train_test_overlay=False)
+    for ax in axes:
+        assert labels(ax) == ["sgd", "adam"]
+    assert list(axes[3].get_lines()[0].get_ydata()) == RUN_A.test_acc
+    assert list(axes[0].get_lines()[1].get_ydata()) == RUN_B.train_loss
+    with pytest.raises(ValueError, match="same metrics and layout"):
+        plot_fit(RUN_A, fig=fig)  # an overlay layout onto the course layout
+    with pytest.raises(ValueError, match="same metrics and layout"):
+        plot_fit(REGRESSION, fig=plot_fit(RUN_A)[0])
+
+
+def test_plot_steps_draws_raw_and_smoothed_lines():
+    fig, axes = plot_steps(REGRESSION, legend="run", smoothing=0.5)
+    assert titles(axes) == ["loss per step", "gradient norm per step"]
+    raw, smooth = axes[0].get_lines()
+    assert list(raw.get_xdata()) == [1, 2, 3, 4] and list(raw.get_ydata()) == [1.2, 0.9, 0.6, 0.4]
+    # bias-corrected EMA, computed here: the first point is the first value
+    expected, average = [], 0.0
+    for step, value in enumerate([1.2, 0.9, 0.6, 0.4], start=1):
+        average = 0.5 * average + 0.5 * value
+        expected.append(average / (1 - 0.5**step))
+    assert list(smooth.get_ydata()) == pytest.approx(expected)
+    assert smooth.get_label() == "run" and smoothed([3.0], 0.9) == pytest.approx([3.0])
+    assert list(axes[1].get_lines()[0].get_ydata()) == [2.0, 1.5, 1.0, 0.5]
+    plot_steps(REGRESSION, fig=fig, legend="again")
+    assert len(axes[0].get_lines()) == 4
+    with pytest.raises(ValueError, match="per-step"):
+        plot_steps(RUN_A)
+
+
+def test_plot_images_titles_each_image_with_its_labels():
+    images = torch.rand(5, 1, 8, 8)
+    fig, axes = plot_images(images, torch.tensor([3, 1, 4, 1, 5]), ncols=3, class_names=list("abcdefghij"))
+    assert len(axes) == 5 and len(fig.axes) == 5
+    assert titles(axes) == ["d", "b", "e", "b", "f"]
+    _, axes = plot_images(images[:2], torch.tensor([[3, 7], [0, 2]]))  # two labels per image
+    assert titles(axes) == ["3 | 7", "0 | 2"]
+    _, axes = plot_images(torch.rand(2, 3, 4, 4), ["cat", "dog"], title="rgb")
+    assert titles(axes) == ["cat", "dog"]
+    assert axes[0].get_images()[0].get_array().shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        plot_images(torch.rand(3, 8, 8), [1, 2])
+    with pytest.raises(ValueError, match=r"\(N, 1 or 3, H, W\)"):
+        plot_images(torch.rand(3, 2, 8, 8))
