@@ -504,6 +504,11 @@ class Trainer(abc.ABC):
 
     def _task_sums(self, task, outputs, y):
         """{name: (sum, count)} of one task's metrics on one batch."""
+        if task != "classification" and outputs.shape != y.shape:
+            raise ValueError(
+                f"{type(self).__name__}: {task} metrics need predictions and targets of one shape, got "
+                f"{tuple(outputs.shape)} and {tuple(y.shape)} (a broadcast would measure the wrong errors)"
+            )
         if task == "regression":
             error = outputs - y
             return {

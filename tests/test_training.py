@@ -762,6 +762,12 @@ def test_torch_trainer_records_regression_metrics(regression):
     assert result.metrics["test_loss"][-1] == pytest.approx(mae, rel=1e-6)  # one batch: L1 is the MAE
 
 
+def test_regression_metrics_refuse_shapes_that_would_broadcast():
+    trainer = make_regression_trainer(seed=0)
+    with pytest.raises(ValueError, match=r"\(4, 1\) and \(4,\)"):
+        trainer.batch_result(0.0, torch.zeros(4, 1), torch.zeros(4))
+
+
 def test_binary_accuracy_thresholds_the_logit():
     """A (N, 1) logit column: accuracy is sign agreement (argmax of one column would
     call every prediction right)."""

@@ -81,16 +81,18 @@ class ClassificationLoss(Loss):
             raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {bad}")
         return True
 
-    def target_probabilities(self, x, y):
-        """y as an (N, C) matrix of probabilities (one-hot rows for class labels)."""
+    def mean_negative_log_likelihood(self, x, log_probs, y):
+        """``-mean_n sum_c y[n, c] log_probs[n, c]`` with y as probabilities (one-hot
+        rows for class labels), which it caches as ``self._targets`` for backward."""
         if self.is_class_labels(x, y):
-            return torch.zeros_like(x).scatter_(1, _label_column(x, y), 1.0)
-        return y.to(x.dtype)
-
-
-def _label_column(x, y):
-    """Class labels y (N,) as an int64 column (N, 1) on x's device, for gather and scatter."""
-    return y.to(device=x.device, dtype=torch.long).view(-1, 1)
+            labels = y.to(device=x.device, dtype=torch.long).view(-1, 1)
+            self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
+            # Picking the target's log-probability (not summing one-hot * log_probs)
+            # keeps a -inf log-probability of another class (a mask) from making
+            # 0 * -inf = NaN.
+            return -log_probs.gather(1, labels).sum() / x.shape[0]
+        self._targets = y.to(x.dtype)
+        return -(self._targets * log_probs).sum() / x.shape[0]
 
 
 class CrossEntropyLoss(ClassificationLoss):
@@ -134,14 +136,7 @@ class CrossEntropyLoss(ClassificationLoss):
         shifted = x - x.amax(dim=1, keepdim=True)
         log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
         self._probs = torch.exp(log_probs)
-        if self.is_class_labels(x, y):
-            labels = _label_column(x, y)
-            self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
-            # Picking the target's log-probability (not summing one-hot * log_probs)
-            # keeps a -inf logit of another class (a mask) from making 0 * -inf = NaN.
-            return -log_probs.gather(1, labels).sum() / x.shape[0]
-        self._targets = y.to(x.dtype)
-        return -(self._targets * log_probs).sum() / x.shape[0]
+        return self.mean_negative_log_likelihood(x, log_probs, y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
@@ -185,13 +180,7 @@ class NLLLoss(ClassificationLoss):
 
     def loss(self, x, y):
         self.check_rows(x)
-        if self.is_class_labels(x, y):
-            labels = _label_column(x, y)
-            self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
-            # As CrossEntropyLoss: a -inf log-probability of another class stays out.
-            return -x.gather(1, labels).sum() / x.shape[0]
-        self._targets = y.to(x.dtype)
-        return -(self._targets * x).sum() / x.shape[0]
+        return self.mean_negative_log_likelihood(x, x, y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
@@ -232,12 +221,10 @@ class ClippedCrossEntropyLoss(ClassificationLoss):
     def loss(self, x, y):
         self.check_rows(x)
         check_probabilities(self, x)
-        targets = self.target_probabilities(x, y)
         low, high = self.eps, 1 - self.eps
         self._clipped = torch.clamp(x, low, high)
         self._inside = (x >= low) & (x <= high)
-        self._targets = targets
-        return -(targets * torch.log(self._clipped)).sum() / x.shape[0]
+        return self.mean_negative_log_likelihood(x, torch.log(self._clipped), y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
