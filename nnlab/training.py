@@ -174,8 +174,9 @@ def is_accuracy(name):
     return name == "acc" or name.endswith("_acc")
 
 
-def _metric_values(totals):
-    """{name: sum / count} from {name: (sum, count)}, accuracies in percent."""
+def metric_values(totals):
+    """``{name: sum / count}`` from ``{name: (sum, count)}`` (an ``EpochResult.totals``,
+    possibly added up across processes first), accuracies in percent."""
     return {
         name: 100.0 * total / count if is_accuracy(name) else total / count
         for name, (total, count) in totals.items()
@@ -655,12 +656,12 @@ class Trainer(abc.ABC):
                 batch_size = _num_samples(batch[1])
                 num_samples += batch_size
                 _add_sums(totals, _batch_sums(result, loss, batch_size))
-                bar.set_postfix(_postfix(_metric_values(totals)), refresh=False)
+                bar.set_postfix(_postfix(metric_values(totals)), refresh=False)
                 bar.update()
                 _call_each(self._callbacks, "on_batch_end", self, phase, index + 1, result)
         if num_samples == 0:
             raise ValueError(f"{phase}_epoch: the data loader yielded no samples")
-        metrics = _metric_values(totals)
+        metrics = metric_values(totals)
         return EpochResult(losses, metrics.get("acc"), metrics=metrics, totals=totals, grad_norms=grad_norms)
 
 

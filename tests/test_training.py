@@ -43,6 +43,7 @@ from nnlab.training import (
     TrainingDiverged,
     grad_norm,
     load_checkpoint,
+    metric_values,
     overfit,
     save_checkpoint,
     task_of,
@@ -998,3 +999,7 @@ def test_epoch_result_keeps_its_two_fields_and_carries_the_rest():
     copy_ = pickle.loads(pickle.dumps(rich))
     assert copy_ == rich and copy_.metrics == rich.metrics and copy_.totals == rich.totals and copy_.grad_norms == rich.grad_norms
     assert FitResult(1, [1.0], [50.0], [1.0], [40.0]).metrics is None  # the five classic fields still build one
+    # totals add up across processes, then divide: accuracies in percent
+    assert metric_values({"loss": (4.0, 2), "acc": (3, 4), "task1_acc": (1, 4), "mae": (3.0, 6)}) == {
+        "loss": 2.0, "acc": 75.0, "task1_acc": 25.0, "mae": 0.5
+    }
