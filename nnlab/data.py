@@ -13,6 +13,7 @@ what was expected.
 """
 
 import gzip
+import math
 import operator
 import os
 import pickle
@@ -177,6 +178,62 @@ def load_diabetes():
     features = torch.from_numpy(diabetes.data).to(torch.float32)
     targets = torch.from_numpy(diabetes.target).to(torch.float32).unsqueeze(1)
     return features, targets
+
+
+def rotated_moons(n=10_000, seed=42):
+    """Two-moons data whose training, validation and test points come from differently
+    rotated distributions: the data of the binary-classification study (CS236781 hw2),
+    where a threshold chosen on validation data must carry over to shifted test data.
+
+    * ``n_fit = int(0.8 * n)`` points (8000 of 10 000) are a 50/50 mixture:
+      ``n_fit // 2`` moons with noise 0.2 rotated by 10 degrees, followed by
+      ``n_fit // 2`` moons with noise 0.25 rotated by 50 degrees. The mixture is not
+      shuffled: validation is its last third (``ceil(n_fit / 3)`` points, 2667), so it
+      holds only 50-degree points; training is the rest (5333: every 10-degree point
+      and the first 50-degree ones).
+    * ``n - n_fit`` test points (20%, 2000) are moons with noise 0.3 rotated by 40 degrees.
+
+    A rotation by d degrees is counter-clockwise: ``p @ [[cos d, -sin d], [sin d, cos d]].T``.
+    The three ``sklearn.datasets.make_moons`` calls draw, in that order, from one
+    ``numpy.random.RandomState(seed)``: the same points as the assignment's notebook
+    (``np.random.seed(42)`` followed by the same three calls). Offline; the same seed
+    gives the same tensors.
+
+    Returns:
+        ``(x_train, y_train, x_valid, y_valid, x_test, y_test)``: points float32
+        (N, 2), labels int64 (N,), 0 or 1.
+    """
+    import sklearn.datasets
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 10:
+        raise ValueError(f"rotated_moons: n must be an int >= 10, got {n!r}")
+    random_state = np.random.RandomState(seed)
+    n_fit = int(0.8 * n)
+    parts = []
+    for num_points, noise, degrees in [(n_fit // 2, 0.2, 10), (n_fit // 2, 0.25, 50), (n - n_fit, 0.3, 40)]:
+        points, labels = sklearn.datasets.make_moons(n_samples=num_points, noise=noise, random_state=random_state)
+        parts.append((_rotate_2d(points, degrees), labels))
+    fit_points = np.concatenate([parts[0][0], parts[1][0]])
+    fit_labels = np.concatenate([parts[0][1], parts[1][1]])
+    n_valid = math.ceil(len(fit_points) / 3)
+    n_train = len(fit_points) - n_valid
+    splits = [
+        (fit_points[:n_train], fit_labels[:n_train]),
+        (fit_points[n_train:], fit_labels[n_train:]),
+        parts[2],
+    ]
+    tensors = []
+    for points, labels in splits:
+        tensors.append(torch.from_numpy(points).to(torch.float32))
+        tensors.append(torch.from_numpy(labels).to(torch.int64))
+    return tuple(tensors)
+
+
+def _rotate_2d(points, degrees):
+    """(N, 2) points rotated counter-clockwise by ``degrees`` about the origin."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return points @ rotation.T
 
 
 # MNIST and Fashion-MNIST (IDX files) ------------------------------------------------

@@ -265,6 +265,12 @@ def _next_color(ax):
     return colors[runs_so_far % len(colors)]
 
 
+def new_figure(figsize, nrows=1, ncols=1):
+    """A headless figure (Agg canvas, no pyplot) laid out with ``layout="constrained"``
+    and its ``nrows`` x ``ncols`` axes, as a flat list row by row: ``(fig, axes)``."""
+    return _new_figure(nrows, ncols, nrows * ncols, figsize)
+
+
 def save(fig, path, dpi=100):
     """Writes ``fig`` to ``path`` (format from the extension, e.g. .png) and returns ``path``."""
     fig.savefig(path, dpi=dpi)

@@ -484,11 +484,15 @@ class Trainer(abc.ABC):
         return x, y
 
     def count_correct(self, scores, y):
-        """How many rows of ``scores`` (N, C) have their argmax at the target class;
-        ``y`` is class indices (N,) or one-hot / probabilities (N, C). Override for
-        other kinds of predictions."""
+        """How many rows of ``scores`` (N, C) predict the target class; ``y`` is class
+        indices (N,) or one-hot / probabilities (N, C). The prediction is the model's
+        own ``classify_scores(scores)`` when it has one (an ``nnlab.classifier``
+        classifier, so a ``BinaryClassifier`` counts with its threshold), else the
+        argmax. Override for other kinds of predictions."""
         labels = y.argmax(dim=1) if y.dim() == 2 else y
-        return int((scores.argmax(dim=1) == labels).sum().item())
+        classify_scores = getattr(self.model, "classify_scores", None)
+        predictions = scores.argmax(dim=1) if classify_scores is None else classify_scores(scores)
+        return int((predictions == labels).sum().item())
 
     def batch_result(self, loss, outputs, y, grad_norm=None):
         """The ``BatchResult`` of one batch for ``self.task``: the number correct for a
@@ -810,7 +814,8 @@ class LayerTrainer(Trainer):
     gradient norm (``grad_norm(model)``) before the update.
 
     ``task`` (default: ``task_of(loss_fn)``) picks the metrics; for classification the
-    predictions are ``outputs.argmax(dim=1)``. With ``device`` the model is moved there
+    predictions are ``outputs.argmax(dim=1)``, or the model's ``classify_scores`` (see
+    ``count_correct``). With ``device`` the model is moved there
     (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
     before the move keeps working) and every batch too.
     """

@@ -60,7 +60,7 @@ def test_the_console_script_and_module_both_answer_help():
         assert subprocess.run([script, "--help"], capture_output=True, text=True).returncode == 0
 
 
-@pytest.mark.parametrize("command", ["gradcheck", "overfit", "train", "bench"])
+@pytest.mark.parametrize("command", ["gradcheck", "overfit", "train", "binary", "bench"])
 def test_every_command_has_help(capsys, command):
     result = run_in_process(capsys, command, "--help")
     assert result.returncode == 0
@@ -571,3 +571,42 @@ def assert_same(a, b, where="checkpoint"):
             assert_same(item_a, item_b, f"{where}[{index}]")
     else:
         assert a == b, where
+
+
+# nnlab binary ------------------------------------------------------------------------------
+
+
+def test_binary_prints_the_study_table_and_writes_both_pictures(tmp_path):
+    plot = tmp_path / "grid.png"
+    result = nnlab("binary", "--depths", "1", "2", "--widths", "3", "--epochs", "2", "--samples", "300", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    header = lines.index(["depth", "width", "threshold", "valid", "acc", "test", "acc"])
+    rows = lines[header + 1 : header + 3]
+    assert [row[:2] for row in rows] == [["1", "3"], ["2", "3"]]
+    for row in rows:
+        threshold = float(row[2])
+        valid, test = (float(value.rstrip("%")) for value in row[3:])
+        assert 0 <= threshold <= 1 and 0 <= valid <= 100 and 0 <= test <= 100
+    assert "test accuracy: min" in result.stdout and "75th percentile" in result.stdout
+    best = tmp_path / "grid_best.png"
+    for path in (plot, best):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert str(path) in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--depths", "1", "0"], "argument --depths: expected an integer >= 1, got 0"),
+        (["--widths", "-4"], "argument --widths: expected an integer >= 1, got -4"),
+        (["--widths", "two"], "argument --widths: expected an integer >= 1, got 'two'"),
+        (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+        (["--samples", "9"], "--samples must be >= 10 (rotated_moons), got 9"),
+        (["--seed", "-1"], "argument --seed: expected an integer from 0 to 2**64 - 1, got -1"),
+        (["--plot", "grid.xyz"], "--plot grid.xyz: not an image format matplotlib writes"),
+        (["--plot", "no/such/folder/grid.png"], "--plot no/such/folder/grid.png: no such folder"),
+    ],
+)
+def test_binary_refuses_bad_options_before_training(capsys, args, fragment):
+    assert_usage_error(run_in_process(capsys, "binary", *args), fragment)

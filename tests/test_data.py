@@ -24,6 +24,7 @@ from nnlab.data import (
     multi_digit,
     one_hot,
     permute_pixels,
+    rotated_moons,
     split,
     standardize,
 )
@@ -446,6 +447,97 @@ def test_multi_digit_defaults_on_the_digits_and_errors():
         multi_digit(images, labels, num_samples=0)
     with pytest.raises(ValueError, match="shift"):
         multi_digit(images, labels, shift=-1)
+
+
+def rotate_by_complex_product(points, degrees):
+    """Counter-clockwise rotation as (x + iy) * e^(i angle): an independent formula."""
+    z = (points[:, 0] + 1j * points[:, 1]) * np.exp(1j * np.deg2rad(degrees))
+    return np.stack([z.real, z.imag], axis=1)
+
+
+def test_rotated_moons_are_the_assignments_points():
+    """The notebook: np.random.seed(42), three make_moons calls on the global RNG, the
+    first 80% split by train_test_split(test_size=1/3, shuffle=False)."""
+    import sklearn.datasets
+    import sklearn.model_selection
+
+    saved = np.random.get_state()
+    try:
+        np.random.seed(42)
+        x1, y1 = sklearn.datasets.make_moons(n_samples=4000, noise=0.2)
+        x2, y2 = sklearn.datasets.make_moons(n_samples=4000, noise=0.25)
+        x3, y3 = sklearn.datasets.make_moons(n_samples=2000, noise=0.3)
+    finally:
+        np.random.set_state(saved)
+    x = np.concatenate([rotate_by_complex_product(x1, 10), rotate_by_complex_product(x2, 50)])
+    y = np.concatenate([y1, y2])
+    x_train, x_valid, y_train, y_valid = sklearn.model_selection.train_test_split(x, y, test_size=1 / 3, shuffle=False)
+    expected = [x_train, y_train, x_valid, y_valid, rotate_by_complex_product(x3, 40), y3]
+
+    actual = rotated_moons()
+
+    assert [tuple(t.shape) for t in actual] == [(5333, 2), (5333,), (2667, 2), (2667,), (2000, 2), (2000,)]
+    assert [t.dtype for t in actual] == [torch.float32, torch.int64] * 3
+    for name, got, want in zip(["x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"], actual, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_rotated_moons_is_deterministic_for_a_seed_and_scales_with_n():
+    first = rotated_moons(n=500, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, rotated_moons(n=500, seed=3)))
+    assert not torch.equal(first[0], rotated_moons(n=500, seed=4)[0])
+    # n_fit = 400: 200 + 200 mixed, validation ceil(400 / 3) = 134; test 100.
+    assert [len(t) for t in first] == [266, 266, 134, 134, 100, 100]
+    with pytest.raises(ValueError, match="rotated_moons: n must be an int >= 10, got 5"):
+        rotated_moons(n=5)
+
+
+def moon_facts(points, labels, degrees):
+    """Rotated back by ``degrees``: (radial noise around the moons' unit circles, centred
+    at (0, 0) for the upper moon and (1, 1/2) for the lower, and direction in degrees
+    from the upper moon's mean to the lower moon's)."""
+    unrotated = rotate_by_complex_product(points.double().numpy(), -degrees)
+    labels = labels.numpy()
+    upper = unrotated[labels == 0]
+    lower = unrotated[labels == 1]
+    radii = np.concatenate([np.linalg.norm(upper, axis=1), np.linalg.norm(lower - [1.0, 0.5], axis=1)])
+    radial_noise = radii.std()
+    between = lower.mean(axis=0) - upper.mean(axis=0)
+    return radial_noise, np.degrees(np.arctan2(between[1], between[0]))
+
+
+def moons_radial_noise(noise):
+    """moon_facts' radial noise of many unrotated moons with this noise (below ``noise``:
+    the spread of a distance is not quite that of the points)."""
+    import sklearn.datasets
+
+    points, labels = sklearn.datasets.make_moons(n_samples=20_000, noise=noise, random_state=0)
+    return moon_facts(torch.from_numpy(points), torch.from_numpy(labels), 0)[0]
+
+
+# Noise-free moons: the upper moon's mean is (0, 2/pi), the lower's (1, 1/2 - 2/pi).
+MOONS_DIRECTION = np.degrees(np.arctan2(0.5 - 4 / np.pi, 1.0))
+
+
+@pytest.mark.parametrize(
+    "part, rows, noise, degrees",
+    [
+        ("train", slice(0, 4000), 0.2, 10),  # every 10-degree point comes first
+        ("train", slice(4000, None), 0.25, 50),  # then the first 50-degree ones
+        ("valid", slice(None), 0.25, 50),  # the mixture's last third: only 50 degrees
+        ("test", slice(None), 0.3, 40),
+    ],
+)
+def test_rotated_moons_parts_have_their_noise_and_rotation(part, rows, noise, degrees):
+    x_train, y_train, x_valid, y_valid, x_test, y_test = rotated_moons()
+    points, labels = {"train": (x_train, y_train), "valid": (x_valid, y_valid), "test": (x_test, y_test)}[part]
+    points, labels = points[rows], labels[rows]
+    radial_noise, direction = moon_facts(points, labels, degrees)
+    assert abs(radial_noise - moons_radial_noise(noise)) < 0.02  # the noise levels are 0.05 apart
+    assert abs(direction - MOONS_DIRECTION) < 2.0
+    _, direction_if_unrotated = moon_facts(points, labels, 0)
+    assert abs(direction_if_unrotated - MOONS_DIRECTION - degrees) < 2.0
+    assert abs(labels.double().mean().item() - 0.5) < 0.02
 
 
 # Batches -----------------------------------------------------------------------------
