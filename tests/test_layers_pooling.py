@@ -95,6 +95,24 @@ def test_maxpool_ties_on_small_integers_exactly_like_torch(config, high):
     assert torch.equal(dx, dx_ref)
 
 
+@given(config=window_configs, high=st.sampled_from([1, 2, 4]))
+def test_maxpool_forward_under_autograd_routes_ties_like_torch(config, high):
+    """compare_layer_to_torch differentiates nnlab's forward with autograd: on tied
+    maxima that must send the whole gradient where torch.nn.MaxPool2d sends it (a chain
+    of torch.maximum would split it between the tied entries)."""
+    c = config
+    assume(valid(c, use_dilation=True))
+    kwargs = dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    generator = torch.Generator().manual_seed(c["seed"])
+    x = torch.randint(0, high, (c["batch"], c["channels"], c["height"], c["width"]), generator=generator).float()
+    x_ours = x.clone().requires_grad_(True)
+    out = MaxPool2d(**kwargs)(x_ours)
+    dout = torch.randint(1, 5, out.shape, generator=generator).float()
+    (dx_autograd,) = torch.autograd.grad(out, x_ours, dout)
+    _, dx_torch = exact_gradients(MaxPool2d(**kwargs), torch.nn.MaxPool2d(**kwargs), x, dout)
+    assert torch.equal(dx_autograd, dx_torch)
+
+
 @pytest.mark.parametrize(
     "kernel, stride, padding, dilation",
     [

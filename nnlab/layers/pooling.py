@@ -95,7 +95,9 @@ class MaxPool2d(_Pool2d):
     contiguous tensors, so that every later pass reads unit-stride rows. The running
     argmax is the offset index ``k = a*kW + b`` (uint8, int32 past 256 offsets), updated
     by ``torch.where(view > out, k, index)``; at the end it becomes the flat position in the
-    padded plane, ``(i*s_h + a*d_h) * W_pad + j*s_w + b*d_w``, via a kH*kW lookup table.
+    padded plane, ``(i*s_h + a*d_h) * W_pad + j*s_w + b*d_w``, via a kH*kW lookup table,
+    and the output is gathered from the padded input at those positions (so that autograd
+    through the forward routes gradients as PyTorch does, ties included).
     Backward: the whole ``dout[n, c, i, j]`` goes to the window's argmax, summed where
     windows overlap (one ``scatter_add_``). Ties go where PyTorch sends them: to the first
     maximum in row-major order inside the window (a later offset wins only if strictly
@@ -140,6 +142,11 @@ class MaxPool2d(_Pool2d):
         index = self._torch_choice_at_nonfinite(views, out, index, x4.shape[2:])
         self._argmax = self._positions(index, padded.shape[3])
         self._input_shape = (x4.shape, unbatched)
+        # The output is read from the input at the argmax rather than taken from the running
+        # maximum: the same values, but autograd through this forward then sends the whole
+        # gradient to that one entry, ties included, as torch.nn.MaxPool2d does (through a
+        # chain of torch.maximum it would split the gradient between tied entries).
+        out = padded.flatten(2).gather(2, self._argmax.flatten(2)).reshape(out.shape)
         return self.finish_forward(out[0] if unbatched else out)
 
     def _torch_choice_at_nonfinite(self, views, out, index, input_hw):
