@@ -31,10 +31,14 @@ def out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def conv_pair(in_channels, out_channels, kernel, stride=1, padding=0, dilation=1, bias=True, dtype=torch.float32):
+def conv_pair(
+    in_channels, out_channels, kernel, stride=1, padding=0, dilation=1, bias=True, dtype=torch.float32, mode="zeros"
+):
     """An nnlab Conv2d and its torch twin with the same weights."""
-    layer = Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias).to(dtype=dtype)
-    module = torch.nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias=bias).to(dtype)
+    layer = Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias, padding_mode=mode).to(dtype=dtype)
+    module = torch.nn.Conv2d(
+        in_channels, out_channels, kernel, stride, padding, dilation, bias=bias, padding_mode=mode
+    ).to(dtype)
     copy_params(layer, module)
     return layer, module
 
@@ -87,6 +91,45 @@ def test_conv2d_finite_differences(kernel, stride, padding, dilation, bias):
     layer = Conv2d(2, 3, kernel, stride, padding, dilation, bias).to(dtype=torch.float64)
     x = torch.randn(2, 2, 7, 6, dtype=torch.float64)
     check_finite_differences(layer, x, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(config=conv_configs)
+def test_conv2d_circular_padding_matches_torch(dtype, config):
+    c = config
+    for axis, size in enumerate((c["height"], c["width"])):
+        assume(c["padding"][axis] <= size)  # torch: circular padding wraps around at most once
+        assume(out_size(size, c["kernel"][axis], c["stride"][axis], c["padding"][axis], c["dilation"][axis]) >= 1)
+    torch.manual_seed(c["seed"])
+    layer, module = conv_pair(
+        c["in_channels"], c["out_channels"], c["kernel"], c["stride"], c["padding"], c["dilation"], c["bias"], dtype,
+        mode="circular",
+    )
+    x = torch.randn(c["batch"], c["in_channels"], c["height"], c["width"], dtype=dtype)
+    check_against_torch(layer, module, x, forward_atol=CONV_FORWARD_ATOL[dtype], grad_rtol=GRAD_RTOL[dtype])
+
+
+@pytest.mark.parametrize("padding, shape", [(1, (2, 2, 5, 4)), ((2, 1), (1, 2, 2, 3)), ((1, 3), (2, 2, 4, 3))])
+def test_conv2d_circular_padding_finite_differences_and_unbatched(padding, shape):
+    torch.manual_seed(3)
+    layer = Conv2d(2, 3, (3, 2), padding=padding, padding_mode="circular").to(dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64)
+    check_finite_differences(layer, x, rtol=1e-7)
+    check_against_autograd(layer, x[0])
+
+
+def test_conv2d_padding_mode_errors_and_repr():
+    with pytest.raises(ValueError, match=r"Conv2d: padding_mode must be one of \('zeros', 'circular'\), got 'reflect'"):
+        Conv2d(1, 1, 3, padding_mode="reflect")
+    layer = Conv2d(1, 1, 3, padding=3, padding_mode="circular")
+    with pytest.raises(ValueError, match=r"Conv2d\(1, 1, .*padding_mode=circular\): circular padding \(3, 3\) would wrap"):
+        layer(torch.randn(1, 1, 2, 5))
+    assert repr(Conv2d(2, 4, 3, padding=1, padding_mode="circular")) == (
+        "Conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), padding_mode=circular)"
+    )
+    assert repr(Conv2d(2, 4, 3, padding=1, padding_mode="circular")) == repr(
+        torch.nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular")
+    )
 
 
 def test_conv2d_backward_matches_autograd_through_own_forward():
