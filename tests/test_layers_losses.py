@@ -245,6 +245,16 @@ def test_bce_with_logits_extreme_logits(dtype):
     assert torch.equal(right.backward(), torch.zeros_like(z[:1]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_forward_is_differentiable_at_zero_logits(dtype):
+    """Autograd through the forward (how compare_layer_to_torch judges the backward) must
+    give sigmoid(0) - y = 0.5 - y at z = 0, where max(z, 0) and |z| have kinks."""
+    z = torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]], dtype=dtype)
+    y = torch.tensor([[1.0, 0.0, 0.5], [0.25, 1.0, 0.0]], dtype=dtype)
+    check_against_autograd(BCEWithLogitsLoss(), z, y)
+    check_against_torch(BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss(), z, y)
+
+
 @settings(max_examples=15)
 @given(
     shape=st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple),

@@ -338,8 +338,9 @@ class BCELoss(Loss):
 
 class BCEWithLogitsLoss(Loss):
     """Mean binary cross-entropy on logits z with targets y in [0, 1], in the stable
-    form ``L = mean(max(z, 0) - z * y + log(1 + exp(-|z|)))`` that stays finite for
-    any z. Same as ``torch.nn.BCEWithLogitsLoss()``.
+    form ``L = mean(log(1 + exp(z)) - z * y)`` with ``log(1 + exp(z)) = logaddexp(0, z)
+    = max(z, 0) + log(1 + exp(-|z|))``, finite for any z. Same as
+    ``torch.nn.BCEWithLogitsLoss()``.
 
     Backward: ``dz = dout * (sigmoid(z) - y) / numel(z)``.
     Shapes: z any, y the same shape -> scalar. Caches: sigmoid(z) and y.
@@ -357,7 +358,10 @@ class BCEWithLogitsLoss(Loss):
         y = y.to(x.dtype)
         self._probs = torch.sigmoid(x)
         self._y = y
-        losses = torch.clamp(x, min=0) - x * y + torch.log1p(torch.exp(-x.abs()))
+        # logaddexp rather than max(z, 0) + log1p(exp(-|z|)) written out: the same values,
+        # but autograd through it gives sigmoid(z) - y at z = 0 too (through clamp and abs
+        # it would give 1 - y there), so checking this forward with autograd is sound.
+        losses = torch.logaddexp(torch.zeros_like(x), x) - x * y
         return losses.mean()
 
     def backward(self, dout=1.0):
