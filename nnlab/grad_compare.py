@@ -1,40 +1,180 @@
-"""Checks a layer's hand-written backward pass against independent references:
-torch autograd through the layer's own forward, central finite differences in float64,
-and a ``torch.nn`` module of the same kind with the layer's weights copied in.
+"""Checks a layer's hand-written backward pass against independent references: torch
+autograd through the layer's own forward, the layer's ``torch.nn`` twin under autograd
+(where it has one), and central finite differences in float64; and checks the contract
+a backward must keep. Also re-exports the Jacobian tools of ``nnlab.jacobians`` and
+measures equivariance.
 
 This module (with the tests and ``TorchTrainer``) is where nnlab uses autograd: to
 judge the layers, never to compute their gradients.
 
-Every checker takes ``x``, the input, or a tuple of inputs for a layer that takes
-several (``layer(*x)``, whose backward returns one gradient per input: ``Add``,
-``Concat``, a graph ``Model`` of several inputs); their gradients come first, named
-``input#1``, ``input#2``, ...
+**The error measure.** A gradient ``a`` (the layer's) is compared with a reference ``b``
+elementwise, with an absolute floor, as ``torch.allclose`` does::
+
+    |a - b| <= atol + rtol * |b|      with atol = rtol * s
+
+where s is the scale of the check: the largest |entry| of every reference tensor of the
+check (the input gradient and every parameter gradient together; 1 if all are 0). The
+error reported is the smallest rtol that passes::
+
+    error(a, b) = max_i |a_i - b_i| / (s + |b_i|)
+
+so a reference of exactly 0 (a bias followed by BatchNorm has a true gradient of 0)
+with a rounding-level difference passes, while a gradient that is wrong by more than
+rtol of the check's scale fails. A missing or misshapen gradient has error inf.
+
+**The contract** every check verifies (each breach is named in the verdict):
+the layer gets its own copies of x and of the upstream gradient, and neither may change
+in place; backward returns a gradient of x's shape and dtype; ``params()`` pairs each
+parameter with a gradient of its shape; backward adds into those same gradient tensors
+(two forward/backward passes leave twice the gradient of one).
+
+Every check leaves the layer (caches, parameters, gradients, buffers, ``requires_grad``
+flags), ``x`` and torch's random-number state as it found them.
 """
 
-import contextlib
 import copy
+import math
+from typing import NamedTuple, Optional
 
 import torch
 
+from .jacobians import as_tuple, gradient_norm, is_tensor_pair, jacobian, jacobian_norm, pack, preserved
+from .twins import torch_twin
 
-def rel_error(actual, expected):
-    """``||actual - expected|| / max(||expected||, 1e-12)``, computed in float64."""
-    diff = (actual.double() - expected.double()).norm().item()
-    return diff / max(expected.double().norm().item(), 1e-12)
+__all__ = [
+    "Comparison",
+    "TensorError",
+    "Verdict",
+    "backward_before_forward",
+    "check_layer",
+    "compare_layer_to_torch",
+    "compare_to_module",
+    "equivariance_difference",
+    "equivariance_error",
+    "finite_difference_errors",
+    "gradcheck",
+    "gradient_errors",
+    "gradient_norm",
+    "jacobian",
+    "jacobian_norm",
+    "rotate90",
+    "shift",
+    "tie_heavy",
+]
+
+# The project's gradient tolerances (rtol in the measure above) for the autograd and
+# twin comparisons, by dtype.
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+# Finite differences (float64, central, step 1e-6) are accurate to about 1e-9 of the scale.
+FINITE_DIFFERENCE_RTOL = 1e-6
+# One-sided differences that disagree by more than this fraction of the scale mark a kink.
+KINK_RTOL = 1e-4
 
 
-def _as_tuple(outputs):
-    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+class TensorError(NamedTuple):
+    """One tensor's comparison: the error measure, where it is largest, and the two values there."""
+
+    name: str  # "input", "param#01", ..., "output"
+    error: float  # max |a - b| / (s + |b|); inf when a is missing or misshapen
+    index: Optional[tuple] = None  # where the error is largest
+    actual: float = math.nan
+    expected: float = math.nan
+    difference_norm: float = math.inf  # ||a - b||
+
+    def describe(self, reference):
+        if self.index is None:
+            return f"{self.name}: missing or misshapen"
+        return f"{self.name}{list(self.index)}: {self.actual:.6g} (the layer's) vs {self.expected:.6g} ({reference})"
 
 
-def _tensor_names(inputs, params):
-    """Names for the input gradients (``input``, or ``input#1``, ``input#2``, ... for a
-    layer of several inputs), then ``param#01``, ``param#02``, ..."""
-    if len(inputs) == 1:
-        names = ["input"]
-    else:
-        names = [f"input#{index}" for index in range(1, len(inputs) + 1)]
-    return names + [f"param#{index:02d}" for index in range(1, len(params) + 1)]
+class Comparison(NamedTuple):
+    """The layer against one reference: an error per tensor and the tolerance."""
+
+    reference: str  # "autograd", "torch.nn twin", "torch.nn twin (forward)", "finite differences"
+    tolerance: float
+    tensors: list
+    kinks: int = 0  # finite-difference entries left out because the function has a kink there
+
+    @property
+    def worst(self):
+        return max(self.tensors, key=lambda t: t.error, default=TensorError("-", 0.0))
+
+    @property
+    def passed(self):
+        return all(t.error <= self.tolerance for t in self.tensors)
+
+    def describe(self):
+        worst = self.worst
+        if self.passed:
+            text = f"{self.reference}: ok, worst error {worst.error:.1e} (tolerance {self.tolerance:g})"
+        else:
+            wrong = "wrong output" if self.reference.endswith("(forward)") else "wrong gradient (the backward's VJP)"
+            text = (
+                f"{self.reference}: FAIL, {wrong}: error {worst.error:.1e} (tolerance {self.tolerance:g}) "
+                f"at {worst.describe(self.reference)}"
+            )
+        if self.kinks:
+            text += f"; {self.kinks} entries at kinks left to the other references"
+        return text
+
+
+class Verdict:
+    """The outcome of ``check_layer``: the comparisons with each reference and the
+    contract breaches found. ``passed`` is True when there is no breach and every
+    comparison is within its tolerance; ``str(verdict)`` explains."""
+
+    def __init__(self, layer):
+        self.layer = repr(layer).splitlines()[0]
+        self.comparisons = []
+        self.problems = []  # (tensor name, or None for the whole layer; sentence)
+        self.tensor_names = []
+
+    @property
+    def passed(self):
+        return not self.problems and all(c.passed for c in self.comparisons)
+
+    def comparison(self, reference):
+        return next((c for c in self.comparisons if c.reference == reference), None)
+
+    def add_problem(self, name, sentence):
+        if (name, sentence) not in self.problems:
+            self.problems.append((name, sentence))
+
+    def errors(self, references):
+        """Per tensor (input, then each parameter), the largest error against the named
+        references; inf for a tensor a contract breach concerns."""
+        errors = {name: 0.0 for name in self.tensor_names}
+        for comparison in self.comparisons:
+            if comparison.reference in references:
+                for tensor in comparison.tensors:
+                    errors[tensor.name] = max(errors.get(tensor.name, 0.0), tensor.error)
+        for name, _ in self.problems:
+            for key in errors if name is None else [name]:
+                errors[key] = math.inf
+        return [errors[name] for name in self.tensor_names]
+
+    def details(self):
+        """One line per contract breach, then one per comparison."""
+        return [sentence for _, sentence in self.problems] + [c.describe() for c in self.comparisons]
+
+    def __str__(self):
+        lines = [f"{self.layer}: {'ok' if self.passed else 'FAIL'}"]
+        return "\n  ".join(lines + self.details())
+
+
+# Running the layer ------------------------------------------------------------------------
+
+
+def _run_forward(layer, x, y, seed):
+    """The layer's forward under a fixed seed, so that Dropout draws the same mask each time."""
+    torch.manual_seed(seed)
+    kw = {} if y is None else {"y": y}
+    outputs = as_tuple(layer(x, **kw))
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        kinds = ", ".join(type(o).__name__ for o in outputs)
+        raise TypeError(f"{type(layer).__name__}.forward returned ({kinds}); expected a tensor or a tuple of tensors")
+    return outputs
 
 
 def _random_douts(outputs, seed):
@@ -43,160 +183,162 @@ def _random_douts(outputs, seed):
     return tuple(torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs)
 
 
-def _pack(douts):
-    return douts if len(douts) > 1 else douts[0]
+def _unchanged(copy_handed, original):
+    """True when the copy handed to the layer still equals the original (NaN equals NaN)."""
+    if copy_handed.shape != original.shape:
+        return False
+    return bool(((copy_handed == original) | (copy_handed.isnan() & original.isnan())).all())
 
 
-def _run_forward(layer, x, y, seed):
-    """The layer's forward under a fixed seed, so that Dropout draws the same mask each
-    time; ``x`` is the input, or a tuple of the inputs of a layer that takes several."""
-    torch.manual_seed(seed)
-    kw = {} if y is None else {"y": y}
-    return _as_tuple(layer(*_as_tuple(x), **kw))
+def _param_name(index):
+    return f"param#{index:02d}"
 
 
-def _layers(layer):
-    yield layer
-    for _, child in layer.named_children():
-        yield from _layers(child)
-
-
-@contextlib.contextmanager
-def _preserved(layer):
-    """Restores the layer tree's attributes (caches), gradients, buffers and torch's
-    RNG state on exit, so that a check leaves everything as it found it."""
-    attributes = [(node, dict(vars(node))) for node in _layers(layer)]
-    grads = [grad.clone() for _, grad in layer.params()]
-    buffers = [buffer.clone() for buffer in layer.buffers()]
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            for (_, grad), saved in zip(layer.params(), grads):
-                grad.copy_(saved)
-            for buffer, saved in zip(layer.buffers(), buffers):
-                buffer.copy_(saved)
-            for node, saved in attributes:
-                vars(node).clear()
-                vars(node).update(saved)
-
-
-def _own_gradients(layer, x, y, seed):
-    """(outputs, douts, input gradients, parameter gradients) from the layer's own
-    forward and backward; one input gradient per input."""
-    layer.zero_grad()
-    outputs = _run_forward(layer, x, y, seed)
-    douts = _random_douts(outputs, seed + 1)
-    dxs = list(_as_tuple(layer.backward(_pack(douts))))
-    return outputs, douts, dxs, [grad.clone() for _, grad in layer.params()]
-
-
-def _autograd_gradients(layer, x, y, seed, douts):
-    """Input and parameter gradients of sum(forward * douts) by torch autograd."""
-    params = [param for param, _ in layer.params()]
-    x_refs = tuple(x.detach().clone().requires_grad_(True) for x in _as_tuple(x))
-    for param in params:
-        param.requires_grad_(True)
-    try:
-        outputs = _run_forward(layer, x_refs, y, seed)
-        grads = torch.autograd.grad(outputs, list(x_refs) + params, douts, allow_unused=True)
-    finally:
-        for param in params:
-            param.requires_grad_(False)
-    wrt = list(x_refs) + params
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
-
-
-def gradient_errors(layer, x, y=None, seed=42):
-    """Relative errors (input first, then each parameter in ``params()`` order) between
-    the layer's backward and autograd on the same forward; leaves everything as found."""
-    with _preserved(layer):
-        _, douts, dxs, own = _own_gradients(layer, x, y, seed)
-        reference = _autograd_gradients(layer, x, y, seed, douts)
-    return [rel_error(a, b) for a, b in zip(dxs + own, reference)]
-
-
-def compare_layer_to_torch(layer, x, y=None, seed=42):
-    """Runs the layer forward and its own ``backward`` with a random upstream gradient,
-    then the same forward under torch autograd with the same seed; returns the norm of
-    the difference for the input gradient first, then for each parameter in
-    ``params()`` order, printing one line for each. Leaves the layer, its gradients,
-    its buffers, ``x`` and torch's RNG as it found them."""
-    with _preserved(layer):
-        _, douts, dxs, own = _own_gradients(layer, x, y, seed)
-        reference = _autograd_gradients(layer, x, y, seed, douts)
-    diffs = [(a.double() - b.double()).norm().item() for a, b in zip(dxs + own, reference)]
-    for name, diff in zip(_tensor_names(dxs, own), diffs):
-        print(f"{name:<8} diff={diff:.3f}")
-    return diffs
-
-
-def _objective(layer, x, y, seed, douts):
-    outputs = _run_forward(layer, x, y, seed)
-    return sum((o * d).sum().item() for o, d in zip(outputs, douts))
-
-
-def _numeric_gradient(tensor, objective, eps):
-    """Central differences of ``objective()`` w.r.t. every entry of ``tensor``, which is
-    perturbed in place one entry at a time and restored."""
-    flat = tensor.view(-1)
-    numeric = torch.empty_like(flat)
-    for index in range(flat.numel()):
-        original = flat[index].item()
-        flat[index] = original + eps
-        plus = objective()
-        flat[index] = original - eps
-        minus = objective()
-        flat[index] = original
-        numeric[index] = (plus - minus) / (2 * eps)
-    return numeric.view_as(tensor)
-
-
-def _finite_difference_pairs(layer, x, y, eps, seed):
-    """(name, tensor, analytic gradient, numeric gradient) for the input and each
-    parameter of a float64 copy of the layer, the copy's backward against central
-    differences of sum(forward * douts)."""
-    layer64 = copy.deepcopy(layer).to(dtype=torch.float64)
-    x64 = tuple(x.detach().to(torch.float64).clone() for x in _as_tuple(x))
-    y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
-    _, douts, dxs, own = _own_gradients(layer64, x64, y64, seed)
-    params = [param for param, _ in layer64.params()]
-    names = _tensor_names(x64, params)
-    for name, tensor, analytic in zip(names, list(x64) + params, dxs + own):
-        numeric = _numeric_gradient(tensor, lambda: _objective(layer64, x64, y64, seed, douts), eps)
-        yield name, tensor, analytic, numeric
-
-
-def finite_difference_errors(layer, x, y=None, eps=1e-6, seed=42):
-    """Relative errors (input first, then each parameter) between the backward of a
-    float64 copy of the layer and central finite differences; the layer is untouched."""
-    return [rel_error(analytic, numeric) for _, _, analytic, numeric in _finite_difference_pairs(layer, x, y, eps, seed)]
-
-
-def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
-    """Central finite differences in float64, on a float64 copy of the layer and of x,
-    against the layer's ``backward``, for the input and every parameter. Returns True,
-    or raises AssertionError naming the tensor and the worst element when
-    ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere. Costs two forward
-    passes per input and parameter entry: use small inputs."""
-    for name, tensor, analytic, numeric in _finite_difference_pairs(layer, x, y, eps, seed):
-        excess = (analytic - numeric).abs() - (atol + rtol * numeric.abs())
-        if excess.numel() and excess.max() > 0:
-            worst = int(excess.argmax())
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), tensor.shape))
-            raise AssertionError(
-                f"gradcheck failed for {layer!r}: {name}{list(index)} analytic "
-                f"{analytic.reshape(-1)[worst].item():.6g} vs numeric {numeric.reshape(-1)[worst].item():.6g}"
+def _checked_pairs(layer, verdict):
+    """``params()`` as (param, gradient) pairs, with None for a gradient that cannot be
+    used (not a tensor, or not of its parameter's shape), each such pair named a breach."""
+    pairs = []
+    for index, pair in enumerate(layer.params(), start=1):
+        name = _param_name(index)
+        param, grad = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (None, None)
+        if not isinstance(param, torch.Tensor) or not isinstance(grad, torch.Tensor):
+            verdict.add_problem(name, f"params() entry {name} is not a (parameter, gradient) pair of tensors")
+            grad = None
+        elif grad.shape != param.shape:
+            verdict.add_problem(
+                name,
+                f"params() pair of wrong shapes: {name} has shape {tuple(param.shape)} but its gradient "
+                f"{tuple(grad.shape)}",
             )
-    return True
+            grad = None
+        pairs.append((param, grad))
+    return pairs
 
 
-def compare_to_module(layer, module, x, y=None, seed=42):
-    """Copies the layer's parameters (and floating buffers) into ``module``, an
-    independent ``torch.nn`` module of the same kind, puts it in the layer's mode, runs
-    both on x with the same random upstream gradient and returns
-    ``{'output': max abs diff, 'input': rel error, 'param#01': rel error, ...}``
-    (``'input#1'``, ``'input#2'``, ... when x is a tuple of inputs)."""
+def _own_backward(layer, douts, verdict, stage):
+    """backward on copies of douts; a breach when it raises or changes them in place.
+    Returns (dx, whether it returned)."""
+    handed = tuple(d.clone() for d in douts)
+    try:
+        dx = layer.backward(pack(handed))
+    except Exception as error:  # the layer's own code: its failure is the verdict
+        verdict.add_problem("input", f"{stage}backward raised {type(error).__name__}: {error}")
+        return None, False
+    if not all(_unchanged(h, d) for h, d in zip(handed, douts)):
+        verdict.add_problem("input", "backward changes dout (the upstream gradient it is handed) in place")
+    return dx, True
+
+
+def _check_dx(dx, x, verdict):
+    if dx is None:
+        verdict.add_problem("input", "backward returned None instead of the gradient w.r.t. its input")
+    elif not isinstance(dx, torch.Tensor):
+        verdict.add_problem("input", f"backward returned a {type(dx).__name__} instead of a tensor")
+    elif dx.shape != x.shape:
+        verdict.add_problem(
+            "input", f"backward returned a gradient of shape {tuple(dx.shape)} for an input of shape {tuple(x.shape)}"
+        )
+    elif dx.dtype != x.dtype:
+        verdict.add_problem("input", f"backward returned a {dx.dtype} gradient for a {x.dtype} input")
+
+
+def _check_same_gradient_tensors(layer, pairs, verdict):
+    after = layer.params()
+    if len(after) != len(pairs):
+        verdict.add_problem(None, f"params() gave {len(pairs)} pairs before backward and {len(after)} after")
+        return
+    for index, ((_, before), pair) in enumerate(zip(pairs, after), start=1):
+        if before is not None and (not isinstance(pair, (tuple, list)) or pair[-1] is not before):
+            verdict.add_problem(
+                _param_name(index),
+                f"gradient tensor replaced: {_param_name(index)}'s gradient is no longer the tensor params() "
+                "returned, so an optimizer built from params() never sees it (add into it in place: grad += ...)",
+            )
+
+
+def _check_accumulation(layer, x, y, seed, douts, pairs, first, verdict, rtol):
+    """A second forward and backward must add the same gradient again: 2x the first."""
+    _run_forward(layer, x.detach().clone(), y, seed)
+    _, returned = _own_backward(layer, douts, verdict, "the second ")
+    if not returned:
+        return
+    doubled = [None if g is None else 2 * g for g in first]
+    scale = _scale(doubled)
+    for index, ((_, grad), once) in enumerate(zip(pairs, first), start=1):
+        if grad is None or _tensor_error("", grad, 2 * once, scale).error <= rtol:
+            continue
+        dot = (once.double() * once.double()).sum().item()
+        ratio = (grad.double() * once.double()).sum().item() / dot if dot > 0 else math.nan
+        verdict.add_problem(
+            _param_name(index),
+            f"gradients do not accumulate: after two forward/backward passes {_param_name(index)}'s gradient is "
+            f"{ratio:.3g} times that of one, not 2 (backward must add into it: grad += ...)",
+        )
+
+
+class _OwnRun(NamedTuple):
+    outputs: tuple
+    douts: tuple
+    gradients: list  # dx, then each parameter's gradient after one backward (None if unusable)
+
+
+def _own_run(layer, x, y, seed, verdict, rtol):
+    """The layer's forward and backward on copies of x and of a random upstream gradient,
+    checking the contract; then a second pass for accumulation."""
+    pairs = _checked_pairs(layer, verdict)
+    verdict.tensor_names = ["input"] + [_param_name(i) for i in range(1, len(pairs) + 1)]
+    for _, grad in pairs:
+        if grad is not None:
+            grad.zero_()
+    x_own = x.detach().clone()
+    outputs = _run_forward(layer, x_own, y, seed)
+    if not _unchanged(x_own, x):
+        verdict.add_problem("input", "forward changes its input x in place")
+    douts = _random_douts(outputs, seed + 1)
+    dx, returned = _own_backward(layer, douts, verdict, "")
+    if not returned:
+        return _OwnRun(outputs, douts, [None] * (1 + len(pairs)))
+    if not _unchanged(x_own, x):
+        verdict.add_problem("input", "backward changes the input x (or what forward cached of it) in place")
+    _check_dx(dx, x, verdict)
+    first = [None if grad is None else grad.clone() for _, grad in pairs]
+    _check_same_gradient_tensors(layer, pairs, verdict)
+    _check_accumulation(layer, x, y, seed, douts, pairs, first, verdict, rtol)
+    return _OwnRun(outputs, douts, [dx] + first)
+
+
+# References --------------------------------------------------------------------------------
+
+
+def _autograd_gradients(layer, x, y, seed, douts, verdict):
+    """Gradients (input, then each parameter) of sum(forward * douts) by torch autograd
+    through the layer's own forward, or None (a breach) when autograd cannot run it."""
+    params = [param for param, _ in layer.params() if isinstance(param, torch.Tensor)]
+    x_leaf = x.detach().clone().requires_grad_(True)
+    try:
+        for param in params:
+            param.requires_grad_(True)
+        # A copy of the leaf, so that a forward that changes its input in place (a breach
+        # found already) can still be differentiated.
+        outputs = _run_forward(layer, x_leaf.clone(), y, seed)
+        return _grads(outputs, douts, [x_leaf] + params)
+    except RuntimeError as error:
+        verdict.add_problem("input", f"autograd cannot differentiate the forward: {error}")
+        return None
+
+
+def _grads(outputs, douts, wrt):
+    """d sum(outputs * douts) / d wrt by autograd, zeros where a tensor is unused."""
+    pairs = [(o, d) for o, d in zip(outputs, douts) if o.requires_grad]
+    grads = [None] * len(wrt)
+    if pairs:
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [d for _, d in pairs], allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(grads, wrt)]
+
+
+def _load_into_module(layer, module):
+    """Copies the layer's parameters and floating buffers into ``module`` and puts it in
+    the layer's mode; ValueError when the parameters do not match."""
     layer_params = [param for param, _ in layer.params()]
     module_params = list(module.parameters())
     if len(layer_params) != len(module_params):
@@ -207,7 +349,7 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     for index, (source, target) in enumerate(zip(layer_params, module_params), start=1):
         if source.shape != target.shape:
             raise ValueError(
-                f"compare_to_module: param#{index:02d} has shape {tuple(source.shape)} in "
+                f"compare_to_module: {_param_name(index)} has shape {tuple(source.shape)} in "
                 f"{layer!r} but {tuple(target.shape)} in {type(module).__name__}"
             )
     module_buffers = [b for b in module.buffers() if b.is_floating_point()]
@@ -218,16 +360,391 @@ def compare_to_module(layer, module, x, y=None, seed=42):
             target.copy_(source)
     module.train(layer.training)
 
-    with _preserved(layer):
-        outputs, douts, dxs, own = _own_gradients(layer, x, y, seed)
-    x_refs = [x.detach().clone().requires_grad_(True) for x in _as_tuple(x)]
-    torch.manual_seed(seed)
-    reference = _as_tuple(module(*x_refs) if y is None else module(*x_refs, y))
-    wrt = x_refs + module_params
-    grads = torch.autograd.grad(reference, wrt, douts, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
 
-    result = {"output": max((o - r.detach()).abs().max().item() for o, r in zip(outputs, reference))}
-    for name, mine, theirs in zip(_tensor_names(dxs, own), dxs + own, grads):
-        result[name] = rel_error(mine, theirs)
-    return result
+def _twin_outputs_and_gradients(module, x, y, seed, douts):
+    """The twin's outputs and its gradients (input, then each parameter) by autograd."""
+    params = list(module.parameters())
+    flags = [param.requires_grad for param in params]
+    x_leaf = x.detach().clone().requires_grad_(True)
+    try:
+        for param in params:
+            param.requires_grad_(True)
+        torch.manual_seed(seed)
+        outputs = as_tuple(module(x_leaf) if y is None else module(x_leaf, y))
+        grads = _grads(outputs, douts, [x_leaf] + params)
+    finally:
+        for param, flag in zip(params, flags):
+            param.requires_grad_(flag)
+    return tuple(o.detach() for o in outputs), grads
+
+
+def _float64_copy(layer, verdict):
+    """A float64 deep copy of the layer (made before anything runs it under autograd), or
+    None (a breach) when its parameters do not all become float64."""
+    layer64 = copy.deepcopy(layer).to(dtype=torch.float64)
+    pairs = layer64.params()
+    if not all(is_tensor_pair(pair) for pair in pairs):
+        return None  # a breach _checked_pairs names
+    not_moved = [i for i, (param, _) in enumerate(pairs, start=1) if param.dtype != torch.float64]
+    if not_moved:
+        verdict.add_problem(
+            _param_name(not_moved[0]),
+            f"layer.to(dtype=torch.float64) left {_param_name(not_moved[0])} as {pairs[not_moved[0] - 1][0].dtype} "
+            "(register parameters with add_param so that to() moves them); no finite differences",
+        )
+        return None
+    return layer64
+
+
+def _finite_differences(layer64, x, y, eps, seed, verdict):
+    """(analytic, numeric, kinks), each a list over the input and every parameter, for
+    the float64 copy of a layer and of x: the copy's backward against central differences
+    of sum(forward * douts), and where the function has a kink (see _numeric_gradient)."""
+    pairs = layer64.params()
+    x64 = x.detach().to(torch.float64).clone()
+    y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
+    layer64.zero_grad()
+    douts = _random_douts(_run_forward(layer64, x64, y64, seed), seed + 1)
+    dx, returned = _own_backward(layer64, douts, verdict, "the float64 copy's ")
+    if not returned:
+        return None
+    analytic = [dx] + [grad.clone() for _, grad in pairs]
+    tensors = [x64] + [param for param, _ in pairs]
+    central, jumps = zip(*[_numeric_gradient(t, lambda: _objective(layer64, x64, y64, seed, douts), eps) for t in tensors])
+    scale = _scale(central)
+    kinks = [jump.abs() > KINK_RTOL * scale for jump in jumps]
+    return analytic, list(central), kinks
+
+
+def _objective(layer, x, y, seed, douts):
+    outputs = _run_forward(layer, x, y, seed)
+    return sum((o * d).sum().item() for o, d in zip(outputs, douts))
+
+
+def _numeric_gradient(tensor, objective, eps):
+    """Central differences ``(f(t + h) - f(t - h)) / 2h`` of ``objective()`` w.r.t. every entry
+    of ``tensor`` (perturbed in place one entry at a time and restored), and the jumps
+    ``(f(t + h) - f(t)) / h - (f(t) - f(t - h)) / h`` between the one-sided differences,
+    which are about h * f'' where f is smooth and O(1) at a kink (ReLU at 0, tied maxima)."""
+    flat = tensor.view(-1)
+    central = torch.empty_like(flat)
+    jumps = torch.empty_like(flat)
+    at_tensor = objective()
+    for index in range(flat.numel()):
+        original = flat[index].item()
+        flat[index] = original + eps
+        plus = objective()
+        flat[index] = original - eps
+        minus = objective()
+        flat[index] = original
+        central[index] = (plus - minus) / (2 * eps)
+        jumps[index] = ((plus - at_tensor) - (at_tensor - minus)) / eps
+    return central.view_as(tensor), jumps.view_as(tensor)
+
+
+# The error measure ---------------------------------------------------------------------------
+
+
+def _scale(references):
+    """s of the error measure: the largest |entry| over the reference tensors, 1 if all are 0."""
+    largest = max((r.detach().abs().max().item() for r in references if r is not None and r.numel()), default=0.0)
+    return largest if largest > 0 and math.isfinite(largest) else 1.0
+
+
+def _tensor_error(name, actual, expected, scale, skip=None):
+    """TensorError of ``actual`` against ``expected``: max |a - b| / (scale + |b|)."""
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+        return TensorError(name, math.inf)
+    if expected.numel() == 0:
+        return TensorError(name, 0.0, difference_norm=0.0)
+    a = actual.detach().double()
+    b = expected.detach().double().to(a.device)
+    norm = (a - b).norm().item()
+    ratio = (a - b).abs() / (scale + b.abs())
+    ratio = torch.where(ratio.isnan(), torch.full_like(ratio, math.inf), ratio)
+    if skip is not None:
+        ratio = torch.where(skip.to(ratio.device), torch.zeros_like(ratio), ratio)
+    worst = int(ratio.reshape(-1).argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), actual.shape))
+    values = (a.reshape(-1)[worst].item(), b.reshape(-1)[worst].item())
+    return TensorError(name, ratio.reshape(-1)[worst].item(), index, *values, norm)
+
+
+def _compare(reference, names, actual, expected, tolerance, skips=None):
+    scale = _scale(expected)
+    skips = skips if skips is not None else [None] * len(names)
+    tensors = [_tensor_error(n, a, e, scale, s) for n, a, e, s in zip(names, actual, expected, skips)]
+    kinks = sum(int(s.sum()) for s in skips if s is not None)
+    return Comparison(reference, tolerance, tensors, kinks)
+
+
+# The checks ----------------------------------------------------------------------------------
+
+
+def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_differences=False, eps=1e-6, rtol=None):
+    """Checks ``layer``'s backward and its contract on input x (targets y for a loss);
+    returns a ``Verdict``.
+
+    Runs the layer's forward and its own backward with a random upstream gradient
+    (seeded; Dropout draws the same mask each time), checking the contract (see the
+    module docstring), and compares the input gradient and every parameter gradient
+    with each reference asked for:
+
+    * ``autograd``: torch autograd through the layer's own forward;
+    * ``twin``: an independent ``torch.nn`` module under autograd, with the layer's
+      parameters copied in: ``"auto"`` builds it with ``nnlab.twins.torch_twin`` (None
+      where there is none), or pass a module, or None; its outputs are compared too
+      ("torch.nn twin (forward)");
+    * ``finite_differences``: central differences in float64 on a float64 copy of layer
+      and x (two forward passes per entry: use small inputs). Entries where the function
+      has a kink (the one-sided differences disagree, as at ReLU's 0 or tied maxima) have
+      no derivative to judge and are left to the other references; the verdict counts them.
+
+    Errors use the floor-based measure of the module docstring; ``rtol`` defaults to
+    1e-5 in float32 and 1e-10 in float64, finite differences to 1e-6.
+    """
+    rtol = _default_rtol(x) if rtol is None else rtol
+    verdict = Verdict(layer)
+    if isinstance(twin, str) and twin != "auto":
+        raise ValueError(f"check_layer: twin must be 'auto', a torch.nn.Module or None, got {twin!r}")
+    if twin is not None and not isinstance(twin, str):
+        _load_into_module(layer, twin)
+    layer64 = _float64_copy(layer, verdict) if finite_differences else None
+    with preserved(layer):
+        # Built in here: a module's construction draws its initial weights from torch's RNG.
+        module = torch_twin(layer) if isinstance(twin, str) else twin
+        run = _own_run(layer, x, y, seed, verdict, rtol)
+        names = verdict.tensor_names
+        if autograd:
+            reference = _autograd_gradients(layer, x, y, seed, run.douts, verdict)
+            if reference is not None:
+                verdict.comparisons.append(_compare("autograd", names, run.gradients, reference, rtol))
+        if module is not None:
+            outputs, reference = _twin_outputs_and_gradients(module, x, y, seed, run.douts)
+            output_names = ["output"] if len(outputs) == 1 else [f"output[{i}]" for i in range(len(outputs))]
+            verdict.comparisons.append(_compare("torch.nn twin (forward)", output_names, run.outputs, outputs, rtol))
+            verdict.comparisons.append(_compare("torch.nn twin", names, run.gradients, reference, rtol))
+        if layer64 is not None:
+            result = _finite_differences(layer64, x, y, eps, seed, verdict)
+            if result is not None:
+                analytic, numeric, kinks = result
+                verdict.comparisons.append(
+                    _compare("finite differences", names, analytic, numeric, FINITE_DIFFERENCE_RTOL, kinks)
+                )
+    return verdict
+
+
+def _default_rtol(x):
+    return RTOL.get(x.dtype, RTOL[torch.float32])
+
+
+class VerdictList(list):
+    """A list of per-tensor numbers (input first, then each parameter) that also carries
+    the full ``verdict`` of the check that made them."""
+
+    def __init__(self, values, verdict):
+        super().__init__(values)
+        self.verdict = verdict
+
+
+def gradient_errors(layer, x, y=None, seed=42):
+    """Errors (input first, then each parameter in ``params()`` order) of the layer's
+    backward against autograd through its own forward and, where it has one, against
+    its ``torch.nn`` twin: for each tensor the larger of the two, in the floor-based
+    measure ``max |a - b| / (s + |b|)`` of the module docstring; inf for a tensor a
+    contract breach concerns. The returned list's ``.verdict`` says which reference
+    disagreed and why. Leaves everything as found."""
+    verdict = check_layer(layer, x, y, seed=seed)
+    return VerdictList(verdict.errors(("autograd", "torch.nn twin")), verdict)
+
+
+def compare_layer_to_torch(layer, x, y=None, seed=42):
+    """Runs the layer forward and its own ``backward`` with a random upstream gradient,
+    then the same forward under torch autograd with the same seed; returns the norm of
+    the difference ``||a - b||`` for the input gradient first, then for each parameter
+    in ``params()`` order (inf where the layer's gradient is missing or misshapen),
+    printing one line for each (``input    diff=0.000``).
+
+    The pass/fail criterion is the floor-based error of the module docstring, checked
+    against autograd, against the layer's ``torch.nn`` twin where it has one, and for
+    the contract; a failing tensor's line ends in FAIL, and the verdict's explanation
+    follows. The returned list's ``.verdict`` holds it. Leaves the layer, its
+    gradients, its buffers, ``x`` and torch's RNG as it found them."""
+    verdict = check_layer(layer, x, y, seed=seed)
+    against_autograd = verdict.comparison("autograd")
+    if against_autograd is None:
+        diffs = [math.nan] * len(verdict.tensor_names)
+    else:
+        diffs = [tensor.difference_norm for tensor in against_autograd.tensors]
+    errors = verdict.errors(("autograd", "torch.nn twin"))
+    for name, diff, error in zip(verdict.tensor_names, diffs, errors):
+        label = "input   " if name == "input" else name
+        print(f"{label} diff={diff:.3f}" + ("" if error <= _default_rtol(x) else "  FAIL"))
+    if not verdict.passed:
+        print(verdict)
+    return VerdictList(diffs, verdict)
+
+
+def finite_difference_errors(layer, x, y=None, eps=1e-6, seed=42):
+    """Errors (input first, then each parameter) between the backward of a float64 copy
+    of the layer and central finite differences, in the floor-based measure of the
+    module docstring, leaving out entries at kinks (see ``check_layer``); inf for a
+    tensor a contract breach concerns. ``.verdict`` holds the full verdict. The layer
+    is untouched."""
+    verdict = check_layer(layer, x, y, seed=seed, autograd=False, twin=None, finite_differences=True, eps=eps)
+    return VerdictList(verdict.errors(("finite differences",)), verdict)
+
+
+def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
+    """Central finite differences in float64, on a float64 copy of the layer and of x,
+    against the layer's ``backward``, for the input and every parameter. Returns True,
+    or raises AssertionError naming the tensor and the worst element when
+    ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere (torch.autograd.gradcheck's
+    rule), or naming the contract breach found (see the module docstring). Entries at a
+    kink (see ``check_layer``) are left out. Costs two forward passes per input and
+    parameter entry: use small inputs."""
+    verdict = Verdict(layer)
+    layer64 = _float64_copy(layer, verdict)
+    with preserved(layer):
+        _own_run(layer, x, y, seed, verdict, _default_rtol(x))
+        result = None if layer64 is None else _finite_differences(layer64, x, y, eps, seed, verdict)
+    if verdict.problems:
+        raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
+    for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result):
+        excess = (analytic - numeric).abs() - (atol + rtol * numeric.abs())
+        excess = torch.where(kinks, torch.full_like(excess, -1.0), excess)
+        if excess.numel() and excess.max() > 0:
+            worst = int(excess.argmax())
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), numeric.shape))
+            raise AssertionError(
+                f"gradcheck failed for {layer!r}: {name}{list(index)} analytic "
+                f"{analytic.reshape(-1)[worst].item():.6g} vs numeric {numeric.reshape(-1)[worst].item():.6g}"
+            )
+    return True
+
+
+class VerdictDict(dict):
+    """``compare_to_module``'s dict that also carries the full ``verdict``."""
+
+    def __init__(self, values, verdict):
+        super().__init__(values)
+        self.verdict = verdict
+
+
+def compare_to_module(layer, module, x, y=None, seed=42):
+    """Copies the layer's parameters (and floating buffers) into ``module``, an
+    independent ``torch.nn`` module of the same kind, puts it in the layer's mode, runs
+    both on x with the same random upstream gradient and returns
+    ``{'output': max |a - b| / (s + |b|) over the outputs, 'input': error,
+    'param#01': error, ...}``, the errors in the floor-based measure of the module
+    docstring (inf for a tensor a contract breach concerns); ``.verdict`` holds the
+    full verdict. Leaves the layer, x and torch's RNG as it found them."""
+    verdict = check_layer(layer, x, y, seed=seed, autograd=False, twin=module)
+    result = {"output": verdict.comparison("torch.nn twin (forward)").worst.error}
+    result.update(zip(verdict.tensor_names, verdict.errors(("torch.nn twin",))))
+    return VerdictDict(result, verdict)
+
+
+def backward_before_forward(layer, x, y=None):
+    """The contract breach of a fresh ``layer`` (no forward run yet) whose backward does
+    not raise RuntimeError, as a sentence; None when it raises as it should. The upstream
+    gradient has the shape of the output of a forward on a copy of the layer."""
+    with torch.random.fork_rng(devices=[]):
+        outputs = _run_forward(copy.deepcopy(layer), x.clone(), y, 0)
+    douts = tuple(torch.ones_like(o) for o in outputs)
+    with preserved(layer):
+        try:
+            layer.backward(pack(douts))
+        except RuntimeError:
+            return None
+        except Exception as error:  # the layer's own code: report what it raised instead
+            return (
+                f"backward before forward raised {type(error).__name__} ({error}) instead of RuntimeError "
+                "naming the layer (read the cache with self.cached(name))"
+            )
+    return (
+        "backward before forward does not raise: a fresh layer's backward must raise RuntimeError naming "
+        "the layer (read the cache with self.cached(name), which does)"
+    )
+
+
+# Inputs with ties ------------------------------------------------------------------------------
+
+
+def tie_heavy(shape, seed=0, dtype=torch.float32):
+    """An input full of ties, like a real image: the left half of the last dimension is 0
+    (a flat background, where a zero-padded convolution gives equal outputs and a max
+    window an all-way tie; ReLU has its kink at 0), the rest integers in {-2, ..., 2}
+    (so ties between neighbours and more exact zeros)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, shape, generator=generator).to(dtype)
+    if len(shape) >= 1:
+        x[..., : (shape[-1] + 1) // 2] = 0.0
+    return x
+
+
+# Equivariance ------------------------------------------------------------------------------
+
+
+class _Transform:
+    """A named function of tensors acting on their last two dimensions."""
+
+    def __init__(self, function, name):
+        self.function = function
+        self.name = name
+
+    def __call__(self, x):
+        return self.function(x)
+
+    def __repr__(self):
+        return self.name
+
+
+def shift(dy, dx, circular=True):
+    """The transform moving an image (the last two dimensions) down by dy and right by
+    dx: ``circular`` wraps what leaves one edge around to the other (``torch.roll``);
+    otherwise the rows and columns shifted in are 0."""
+    def move(x):
+        moved = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        if circular:
+            return moved
+        rows = torch.arange(x.shape[-2], device=x.device).reshape(-1, 1) - dy
+        cols = torch.arange(x.shape[-1], device=x.device).reshape(1, -1) - dx
+        inside = (rows >= 0) & (rows < x.shape[-2]) & (cols >= 0) & (cols < x.shape[-1])
+        return moved * inside.to(x.dtype)
+
+    return _Transform(move, f"shift({dy}, {dx}, circular={circular})")
+
+
+def rotate90(k=1):
+    """The transform rotating an image (the last two dimensions) by k * 90 degrees,
+    counter-clockwise (``torch.rot90``)."""
+    return _Transform(lambda x: torch.rot90(x, k, dims=(-2, -1)), f"rotate90({k})")
+
+
+def equivariance_error(layer, x, transform, margin=0):
+    """``max |layer(g(x)) - g(layer(x))|`` for the transform g, any function of tensors:
+    ``shift(dy, dx, circular)``, ``rotate90(k)``, or another layer (ReLU commutes with
+    MaxPool2d: ``equivariance_error(ReLU(), x, MaxPool2d(2))`` is 0). 0 means layer and
+    g commute on x. ``margin`` leaves out that many rows and columns at each edge of the
+    last two dimensions (a zero-padded convolution is equivariant to shifts only away
+    from the borders). Leaves the layer as found. Returns a float."""
+    difference = equivariance_difference(layer, x, transform)
+    if margin:
+        height, width = difference.shape[-2:]
+        difference = difference[..., margin : height - margin, margin : width - margin]
+    return difference.abs().max().item() if difference.numel() else 0.0
+
+
+def equivariance_difference(layer, x, transform):
+    """``layer(g(x)) - g(layer(x))`` for the transform g (see ``equivariance_error``):
+    zero where layer and g commute. Leaves the layer as found."""
+    with preserved(layer):
+        transformed_first = layer(transform(x))
+        transformed_after = transform(layer(x))
+    if transformed_first.shape != transformed_after.shape:
+        raise ValueError(
+            f"equivariance_error: layer(g(x)) has shape {tuple(transformed_first.shape)} but g(layer(x)) "
+            f"{tuple(transformed_after.shape)}"
+        )
+    return transformed_first - transformed_after

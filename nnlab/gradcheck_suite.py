@@ -1,43 +1,49 @@
 """Every nnlab layer against PyTorch, one row each: the forward pass against its
 ``torch.nn`` twin, the backward pass against autograd (through the twin and through
-the layer's own forward), and central finite differences in float64.
+the layer's own forward), central finite differences in float64, and the layer
+contract (``nnlab.grad_compare.check_layer``). Layers with a kink or a max are checked a
+second time on a tie-heavy input (``grad_compare.tie_heavy``).
 
-``nnlab gradcheck`` prints this table.
+``nnlab gradcheck`` prints this table; ``nnlab gradcheck --layer pkg.module:Class`` the
+same rows for a layer class of the user's (``check_user_layer``).
 """
 
+import ast
+import copy
+import importlib
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from . import graph, models
 from . import layers as nn
-from .grad_compare import compare_to_module, finite_difference_errors, gradient_errors
-
-FORWARD_TOL = 1e-5
-BACKWARD_TOL = 1e-5
-FINITE_DIFFERENCE_TOL = 1e-6
+from .grad_compare import FINITE_DIFFERENCE_RTOL, RTOL, backward_before_forward, check_layer, tie_heavy
+from .twins import SumOfPaths, TupleOfHeads
 
 
 class Case(NamedTuple):
     name: str
     make_layer: Callable
-    make_twin: Optional[Callable]  # an independent torch.nn module, or None
+    make_twin: Optional[Callable]  # an independent torch.nn module, or None for nnlab.twins' (if any)
     input_shape: tuple  # a list of shapes for a layer of several inputs
     make_target: Optional[Callable] = None  # targets for losses, from the input shape
     train: bool = True
     make_input: Optional[Callable] = None  # inputs from the shape; torch.randn when None
+    kinked: bool = False  # has a kink or a max: checked on a tie-heavy input too
+    ties: bool = False  # this row's input is tie-heavy
 
 
 class Row(NamedTuple):
     name: str
-    forward: Optional[float]  # max |nnlab - torch.nn| over the outputs; None without a twin
-    backward: float  # worst relative gradient error against autograd, float32
-    finite_differences: float  # worst relative gradient error against finite differences, float64
+    forward: Optional[float]  # error of the outputs against the torch.nn twin; None without one
+    backward: Optional[float]  # worst gradient error against autograd and the twin (input dtype)
+    finite_differences: Optional[float]  # worst gradient error against finite differences, float64
+    verdict: Optional[object]  # the grad_compare.Verdict; None when the check could not finish
+    failure: str = ""  # what the layer raised when the check could not finish
 
     @property
     def passed(self):
-        forward_ok = self.forward is None or self.forward <= FORWARD_TOL
-        return forward_ok and self.backward <= BACKWARD_TOL and self.finite_differences <= FINITE_DIFFERENCE_TOL
+        return not self.failure and self.verdict.passed
 
 
 def _labels(shape):
@@ -64,29 +70,6 @@ def _softmax_rows(shape):
 def _two_task_labels(shape):
     """(N, 2) targets: column 0 for a 3-class head, column 1 for a 2-class head."""
     return torch.stack([torch.randint(0, 3, (shape[0],)), torch.randint(0, 2, (shape[0],))], dim=1)
-
-
-class _SumOfPaths(torch.nn.Module):
-    """torch twin of nnlab's Residual: main(x) + shortcut(x)."""
-
-    def __init__(self, main, shortcut):
-        super().__init__()
-        self.main = main
-        self.shortcut = shortcut
-
-    def forward(self, x):
-        return self.main(x) + self.shortcut(x)
-
-
-class _TupleOfHeads(torch.nn.Module):
-    """torch twin of nnlab's Heads: one input, a tuple of outputs."""
-
-    def __init__(self, *heads):
-        super().__init__()
-        self.heads = torch.nn.ModuleList(heads)
-
-    def forward(self, x):
-        return tuple(head(x) for head in self.heads)
 
 
 class _TorchOp(torch.nn.Module):
@@ -127,21 +110,21 @@ class _SmallUNetTwin(torch.nn.Module):
 
 CASES = [
     Case("Linear", lambda: nn.Linear(5, 4), lambda: torch.nn.Linear(5, 4), (3, 5)),
-    Case("ReLU", nn.ReLU, torch.nn.ReLU, (2, 3, 4)),
-    Case("LeakyReLU", lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), (2, 3, 4)),
+    Case("ReLU", nn.ReLU, torch.nn.ReLU, (2, 3, 4), kinked=True),
+    Case("LeakyReLU", lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), (2, 3, 4), kinked=True),
     Case("Sigmoid", nn.Sigmoid, torch.nn.Sigmoid, (2, 3, 4)),
     Case("Tanh", nn.Tanh, torch.nn.Tanh, (2, 3, 4)),
-    Case("Softmax", lambda: nn.Softmax(dim=1), lambda: torch.nn.Softmax(dim=1), (3, 5)),
+    Case("Softmax", lambda: nn.Softmax(dim=1), lambda: torch.nn.Softmax(dim=1), (3, 5), kinked=True),
     Case("Dropout", lambda: nn.Dropout(0.4), None, (4, 6)),
     Case("Flatten", nn.Flatten, torch.nn.Flatten, (2, 3, 2, 2)),
-    Case("CrossEntropyLoss", nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss, (4, 5), _labels),
+    Case("CrossEntropyLoss", nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss, (4, 5), _labels, kinked=True),
     Case("CrossEntropyLoss (soft)", nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss, (4, 5), _probabilities),
     Case("NLLLoss", nn.NLLLoss, torch.nn.NLLLoss, (4, 5), _labels),
     Case("ClippedCrossEntropyLoss", nn.ClippedCrossEntropyLoss, None, (4, 5), _labels, make_input=_softmax_rows),
     Case("MSELoss", nn.MSELoss, torch.nn.MSELoss, (4, 3), torch.randn),
     Case("L1Loss", nn.L1Loss, torch.nn.L1Loss, (4, 3), torch.randn),
     Case("BCELoss", nn.BCELoss, torch.nn.BCELoss, (4, 3), _uniform, make_input=_inside_0_1),
-    Case("BCEWithLogitsLoss", nn.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss, (4, 3), _uniform),
+    Case("BCEWithLogitsLoss", nn.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss, (4, 3), _uniform, kinked=True),
     Case(
         "MultiTaskLoss",
         lambda: nn.Sequential(
@@ -165,6 +148,7 @@ CASES = [
             torch.nn.Linear(4, 6), torch.nn.LeakyReLU(), torch.nn.Linear(6, 5), torch.nn.LeakyReLU(), torch.nn.Linear(5, 3)
         ),
         (3, 4),
+        kinked=True,
     ),
     Case(
         "Conv2d",
@@ -172,9 +156,17 @@ CASES = [
         lambda: torch.nn.Conv2d(2, 3, kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=(1, 2)),
         (2, 2, 6, 5),
     ),
-    Case("MaxPool2d", lambda: nn.MaxPool2d(3, stride=2, padding=1), lambda: torch.nn.MaxPool2d(3, 2, 1), (2, 2, 7, 6)),
+    Case(
+        "MaxPool2d", lambda: nn.MaxPool2d(3, stride=2, padding=1), lambda: torch.nn.MaxPool2d(3, 2, 1), (2, 2, 7, 6), kinked=True
+    ),
     Case("AvgPool2d", lambda: nn.AvgPool2d(2, stride=1, padding=1), lambda: torch.nn.AvgPool2d(2, 1, 1), (2, 2, 5, 4)),
-    Case("AdaptiveMaxPool2d", lambda: nn.AdaptiveMaxPool2d((3, 2)), lambda: torch.nn.AdaptiveMaxPool2d((3, 2)), (2, 2, 7, 5)),
+    Case(
+        "AdaptiveMaxPool2d",
+        lambda: nn.AdaptiveMaxPool2d((3, 2)),
+        lambda: torch.nn.AdaptiveMaxPool2d((3, 2)),
+        (2, 2, 7, 5),
+        kinked=True,
+    ),
     Case("AdaptiveAvgPool2d", lambda: nn.AdaptiveAvgPool2d((3, 2)), lambda: torch.nn.AdaptiveAvgPool2d((3, 2)), (2, 2, 7, 5)),
     Case("BatchNorm1d", lambda: nn.BatchNorm1d(3), lambda: torch.nn.BatchNorm1d(3), (5, 3)),
     Case("BatchNorm2d", lambda: nn.BatchNorm2d(2), lambda: torch.nn.BatchNorm2d(2), (3, 2, 3, 3)),
@@ -183,13 +175,13 @@ CASES = [
     Case(
         "Residual",
         lambda: nn.Residual(nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Linear(4, 4)),
-        lambda: _SumOfPaths(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()), torch.nn.Linear(4, 4)),
+        lambda: SumOfPaths(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()), torch.nn.Linear(4, 4)),
         (3, 4),
     ),
     Case(
         "Heads",
         lambda: nn.Heads(nn.Linear(4, 3), nn.Linear(4, 2)),
-        lambda: _TupleOfHeads(torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)),
+        lambda: TupleOfHeads(torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)),
         (3, 4),
     ),
     Case("Upsample", lambda: nn.Upsample((2, 3)), lambda: torch.nn.Upsample(scale_factor=(2, 3)), (2, 2, 3, 2)),
@@ -198,18 +190,37 @@ CASES = [
     Case("Concat", nn.Concat, lambda: _TorchOp(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
     Case("Model (graph)", _small_unet, _SmallUNetTwin, (2, 2, 4, 4)),
     Case(
+        "Conv2d -> ReLU -> MaxPool2d",
+        lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)),
+        (2, 1, 8, 8),
+        kinked=True,
+    ),
+    Case(
         "CNN",
         lambda: models.CNN((1, 6, 6), 3, channels=[2, 2], pool_every=2, hidden_dims=[4]),
         None,
         (2, 1, 6, 6),
+        kinked=True,
     ),
     Case(
         "ResNet",
         lambda: models.ResNet((1, 6, 6), 3, channels=[2, 2, 2], pool_every=3, hidden_dims=[4], batchnorm=True, bottleneck=True),
         None,
         (2, 1, 6, 6),
+        kinked=True,
     ),
 ]
+# Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
+# values, exact zeros), where ties decide where gradients go.
+CASES += [case._replace(name=f"{case.name} (ties)", ties=True) for case in CASES if case.kinked]
+
+
+def _input(shape, ties, seed, dtype=torch.float32):
+    """A random or a tie-heavy input of ``shape``; a tuple of them for a list of shapes."""
+    if isinstance(shape, list):
+        return tuple(_input(one, ties, seed + index, dtype) for index, one in enumerate(shape))
+    return tie_heavy(shape, seed, dtype) if ties else torch.randn(shape, dtype=dtype)
 
 
 def check(case, seed=0):
@@ -218,35 +229,155 @@ def check(case, seed=0):
     layer = case.make_layer().train(case.train)
     if case.make_input is not None:
         x = case.make_input(case.input_shape)
-    elif isinstance(case.input_shape, list):
-        x = tuple(torch.randn(shape) for shape in case.input_shape)
     else:
-        x = torch.randn(case.input_shape)
+        x = _input(case.input_shape, case.ties, seed)
     y = case.make_target(case.input_shape) if case.make_target else None
-    forward = None
-    backward = max(gradient_errors(layer, x, y, seed=seed))
-    if case.make_twin is not None:
-        result = compare_to_module(layer, case.make_twin(), x, y, seed=seed)
-        forward = result.pop("output")
-        backward = max(backward, *result.values())
-    finite = max(finite_difference_errors(layer, x, y, seed=seed))
-    return Row(case.name, forward, backward, finite)
+    twin = case.make_twin() if case.make_twin else "auto"
+    verdict = check_layer(layer, x, y, seed=seed, twin=twin, finite_differences=True)
+    breach = backward_before_forward(case.make_layer().train(case.train), x, y)
+    if breach:
+        verdict.add_problem(None, breach)
+    return _row(case.name, verdict)
+
+
+def _row(name, verdict):
+    forward = verdict.comparison("torch.nn twin (forward)")
+    backward = [c.worst.error for c in verdict.comparisons if c.reference in ("autograd", "torch.nn twin")]
+    finite = verdict.comparison("finite differences")
+    return Row(
+        name,
+        None if forward is None else forward.worst.error,
+        max(backward, default=None),
+        None if finite is None else finite.worst.error,
+        verdict,
+    )
 
 
 def run_all(seed=0):
     return [check(case, seed) for case in CASES]
 
 
-def format_table(rows):
-    header = f"{'layer':<26}{'forward':>12}{'backward':>12}{'finite diff':>13}  result"
+def _cell(value, width):
+    return f"{'-' if value is None else f'{value:.1e}':>{width}}"
+
+
+def format_table(rows, details=False):
+    """The rows as a table; below it, each failing row's verdict (every row's with
+    ``details``), which names the contract breaches and the element of largest error."""
+    header = f"{'layer':<34}{'forward':>10}{'backward':>10}{'finite diff':>13}  result"
     lines = [header, "-" * len(header)]
     for row in rows:
-        forward = "-" if row.forward is None else f"{row.forward:.1e}"
         result = "ok" if row.passed else "FAIL"
-        lines.append(f"{row.name:<26}{forward:>12}{row.backward:>12.1e}{row.finite_differences:>13.1e}  {result}")
+        cells = _cell(row.forward, 10) + _cell(row.backward, 10) + _cell(row.finite_differences, 13)
+        lines.append(f"{row.name:<34}{cells}  {result}")
     lines.append(
-        f"forward: max |nnlab - torch.nn| (tol {FORWARD_TOL:g}); backward: worst relative error against "
-        f"autograd, float32 (tol {BACKWARD_TOL:g}); finite diff: worst relative error, float64 "
-        f"(tol {FINITE_DIFFERENCE_TOL:g})"
+        "errors are max |nnlab - reference| / (s + |reference|), s the largest |reference| entry of the check; "
+        f"forward and backward against torch.nn and autograd (tolerance {RTOL[torch.float32]:g} in float32, "
+        f"{RTOL[torch.float64]:g} in float64), finite diff in float64 (tolerance {FINITE_DIFFERENCE_RTOL:g})"
     )
+    for row in rows:
+        if details or not row.passed:
+            lines.append("")
+            details = [row.failure] if row.failure else row.verdict.details()
+            lines.append(f"{row.name}: {'ok' if row.passed else 'FAIL'}")
+            lines += [f"  {line}" for line in details]
     return "\n".join(lines)
+
+
+# A layer of the user's ---------------------------------------------------------------------
+
+
+class UserLayerError(ValueError):
+    """A --layer, --args or --input-shape that cannot be used: a one-line explanation."""
+
+
+def load_layer_class(spec):
+    """The class named by ``package.module:ClassName``; it must be an nnlab Layer."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name.isidentifier():
+        raise UserLayerError(f"--layer {spec!r}: expected package.module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # whatever importing the user's module raised
+        raise UserLayerError(f"--layer {spec!r}: cannot import {module_name}: {type(error).__name__}: {error}")
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UserLayerError(f"--layer {spec!r}: module {module_name} has no {class_name}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Layer)):
+        raise UserLayerError(f"--layer {spec!r}: {class_name} is not a subclass of nnlab.layers.Layer")
+    return cls
+
+
+def parse_layer_args(text):
+    """(args, kwargs) from what one would write between the parentheses of
+    ``ClassName(...)``, e.g. ``"3, 16, kernel_size=3"``: Python literals only (numbers,
+    strings, tuples, lists, dicts, True/False/None), read with ast.literal_eval, never eval."""
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+        if not isinstance(call, ast.Call) or any(isinstance(a, ast.Starred) for a in call.args):
+            raise ValueError("not plain arguments")
+        if any(keyword.arg is None for keyword in call.keywords):
+            raise ValueError("** is not allowed")
+        args = tuple(ast.literal_eval(arg) for arg in call.args)
+        kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as error:
+        raise UserLayerError(
+            f"--args {text!r}: expected constructor arguments made of Python literals, such as "
+            f"'3, 16, kernel_size=3' ({type(error).__name__}: {error})"
+        )
+    return args, kwargs
+
+
+def parse_shape(text):
+    """``"2,3,8,8"`` as (2, 3, 8, 8): one or more integers >= 1."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise UserLayerError(f"--input-shape {text!r}: expected integers >= 1 separated by commas, such as 2,3,8,8")
+    return shape
+
+
+def check_user_layer(cls, args, kwargs, input_shape, dtype=torch.float32, seed=0):
+    """Rows for ``cls(*args, **kwargs)`` on a random and on a tie-heavy input of
+    ``input_shape``: autograd through its forward, finite differences in float64 and
+    the contract (the first row also checks that backward before forward raises).
+    UserLayerError when the class cannot be built or rejects an input of that shape."""
+    layer = _build(cls, args, kwargs, dtype)
+    _probe_forward(layer, torch.randn(input_shape, dtype=dtype))
+    rows = []
+    for ties in (False, True):
+        name = f"{cls.__name__} ({'tie-heavy' if ties else 'random'} input)"
+        torch.manual_seed(seed)
+        x = _input(input_shape, ties, seed, dtype)
+        try:
+            verdict = check_layer(_build(cls, args, kwargs, dtype), x, seed=seed, finite_differences=True)
+            breach = None if ties else backward_before_forward(_build(cls, args, kwargs, dtype), x)
+        except Exception as error:  # the user's code: what it raised is the result
+            rows.append(Row(name, None, None, None, None, f"the check stopped: {type(error).__name__}: {error}"))
+            continue
+        if breach:
+            verdict.add_problem(None, breach)
+        rows.append(_row(name, verdict))
+    return rows
+
+
+def _build(cls, args, kwargs, dtype):
+    try:
+        layer = cls(*args, **kwargs)
+    except Exception as error:  # the user's constructor: what it raised, on one line
+        call = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+        raise UserLayerError(f"{cls.__name__}({call}) raised {type(error).__name__}: {error}")
+    return layer.to(dtype=dtype)
+
+
+def _probe_forward(layer, x):
+    """A forward on a copy of the layer: a ValueError or TypeError there means the layer
+    rejects this input (a usage error), not a failed check."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            copy.deepcopy(layer)(x)
+    except (ValueError, TypeError) as error:
+        shape = ",".join(str(n) for n in x.shape)
+        raise UserLayerError(f"--input-shape {shape}: {type(layer).__name__} rejects it: {error}")

@@ -1,0 +1,124 @@
+"""The ``torch.nn`` twin of an nnlab layer: an independent module that computes the same
+function, with the layer's parameters and buffers copied in and the layer's mode.
+
+The checkers in ``nnlab.grad_compare`` run it under autograd as a second judge of a
+layer's backward, beside autograd through the layer's own forward.
+"""
+
+import torch
+
+from . import layers as nn
+
+
+LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.MSELoss, torch.nn.BCEWithLogitsLoss)
+
+
+class Chain(torch.nn.Sequential):
+    """torch twin of nnlab's Sequential: torch.nn.Sequential, except that the targets y
+    reach the losses in it (nnlab's Sequential hands its keyword arguments to every layer,
+    so ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss)."""
+
+    def forward(self, x, y=None):
+        for module in self:
+            x = module(x, y) if isinstance(module, (Chain, *LOSSES)) else module(x)
+        return x
+
+
+class SumOfPaths(torch.nn.Module):
+    """torch twin of nnlab's Residual: ``main(x) + shortcut(x)``."""
+
+    def __init__(self, main, shortcut):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.main(x) + self.shortcut(x)
+
+
+class TupleOfHeads(torch.nn.Module):
+    """torch twin of nnlab's Heads: one input, a tuple of outputs."""
+
+    def __init__(self, *heads):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+
+    def forward(self, x):
+        return tuple(head(x) for head in self.heads)
+
+
+def torch_twin(layer):
+    """A ``torch.nn`` module computing what ``layer`` computes, with its parameters and
+    buffers copied in (same order, dtype and device) and in its mode; None when there
+    is none. Only nnlab's own classes have twins (a subclass may compute something else),
+    and a Dropout in training mode has none (torch would draw another mask)."""
+    module = _twin_structure(layer)
+    if module is None:
+        return None
+    params = [param for param, _ in layer.params()]
+    module_params = list(module.parameters())
+    module_buffers = list(module.buffers())
+    layer_buffers = layer.buffers()
+    if [p.shape for p in params] != [p.shape for p in module_params] or len(layer_buffers) != len(module_buffers):
+        return None
+    if params:
+        module.to(device=params[0].device, dtype=params[0].dtype)
+    with torch.no_grad():
+        for target, source in zip(module_params, params):
+            target.copy_(source)
+        for target, source in zip(module_buffers, layer_buffers):
+            target.copy_(source)
+    return module.train(layer.training)
+
+
+def _twin_structure(layer):
+    """The freshly built twin module of ``layer`` (weights not yet copied), or None."""
+    kind = type(layer)
+    if isinstance(layer, nn.Builder) and kind.forward is nn.Builder.forward and kind.backward is nn.Builder.backward:
+        return _twin_structure(layer.sequence)
+    if kind is nn.Sequential:
+        children = [_twin_structure(child) for child in layer]
+        return None if None in children else Chain(*children)
+    if kind is nn.Residual:
+        main = _twin_structure(layer.main)
+        shortcut = torch.nn.Identity() if layer.shortcut is None else _twin_structure(layer.shortcut)
+        return None if main is None or shortcut is None else SumOfPaths(main, shortcut)
+    if kind is nn.Heads:
+        heads = [_twin_structure(head) for head in layer]
+        return None if None in heads else TupleOfHeads(*heads)
+    if kind in (nn.Dropout, nn.Dropout2d):
+        return torch.nn.Identity() if not layer.training or layer.p == 0 else None
+    make = _LEAF_TWINS.get(kind)
+    return None if make is None else make(layer)
+
+
+_LEAF_TWINS = {
+    nn.Linear: lambda layer: torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None),
+    nn.ReLU: lambda layer: torch.nn.ReLU(),
+    nn.LeakyReLU: lambda layer: torch.nn.LeakyReLU(layer.alpha),
+    nn.Sigmoid: lambda layer: torch.nn.Sigmoid(),
+    nn.Tanh: lambda layer: torch.nn.Tanh(),
+    nn.Softmax: lambda layer: torch.nn.Softmax(dim=layer.dim),
+    nn.Flatten: lambda layer: torch.nn.Flatten(layer.start_dim, layer.end_dim),
+    nn.Conv2d: lambda layer: torch.nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+    ),
+    nn.MaxPool2d: lambda layer: torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation),
+    nn.AvgPool2d: lambda layer: torch.nn.AvgPool2d(
+        layer.kernel_size, layer.stride, layer.padding, count_include_pad=layer.count_include_pad
+    ),
+    nn.AdaptiveMaxPool2d: lambda layer: torch.nn.AdaptiveMaxPool2d(layer.output_size),
+    nn.AdaptiveAvgPool2d: lambda layer: torch.nn.AdaptiveAvgPool2d(layer.output_size),
+    nn.BatchNorm1d: lambda layer: torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
+    nn.BatchNorm2d: lambda layer: torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
+    nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(),
+    nn.MSELoss: lambda layer: torch.nn.MSELoss(),
+    nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(),
+}
