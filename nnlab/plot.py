@@ -1,6 +1,7 @@
 """Figures for nnlab training runs, drawn headless: learning curves of every recorded
-metric (``plot_fit``), per-step loss and gradient norm (``plot_steps``), and labelled
-image grids (``plot_images``).
+metric (``plot_fit``), per-step loss and gradient norm (``plot_steps``), labelled
+image grids (``plot_images``), and a layer's Jacobian (``plot_jacobian``) and
+equivariance maps (``plot_equivariance``).
 
 The figures are plain ``matplotlib.figure.Figure`` objects with an Agg canvas: no
 pyplot, no window, no change to matplotlib's global backend. Save one with
@@ -11,10 +12,14 @@ display ``fig`` itself.
 import math
 
 import matplotlib
+import numpy
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .grad_compare import equivariance_difference, jacobian, rotate90, shift
+from .jacobians import preserved
 
 PHASES = ("train", "test")
 METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "mae": "mean absolute error", "mse": "mean squared error"}
@@ -202,6 +207,68 @@ def _label_text(label, class_names):
         return f"{label.item():.3g}"
     value = int(label.item())
     return str(class_names[value]) if class_names is not None else str(value)
+
+
+def plot_jacobian(layer, x, y=None, ax=None):
+    """Heat map of |J|, the Jacobian of ``layer`` at x built from its hand-written backward
+    (``nnlab.grad_compare.jacobian``), as an (output entries) x (input entries) matrix in
+    row-major order; exact zeros are left white, so the sparsity pattern shows: dense for
+    Linear, a diagonal for ReLU, a band for Conv2d. A layer with several outputs stacks
+    their rows. Use small inputs: the matrix has out.numel() * x.numel() entries.
+
+    Returns ``(fig, ax)``; pass ``ax`` to draw into an axes of your own figure.
+    """
+    jacobians = jacobian(layer, x, y)
+    jacobians = jacobians if isinstance(jacobians, tuple) else (jacobians,)
+    matrix = torch.cat([j.detach().reshape(-1, x.numel()) for j in jacobians]).abs().double().cpu()
+    fig, ax = (ax.figure, ax) if ax is not None else _single_axes((6, 5))
+    magnitudes = numpy.ma.masked_equal(matrix.numpy(), 0.0)
+    image = ax.imshow(magnitudes, cmap="viridis", interpolation="nearest", aspect="auto")
+    fig.colorbar(image, ax=ax, label="|d out_i / d x_j|")
+    nonzero = int((matrix != 0).sum())
+    ax.set_title(f"|J| of {repr(layer).splitlines()[0]}\n{nonzero} of {matrix.numel()} entries nonzero", fontsize=9)
+    ax.set_xlabel(f"input entry j (x: {tuple(x.shape)})")
+    ax.set_ylabel("output entry i")
+    return fig, ax
+
+
+def plot_equivariance(layer, x, transforms=None):
+    """Whether ``layer`` commutes with image transforms g, drawn: the input, the layer's
+    features, and for each g the map |layer(g(x)) - g(layer(x))| (zero where they
+    commute), each of the first sample and channel. ``transforms`` defaults to
+    ``(shift(3, 3), rotate90())`` of ``nnlab.grad_compare``; any function of tensors works.
+
+    Returns ``(fig, axes)``.
+    """
+    transforms = (shift(3, 3), rotate90()) if transforms is None else tuple(transforms)
+    with preserved(layer):
+        features = layer(x)
+    panels = [("input x", x), (f"features f(x)\nf = {type(layer).__name__}", features)]
+    for transform in transforms:
+        difference = equivariance_difference(layer, x, transform).abs()
+        title = f"|f(g(x)) - g(f(x))|\ng = {transform!r}\nmax {difference.max().item():.2g}"
+        panels.append((title, difference))
+    fig, axes = _new_figure(1, len(panels), len(panels), (3.2 * len(panels), 3.4))
+    for ax, (title, image) in zip(axes, panels):
+        shown = ax.imshow(_first_plane(image), cmap="viridis", interpolation="nearest")
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _first_plane(tensor):
+    """The (H, W) image of the first sample and channel."""
+    plane = tensor.detach()
+    while plane.dim() > 2:
+        plane = plane[0]
+    return plane.double().cpu().numpy()
+
+
+def _single_axes(figsize):
+    fig, (ax,) = _new_figure(1, 1, 1, figsize)
+    return fig, ax
 
 
 def _epoch_records(fit_result):

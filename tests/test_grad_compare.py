@@ -5,13 +5,31 @@ import pytest
 import torch
 
 from nnlab.grad_compare import (
+    backward_before_forward,
+    check_layer,
     compare_layer_to_torch,
     compare_to_module,
+    equivariance_error,
     finite_difference_errors,
     gradcheck,
     gradient_errors,
+    rotate90,
+    shift,
+    tie_heavy,
 )
-from nnlab.layers import MLP, CrossEntropyLoss, Dropout, Linear, Sequential, Tanh
+from nnlab.layers import (
+    MLP,
+    AvgPool2d,
+    BatchNorm1d,
+    Conv2d,
+    CrossEntropyLoss,
+    Dropout,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    Tanh,
+)
 
 
 class WrongWeightGradient(Linear):
@@ -133,3 +151,298 @@ def test_finite_difference_errors_are_small_for_a_correct_layer_and_large_for_a_
     assert len(errors) == 5 and max(errors) < 1e-7
     errors = finite_difference_errors(WrongWeightGradient(3, 2), torch.randn(2, 3))
     assert errors[0] < 1e-7 and errors[1] > 1e-2
+
+
+# Blind spots: a backward that breaks the contract is caught by every checker ------------------
+
+
+class DoublesDoutInPlace(Linear):
+    """Doubles dout in place before using it: 2x wrong, and the mutated dout used to
+    become the checkers' reference."""
+
+    def backward(self, dout):
+        dout *= 2
+        return super().backward(dout)
+
+
+class OverwritesGradients(Linear):
+    """Assigns the parameter gradients instead of adding into them."""
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"].copy_(dout.T @ x)
+        self._grads["bias"].copy_(dout.sum(dim=0))
+        return dout @ self.weight
+
+
+class ReplacesGradientTensor(Linear):
+    """Binds a new tensor as the weight gradient: the tensor an optimizer holds never changes."""
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] = self._grads["weight"] + dout.T @ x
+        self._grads["bias"] += dout.sum(dim=0)
+        return dout @ self.weight
+
+
+class ReturnsNone(Tanh):
+    def backward(self, dout):
+        self.cached("_out")
+        return None
+
+
+class ReturnsWrongShape(Tanh):
+    def backward(self, dout):
+        return (dout * (1 - self.cached("_out") ** 2))[:, :-1]
+
+
+class ChangesInputInPlace(ReLU):
+    """The classic ReLU: zero the negative entries of x itself."""
+
+    def forward(self, x, **kw):
+        self._out = x
+        x[x < 0] = 0
+        return x
+
+
+class GradientOfWrongShape(Linear):
+    """params() pairs the weight with a transposed gradient."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        self._grads["weight"] = torch.zeros(in_features, out_features)
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] += x.T @ dout
+        self._grads["bias"] += dout.sum(dim=0)
+        return dout @ self.weight
+
+
+def failing_verdict(checker, layer, x):
+    """The verdict of one checker on a broken layer, asserting it failed."""
+    if checker == "gradcheck":
+        with pytest.raises(AssertionError, match="gradcheck failed") as failure:
+            gradcheck(layer, x)
+        return str(failure.value)
+    if checker == "compare_to_module":
+        result = compare_to_module(layer, torch.nn.Linear(4, 3), x)
+    else:
+        result = CHECKERS[checker](layer, x)
+    assert not result.verdict.passed
+    if checker != "compare_layer_to_torch":
+        assert max(result.values() if isinstance(result, dict) else result) > 1e-3
+    return str(result.verdict)
+
+
+CHECKERS = {
+    "gradient_errors": gradient_errors,
+    "finite_difference_errors": finite_difference_errors,
+    "compare_layer_to_torch": compare_layer_to_torch,
+}
+
+
+@pytest.mark.parametrize(
+    "broken, breach",
+    [
+        (DoublesDoutInPlace, "backward changes dout"),
+        (OverwritesGradients, "gradients do not accumulate"),
+        (ReplacesGradientTensor, "gradient tensor replaced"),
+        (GradientOfWrongShape, "params() pair of wrong shapes"),
+    ],
+)
+@pytest.mark.parametrize("checker", ["gradient_errors", "finite_difference_errors", "compare_layer_to_torch", "gradcheck", "compare_to_module"])
+def test_every_checker_catches_a_backward_that_breaks_the_contract(broken, breach, checker, capsys):
+    torch.manual_seed(7)
+    layer = broken(4, 3)
+    assert breach in failing_verdict(checker, layer, torch.randn(5, 4))
+
+
+def test_the_doubled_dout_shows_as_a_factor_two_against_the_untouched_reference():
+    torch.manual_seed(8)
+    verdict = gradient_errors(DoublesDoutInPlace(4, 3), torch.randn(5, 4)).verdict
+    worst = verdict.comparison("autograd").worst
+    assert worst.actual == pytest.approx(2 * worst.expected)
+
+
+@pytest.mark.parametrize("broken, breach", [(ReturnsNone, "returned None"), (ReturnsWrongShape, "of shape (3, 3) for an input of shape (3, 4)")])
+@pytest.mark.parametrize("checker", ["gradient_errors", "finite_difference_errors", "compare_layer_to_torch", "gradcheck"])
+def test_a_missing_or_misshapen_input_gradient_is_a_failing_verdict(broken, breach, checker, capsys):
+    torch.manual_seed(9)
+    assert breach in failing_verdict(checker, broken(), torch.randn(3, 4))
+
+
+def test_a_forward_that_changes_its_input_in_place_is_named():
+    x = torch.randn(3, 4)
+    before = x.clone()
+    errors = gradient_errors(ChangesInputInPlace(), x)
+    assert torch.equal(x, before)
+    assert errors[0] == float("inf")
+    assert "forward changes its input x in place" in str(errors.verdict)
+
+
+# No false alarms ------------------------------------------------------------------------------
+
+
+def test_a_zero_true_gradient_passes_the_train_commands_self_check():
+    """Linear -> BatchNorm1d: the Linear bias has a true gradient of exactly 0 (the batch
+    mean removes it); rounding noise against a zero reference is no error."""
+    torch.manual_seed(10)
+    model = Sequential(Linear(4, 3), BatchNorm1d(3), Tanh(), Linear(3, 2), CrossEntropyLoss()).to(dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    errors = gradient_errors(model, x, torch.tensor([0, 1, 0, 1, 1, 0]))
+    assert max(errors) <= 1e-10
+    assert errors.verdict.comparison("torch.nn twin") is not None  # the twin judged it too
+
+
+def integer_images(seed):
+    """Integer-valued 10x10 images with a constant background and a flat bright square."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.zeros(3, 1, 10, 10)
+    images[:, :, 2:7, 3:8] = 4.0
+    images[:, :, 7:, :] = torch.randint(0, 3, (3, 1, 3, 10), generator=generator).float()
+    return images
+
+
+def test_conv_relu_maxpool_on_integer_images_with_ties_agrees_with_autograd_and_torch(capsys):
+    torch.manual_seed(11)
+    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2))
+    x = integer_images(11)
+    diffs = compare_layer_to_torch(model, x)
+    assert diffs.verdict.passed, str(diffs.verdict)
+    assert max(gradient_errors(model, x)) <= 1e-6
+    assert diffs[0] <= 1e-6 * diffs.verdict.comparison("autograd").tensors[0].difference_norm + 1e-6
+
+
+class SplitsTies(MaxPool2d):
+    """A MaxPool2d(2) whose backward shares dout equally between tied maxima."""
+
+    def forward(self, x, **kw):
+        self._x = x
+        return super().forward(x)
+
+    def backward(self, dout):
+        windows = self._x.unfold(2, 2, 2).unfold(3, 2, 2)  # (N, C, H/2, W/2, 2, 2)
+        winners = (windows == windows.amax(dim=(4, 5), keepdim=True)).to(dout.dtype)
+        shares = winners / winners.sum(dim=(4, 5), keepdim=True) * dout[..., None, None]
+        return shares.permute(0, 1, 2, 4, 3, 5).reshape(self._x.shape)
+
+
+class SendsToLastMaximum(SplitsTies):
+    """A MaxPool2d(2) whose backward sends dout to the last tied maximum."""
+
+    def backward(self, dout):
+        windows = self._x.unfold(2, 2, 2).unfold(3, 2, 2).flatten(4)
+        last = 3 - windows.flip(-1).argmax(dim=-1, keepdim=True)
+        shares = torch.zeros_like(windows).scatter(-1, last, dout[..., None])
+        shares = shares.reshape(*shares.shape[:4], 2, 2)
+        return shares.permute(0, 1, 2, 4, 3, 5).reshape(self._x.shape)
+
+
+@pytest.mark.parametrize("wrong_pool", [SplitsTies, SendsToLastMaximum])
+def test_a_maxpool_backward_that_routes_ties_elsewhere_fails(wrong_pool, capsys):
+    torch.manual_seed(12)
+    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), wrong_pool(2))
+    x = integer_images(12)
+    verdict = compare_layer_to_torch(model, x).verdict
+    assert not verdict.passed
+    assert "FAIL" in capsys.readouterr().out
+    # The same backward agrees on inputs without ties: only the routing of ties is wrong.
+    assert check_layer(model, torch.randn(3, 1, 10, 10)).passed
+
+
+# Leaving everything as found --------------------------------------------------------------
+
+
+TWIN = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5))
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda layer, x: compare_layer_to_torch(layer, x),
+        lambda layer, x: gradient_errors(layer, x),
+        lambda layer, x: finite_difference_errors(layer, x),
+        lambda layer, x: gradcheck(layer, x),
+        lambda layer, x: compare_to_module(layer, TWIN, x),
+        lambda layer, x: check_layer(layer, x, finite_differences=True),
+    ],
+    ids=["compare_layer_to_torch", "gradient_errors", "finite_difference_errors", "gradcheck", "compare_to_module", "check_layer"],
+)
+def test_checkers_restore_the_rng_and_every_requires_grad_flag(run, capsys):
+    torch.manual_seed(13)
+    model = Sequential(Linear(4, 3), Dropout(0.5))
+    x = torch.randn(5, 4)
+    model.params()[0][0].requires_grad_(True)  # a user's flag, left as found
+    rng = torch.get_rng_state()
+    run(model, x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [p.requires_grad for p, _ in model.params()] == [True, False]
+    assert not x.requires_grad
+
+
+def test_backward_before_forward_names_a_layer_without_a_cache_check():
+    class NoCacheCheck(Tanh):
+        def __init__(self):
+            super().__init__()
+            self._out = torch.zeros(())
+
+    x = torch.randn(2, 3)
+    assert backward_before_forward(Tanh(), x) is None
+    assert "backward before forward does not raise" in backward_before_forward(NoCacheCheck(), x)
+    assert "raised TypeError" in backward_before_forward(type("Bare", (Tanh,), {"backward": lambda self, d: None * d})(), x)
+
+
+def test_tie_heavy_inputs_have_ties_zeros_and_a_flat_region():
+    x = tie_heavy((2, 3, 6, 8), seed=1)
+    assert torch.equal(x, x.round()) and x.abs().max() <= 2
+    assert (x[..., :4] == 0).all()
+    assert (x[..., 4:] == 0).any() and (x[..., 4:] != 0).any()
+
+
+# Equivariance ------------------------------------------------------------------------------
+
+
+def test_shift_and_rotate90_move_the_last_two_dimensions():
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    assert torch.equal(shift(1, -1)(x), torch.roll(x, (1, -1), dims=(-2, -1)))
+    expected = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 0.0], [5.0, 6.0, 7.0, 0.0]]])
+    assert torch.equal(shift(1, -1, circular=False)(x), expected)
+    assert torch.equal(rotate90(3)(x), torch.rot90(x, 3, dims=(1, 2)))
+    assert repr(shift(1, -1, circular=False)) == "shift(1, -1, circular=False)"
+
+
+def test_circular_conv_commutes_with_circular_shifts_and_zero_padding_only_inside():
+    torch.manual_seed(14)
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64)
+    circular = Conv2d(2, 3, 3, padding=1, padding_mode="circular").to(dtype=torch.float64)
+    zeros = Conv2d(2, 3, 3, padding=1).to(dtype=torch.float64)
+    zeros.load_state_dict(circular.state_dict())
+    for move in (shift(2, -3), shift(-4, 1), shift(0, 5)):
+        assert equivariance_error(circular, x, move) <= 1e-14  # rounding only
+        assert equivariance_error(zeros, x, move) > 0.1  # the borders differ
+    # Away from the borders (shift + kernel radius), zero padding commutes too.
+    for move in (shift(2, -3), shift(2, -3, circular=False)):
+        assert equivariance_error(zeros, x, move, margin=4) == 0.0
+
+
+def test_conv_is_not_rotation_equivariant_unless_its_kernel_is_symmetric():
+    torch.manual_seed(15)
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    conv = Conv2d(1, 1, 3, padding=1, padding_mode="circular").to(dtype=torch.float64)
+    assert equivariance_error(conv, x, rotate90()) > 0.1
+    conv.weight.copy_(torch.tensor([[[[0.5, 1.0, 0.5], [1.0, -2.0, 1.0], [0.5, 1.0, 0.5]]]], dtype=torch.float64))
+    assert equivariance_error(conv, x, rotate90()) <= 1e-14
+
+
+def test_relu_commutes_with_maxpool_exactly():
+    torch.manual_seed(16)
+    x = torch.randn(1, 100, 100)
+    assert equivariance_error(ReLU(), x, MaxPool2d(2)) == 0.0
+    assert equivariance_error(MaxPool2d(2), x, ReLU()) == 0.0
+    assert equivariance_error(Tanh(), x, AvgPool2d(2)) > 1e-3  # not every pair commutes
+
+
+def test_equivariance_error_rejects_outputs_of_different_shapes():
+    with pytest.raises(ValueError, match=r"layer\(g\(x\)\) has shape \(1, 1, 2, 2\) but g\(layer\(x\)\) \(1, 1, 3, 3\)"):
+        equivariance_error(Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), MaxPool2d(2))

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from matplotlib.figure import Figure
 
-import torch
-
-from nnlab.plot import plot_fit, plot_images, plot_steps, save, smoothed
+from nnlab.layers import Conv2d, Linear, ReLU
+from nnlab.plot import plot_equivariance, plot_fit, plot_images, plot_jacobian, plot_steps, save, smoothed
 
 # The fields of nnlab.training.FitResult; a local twin keeps this test independent of it.
 FitResult = collections.namedtuple("FitResult", ["num_epochs", "train_loss", "train_acc", "test_loss", "test_acc"])
@@ -206,3 +206,37 @@ def test_plot_images_titles_each_image_with_its_labels():
         plot_images(torch.rand(3, 8, 8), [1, 2])
     with pytest.raises(ValueError, match=r"\(N, 1 or 3, H, W\)"):
         plot_images(torch.rand(3, 2, 8, 8))
+
+
+# Jacobians and equivariance -------------------------------------------------------------------
+
+
+def test_plot_jacobian_draws_abs_j_with_zeros_blank(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3)
+    fig, ax = plot_jacobian(ReLU(), x)
+    image = ax.get_images()[0].get_array()
+    expected = torch.diag((x.reshape(-1) > 0).double())
+    assert image.shape == (6, 6)
+    assert list(image.mask.reshape(-1)) == list((expected == 0).reshape(-1).tolist())  # ReLU: a diagonal
+    assert float(image.max()) == 1.0
+    assert "of 36 entries nonzero" in ax.get_title()
+    assert save(fig, tmp_path / "relu.png").read_bytes()[:4] == b"\x89PNG"
+
+    _, dense = plot_jacobian(Linear(3, 4), x[:1])
+    assert not dense.get_images()[0].get_array().mask.any()
+    _, band = plot_jacobian(Conv2d(1, 1, 3, padding=1), torch.randn(1, 1, 5, 5))
+    rows, cols = (~band.get_images()[0].get_array().mask).nonzero()
+    assert abs(rows - cols).max() <= 6
+
+
+def test_plot_equivariance_shows_input_features_and_one_map_per_transform(tmp_path):
+    torch.manual_seed(1)
+    conv = Conv2d(1, 2, 3, padding=1, padding_mode="circular")
+    fig, axes = plot_equivariance(conv, torch.randn(1, 1, 12, 12))
+    assert len(axes) == 4
+    assert axes[0].get_title() == "input x" and axes[1].get_title() == "features f(x)\nf = Conv2d"
+    shifted, rotated = axes[2].get_images()[0].get_array(), axes[3].get_images()[0].get_array()
+    assert shifted.max() < 1e-5 and rotated.max() > 0.1  # commutes with shifts, not rotations
+    assert "shift(3, 3, circular=True)" in axes[2].get_title()
+    save(fig, tmp_path / "equivariance.png")
