@@ -325,8 +325,10 @@ def make_optimizer(name, params, learn_rate=None):
 
 
 def verify_gradients(model, loss_fn, x, y):
-    """Worst relative error between the model's backward (through the loss) and
-    autograd, on a float64 copy so that rounding cannot hide or fake a bug."""
+    """Worst error between the model's backward (through the loss) and autograd (and
+    the model's torch.nn twin where it has one), on a float64 copy so that rounding cannot
+    hide or fake a bug: ``grad_compare.gradient_errors``' measure, relative to the size of
+    the gradients, so that a gradient that is truly 0 (a bias before BatchNorm) passes."""
     model_and_loss = copy.deepcopy(Sequential(model, loss_fn)).to(dtype=torch.float64)
     targets = y.double() if y.is_floating_point() else y
     return max(gradient_errors(model_and_loss, x.double(), targets))

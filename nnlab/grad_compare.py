@@ -83,8 +83,6 @@ class TensorError(NamedTuple):
     difference_norm: float = math.inf  # ||a - b||
 
     def describe(self, reference):
-        if self.index is None:
-            return f"{self.name}: missing or misshapen"
         return f"{self.name}{list(self.index)}: {self.actual:.6g} (the layer's) vs {self.expected:.6g} ({reference})"
 
 
@@ -108,6 +106,8 @@ class Comparison(NamedTuple):
         worst = self.worst
         if self.passed:
             text = f"{self.reference}: ok, worst error {worst.error:.1e} (tolerance {self.tolerance:g})"
+        elif worst.index is None:
+            text = f"{self.reference}: FAIL at {worst.name}: no usable tensor to compare"
         else:
             wrong = "wrong output" if self.reference.endswith("(forward)") else "wrong gradient (the backward's VJP)"
             text = (
@@ -292,13 +292,14 @@ def _own_run(layer, x, y, seed, verdict, rtol):
             grad.zero_()
     x_own = x.detach().clone()
     outputs = _run_forward(layer, x_own, y, seed)
-    if not _unchanged(x_own, x):
+    forward_changed_x = not _unchanged(x_own, x)
+    if forward_changed_x:
         verdict.add_problem("input", "forward changes its input x in place")
     douts = _random_douts(outputs, seed + 1)
     dx, returned = _own_backward(layer, douts, verdict, "")
     if not returned:
         return _OwnRun(outputs, douts, [None] * (1 + len(pairs)))
-    if not _unchanged(x_own, x):
+    if not forward_changed_x and not _unchanged(x_own, x):
         verdict.add_problem("input", "backward changes the input x (or what forward cached of it) in place")
     _check_dx(dx, x, verdict)
     first = [None if grad is None else grad.clone() for _, grad in pairs]

@@ -373,11 +373,11 @@ def _build(cls, args, kwargs, dtype):
 
 
 def _probe_forward(layer, x):
-    """A forward on a copy of the layer: a ValueError or TypeError there means the layer
-    rejects this input (a usage error), not a failed check."""
+    """A forward on a copy of the layer first: if it cannot run on an input of the shape
+    given, that is said on one line as a usage error, not reported as a failed check."""
     try:
         with torch.random.fork_rng(devices=[]):
             copy.deepcopy(layer)(x)
-    except (ValueError, TypeError) as error:
+    except Exception as error:  # the user's forward: what it raised, on one line
         shape = ",".join(str(n) for n in x.shape)
-        raise UserLayerError(f"--input-shape {shape}: {type(layer).__name__} rejects it: {error}")
+        raise UserLayerError(f"--input-shape {shape}: {type(layer).__name__} rejects it: {type(error).__name__}: {error}")

@@ -2,6 +2,7 @@
 (one-line error and usage, exit status 2, never a traceback)."""
 
 import os
+import re
 import shutil
 import signal
 import struct
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from nnlab import cli, gradcheck_suite
-from nnlab.layers import Linear, MSELoss, MultiTaskLoss
+from nnlab.layers import BatchNorm1d, Linear, MSELoss, MultiTaskLoss, ReLU, Sequential
 from nnlab.training import load_checkpoint, save_checkpoint
 
 
@@ -177,6 +178,15 @@ def test_train_refuses_a_regression_or_multi_task_model_whose_gradients_are_wron
     monkeypatch.setattr(loss, "backward", off_by_a_little)
     assert cli.main(["train", "--data", data, "--epochs", "1", "--quiet"]) == 1
     assert "refusing to train" in capsys.readouterr().out
+
+
+def test_verify_gradients_passes_a_bias_whose_true_gradient_is_zero():
+    """Linear -> BatchNorm1d: the batch mean removes the Linear bias, whose gradient is
+    exactly 0; the self-check must not refuse such a model."""
+    torch.manual_seed(1)
+    model = Sequential(Linear(64, 16), BatchNorm1d(16), ReLU(), Linear(16, 10))
+    x, y, _, _, _, _ = cli.load_dataset("digits", None, 0)
+    assert cli.verify_gradients(model, cli.CrossEntropyLoss(), x[:32].flatten(1), y[:32]) <= cli.VERIFY_TOLERANCE
 
 
 def test_train_needs_a_root_for_other_datasets():
@@ -612,3 +622,161 @@ def test_binary_prints_the_study_table_and_writes_both_pictures(tmp_path):
 )
 def test_binary_refuses_bad_options_before_training(capsys, args, fragment):
     assert_usage_error(run_in_process(capsys, "binary", *args), fragment)
+
+
+# gradcheck --layer: a layer of the user's ----------------------------------------------------
+
+STUDENT_LAYERS = '''
+import torch
+from nnlab.layers import Layer
+
+
+class Scale(Layer):
+    """out = x * weight, one weight per channel of (N, C, H, W) input. Correct."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.add_param("weight", torch.linspace(0.5, 1.5, channels).reshape(channels, 1, 1))
+        self._x = None
+
+    def forward(self, x, **kw):
+        self._x = x
+        return x * self.weight
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] += (dout * x).sum(dim=(0, 2, 3)).reshape(self.weight.shape)
+        return dout * self.weight
+
+
+class WrongVJP(Scale):
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] += (dout * x).sum(dim=(0, 2, 3)).reshape(self.weight.shape)
+        return dout * x  # should be dout * weight
+
+
+class ForgetsToAccumulate(Scale):
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"][...] = (dout * x).sum(dim=(0, 2, 3)).reshape(self.weight.shape)
+        return dout * self.weight
+
+
+class ChangesItsInput(Layer):
+    """ReLU written the tempting way: zero the negative entries of x itself."""
+
+    def __init__(self):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x, **kw):
+        self._mask = x > 0
+        x[~self._mask] = 0
+        return x
+
+    def backward(self, dout):
+        return dout * self.cached("_mask")
+
+
+class NoCacheCheck(Scale):
+    def __init__(self, channels):
+        super().__init__(channels)
+        self._x = torch.zeros(())  # backward before forward quietly uses this
+
+    def backward(self, dout):
+        x = self._x
+        self._grads["weight"] += (dout * x).sum(dim=(0, 2, 3)).reshape(self.weight.shape)
+        return dout * self.weight
+
+
+class WrongGradientShape(Scale):
+    def __init__(self, channels):
+        super().__init__(channels)
+        self._grads["weight"] = torch.zeros(channels)  # the parameter is (channels, 1, 1)
+
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] += (dout * x).sum(dim=(0, 2, 3))
+        return dout * self.weight
+'''
+
+
+@pytest.fixture
+def student_package(tmp_path):
+    """A package of student layers on PYTHONPATH, as a user's own code would be."""
+    package = tmp_path / "studentlayers"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(STUDENT_LAYERS)
+    (package / "broken.py").write_text("def broken(:\n")
+    return tmp_path
+
+
+def check_student_layer(root, name, *options):
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "nnlab", "gradcheck", "--layer", f"studentlayers.layers:{name}", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_gradcheck_layer_passes_a_correct_layer(student_package, capsys, monkeypatch):
+    result = check_student_layer(student_package, "Scale", "--args", "3", "--input-shape", "2,3,4,4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Scale (random input)" in result.stdout and "Scale (tie-heavy input)" in result.stdout
+    assert "all 2 checks of studentlayers.layers:Scale passed" in result.stdout
+    monkeypatch.syspath_prepend(str(student_package))
+    options = ["--args", "3", "--input-shape", "1,3,2,5", "--dtype", "float64"]
+    result = run_in_process(capsys, "gradcheck", "--layer", "studentlayers.layers:Scale", *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tolerance 1e-10" in result.stdout  # float64's
+
+
+@pytest.mark.parametrize(
+    "name, args, named",
+    [
+        ("WrongVJP", "3", "autograd: FAIL, wrong gradient (the backward's VJP)"),
+        ("ForgetsToAccumulate", "channels=3", "gradients do not accumulate"),
+        ("ChangesItsInput", "", "forward changes its input x in place"),
+        ("NoCacheCheck", "3", "backward before forward does not raise"),
+        ("WrongGradientShape", "3", "params() pair of wrong shapes: param#01 has shape (3, 1, 1) but its gradient (3,)"),
+    ],
+)
+def test_gradcheck_layer_names_the_bug_of_each_broken_layer(student_package, name, args, named):
+    result = check_student_layer(student_package, name, "--args", args, "--input-shape", "2,3,4,4")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert named in result.stdout
+    assert f"FAILED: {name} (random input)" in result.stdout
+    if name == "WrongVJP":  # the element of largest error, with both values
+        line = next(line for line in result.stdout.splitlines() if named in line)
+        assert re.search(r"at input\[\d, \d, \d, \d\]: \S+ \(the layer's\) vs \S+ \(autograd\)", line), line
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--layer", "studentlayers.layers", "--input-shape", "2,3"], "expected package.module:ClassName"),
+        (["--layer", "nosuchpackage.layers:Scale", "--input-shape", "2,3"], "cannot import nosuchpackage.layers"),
+        (["--layer", "studentlayers.broken:Scale", "--input-shape", "2,3"], "cannot import studentlayers.broken: SyntaxError"),
+        (["--layer", "studentlayers.layers:Missing", "--input-shape", "2,3"], "has no Missing"),
+        (["--layer", "studentlayers.layers:torch", "--input-shape", "2,3"], "not a subclass of nnlab.layers.Layer"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3, foo", "--input-shape", "2,3,4,4"], "--args '3, foo'"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "__import__('os').getcwd()", "--input-shape", "2,3,4,4"], "Python literals"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3, (", "--input-shape", "2,3,4,4"], "SyntaxError"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3, 4", "--input-shape", "2,3,4,4"], "Scale(3, 4) raised TypeError"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3", "--input-shape", "2,x"], "--input-shape '2,x'"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3", "--input-shape", "2,0,4"], "integers >= 1"),
+        (["--layer", "studentlayers.layers:Scale", "--args", "3"], "--layer and --input-shape go together"),
+        (["--input-shape", "2,3"], "--layer and --input-shape go together"),
+    ],
+)
+def test_gradcheck_layer_usage_errors(capsys, monkeypatch, student_package, options, fragment):
+    monkeypatch.syspath_prepend(str(student_package))
+    assert_usage_error(run_in_process(capsys, "gradcheck", *options), fragment)
+
+
+def test_gradcheck_layer_rejecting_the_input_shape_is_a_usage_error(capsys, monkeypatch, student_package):
+    monkeypatch.syspath_prepend(str(student_package))
+    result = run_in_process(capsys, "gradcheck", "--layer", "studentlayers.layers:Scale", "--args", "3", "--input-shape", "2,5,4,4")
+    assert_usage_error(result, "--input-shape 2,5,4,4: Scale rejects it: RuntimeError: The size of tensor")
