@@ -22,6 +22,11 @@ so a reference of exactly 0 (a bias followed by BatchNorm has a true gradient of
 with a rounding-level difference passes, while a gradient that is wrong by more than
 rtol of the check's scale fails. A missing or misshapen gradient has error inf.
 
+Every check takes ``x``, the input, or a tuple of inputs for a layer that takes several
+(``layer(*x)``, whose backward returns one gradient per input: ``Add``, ``Concat``, a
+graph ``Model`` of several inputs); their gradients come first, named ``input#1``,
+``input#2``, ...
+
 **The contract** every check verifies (each breach is named in the verdict):
 the layer gets its own copies of x and of the upstream gradient, and neither may change
 in place; backward returns a gradient of x's shape and dtype; ``params()`` pairs each
@@ -167,10 +172,11 @@ class Verdict:
 
 
 def _run_forward(layer, x, y, seed):
-    """The layer's forward under a fixed seed, so that Dropout draws the same mask each time."""
+    """The layer's forward under a fixed seed, so that Dropout draws the same mask each
+    time; ``x`` is the input, or a tuple of the inputs of a layer that takes several."""
     torch.manual_seed(seed)
     kw = {} if y is None else {"y": y}
-    outputs = as_tuple(layer(x, **kw))
+    outputs = as_tuple(layer(*as_tuple(x), **kw))
     if not all(isinstance(o, torch.Tensor) for o in outputs):
         kinds = ", ".join(type(o).__name__ for o in outputs)
         raise TypeError(f"{type(layer).__name__}.forward returned ({kinds}); expected a tensor or a tuple of tensors")
@@ -192,6 +198,17 @@ def _unchanged(copy_handed, original):
 
 def _param_name(index):
     return f"param#{index:02d}"
+
+
+def _input_names(inputs):
+    """``input``, or ``input#1``, ``input#2``, ... for a layer of several inputs."""
+    if len(inputs) == 1:
+        return ["input"]
+    return [f"input#{index}" for index in range(1, len(inputs) + 1)]
+
+
+def _copies(inputs):
+    return tuple(t.detach().clone() for t in inputs)
 
 
 def _checked_pairs(layer, verdict):
@@ -217,29 +234,46 @@ def _checked_pairs(layer, verdict):
 
 def _own_backward(layer, douts, verdict, stage):
     """backward on copies of douts; a breach when it raises or changes them in place.
-    Returns (dx, whether it returned)."""
+    Returns (what backward returned, whether it returned)."""
     handed = tuple(d.clone() for d in douts)
     try:
-        dx = layer.backward(pack(handed))
+        returned = layer.backward(pack(handed))
     except Exception as error:  # the layer's own code: its failure is the verdict
-        verdict.add_problem("input", f"{stage}backward raised {type(error).__name__}: {error}")
+        verdict.add_problem(None, f"{stage}backward raised {type(error).__name__}: {error}")
         return None, False
     if not all(_unchanged(h, d) for h, d in zip(handed, douts)):
-        verdict.add_problem("input", "backward changes dout (the upstream gradient it is handed) in place")
-    return dx, True
+        verdict.add_problem(None, "backward changes dout (the upstream gradient it is handed) in place")
+    return returned, True
 
 
-def _check_dx(dx, x, verdict):
+def _input_gradients(returned, inputs, verdict):
+    """What backward returned as one gradient (or None) per input, each breach named: a
+    layer of several inputs returns a tuple with one gradient per input."""
+    names = _input_names(inputs)
+    if len(inputs) == 1:
+        gradients = [returned]
+    elif isinstance(returned, (tuple, list)) and len(returned) == len(inputs):
+        gradients = list(returned)
+    else:
+        got = f"a {type(returned).__name__} of {len(returned)}" if isinstance(returned, (tuple, list)) else type(returned).__name__
+        verdict.add_problem(None, f"backward returned {got}, not a tuple of {len(inputs)} gradients, one per input")
+        return [None] * len(inputs)
+    for name, dx, x in zip(names, gradients, inputs):
+        _check_dx(name, dx, x, verdict)
+    return gradients
+
+
+def _check_dx(name, dx, x, verdict):
     if dx is None:
-        verdict.add_problem("input", "backward returned None instead of the gradient w.r.t. its input")
+        verdict.add_problem(name, f"backward returned None instead of the gradient w.r.t. its {name}")
     elif not isinstance(dx, torch.Tensor):
-        verdict.add_problem("input", f"backward returned a {type(dx).__name__} instead of a tensor")
+        verdict.add_problem(name, f"backward returned a {type(dx).__name__} instead of a tensor for its {name}")
     elif dx.shape != x.shape:
         verdict.add_problem(
-            "input", f"backward returned a gradient of shape {tuple(dx.shape)} for an input of shape {tuple(x.shape)}"
+            name, f"backward returned a gradient of shape {tuple(dx.shape)} for an {name} of shape {tuple(x.shape)}"
         )
     elif dx.dtype != x.dtype:
-        verdict.add_problem("input", f"backward returned a {dx.dtype} gradient for a {x.dtype} input")
+        verdict.add_problem(name, f"backward returned a {dx.dtype} gradient for a {x.dtype} {name}")
 
 
 def _check_same_gradient_tensors(layer, pairs, verdict):
@@ -256,9 +290,9 @@ def _check_same_gradient_tensors(layer, pairs, verdict):
             )
 
 
-def _check_accumulation(layer, x, y, seed, douts, pairs, first, verdict, rtol):
+def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rtol):
     """A second forward and backward must add the same gradient again: 2x the first."""
-    _run_forward(layer, x.detach().clone(), y, seed)
+    _run_forward(layer, _copies(inputs), y, seed)
     _, returned = _own_backward(layer, douts, verdict, "the second ")
     if not returned:
         return
@@ -279,52 +313,59 @@ def _check_accumulation(layer, x, y, seed, douts, pairs, first, verdict, rtol):
 class _OwnRun(NamedTuple):
     outputs: tuple
     douts: tuple
-    gradients: list  # dx, then each parameter's gradient after one backward (None if unusable)
+    gradients: list  # each input's gradient, then each parameter's after one backward (None if unusable)
 
 
-def _own_run(layer, x, y, seed, verdict, rtol):
-    """The layer's forward and backward on copies of x and of a random upstream gradient,
-    checking the contract; then a second pass for accumulation."""
+def _own_run(layer, inputs, y, seed, verdict, rtol):
+    """The layer's forward and backward on copies of the inputs and of a random upstream
+    gradient, checking the contract; then a second pass for accumulation."""
     pairs = _checked_pairs(layer, verdict)
-    verdict.tensor_names = ["input"] + [_param_name(i) for i in range(1, len(pairs) + 1)]
+    names = _input_names(inputs)
+    verdict.tensor_names = names + [_param_name(i) for i in range(1, len(pairs) + 1)]
     for _, grad in pairs:
         if grad is not None:
             grad.zero_()
-    x_own = x.detach().clone()
-    outputs = _run_forward(layer, x_own, y, seed)
-    forward_changed_x = not _unchanged(x_own, x)
-    if forward_changed_x:
-        verdict.add_problem("input", "forward changes its input x in place")
+    own = _copies(inputs)
+    outputs = _run_forward(layer, own, y, seed)
+    changed_by_forward = [not _unchanged(mine, x) for mine, x in zip(own, inputs)]
+    for name, changed in zip(names, changed_by_forward):
+        if changed:
+            verdict.add_problem(name, f"forward changes its {name} x in place")
     douts = _random_douts(outputs, seed + 1)
-    dx, returned = _own_backward(layer, douts, verdict, "")
-    if not returned:
-        return _OwnRun(outputs, douts, [None] * (1 + len(pairs)))
-    if not forward_changed_x and not _unchanged(x_own, x):
-        verdict.add_problem("input", "backward changes the input x (or what forward cached of it) in place")
-    _check_dx(dx, x, verdict)
+    returned, completed = _own_backward(layer, douts, verdict, "")
+    if not completed:
+        return _OwnRun(outputs, douts, [None] * (len(inputs) + len(pairs)))
+    for name, changed, mine, x in zip(names, changed_by_forward, own, inputs):
+        if not changed and not _unchanged(mine, x):
+            verdict.add_problem(name, f"backward changes the {name} x (or what forward cached of it) in place")
+    dxs = _input_gradients(returned, inputs, verdict)
     first = [None if grad is None else grad.clone() for _, grad in pairs]
     _check_same_gradient_tensors(layer, pairs, verdict)
-    _check_accumulation(layer, x, y, seed, douts, pairs, first, verdict, rtol)
-    return _OwnRun(outputs, douts, [dx] + first)
+    _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rtol)
+    return _OwnRun(outputs, douts, dxs + first)
 
 
 # References --------------------------------------------------------------------------------
 
 
-def _autograd_gradients(layer, x, y, seed, douts, verdict):
-    """Gradients (input, then each parameter) of sum(forward * douts) by torch autograd
+def _leaves(inputs):
+    return [t.detach().clone().requires_grad_(True) for t in inputs]
+
+
+def _autograd_gradients(layer, inputs, y, seed, douts, verdict):
+    """Gradients (inputs, then each parameter) of sum(forward * douts) by torch autograd
     through the layer's own forward, or None (a breach) when autograd cannot run it."""
     params = [param for param, _ in layer.params() if isinstance(param, torch.Tensor)]
-    x_leaf = x.detach().clone().requires_grad_(True)
+    leaves = _leaves(inputs)
     try:
         for param in params:
             param.requires_grad_(True)
-        # A copy of the leaf, so that a forward that changes its input in place (a breach
-        # found already) can still be differentiated.
-        outputs = _run_forward(layer, x_leaf.clone(), y, seed)
-        return _grads(outputs, douts, [x_leaf] + params)
+        # Copies of the leaves, so that a forward that changes its input in place (a
+        # breach found already) can still be differentiated.
+        outputs = _run_forward(layer, tuple(leaf.clone() for leaf in leaves), y, seed)
+        return _grads(outputs, douts, leaves + params)
     except RuntimeError as error:
-        verdict.add_problem("input", f"autograd cannot differentiate the forward: {error}")
+        verdict.add_problem(None, f"autograd cannot differentiate the forward: {error}")
         return None
 
 
@@ -362,17 +403,17 @@ def _load_into_module(layer, module):
     module.train(layer.training)
 
 
-def _twin_outputs_and_gradients(module, x, y, seed, douts):
-    """The twin's outputs and its gradients (input, then each parameter) by autograd."""
+def _twin_outputs_and_gradients(module, inputs, y, seed, douts):
+    """The twin's outputs and its gradients (inputs, then each parameter) by autograd."""
     params = list(module.parameters())
     flags = [param.requires_grad for param in params]
-    x_leaf = x.detach().clone().requires_grad_(True)
+    leaves = _leaves(inputs)
     try:
         for param in params:
             param.requires_grad_(True)
         torch.manual_seed(seed)
-        outputs = as_tuple(module(x_leaf) if y is None else module(x_leaf, y))
-        grads = _grads(outputs, douts, [x_leaf] + params)
+        outputs = as_tuple(module(*leaves) if y is None else module(*leaves, y))
+        grads = _grads(outputs, douts, leaves + params)
     finally:
         for param, flag in zip(params, flags):
             param.requires_grad_(flag)
@@ -397,20 +438,21 @@ def _float64_copy(layer, verdict):
     return layer64
 
 
-def _finite_differences(layer64, x, y, eps, seed, verdict):
-    """(analytic, numeric, kinks), each a list over the input and every parameter, for
-    the float64 copy of a layer and of x: the copy's backward against central differences
-    of sum(forward * douts), and where the function has a kink (see _numeric_gradient)."""
+def _finite_differences(layer64, inputs, y, eps, seed, verdict):
+    """(analytic, numeric, kinks), each a list over the inputs and every parameter, for
+    the float64 copy of a layer and of the inputs: the copy's backward against central
+    differences of sum(forward * douts), and where the function has a kink (see
+    _numeric_gradient)."""
     pairs = layer64.params()
-    x64 = x.detach().to(torch.float64).clone()
+    x64 = tuple(t.detach().to(torch.float64).clone() for t in inputs)
     y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
     layer64.zero_grad()
     douts = _random_douts(_run_forward(layer64, x64, y64, seed), seed + 1)
-    dx, returned = _own_backward(layer64, douts, verdict, "the float64 copy's ")
-    if not returned:
+    returned, completed = _own_backward(layer64, douts, verdict, "the float64 copy's ")
+    if not completed:
         return None
-    analytic = [dx] + [grad.clone() for _, grad in pairs]
-    tensors = [x64] + [param for param, _ in pairs]
+    analytic = _input_gradients(returned, x64, verdict) + [grad.clone() for _, grad in pairs]
+    tensors = list(x64) + [param for param, _ in pairs]
     central, jumps = zip(*[_numeric_gradient(t, lambda: _objective(layer64, x64, y64, seed, douts), eps) for t in tensors])
     scale = _scale(central)
     kinks = [jump.abs() > KINK_RTOL * scale for jump in jumps]
@@ -504,6 +546,7 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
     Errors use the floor-based measure of the module docstring; ``rtol`` defaults to
     1e-5 in float32 and 1e-10 in float64, finite differences to 1e-6.
     """
+    inputs = as_tuple(x)
     rtol = _default_rtol(x) if rtol is None else rtol
     verdict = Verdict(layer)
     if isinstance(twin, str) and twin != "auto":
@@ -514,19 +557,19 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
     with preserved(layer):
         # Built in here: a module's construction draws its initial weights from torch's RNG.
         module = torch_twin(layer) if isinstance(twin, str) else twin
-        run = _own_run(layer, x, y, seed, verdict, rtol)
+        run = _own_run(layer, inputs, y, seed, verdict, rtol)
         names = verdict.tensor_names
         if autograd:
-            reference = _autograd_gradients(layer, x, y, seed, run.douts, verdict)
+            reference = _autograd_gradients(layer, inputs, y, seed, run.douts, verdict)
             if reference is not None:
                 verdict.comparisons.append(_compare("autograd", names, run.gradients, reference, rtol))
         if module is not None:
-            outputs, reference = _twin_outputs_and_gradients(module, x, y, seed, run.douts)
+            outputs, reference = _twin_outputs_and_gradients(module, inputs, y, seed, run.douts)
             output_names = ["output"] if len(outputs) == 1 else [f"output[{i}]" for i in range(len(outputs))]
             verdict.comparisons.append(_compare("torch.nn twin (forward)", output_names, run.outputs, outputs, rtol))
             verdict.comparisons.append(_compare("torch.nn twin", names, run.gradients, reference, rtol))
         if layer64 is not None:
-            result = _finite_differences(layer64, x, y, eps, seed, verdict)
+            result = _finite_differences(layer64, inputs, y, eps, seed, verdict)
             if result is not None:
                 analytic, numeric, kinks = result
                 verdict.comparisons.append(
@@ -536,7 +579,7 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
 
 
 def _default_rtol(x):
-    return RTOL.get(x.dtype, RTOL[torch.float32])
+    return RTOL.get(as_tuple(x)[0].dtype, RTOL[torch.float32])
 
 
 class VerdictList(list):
@@ -579,8 +622,7 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
         diffs = [tensor.difference_norm for tensor in against_autograd.tensors]
     errors = verdict.errors(("autograd", "torch.nn twin"))
     for name, diff, error in zip(verdict.tensor_names, diffs, errors):
-        label = "input   " if name == "input" else name
-        print(f"{label} diff={diff:.3f}" + ("" if error <= _default_rtol(x) else "  FAIL"))
+        print(f"{name:<8} diff={diff:.3f}" + ("" if error <= _default_rtol(x) else "  FAIL"))
     if not verdict.passed:
         print(verdict)
     return VerdictList(diffs, verdict)
@@ -607,8 +649,8 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     verdict = Verdict(layer)
     layer64 = _float64_copy(layer, verdict)
     with preserved(layer):
-        _own_run(layer, x, y, seed, verdict, _default_rtol(x))
-        result = None if layer64 is None else _finite_differences(layer64, x, y, eps, seed, verdict)
+        _own_run(layer, as_tuple(x), y, seed, verdict, _default_rtol(x))
+        result = None if layer64 is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
     if verdict.problems:
         raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
     for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result):
@@ -637,7 +679,8 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     independent ``torch.nn`` module of the same kind, puts it in the layer's mode, runs
     both on x with the same random upstream gradient and returns
     ``{'output': max |a - b| / (s + |b|) over the outputs, 'input': error,
-    'param#01': error, ...}``, the errors in the floor-based measure of the module
+    'param#01': error, ...}`` (``'input#1'``, ``'input#2'``, ... when x is a tuple of
+    inputs), the errors in the floor-based measure of the module
     docstring (inf for a tensor a contract breach concerns); ``.verdict`` holds the
     full verdict. Leaves the layer, x and torch's RNG as it found them."""
     verdict = check_layer(layer, x, y, seed=seed, autograd=False, twin=module)
@@ -651,7 +694,7 @@ def backward_before_forward(layer, x, y=None):
     not raise RuntimeError, as a sentence; None when it raises as it should. The upstream
     gradient has the shape of the output of a forward on a copy of the layer."""
     with torch.random.fork_rng(devices=[]):
-        outputs = _run_forward(copy.deepcopy(layer), x.clone(), y, 0)
+        outputs = _run_forward(copy.deepcopy(layer), _copies(as_tuple(x)), y, 0)
     douts = tuple(torch.ones_like(o) for o in outputs)
     with preserved(layer):
         try:

@@ -18,7 +18,7 @@ import torch
 from . import graph, models
 from . import layers as nn
 from .grad_compare import FINITE_DIFFERENCE_RTOL, RTOL, backward_before_forward, check_layer, tie_heavy
-from .twins import SumOfPaths, TupleOfHeads
+from .twins import Elementwise, SumOfPaths, TupleOfHeads
 
 
 class Case(NamedTuple):
@@ -70,17 +70,6 @@ def _softmax_rows(shape):
 def _two_task_labels(shape):
     """(N, 2) targets: column 0 for a 3-class head, column 1 for a 2-class head."""
     return torch.stack([torch.randint(0, 3, (shape[0],)), torch.randint(0, 2, (shape[0],))], dim=1)
-
-
-class _TorchOp(torch.nn.Module):
-    """torch twin of a layer of several inputs: ``function(*xs)``."""
-
-    def __init__(self, function):
-        super().__init__()
-        self.function = function
-
-    def forward(self, *xs):
-        return self.function(*xs)
 
 
 def _small_unet():
@@ -185,9 +174,9 @@ CASES = [
         (3, 4),
     ),
     Case("Upsample", lambda: nn.Upsample((2, 3)), lambda: torch.nn.Upsample(scale_factor=(2, 3)), (2, 2, 3, 2)),
-    Case("Add", nn.Add, lambda: _TorchOp(lambda *xs: xs[0] + xs[1] + xs[2]), [(2, 3, 2)] * 3),
-    Case("Multiply", nn.Multiply, lambda: _TorchOp(lambda *xs: xs[0] * xs[1] * xs[2]), [(2, 3, 2)] * 3),
-    Case("Concat", nn.Concat, lambda: _TorchOp(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
+    Case("Add", nn.Add, lambda: Elementwise(lambda *xs: xs[0] + xs[1] + xs[2]), [(2, 3, 2)] * 3),
+    Case("Multiply", nn.Multiply, lambda: Elementwise(lambda *xs: xs[0] * xs[1] * xs[2]), [(2, 3, 2)] * 3),
+    Case("Concat", nn.Concat, lambda: Elementwise(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
     Case("Model (graph)", _small_unet, _SmallUNetTwin, (2, 2, 4, 4)),
     Case(
         "Conv2d -> ReLU -> MaxPool2d",

@@ -55,7 +55,10 @@ def preserved(layer):
                 param.requires_grad_(flag)
             with torch.no_grad():
                 for tensor, value in saved:
-                    tensor.copy_(value)
+                    # Only what changed: a copy bumps the tensor's version counter, which
+                    # a pending backward checks for in-place changes of what it saved.
+                    if not torch.equal(tensor, value):
+                        tensor.copy_(value)
 
 
 def is_tensor_pair(pair):
@@ -72,8 +75,8 @@ def pack(douts):
     return douts if len(douts) > 1 else douts[0]
 
 
-def _forward(layer, x, y):
-    outputs = layer(x) if y is None else layer(x, y=y)
+def _forward(layer, inputs, y):
+    outputs = layer(*inputs) if y is None else layer(*inputs, y=y)
     outputs = as_tuple(outputs)
     if not all(isinstance(o, torch.Tensor) for o in outputs):
         kinds = ", ".join(type(o).__name__ for o in outputs)
@@ -81,16 +84,23 @@ def _forward(layer, x, y):
     return outputs
 
 
-def _vjp(layer, outputs, index, flat_positions, x_shape):
+def _clones(inputs):
+    return tuple(x.detach().clone() for x in inputs)
+
+
+def _vjp(layer, outputs, index, flat_positions, shapes):
     """backward of one-hot upstream gradients: ones at ``flat_positions`` of output
-    ``index``, zeros elsewhere; the input gradient, checked against ``x_shape``."""
+    ``index``, zeros elsewhere; the list of input gradients, checked against ``shapes``."""
     douts = [torch.zeros(o.shape, dtype=o.dtype, device=o.device) for o in outputs]
     douts[index].view(-1)[flat_positions] = 1
-    dx = layer.backward(pack(douts))
-    if not isinstance(dx, torch.Tensor) or dx.shape != x_shape:
-        got = tuple(dx.shape) if isinstance(dx, torch.Tensor) else type(dx).__name__
-        raise ValueError(f"jacobian: {type(layer).__name__}.backward returned {got} for an input of shape {tuple(x_shape)}")
-    return dx
+    returned = layer.backward(pack(douts))
+    gradients = [returned] if len(shapes) == 1 else returned
+    ok = isinstance(gradients, (tuple, list)) and len(gradients) == len(shapes)
+    if not ok or not all(isinstance(g, torch.Tensor) and g.shape == shape for g, shape in zip(gradients, shapes)):
+        got = tuple(returned.shape) if isinstance(returned, torch.Tensor) else type(returned).__name__
+        wanted = ", ".join(str(tuple(shape)) for shape in shapes)
+        raise ValueError(f"jacobian: {type(layer).__name__}.backward returned {got} for inputs of shape {wanted}")
+    return list(gradients)
 
 
 def jacobian(layer, x, y=None, wrt="input"):
@@ -100,9 +110,10 @@ def jacobian(layer, x, y=None, wrt="input"):
 
     Returns, for one output, ``J`` of shape ``out.shape + x.shape`` with
     ``J[i..., j...] = d out[i...] / d x[j...]`` (as ``torch.autograd.functional.jacobian``),
-    or with ``wrt="params"`` a list with one ``out.shape + param.shape`` tensor per entry of
-    ``params()``; a layer with several outputs gives a tuple of these, one per output.
-    ``y`` is handed to the forward as ``y=`` (losses' targets).
+    a tuple of them for x a tuple of inputs (``layer(*x)``), or with ``wrt="params"`` a list
+    with one ``out.shape + param.shape`` tensor per entry of ``params()``; a layer with
+    several outputs gives a tuple of these, one per output. ``y`` is handed to the forward
+    as ``y=`` (losses' targets).
 
     Batched when the layer treats samples independently, which is checked, not assumed:
     the input has a batch of N >= 2, every output keeps it, the forward draws no random
@@ -111,41 +122,52 @@ def jacobian(layer, x, y=None, wrt="input"):
     and to the other samples give zero gradients outside them (BatchNorm in training mode
     fails this: its statistics couple the samples). Then K one-hot rows come from one
     backward over the input repeated K times, in chunks of ``CHUNK_ELEMENTS`` input
-    elements. Otherwise, and always for parameters, one VJP per output element after one
-    forward. Leaves the layer, its gradients and torch's RNG as it found them.
+    elements. Otherwise (and for several inputs, and always for parameters) one VJP per
+    output element after one forward. Leaves the layer, its gradients and torch's RNG as
+    it found them.
     """
     if wrt not in ("input", "params"):
         raise ValueError(f"jacobian: wrt must be 'input' or 'params', got {wrt!r}")
     if not isinstance(layer, Layer):
         raise TypeError(f"jacobian: expected an nnlab Layer, got {type(layer).__name__}")
+    inputs = as_tuple(x)
     with preserved(layer):
         if wrt == "params":
-            jacobians = _parameter_jacobians(layer, x, y)
+            jacobians = _parameter_jacobians(layer, inputs, y)
         else:
-            jacobians = _input_jacobians(layer, x, y)
+            per_output = _input_jacobians(layer, inputs, y)
+            jacobians = [per_input[0] if len(inputs) == 1 else tuple(per_input) for per_input in per_output]
     return jacobians[0] if len(jacobians) == 1 else tuple(jacobians)
 
 
-def _input_jacobians(layer, x, y):
+def _input_jacobians(layer, inputs, y):
+    """For each output, the list of its Jacobians w.r.t. each input."""
     rng = torch.get_rng_state()
-    outputs = _forward(layer, x.clone(), y)
+    outputs = _forward(layer, _clones(inputs), y)
     draws_random_numbers = not torch.equal(rng, torch.get_rng_state())
-    if not draws_random_numbers and y is None and _batch_independent(layer, x, outputs):
-        rows = [_batched_rows(layer, x, index, o.numel()) for index, o in enumerate(outputs)]
+    single = len(inputs) == 1 and y is None
+    if single and not draws_random_numbers and _batch_independent(layer, inputs[0], outputs):
+        rows = [[_batched_rows(layer, inputs[0], index, o.numel())] for index, o in enumerate(outputs)]
     else:
         # The same random numbers (Dropout's mask) as the forward that was just run.
         torch.set_rng_state(rng)
-        outputs = _forward(layer, x.clone(), y)
-        rows = [_rows_one_at_a_time(layer, outputs, index, x.shape) for index in range(len(outputs))]
-    return [r.reshape(o.shape + x.shape) for r, o in zip(rows, outputs)]
+        outputs = _forward(layer, _clones(inputs), y)
+        rows = [_rows_one_at_a_time(layer, outputs, index, inputs) for index in range(len(outputs))]
+    return [[r.reshape(o.shape + x.shape) for r, x in zip(per_input, inputs)] for per_input, o in zip(rows, outputs)]
 
 
-def _rows_one_at_a_time(layer, outputs, index, x_shape):
-    """Jacobian rows of output ``index``, one VJP each, from the forward already cached."""
-    rows = [_vjp(layer, outputs, index, [i], x_shape).reshape(-1) for i in range(outputs[index].numel())]
-    if not rows:
-        return torch.zeros(0, math.prod(x_shape), dtype=outputs[index].dtype, device=outputs[index].device)
-    return torch.stack(rows)
+def _rows_one_at_a_time(layer, outputs, index, inputs):
+    """Jacobian rows of output ``index`` w.r.t. each input, one VJP each, from the
+    forward already cached: a list with one (out.numel(), x.numel()) matrix per input."""
+    shapes = [x.shape for x in inputs]
+    vjps = [_vjp(layer, outputs, index, [i], shapes) for i in range(outputs[index].numel())]
+    rows = []
+    for k, x in enumerate(inputs):
+        if vjps:
+            rows.append(torch.stack([gradients[k].reshape(-1) for gradients in vjps]))
+        else:
+            rows.append(torch.zeros(0, x.numel(), dtype=outputs[index].dtype, device=outputs[index].device))
+    return rows
 
 
 def _repeat(x, copies):
@@ -158,12 +180,12 @@ def _batch_independent(layer, x, outputs):
     if batch < 2 or any(o.dim() == 0 or o.shape[0] != batch for o in outputs):
         return False
     try:
-        doubled = _forward(layer, _repeat(x, 2), None)
+        doubled = _forward(layer, (_repeat(x, 2),), None)
     except (ValueError, TypeError, RuntimeError):
         return False  # dimension 0 is not a batch dimension for this layer (e.g. channels)
     if len(doubled) != len(outputs) or not all(_same_up_to_rounding(d, _repeat(o, 2)) for d, o in zip(doubled, outputs)):
         return False
-    _forward(layer, x.clone(), None)
+    _forward(layer, (x.clone(),), None)
     generator = torch.Generator().manual_seed(0)
     for first, rest in ((slice(0, 1), slice(1, None)), (slice(1, None), slice(0, 1))):
         douts = [torch.zeros_like(o) for o in outputs]
@@ -194,26 +216,26 @@ def _batched_rows(layer, x, index, count):
     rows = []
     for start in range(0, count, per_chunk):
         copies = min(per_chunk, count - start)
-        outputs = _forward(layer, _repeat(x, copies), None)
+        outputs = _forward(layer, (_repeat(x, copies),), None)
         size = outputs[index].numel() // copies
         positions = [k * size + start + k for k in range(copies)]
-        dx = _vjp(layer, outputs, index, positions, (copies * x.shape[0],) + x.shape[1:])
+        (dx,) = _vjp(layer, outputs, index, positions, [(copies * x.shape[0],) + x.shape[1:]])
         rows.append(dx.reshape(copies, -1))
     return torch.cat(rows) if rows else torch.zeros(0, x.numel(), dtype=x.dtype, device=x.device)
 
 
-def _parameter_jacobians(layer, x, y):
+def _parameter_jacobians(layer, inputs, y):
     """For each output, the list of Jacobians w.r.t. each parameter: one VJP per output
     element, reading the gradients it adds (zeroed before each)."""
     pairs = layer.params()
-    outputs = _forward(layer, x.clone(), y)
+    outputs = _forward(layer, _clones(inputs), y)
     result = []
     for index, out in enumerate(outputs):
         rows = [torch.zeros(out.numel(), param.numel(), dtype=param.dtype, device=param.device) for param, _ in pairs]
         for i in range(out.numel()):
             for _, grad in pairs:
                 grad.zero_()
-            _vjp(layer, outputs, index, [i], x.shape)
+            _vjp(layer, outputs, index, [i], [x.shape for x in inputs])
             for row, (_, grad) in zip(rows, pairs):
                 row[i] = grad.reshape(-1)
         result.append([row.reshape(out.shape + param.shape) for row, (param, _) in zip(rows, pairs)])
@@ -221,8 +243,10 @@ def _parameter_jacobians(layer, x, y):
 
 
 def _frobenius(jacobians):
-    tensors = jacobians if isinstance(jacobians, tuple) else (jacobians,)
-    return math.sqrt(sum(t.double().square().sum().item() for t in tensors))
+    """sqrt of the sum of squares of every entry of a tensor or of nested tuples of them."""
+    if isinstance(jacobians, torch.Tensor):
+        return jacobians.double().norm().item()
+    return math.sqrt(sum(_frobenius(j) ** 2 for j in jacobians))
 
 
 def jacobian_norm(layer_or_fn, x):

@@ -5,6 +5,8 @@ The checkers in ``nnlab.grad_compare`` run it under autograd as a second judge o
 layer's backward, beside autograd through the layer's own forward.
 """
 
+import functools
+
 import torch
 
 from . import layers as nn
@@ -22,6 +24,17 @@ class Chain(torch.nn.Sequential):
         for module in self:
             x = module(x, y) if isinstance(module, (Chain, *LOSSES)) else module(x)
         return x
+
+
+class Elementwise(torch.nn.Module):
+    """torch twin of a layer of several inputs: ``function(*xs)`` (Add, Multiply, Concat)."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, *xs):
+        return self.function(*xs)
 
 
 class SumOfPaths(torch.nn.Module):
@@ -118,6 +131,10 @@ _LEAF_TWINS = {
     nn.AdaptiveAvgPool2d: lambda layer: torch.nn.AdaptiveAvgPool2d(layer.output_size),
     nn.BatchNorm1d: lambda layer: torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
     nn.BatchNorm2d: lambda layer: torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
+    nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
+    nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
+    nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
+    nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),
     nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(),
     nn.MSELoss: lambda layer: torch.nn.MSELoss(),
     nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(),

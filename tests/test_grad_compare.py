@@ -92,6 +92,7 @@ def test_compare_layer_to_torch_leaves_everything_as_it_found_it():
         assert not p.requires_grad and not g.requires_grad
     assert model.sequence[0]._x is cached_x
     assert model.sequence[2]._mask is cached_mask
+    model.backward(torch.ones(4, 3))  # the forward before the check can still be backpropagated
 
 
 def test_gradient_errors_are_relative():
@@ -386,6 +387,9 @@ def test_backward_before_forward_names_a_layer_without_a_cache_check():
         def __init__(self):
             super().__init__()
             self._out = torch.zeros(())
+
+        def backward(self, dout):
+            return dout * (1 - self._out * self._out)
 
     x = torch.randn(2, 3)
     assert backward_before_forward(Tanh(), x) is None

@@ -19,10 +19,12 @@ def float64_case(case, seed=0):
     input (where the Jacobian is the one torch's routing of ties defines)."""
     torch.manual_seed(seed)
     layer = case.make_layer().train(case.train).to(dtype=torch.float64)
+    shapes = case.input_shape if isinstance(case.input_shape, list) else [case.input_shape]
     if case.ties:
-        x = tie_heavy(case.input_shape, seed, torch.float64)
+        xs = tuple(tie_heavy(shape, seed, torch.float64) for shape in shapes)
     else:
-        x = torch.randn(case.input_shape, dtype=torch.float64)
+        xs = tuple(torch.randn(shape, dtype=torch.float64) for shape in shapes)
+    x = xs[0] if len(xs) == 1 else xs
     y = case.make_target(case.input_shape) if case.make_target else None
     if y is not None and y.is_floating_point():
         y = y.double()
@@ -32,9 +34,9 @@ def float64_case(case, seed=0):
 def autograd_jacobian(layer, x, y, seed):
     """torch.autograd.functional.jacobian of the layer's forward, Dropout's mask fixed by the seed."""
 
-    def forward(t):
+    def forward(*t):
         torch.manual_seed(seed)
-        return layer(t) if y is None else layer(t, y=y)
+        return layer(*t) if y is None else layer(*t, y=y)
 
     return torch.autograd.functional.jacobian(forward, x)
 
