@@ -720,11 +720,21 @@ def check_student_layer(root, name, *options):
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
 
 
-def test_gradcheck_layer_passes_a_correct_layer(student_package, capsys, monkeypatch):
+def test_gradcheck_layer_passes_a_correct_layer_and_fails_a_wrong_one(student_package):
+    """The real command, importing the user's package from PYTHONPATH."""
     result = check_student_layer(student_package, "Scale", "--args", "3", "--input-shape", "2,3,4,4")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Scale (random input)" in result.stdout and "Scale (tie-heavy input)" in result.stdout
     assert "all 2 checks of studentlayers.layers:Scale passed" in result.stdout
+    result = check_student_layer(student_package, "WrongVJP", "--args", "3", "--input-shape", "2,3,4,4")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if "autograd: FAIL" in line)
+    # The element of largest error, with both values.
+    assert re.search(r"wrong gradient \(the backward's VJP\): .* at input\[\d, \d, \d, \d\]: \S+ \(the layer's\) vs \S+ \(autograd\)", line), line
+
+
+def test_gradcheck_layer_in_float64(student_package, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(student_package))
     options = ["--args", "3", "--input-shape", "1,3,2,5", "--dtype", "float64"]
     result = run_in_process(capsys, "gradcheck", "--layer", "studentlayers.layers:Scale", *options)
@@ -742,15 +752,13 @@ def test_gradcheck_layer_passes_a_correct_layer(student_package, capsys, monkeyp
         ("WrongGradientShape", "3", "params() pair of wrong shapes: param#01 has shape (3, 1, 1) but its gradient (3,)"),
     ],
 )
-def test_gradcheck_layer_names_the_bug_of_each_broken_layer(student_package, name, args, named):
-    result = check_student_layer(student_package, name, "--args", args, "--input-shape", "2,3,4,4")
+def test_gradcheck_layer_names_the_bug_of_each_broken_layer(student_package, capsys, monkeypatch, name, args, named):
+    monkeypatch.syspath_prepend(str(student_package))
+    options = ["--layer", f"studentlayers.layers:{name}", "--args", args, "--input-shape", "2,3,4,4"]
+    result = run_in_process(capsys, "gradcheck", *options)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
     assert named in result.stdout
     assert f"FAILED: {name} (random input)" in result.stdout
-    if name == "WrongVJP":  # the element of largest error, with both values
-        line = next(line for line in result.stdout.splitlines() if named in line)
-        assert re.search(r"at input\[\d, \d, \d, \d\]: \S+ \(the layer's\) vs \S+ \(autograd\)", line), line
 
 
 @pytest.mark.parametrize(
