@@ -43,7 +43,17 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .jacobians import as_tuple, gradient_norm, is_tensor_pair, jacobian, jacobian_norm, pack, preserved
+from .jacobians import (
+    as_tuple,
+    clones,
+    forward_outputs,
+    gradient_norm,
+    is_tensor_pair,
+    jacobian,
+    jacobian_norm,
+    pack,
+    preserved,
+)
 from .twins import torch_twin
 
 __all__ = [
@@ -74,7 +84,6 @@ RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 FINITE_DIFFERENCE_RTOL = 1e-6
 # One-sided differences that disagree by more than this fraction of the scale mark a kink.
 KINK_RTOL = 1e-4
-
 
 
 class TensorError(NamedTuple):
@@ -130,7 +139,9 @@ class Verdict:
     comparison is within its tolerance; ``str(verdict)`` explains."""
 
     def __init__(self, layer):
-        self.layer = repr(layer).splitlines()[0]
+        name = repr(layer).splitlines()[0]
+        # A subclass that keeps its parent's repr is named too.
+        self.layer = name if name.startswith(type(layer).__name__) else f"{type(layer).__name__} ({name})"
         self.comparisons = []
         self.problems = []  # (tensor name, or None for the whole layer; sentence)
         self.tensor_names = []
@@ -175,12 +186,7 @@ def _run_forward(layer, x, y, seed):
     """The layer's forward under a fixed seed, so that Dropout draws the same mask each
     time; ``x`` is the input, or a tuple of the inputs of a layer that takes several."""
     torch.manual_seed(seed)
-    kw = {} if y is None else {"y": y}
-    outputs = as_tuple(layer(*as_tuple(x), **kw))
-    if not all(isinstance(o, torch.Tensor) for o in outputs):
-        kinds = ", ".join(type(o).__name__ for o in outputs)
-        raise TypeError(f"{type(layer).__name__}.forward returned ({kinds}); expected a tensor or a tuple of tensors")
-    return outputs
+    return forward_outputs(layer, as_tuple(x), y)
 
 
 def _random_douts(outputs, seed):
@@ -205,10 +211,6 @@ def _input_names(inputs):
     if len(inputs) == 1:
         return ["input"]
     return [f"input#{index}" for index in range(1, len(inputs) + 1)]
-
-
-def _copies(inputs):
-    return tuple(t.detach().clone() for t in inputs)
 
 
 def _checked_pairs(layer, verdict):
@@ -292,7 +294,7 @@ def _check_same_gradient_tensors(layer, pairs, verdict):
 
 def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rtol):
     """A second forward and backward must add the same gradient again: 2x the first."""
-    _run_forward(layer, _copies(inputs), y, seed)
+    _run_forward(layer, clones(inputs), y, seed)
     _, returned = _own_backward(layer, douts, verdict, "the second ")
     if not returned:
         return
@@ -325,7 +327,7 @@ def _own_run(layer, inputs, y, seed, verdict, rtol):
     for _, grad in pairs:
         if grad is not None:
             grad.zero_()
-    own = _copies(inputs)
+    own = clones(inputs)
     outputs = _run_forward(layer, own, y, seed)
     changed_by_forward = [not _unchanged(mine, x) for mine, x in zip(own, inputs)]
     for name, changed in zip(names, changed_by_forward):
@@ -694,7 +696,7 @@ def backward_before_forward(layer, x, y=None):
     not raise RuntimeError, as a sentence; None when it raises as it should. The upstream
     gradient has the shape of the output of a forward on a copy of the layer."""
     with torch.random.fork_rng(devices=[]):
-        outputs = _run_forward(copy.deepcopy(layer), _copies(as_tuple(x)), y, 0)
+        outputs = _run_forward(copy.deepcopy(layer), clones(as_tuple(x)), y, 0)
     douts = tuple(torch.ones_like(o) for o in outputs)
     with preserved(layer):
         try:

@@ -75,7 +75,9 @@ def pack(douts):
     return douts if len(douts) > 1 else douts[0]
 
 
-def _forward(layer, inputs, y):
+def forward_outputs(layer, inputs, y=None):
+    """``layer(*inputs)`` (with ``y=y`` when given) as a tuple of output tensors; TypeError
+    naming the layer when it returns anything else."""
     outputs = layer(*inputs) if y is None else layer(*inputs, y=y)
     outputs = as_tuple(outputs)
     if not all(isinstance(o, torch.Tensor) for o in outputs):
@@ -84,7 +86,8 @@ def _forward(layer, inputs, y):
     return outputs
 
 
-def _clones(inputs):
+def clones(inputs):
+    """Detached copies of a tuple of tensors."""
     return tuple(x.detach().clone() for x in inputs)
 
 
@@ -143,7 +146,7 @@ def jacobian(layer, x, y=None, wrt="input"):
 def _input_jacobians(layer, inputs, y):
     """For each output, the list of its Jacobians w.r.t. each input."""
     rng = torch.get_rng_state()
-    outputs = _forward(layer, _clones(inputs), y)
+    outputs = forward_outputs(layer, clones(inputs), y)
     draws_random_numbers = not torch.equal(rng, torch.get_rng_state())
     single = len(inputs) == 1 and y is None
     if single and not draws_random_numbers and _batch_independent(layer, inputs[0], outputs):
@@ -151,7 +154,7 @@ def _input_jacobians(layer, inputs, y):
     else:
         # The same random numbers (Dropout's mask) as the forward that was just run.
         torch.set_rng_state(rng)
-        outputs = _forward(layer, _clones(inputs), y)
+        outputs = forward_outputs(layer, clones(inputs), y)
         rows = [_rows_one_at_a_time(layer, outputs, index, inputs) for index in range(len(outputs))]
     return [[r.reshape(o.shape + x.shape) for r, x in zip(per_input, inputs)] for per_input, o in zip(rows, outputs)]
 
@@ -180,12 +183,12 @@ def _batch_independent(layer, x, outputs):
     if batch < 2 or any(o.dim() == 0 or o.shape[0] != batch for o in outputs):
         return False
     try:
-        doubled = _forward(layer, (_repeat(x, 2),), None)
+        doubled = forward_outputs(layer, (_repeat(x, 2),), None)
     except (ValueError, TypeError, RuntimeError):
         return False  # dimension 0 is not a batch dimension for this layer (e.g. channels)
     if len(doubled) != len(outputs) or not all(_same_up_to_rounding(d, _repeat(o, 2)) for d, o in zip(doubled, outputs)):
         return False
-    _forward(layer, (x.clone(),), None)
+    forward_outputs(layer, (x.clone(),), None)
     generator = torch.Generator().manual_seed(0)
     for first, rest in ((slice(0, 1), slice(1, None)), (slice(1, None), slice(0, 1))):
         douts = [torch.zeros_like(o) for o in outputs]
@@ -216,7 +219,7 @@ def _batched_rows(layer, x, index, count):
     rows = []
     for start in range(0, count, per_chunk):
         copies = min(per_chunk, count - start)
-        outputs = _forward(layer, (_repeat(x, copies),), None)
+        outputs = forward_outputs(layer, (_repeat(x, copies),), None)
         size = outputs[index].numel() // copies
         positions = [k * size + start + k for k in range(copies)]
         (dx,) = _vjp(layer, outputs, index, positions, [(copies * x.shape[0],) + x.shape[1:]])
@@ -228,7 +231,7 @@ def _parameter_jacobians(layer, inputs, y):
     """For each output, the list of Jacobians w.r.t. each parameter: one VJP per output
     element, reading the gradients it adds (zeroed before each)."""
     pairs = layer.params()
-    outputs = _forward(layer, _clones(inputs), y)
+    outputs = forward_outputs(layer, clones(inputs), y)
     result = []
     for index, out in enumerate(outputs):
         rows = [torch.zeros(out.numel(), param.numel(), dtype=param.dtype, device=param.device) for param, _ in pairs]
