@@ -12,7 +12,14 @@ import torch
 from . import layers as nn
 
 
-LOSSES = (torch.nn.CrossEntropyLoss, torch.nn.MSELoss, torch.nn.BCEWithLogitsLoss)
+LOSSES = (
+    torch.nn.CrossEntropyLoss,
+    torch.nn.NLLLoss,
+    torch.nn.MSELoss,
+    torch.nn.L1Loss,
+    torch.nn.BCELoss,
+    torch.nn.BCEWithLogitsLoss,
+)
 
 
 class Chain(torch.nn.Sequential):
@@ -136,6 +143,9 @@ _LEAF_TWINS = {
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
     nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),
     nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(),
+    nn.NLLLoss: lambda layer: torch.nn.NLLLoss(),
     nn.MSELoss: lambda layer: torch.nn.MSELoss(),
+    nn.L1Loss: lambda layer: torch.nn.L1Loss(),
+    nn.BCELoss: lambda layer: torch.nn.BCELoss(),
     nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(),
 }
