@@ -20,7 +20,9 @@ def float64_case(case, seed=0):
     torch.manual_seed(seed)
     layer = case.make_layer().train(case.train).to(dtype=torch.float64)
     shapes = case.input_shape if isinstance(case.input_shape, list) else [case.input_shape]
-    if case.ties:
+    if case.make_input is not None:
+        xs = (case.make_input(case.input_shape).double(),)
+    elif case.ties:
         xs = tuple(tie_heavy(shape, seed, torch.float64) for shape in shapes)
     else:
         xs = tuple(torch.randn(shape, dtype=torch.float64) for shape in shapes)
