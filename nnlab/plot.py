@@ -221,7 +221,9 @@ def plot_jacobian(layer, x, y=None, ax=None):
     jacobians = jacobian(layer, x, y)
     jacobians = jacobians if isinstance(jacobians, tuple) else (jacobians,)
     matrix = torch.cat([j.detach().reshape(-1, x.numel()) for j in jacobians]).abs().double().cpu()
-    fig, ax = (ax.figure, ax) if ax is not None else _single_axes((6, 5))
+    if ax is None:
+        _, (ax,) = new_figure((6, 5))
+    fig = ax.figure
     magnitudes = numpy.ma.masked_equal(matrix.numpy(), 0.0)
     image = ax.imshow(magnitudes, cmap="viridis", interpolation="nearest", aspect="auto")
     fig.colorbar(image, ax=ax, label="|d out_i / d x_j|")
@@ -264,11 +266,6 @@ def _first_plane(tensor):
     while plane.dim() > 2:
         plane = plane[0]
     return plane.double().cpu().numpy()
-
-
-def _single_axes(figsize):
-    fig, (ax,) = _new_figure(1, 1, 1, figsize)
-    return fig, ax
 
 
 def _epoch_records(fit_result):
