@@ -93,20 +93,28 @@ def _verify_checksum(path, checkpoint):
 
 def save_checkpoint(path, checkpoint):
     """Writes ``checkpoint`` (a dict of tensors, numbers, strings, lists, dicts) to
-    ``path`` atomically, with its ``"checksum"`` (``content_digest`` of the rest): to a
-    temporary file in the same folder, flushed and fsync'ed, then moved over ``path``
-    with ``os.replace``. If anything fails, the temporary file is removed and whatever
-    was at ``path`` before is left untouched. Temporary files of ``path`` that killed
-    saves left behind are removed first (one process writes a checkpoint at a time)."""
+    ``path`` atomically (``write_atomically``), with its ``"checksum"``
+    (``content_digest`` of the rest)."""
+    content = _with_checksum(checkpoint)
+    write_atomically(path, lambda file: torch.save(content, file))
+
+
+def write_atomically(path, write):
+    """Calls ``write(file)`` on a temporary binary file in ``path``'s folder, flushes and
+    fsyncs it, then moves it over ``path`` with ``os.replace``: readers see the old
+    content or the new, never a part. If anything fails (or the process is
+    interrupted), the temporary file is removed and whatever was at ``path`` before is
+    left untouched. Temporary files of ``path`` that killed writes left behind are
+    removed first (one process writes a given path at a time)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    content = _with_checksum(checkpoint)
     prefix, suffix = _temporary_affixes(path)
     _remove_stale_temporaries(folder, prefix, suffix)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets; give the usual mode
         with os.fdopen(handle, "wb") as file:
-            torch.save(content, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -115,6 +123,12 @@ def save_checkpoint(path, checkpoint):
             os.remove(temporary)
         raise
     _fsync_folder(folder)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _temporary_affixes(path):

@@ -13,6 +13,7 @@ what was expected.
 """
 
 import gzip
+import importlib.util
 import math
 import operator
 import os
@@ -127,12 +128,25 @@ def load_digits():
         images: float32 (1797, 1, 8, 8), pixel values 0..16 divided by 16, so in [0, 1].
         labels: int64 (1797,), digits 0..9.
     """
+    table = _bundled_digits_table()
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 8, 8) / 16.0).to(torch.float32).unsqueeze(1)
+    labels = torch.from_numpy(table[:, -1]).to(torch.int64)
+    return images, labels
+
+
+def _bundled_digits_table():
+    """scikit-learn's digits.csv.gz (64 pixels, then the label, per row), read directly:
+    importing sklearn.datasets costs a second or more of every short command's start.
+    Through sklearn.datasets when the file is not where this scikit-learn keeps it."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin is not None:
+        path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            return np.loadtxt(path, delimiter=",")
     import sklearn.datasets
 
     digits = sklearn.datasets.load_digits()
-    images = torch.from_numpy(digits.images / 16.0).to(torch.float32).unsqueeze(1)
-    labels = torch.from_numpy(digits.target).to(torch.int64)
-    return images, labels
+    return np.column_stack([digits.data, digits.target])
 
 
 def load_moons(n, noise, seed=0):

@@ -356,6 +356,15 @@ def test_load_digits():
     assert y.tolist() == reference.target.tolist()
 
 
+def test_load_digits_through_sklearn_when_its_file_is_elsewhere(monkeypatch):
+    import importlib.util
+
+    direct = load_digits()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    through_sklearn = load_digits()
+    assert torch.equal(direct[0], through_sklearn[0]) and torch.equal(direct[1], through_sklearn[1])
+
+
 def test_load_moons():
     x, y = load_moons(50, noise=0.1, seed=3)
     assert x.dtype == torch.float32 and x.shape == (50, 2)

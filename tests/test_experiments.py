@@ -1,0 +1,410 @@
+"""nnlab.experiments and `nnlab experiment`: configurations as the course builds them,
+result files that round-trip and reproduce their run, overlay plots, and sweeps that
+resume after being killed."""
+
+import json
+import os
+import subprocess
+import sys
+from typing import NamedTuple, Optional
+
+import matplotlib.image
+import pytest
+
+from nnlab import cli, experiments
+from nnlab.experiments import (
+    EXPERIMENT_KEYS,
+    ExperimentError,
+    cnn_experiment,
+    experiment_model,
+    fit_differences,
+    load_experiment,
+    plot_exp_results,
+    rerun_experiment,
+)
+from nnlab.models import CNN, ResNet
+from nnlab.training import FitResult
+
+# The cheapest configuration that trains: a few batches of one epoch.
+TINY = dict(bs_train=16, batches=2, epochs=2, filters_per_layer=[2], layers_per_block=1, pool_every=1, hidden_dims=[4])
+
+
+def run_in_process(capsys, *args):
+    """(exit status, stdout, stderr) of cli.main, argparse's own exits included."""
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exit:
+        status = exit.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
+def assert_usage_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    assert error_lines[0].startswith("nnlab experiment")
+    assert "usage: nnlab experiment" in result.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0]
+
+
+def config_of(**arguments):
+    """A resolved configuration, as cnn_experiment builds it."""
+    return experiments.resolve_config({**experiments.EXPERIMENT_DEFAULTS, "run_name": "x", "seed": 0, **arguments})
+
+
+def num_params(model):
+    return sum(param.numel() for param, _ in model.params())
+
+
+# Configurations --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_type, ks, layers, pool_every, expected",
+    [
+        ("cnn", [32, 64], 2, 2, [32, 32, 64, 64]),
+        ("cnn", [16, 32], 1, 1, [16, 32]),
+        ("resnet", [8], 3, 3, [8, 8, 8]),
+        ("resnet_bottleneck", [8], 6, 3, [8] * 6),
+    ],
+)
+def test_the_channels_are_each_k_repeated_l_times(model_type, ks, layers, pool_every, expected):
+    config = config_of(model_type=model_type, filters_per_layer=ks, layers_per_block=layers, pool_every=pool_every, hidden_dims=[10])
+    model = experiment_model(config)
+    assert model.channels == expected
+    builder = CNN if model_type == "cnn" else ResNet
+    twin = builder((1, 8, 8), 10, expected, pool_every, [10], **({"bottleneck": True} if "bottleneck" in model_type else {}))
+    assert num_params(model) == num_params(twin)
+    assert str(model.sequence) == str(twin.sequence)
+
+
+def test_resnet_bottleneck_differs_from_resnet_where_a_block_can_be_one():
+    plain = experiment_model(config_of(model_type="resnet", filters_per_layer=[8], layers_per_block=6, pool_every=3))
+    bottleneck = experiment_model(config_of(model_type="resnet_bottleneck", filters_per_layer=[8], layers_per_block=6, pool_every=3))
+    assert "ResidualBottleneckBlock" in str(bottleneck.sequence) and "ResidualBottleneckBlock" not in str(plain.sequence)
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (dict(filters_per_layer=[4], layers_per_block=4, pool_every=1), "x_L4_K4: cannot build this cnn"),
+        (dict(model_type="resnet", filters_per_layer=[4], layers_per_block=4, pool_every=1), "x_L4_K4: cannot build this resnet"),
+        (dict(model_type="resnet_bottleneck", pool_every=2), "no group of P=2 convolutions can be a bottleneck"),
+    ],
+)
+def test_a_configuration_that_cannot_work_is_named(arguments, fragment):
+    with pytest.raises(ExperimentError, match=fragment):
+        experiment_model(config_of(**arguments))
+
+
+def test_the_default_configuration_works_on_the_digits():
+    model = experiment_model(config_of())
+    assert model.channels == [64, 64]
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (dict(bs_train=0), "bs_train must be an int >= 1"),
+        (dict(filters_per_layer=32), "filters_per_layer must be a non-empty list"),
+        (dict(model_type="vgg"), "model_type must be one of"),
+        (dict(data="cifar10"), "needs root"),
+        (dict(run_name="a/b"), "run_name must be a file name"),
+        (dict(lr=float("nan")), "lr must be a finite number"),
+        (dict(seed=-1), "seed must be None or an int"),
+        (dict(device="gpu9"), "not a torch device"),
+        (dict(conv_params=dict(kernel_size=(3, 3))), "cannot be recorded exactly in JSON"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, arguments, fragment):
+    arguments = {"run_name": "x", "out_dir": str(tmp_path), **arguments}
+    with pytest.raises(ExperimentError, match=fragment):
+        cnn_experiment(**arguments)
+    assert not list(tmp_path.glob("*.json"))
+
+
+# Result files -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    """One tiny run's result file, with the seed drawn (seed=None)."""
+    folder = tmp_path_factory.mktemp("results")
+    return cnn_experiment("tiny", out_dir=str(folder), verbose=False, **TINY)
+
+
+def test_the_result_file_holds_the_whole_configuration_and_round_trips(tiny_result):
+    assert os.path.basename(tiny_result) == "tiny_L1_K2.json"
+    config, fit = load_experiment(tiny_result)
+    assert set(EXPERIMENT_KEYS) <= set(config)
+    assert isinstance(config["seed"], int)  # drawn, and recorded
+    assert config["bs_test"] == 4 and config["device"] == "cpu" and config["batches"] == 2
+    assert isinstance(fit, FitResult) and fit.num_epochs == 2
+    with open(tiny_result) as file:
+        record = json.load(file)
+    assert record["environment"]["torch"] and record["environment"]["nnlab"]
+    assert record["results"] == fit._asdict()
+    # the configuration re-creates the model that was trained
+    assert num_params(experiment_model(config)) == record["model"]["num_params"]
+
+
+def test_the_file_holds_the_numbers_trained_float_for_float(tmp_path):
+    config = config_of(out_dir=str(tmp_path), **TINY)
+    record = experiments.run_experiment(config)
+    path = tmp_path / "x.json"
+    experiments.save_result(path, record)
+    _, fit = load_experiment(path)
+    assert fit == record["results"]
+    assert [value.hex() for value in fit.test_loss] == [value.hex() for value in record["results"].test_loss]
+
+
+def test_rerun_reproduces_the_fit_result_to_the_last_digit(capsys, tiny_result):
+    _, saved = load_experiment(tiny_result)
+    new = rerun_experiment(tiny_result)
+    assert new["results"] == saved and fit_differences(saved, new["results"]) == []
+    result = run_in_process(capsys, "experiment", "rerun", tiny_result, "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reproduced: the same FitResult to the last digit" in result.stdout
+
+
+def test_rerun_says_where_a_result_differs(capsys, tiny_result, tmp_path):
+    with open(tiny_result) as file:
+        record = json.load(file)
+    record["results"]["test_acc"][1] += 1e-9
+    altered = tmp_path / "altered.json"
+    altered.write_text(json.dumps(record))
+    result = run_in_process(capsys, "experiment", "rerun", str(altered), "--quiet")
+    assert result.returncode == 1
+    assert "NOT reproduced" in result.stdout and "test_acc[2]" in result.stdout
+
+
+def test_rerun_refuses_other_data(monkeypatch, tiny_result):
+    original = experiments.load_data
+
+    def other_digits(name, root):
+        x_train, y_train, x_test, y_test = original(name, root)
+        return x_train.flip(-1), y_train, x_test, y_test
+
+    monkeypatch.setattr(experiments, "load_data", other_digits)
+    with pytest.raises(ExperimentError, match="data differ"):
+        rerun_experiment(tiny_result)
+
+
+def test_fit_result_fields_added_later_survive_the_file(monkeypatch, tmp_path):
+    class LaterFitResult(NamedTuple):
+        num_epochs: int
+        train_loss: list
+        train_acc: list
+        test_loss: list
+        test_acc: list
+        metrics: Optional[dict] = None
+
+    monkeypatch.setattr(experiments, "FitResult", LaterFitResult)
+    fit = LaterFitResult(1, [0.5], [50.0], [0.25], [75.0], {"test_mae": [0.125]})
+    path = tmp_path / "later.json"
+    experiments.save_result(path, {"format": experiments.RESULT_FORMAT, "config": {"run_name": "later"}, "results": fit})
+    assert load_experiment(path)[1] == fit
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object with 'config' and 'results'"),
+        ('{"config": {}}', "expected a JSON object with 'config' and 'results'"),
+        ('{"config": {}, "results": {"num_epochs": 1}}', "do not make a FitResult"),
+        ('{"config": {}, "results": {"num_epochs": 1, "train_loss": [1], "train_acc": "x", "test_loss": [], "test_acc": []}}', "train_acc must be a list of numbers"),
+        ('{"format": "other-9", "config": {}, "results": {}}', "result format 'other-9'"),
+    ],
+)
+def test_a_file_that_is_not_a_result_is_named(tmp_path, content, fragment):
+    path = tmp_path / "notes.json"
+    path.write_text(content)
+    with pytest.raises(ExperimentError, match=fragment) as error:
+        load_experiment(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_file_or_a_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_experiment(tmp_path / "missing.json")
+    with pytest.raises(ExperimentError, match="is a folder"):
+        load_experiment(tmp_path)
+
+
+def test_the_course_files_are_read_too(tmp_path):
+    path = tmp_path / "exp1_1_L2_K32.json"
+    fit = FitResult(1, [1.0], [10.0], [2.0], [20.0])
+    path.write_text(json.dumps({"config": {"layers_per_block": 2}, "results": fit._asdict()}))
+    assert load_experiment(path) == ({"layers_per_block": 2}, fit)
+
+
+def test_an_existing_result_is_never_replaced_silently(tiny_result):
+    folder = os.path.dirname(tiny_result)
+    before = os.stat(tiny_result).st_mtime_ns
+    with pytest.raises(ExperimentError, match="the result file exists"):
+        cnn_experiment("tiny", out_dir=folder, verbose=False, **TINY)
+    assert os.stat(tiny_result).st_mtime_ns == before
+
+
+def test_a_configuration_running_elsewhere_is_refused(tmp_path):
+    path = os.path.join(tmp_path, "busy_L1_K2.json")
+    with experiments.configuration_lock(path):
+        with pytest.raises(ExperimentError, match=r"another process \(pid \d+\) is running this configuration"):
+            cnn_experiment("busy", out_dir=str(tmp_path), verbose=False, **TINY)
+    assert not os.path.exists(path)
+
+
+# Plots --------------------------------------------------------------------------------------------
+
+
+def write_result(folder, run_name, layers, ks, test_acc, **config):
+    fit = FitResult(len(test_acc), [1.0] * len(test_acc), test_acc, [0.5] * len(test_acc), test_acc)
+    arguments = {**experiments.EXPERIMENT_DEFAULTS, "run_name": run_name, "layers_per_block": layers, "filters_per_layer": ks, **config}
+    path = os.path.join(folder, experiments.config_name(arguments) + ".json")
+    experiments.save_result(path, {"format": experiments.RESULT_FORMAT, "config": arguments, "results": fit})
+    return path
+
+
+def legend_texts(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_plot_exp_results_overlays_every_matching_run_with_one_legend_entry_each(tmp_path):
+    write_result(tmp_path, "exp1_1", 2, [32], [50.0, 60.0])
+    write_result(tmp_path, "exp1_1", 4, [32], [55.0, 65.0, 70.0])
+    write_result(tmp_path, "exp1_1", 2, [64], [40.0])
+    write_result(tmp_path, "other", 2, [32], [10.0])
+    fig, axes = plot_exp_results(str(tmp_path / "exp1_1_*.json"))
+    assert [ax.get_title() for ax in axes] == ["train loss", "train accuracy", "test loss", "test accuracy"]
+    expected = ["L=2, K=32", "L=2, K=64", "L=4, K=32"]  # sorted by file name
+    for ax in axes:
+        assert legend_texts(ax) == expected
+    test_acc = axes[3].get_lines()
+    assert [list(line.get_ydata()) for line in test_acc] == [[50.0, 60.0], [40.0], [55.0, 65.0, 70.0]]
+    _, axes = plot_exp_results("exp1_1_L2*.json", results_dir=str(tmp_path), legend_key="filters_per_layer")
+    assert legend_texts(axes[0]) == ["K=32", "K=64"]
+
+
+def test_runs_with_the_same_legend_get_their_file_names(tmp_path):
+    write_result(tmp_path, "a", 2, [32], [1.0], pool_every=2)
+    write_result(tmp_path, "b", 2, [32], [2.0], pool_every=4)
+    _, axes = plot_exp_results(str(tmp_path / "*.json"), legend_key="layers_per_block")
+    assert legend_texts(axes[0]) == ["L=2 (a_L2_K32)", "L=2 (b_L2_K32)"]
+    _, axes = plot_exp_results(str(tmp_path / "*.json"))
+    assert legend_texts(axes[0]) == ["P=2", "P=4"]
+
+
+def test_plot_exp_results_names_what_it_cannot_plot(tmp_path):
+    with pytest.raises(ExperimentError, match="no result file matches"):
+        plot_exp_results(str(tmp_path / "nothing_*.json"))
+    write_result(tmp_path, "a", 2, [32], [1.0])
+    with pytest.raises(ExperimentError, match="no 'colour'"):
+        plot_exp_results(str(tmp_path / "*.json"), legend_key="colour")
+
+
+def test_the_plot_command_writes_a_png_whose_legend_names_each_run(capsys, tmp_path):
+    for layers in (2, 4, 8):
+        write_result(tmp_path, "exp1_1", layers, [32], [10.0 * layers, 11.0 * layers])
+    out = tmp_path / "exp1_1.png"
+    result = run_in_process(capsys, "experiment", "plot", str(tmp_path / "exp1_1_*.json"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "3 runs plotted" in result.stdout
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 400 and image.shape[1] > 800
+    assert image[..., :3].std() > 0.05  # not blank
+    fig, axes = plot_exp_results(str(tmp_path / "exp1_1_*.json"))
+    assert legend_texts(axes[0]) == ["L=2", "L=4", "L=8"]
+
+
+# The command's errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "-n", "x", "-K", "4", "-L", "4", "-P", "1"], "x_L4_K4: cannot build this cnn"),
+        (["run", "-n", "x", "-K", "0"], "expected an integer >= 1"),
+        (["run", "-K", "4"], "the following arguments are required: -n"),
+        (["run", "-n", "x", "--data", "cifar10"], "needs root"),
+        (["run", "-n", "x", "-M", "vgg"], "invalid choice: 'vgg'"),
+        (["rerun", "missing.json"], "missing.json"),
+        (["plot", "nothing_*.json", "--out", "x.png"], "no result file matches nothing_*.json"),
+        (["plot", "a.json", "--out", "x.unknown"], "not an image format"),
+        (["sweep", "-n", "x", "-L", "2", "2"], "configuration x_L2_K64 is given twice"),
+        (["sweep", "-n", "x", "--data", "cifar10"], "needs --root"),
+    ],
+)
+def test_command_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    result = run_in_process(capsys, "experiment", *args)
+    assert_usage_error(result, fragment)
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.json"))
+
+
+def test_an_existing_result_is_an_error_of_the_command(capsys, tiny_result):
+    folder = os.path.dirname(tiny_result)
+    result = run_in_process(capsys, "experiment", "run", "-n", "tiny", "-o", folder, "-K", "2", "-L", "1", "-P", "1", "-H", "4")
+    assert_usage_error(result, "the result file exists")
+
+
+def test_a_sweep_reports_what_cannot_work_and_what_is_done_without_running_them(capsys, tmp_path, monkeypatch):
+    write_result(tmp_path, "s", 1, [2], [10.0], pool_every=1, hidden_dims=[4])
+    monkeypatch.setattr(cli, "start_run", lambda item: pytest.fail(f"{item.name} should not run"))
+    result = run_in_process(capsys, "experiment", "sweep", "-n", "s", "-K", "2", "-L", "1", "5", "-P", "1", "-H", "4", "-o", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "sweep s: 2 configurations, 1 at a time"
+    assert lines[1] == f"[1/2] s_L1_K2: done already ({tmp_path / 's_L1_K2.json'}), skipped"
+    assert lines[2].startswith("[2/2] s_L5_K2: cannot work: cannot build this cnn:") and "shrinks to nothing" in lines[2]
+    assert lines[3] == "sweep s: 0 run, 1 skipped (done before), 1 failed"
+
+
+def test_sweep_names_runs_by_the_dimensions_that_vary():
+    args = cli.build_parser().parse_args(
+        ["experiment", "sweep", "-n", "e", "-K", "8", "-K", "8", "16", "-L", "1", "-P", "1", "2", "-H", "4", "-M", "cnn", "resnet"]
+    )
+    names = [item.name for item in cli.sweep_configurations(args)]
+    assert names == [
+        f"e_{model}_P{pool}_L1_K{ks}" for ks in ("8", "8-16") for pool in (1, 2) for model in ("cnn", "resnet")
+    ]
+
+
+# A sweep killed and restarted ----------------------------------------------------------------------
+
+
+def test_a_killed_sweep_resumes_and_runs_each_configuration_exactly_once(tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("children die with the sweep through Linux's PR_SET_PDEATHSIG")
+    args = [sys.executable, "-m", "nnlab", "experiment", "sweep", "-n", "tiny", "-K", "2", "-K", "3", "-L", "1", "2"]
+    args += ["-P", "2", "-H", "4", "--epochs", "1", "--batches", "1", "--bs-train", "8", "-s", "0", "-o", str(tmp_path), "--jobs", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    names = {"tiny_L1_K2", "tiny_L2_K2", "tiny_L1_K3", "tiny_L2_K3"}
+
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finished_first = []
+    for line in first.stdout:  # the marker: the first finished run's progress line
+        if " -> " in line:
+            finished_first.append(line.split("] ")[1].split(":")[0])
+            break
+    first.kill()  # the sweep alone, outright: its running configuration must die with it
+    first.communicate(timeout=60)
+    assert len(finished_first) == 1, "no run finished before the kill"
+    done_before = {path.stem: path.read_bytes() for path in tmp_path.glob("*.json")}
+    assert finished_first[0] in done_before and set(done_before) < names
+
+    second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    progress = [line for line in second.stdout.splitlines() if line.startswith("[")]
+    skipped = {line.split("] ")[1].split(":")[0] for line in progress if "skipped" in line}
+    ran = {line.split("] ")[1].split(":")[0] for line in progress if " -> " in line}
+    assert skipped == set(done_before) and ran == names - skipped and len(progress) == 4
+    for name in names:
+        config, fit = load_experiment(tmp_path / f"{name}.json")
+        assert name == experiments.config_name(config) and fit.num_epochs == 1
+    for name, content in done_before.items():
+        assert (tmp_path / f"{name}.json").read_bytes() == content  # never rewritten
+    assert not list(tmp_path.glob(".*.tmp"))
