@@ -37,9 +37,17 @@ class UsageError(Exception):
 
 
 def positive_int(text):
-    value = _parsed(int, text, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text):
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text, minimum):
+    value = _parsed(int, text, f"an integer >= {minimum}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
     return value
 
 
@@ -715,16 +723,10 @@ result files:
 
 examples (the course's experiment 1.1, on the bundled digits):
   nnlab experiment run -n demo -K 16 32 -L 1 -P 1 -H 64
-  nnlab experiment sweep -n exp1_1 -K 32 -K 64 -L 2 4 8 16 -P 4 -H 100 --jobs 2
+  nnlab experiment sweep -n exp1_1 -K 32 -K 64 -L 2 4 8 16 -P 8 -H 100 --epochs 20 --jobs 2
   nnlab experiment plot 'results/exp1_1_*.json' --out exp1_1.png
   nnlab experiment rerun results/exp1_1_L2_K32.json
 """
-
-def early_stopping(text):
-    value = _parsed(int, text, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def probability(text):
@@ -745,7 +747,7 @@ RUN_OPTIONS = (
     (("--bs-test",), dict(type=positive_int, metavar="N", help="test batch size (default: bs-train // 4)")),
     (("--batches",), dict(type=positive_int, metavar="N", help="batches per epoch and phase (default: all)")),
     (("--epochs",), dict(type=positive_int, metavar="N", help="maximal number of epochs")),
-    (("--early-stopping",), dict(type=early_stopping, metavar="N", help="stop after N epochs without a lower test loss; 0: never")),
+    (("--early-stopping",), dict(type=non_negative_int, metavar="N", help="stop after N epochs without a lower test loss; 0: never")),
     (("--lr",), dict(type=learning_rate, help="learning rate")),
     (("--reg",), dict(type=learning_rate, help="L2 regularization")),
     (("--optimizer",), dict(choices=tuple(experiments.OPTIMIZERS), help="nnlab optimizer")),
@@ -853,8 +855,11 @@ def add_configuration_options(parser, sweep):
         "-M", "--model-type", choices=experiments.MODEL_TYPES, nargs=values,
         help=f"model (default {defaults['model_type']})",
     )
-    threads = "(default: the CPU count divided by --jobs)" if sweep else "(default: torch's, the CPU count)"
-    parser.add_argument("--threads", type=positive_int, metavar="N", help=f"torch threads per run {threads}")
+    threads = "the CPU count divided by --jobs" if sweep else "torch's, the CPU count"
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N",
+        help=f"torch threads per run (default: 1 on the digits, whose tensors are too small for threads to pay; else {threads})",
+    )
     for flags, settings in RUN_OPTIONS:
         settings = dict(settings)
         dest = settings.get("dest", flags[-1].lstrip("-").replace("-", "_"))
@@ -889,11 +894,20 @@ def experiment_run(args):
     arguments.update({key: getattr(args, key) for key in dimensions if getattr(args, key) is not None})
     if args.checkpoints is not None:
         check_output_file("--checkpoints", args.checkpoints)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = run_threads(args, torch.get_num_threads())
+    torch.set_num_threads(threads)
     path = experiments.cnn_experiment(args.run_name, **arguments, overwrite=args.overwrite, verbose=not args.quiet)
     print(f"{path}: {run_summary(experiments.read_result(path))}")
     return 0
+
+
+def run_threads(args, otherwise):
+    """torch threads for a run: --threads, else 1 on the digits (8x8 images: every
+    operation is so small that threads cost more than they save, several times more
+    on a busy machine), else ``otherwise``."""
+    if args.threads is not None:
+        return args.threads
+    return 1 if (args.data or experiments.EXPERIMENT_DEFAULTS["data"]) == "digits" else otherwise
 
 
 def run_summary(record):
@@ -1004,7 +1018,7 @@ def sweep_configurations(args):
         "model_type": args.model_type or [defaults["model_type"]],
     }
     options = run_option_values(args)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = run_threads(args, max(1, (os.cpu_count() or 1) // args.jobs))
     items = []
     for combination in itertools.product(*dimensions.values()):
         values = dict(zip(dimensions, combination))

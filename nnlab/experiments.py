@@ -302,9 +302,12 @@ def resolve_device(device):
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return str(torch.device(device))
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ExperimentError(f"cnn_experiment: device {device!r} is not a torch device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ExperimentError(f"cnn_experiment: device {device!r}: this machine's torch has no CUDA device")
+    return str(resolved)
 
 
 def model_options(config):
@@ -511,7 +514,8 @@ def load_data(name, root):
 
 
 def plot_exp_results(pattern, fig=None, legend_key=None, results_dir=None, log_loss=False):
-    """Overlays every result file matching the glob ``pattern`` (sorted by name) on one
+    """Overlays every result file matching the glob ``pattern`` (in natural order by name:
+    L2 before L16) on one
     figure in the course's layout (train loss, train accuracy, test loss, test
     accuracy), one line and one legend entry per run.
 
@@ -545,7 +549,7 @@ def plot_exp_results(pattern, fig=None, legend_key=None, results_dir=None, log_l
         if not matches:
             raise ExperimentError(f"plot_exp_results: no result file matches {os.fspath(p)}")
         paths.update(matches)
-    paths = sorted(paths)
+    paths = sorted(paths, key=natural_order)
     runs = [(path, *load_experiment(path)) for path in paths]
     labels = run_labels(runs, legend_key)
     axes = None
@@ -581,6 +585,11 @@ def show(value):
     if isinstance(value, list):
         return "-".join(str(item) for item in value)
     return str(value)
+
+
+def natural_order(path):
+    """A sort key that orders the numbers in a name by value (exp_L2 before exp_L16)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
 
 
 def stem(path):

@@ -10,6 +10,8 @@ from typing import NamedTuple, Optional
 
 import matplotlib.image
 import pytest
+import torch  # noqa: F401  (the skipif conditions)
+from test_cli import run_in_process
 
 from nnlab import cli, experiments
 from nnlab.experiments import (
@@ -27,16 +29,6 @@ from nnlab.training import FitResult
 
 # The cheapest configuration that trains: a few batches of one epoch.
 TINY = dict(bs_train=16, batches=2, epochs=2, filters_per_layer=[2], layers_per_block=1, pool_every=1, hidden_dims=[4])
-
-
-def run_in_process(capsys, *args):
-    """(exit status, stdout, stderr) of cli.main, argparse's own exits included."""
-    try:
-        status = cli.main(list(args))
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
 
 
 def assert_usage_error(result, *fragments):
@@ -116,6 +108,7 @@ def test_the_default_configuration_works_on_the_digits():
         (dict(lr=float("nan")), "lr must be a finite number"),
         (dict(seed=-1), "seed must be None or an int"),
         (dict(device="gpu9"), "not a torch device"),
+        pytest.param(dict(device="cuda"), "no CUDA device", marks=pytest.mark.skipif("torch.cuda.is_available()")),
         (dict(conv_params=dict(kernel_size=(3, 3))), "cannot be recorded exactly in JSON"),
     ],
 )
@@ -124,6 +117,40 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, arguments, fra
     with pytest.raises(ExperimentError, match=fragment):
         cnn_experiment(**arguments)
     assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    "model_type, ks, layers, pool_every",
+    [  # the course's experiments 1.1 to 1.4, as its notebook configures them
+        ("cnn", [32], 16, 4),
+        ("cnn", [64], 16, 8),
+        ("cnn", [256], 8, 4),
+        ("cnn", [64, 128, 256], 4, 4),
+        ("resnet", [32], 32, 8),
+        ("resnet", [64, 128, 256], 8, 8),
+    ],
+)
+def test_the_course_configurations_build_on_cifar10(model_type, ks, layers, pool_every):
+    config = config_of(data="cifar10", root="unused", model_type=model_type, filters_per_layer=ks, layers_per_block=layers, pool_every=pool_every, hidden_dims=[100])
+    model = experiment_model(config)
+    assert model.in_size == (3, 32, 32) and len(model.channels) == len(ks) * layers
+
+
+def test_a_cifar10_run_from_root_and_its_rerun_from_a_moved_root(tmp_path):
+    from test_data import write_cifar
+
+    write_cifar(str(tmp_path / "data" / "cifar-10-batches-py"), n_per_batch=3)
+    path = cnn_experiment(
+        "c", out_dir=str(tmp_path), data="cifar10", root=str(tmp_path / "data"), verbose=False, seed=3,
+        bs_train=5, epochs=2, filters_per_layer=[2], layers_per_block=2, pool_every=2, hidden_dims=[4],
+    )
+    config, fit = load_experiment(path)
+    with open(path) as file:
+        assert json.load(file)["data"]["train_samples"] == 15
+    os.rename(tmp_path / "data", tmp_path / "moved")
+    with pytest.raises(FileNotFoundError):
+        rerun_experiment(path)
+    assert rerun_experiment(path, root=str(tmp_path / "moved"))["results"] == fit
 
 
 # Result files -----------------------------------------------------------------------------------
@@ -147,6 +174,9 @@ def test_the_result_file_holds_the_whole_configuration_and_round_trips(tiny_resu
         record = json.load(file)
     assert record["environment"]["torch"] and record["environment"]["nnlab"]
     assert record["results"] == fit._asdict()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tiny_result).st_mode & 0o777 == 0o666 & ~umask  # a plain file, not mkstemp's 0600
     # the configuration re-creates the model that was trained
     assert num_params(experiment_model(config)) == record["model"]["num_params"]
 
@@ -280,7 +310,7 @@ def test_plot_exp_results_overlays_every_matching_run_with_one_legend_entry_each
     write_result(tmp_path, "other", 2, [32], [10.0])
     fig, axes = plot_exp_results(str(tmp_path / "exp1_1_*.json"))
     assert [ax.get_title() for ax in axes] == ["train loss", "train accuracy", "test loss", "test accuracy"]
-    expected = ["L=2, K=32", "L=2, K=64", "L=4, K=32"]  # sorted by file name
+    expected = ["L=2, K=32", "L=2, K=64", "L=4, K=32"]  # in the order of the file names
     for ax in axes:
         assert legend_texts(ax) == expected
     test_acc = axes[3].get_lines()
@@ -307,17 +337,17 @@ def test_plot_exp_results_names_what_it_cannot_plot(tmp_path):
 
 
 def test_the_plot_command_writes_a_png_whose_legend_names_each_run(capsys, tmp_path):
-    for layers in (2, 4, 8):
+    for layers in (2, 4, 8, 16):
         write_result(tmp_path, "exp1_1", layers, [32], [10.0 * layers, 11.0 * layers])
     out = tmp_path / "exp1_1.png"
     result = run_in_process(capsys, "experiment", "plot", str(tmp_path / "exp1_1_*.json"), "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "3 runs plotted" in result.stdout
+    assert "4 runs plotted" in result.stdout
     image = matplotlib.image.imread(out)
     assert image.shape[0] > 400 and image.shape[1] > 800
     assert image[..., :3].std() > 0.05  # not blank
     fig, axes = plot_exp_results(str(tmp_path / "exp1_1_*.json"))
-    assert legend_texts(axes[0]) == ["L=2", "L=4", "L=8"]
+    assert legend_texts(axes[0]) == ["L=2", "L=4", "L=8", "L=16"]  # in natural order
 
 
 # The command's errors ------------------------------------------------------------------------------
