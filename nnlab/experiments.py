@@ -480,21 +480,24 @@ def rerun_experiment(path, root=None, verbose=False):
 
 
 def fit_differences(saved, new):
-    """Where two FitResults differ, as lines ``"test_loss[3]: 0.25 != 0.2500001"``
-    (epochs counted from 1); empty when they are equal float for float."""
-    differences = []
-    old_fields = saved._asdict()
-    new_fields = new._asdict()
-    for name in old_fields.keys() | new_fields.keys():
-        a, b = old_fields.get(name), new_fields.get(name)
-        if a == b:
-            continue
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            epoch = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-            differences.append(f"{name}[{epoch + 1}]: {a[epoch]!r} != {b[epoch]!r}")
-        else:
-            differences.append(f"{name}: {short(a)} != {short(b)}")
-    return sorted(differences)
+    """Where two FitResults differ, one line per record, at its first difference:
+    ``"test_loss[3]: 0.25 != 0.2500001"``, ``"steps.grad_norm[17]: ..."`` (epochs and
+    steps counted from 1); empty when they are equal float for float."""
+    return differences("", saved._asdict(), new._asdict())
+
+
+def differences(name, a, b):
+    if a == b:
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(a.keys() | b.keys()):
+            found += differences(f"{name}.{key}" if name else key, a.get(key), b.get(key))
+        return found
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        index = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        return [f"{name}[{index + 1}]: {a[index]!r} != {b[index]!r}"]
+    return [f"{name}: {short(a)} != {short(b)}"]
 
 
 def short(value, limit=80):

@@ -211,6 +211,13 @@ def test_rerun_says_where_a_result_differs(capsys, tiny_result, tmp_path):
     assert "NOT reproduced" in result.stdout and "test_acc[2]" in result.stdout
 
 
+def test_fit_differences_name_the_first_difference_of_every_record():
+    saved = FitResult(2, [1.0, 0.5], [10.0, 20.0], [1.5, 0.75], [5.0, 6.0])
+    assert fit_differences(saved, saved) == []
+    new = saved._replace(test_loss=[1.5, 0.7500000000000001], train_acc=[10.0])
+    assert fit_differences(saved, new) == ["test_loss[2]: 0.75 != 0.7500000000000001", "train_acc: [10.0, 20.0] != [10.0]"]
+
+
 def test_rerun_refuses_other_data(monkeypatch, tiny_result):
     original = experiments.load_data
 
