@@ -2,11 +2,11 @@
 result files that round-trip and reproduce their run, overlay plots, and sweeps that
 resume after being killed."""
 
+import collections
 import json
 import os
 import subprocess
 import sys
-from typing import NamedTuple, Optional
 
 import matplotlib.image
 import pytest
@@ -231,16 +231,10 @@ def test_rerun_refuses_other_data(monkeypatch, tiny_result):
 
 
 def test_fit_result_fields_added_later_survive_the_file(monkeypatch, tmp_path):
-    class LaterFitResult(NamedTuple):
-        num_epochs: int
-        train_loss: list
-        train_acc: list
-        test_loss: list
-        test_acc: list
-        metrics: Optional[dict] = None
-
+    defaults = (None,) * (len(FitResult._field_defaults) + 1)
+    LaterFitResult = collections.namedtuple("LaterFitResult", (*FitResult._fields, "later"), defaults=defaults)
     monkeypatch.setattr(experiments, "FitResult", LaterFitResult)
-    fit = LaterFitResult(1, [0.5], [50.0], [0.25], [75.0], {"test_mae": [0.125]})
+    fit = LaterFitResult(1, [0.5], [50.0], [0.25], [75.0], later={"test_mae": [0.125]})
     path = tmp_path / "later.json"
     experiments.save_result(path, {"format": experiments.RESULT_FORMAT, "config": {"run_name": "later"}, "results": fit})
     assert load_experiment(path)[1] == fit
@@ -380,6 +374,12 @@ def test_command_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch
     result = run_in_process(capsys, "experiment", *args)
     assert_usage_error(result, fragment)
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("action", [[], ["run"], ["sweep"], ["plot"], ["rerun"]])
+def test_every_experiment_action_has_help(capsys, action):
+    result = run_in_process(capsys, "experiment", *action, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: nnlab experiment {' '.join(action)}".rstrip())
 
 
 def test_an_existing_result_is_an_error_of_the_command(capsys, tiny_result):
