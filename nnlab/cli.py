@@ -890,8 +890,8 @@ def run_option_values(args):
 
 def experiment_run(args):
     arguments = run_option_values(args)
-    dimensions = ("filters_per_layer", "layers_per_block", "pool_every", "hidden_dims", "model_type", "checkpoints")
-    arguments.update({key: getattr(args, key) for key in dimensions if getattr(args, key) is not None})
+    given = ("filters_per_layer", "layers_per_block", "pool_every", "hidden_dims", "model_type", "checkpoints")
+    arguments.update({key: getattr(args, key) for key in given if getattr(args, key) is not None})
     if args.checkpoints is not None:
         check_output_file("--checkpoints", args.checkpoints)
     threads = run_threads(args, torch.get_num_threads())
