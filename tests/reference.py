@@ -20,23 +20,52 @@ def rel_error(actual, expected, floor=1e-12):
 
 def gradient_floor(gradients):
     """The absolute floor of a gradient comparison: the largest norm among the reference
-    gradients of one check. A gradient whose true value is (nearly) 0, such as a sum of
-    products that cancel, is judged against the size of the check's gradients, not
-    against its own rounding noise."""
-    return max([g.double().norm().item() for g in gradients if g is not None] + [1e-12])
+    gradients of one check (over their finite entries). A gradient whose true value is
+    (nearly) 0, such as a sum of products that cancel, is judged against the size of the
+    check's gradients, not against its own rounding noise."""
+    norms = [g[g.isfinite()].double().norm().item() for g in gradients if g is not None]
+    return max(norms + [1e-12])
 
 
 def assert_close(name, actual, expected, rtol=None, atol=None, floor=1e-12):
-    """Shape and dtype first, then values, naming the tensor that fails; the relative
-    error is ||actual - expected|| / max(||expected||, floor)."""
+    """Shape and dtype first, then the non-finite entries by position (NaN where expected
+    has NaN, the same infinities), then the values of the finite entries, naming the
+    tensor that fails; the relative error is ||actual - expected|| / max(||expected||,
+    floor) over the finite entries."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    assert_same_nonfinite(name, actual, expected)
+    finite = torch.isfinite(expected)
+    actual = actual[finite]
+    expected = expected[finite]
     if atol is not None:
         worst = (actual - expected).abs().max().item() if actual.numel() else 0.0
         assert worst <= atol, f"{name}: max abs diff {worst:.3g} > {atol:.1g}"
     if rtol is not None:
         rel = rel_error(actual, expected, floor)
         assert rel <= rtol, f"{name}: relative error {rel:.3g} > {rtol:.1g}"
+
+
+def assert_same_nonfinite(name, actual, expected):
+    """NaN, +inf and -inf at the same positions in both tensors; names the first
+    position that differs and both values there."""
+    for kind in (torch.isnan, torch.isposinf, torch.isneginf):
+        differs = kind(actual) != kind(expected)
+        if differs.any():
+            where = tuple(index.item() for index in differs.nonzero()[0])
+            raise AssertionError(
+                f"{name}: at {where} got {actual[where].item()}, expected {expected[where].item()}"
+            )
+
+
+def every_window_touches_input(size, count, kernel, stride, padding, dilation):
+    """False when some dilated window holds only padding (torch's max_pool2d backward then
+    writes out of bounds: those configurations are left out of the comparisons)."""
+    for i in range(count):
+        taps = [i * stride - padding + a * dilation for a in range(kernel)]
+        if not any(0 <= t < size for t in taps):
+            return False
+    return True
 
 
 def copy_params(layer, module):
@@ -64,14 +93,27 @@ def _random_like(outputs, seed):
     return tuple(torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs)
 
 
+def _upstream(outputs, seed, dout):
+    """The upstream gradients for ``outputs`` (a tuple): random when ``dout`` is None,
+    else ``dout``: a tensor, a tuple of one per output, or a function of the outputs
+    (packed as the layer returned them) giving either."""
+    if dout is None:
+        return _random_like(outputs, seed + 1)
+    if callable(dout):
+        dout = dout(_pack(outputs))
+    return _outputs(dout)
+
+
 def _pack(douts):
     return douts if len(douts) > 1 else douts[0]
 
 
-def check_against_torch(layer, module, x, y=None, forward_atol=None, grad_rtol=None, seed=0):
+def check_against_torch(layer, module, x, y=None, forward_atol=None, grad_rtol=None, seed=0, dout=None):
     """Runs the nnlab layer and its torch twin (weights already copied, same mode) on the
-    same input and the same random upstream gradient; compares the output, the input
-    gradient and every parameter gradient. Returns the nnlab output."""
+    same input and the same upstream gradient (``dout``: a tensor, a tuple of one per
+    output, or a function of the output giving them; random when None); compares the
+    output, the input gradient and every parameter gradient, non-finite entries by
+    position. Returns the nnlab output."""
     dtype = x.dtype
     forward_atol = FORWARD_ATOL[dtype] if forward_atol is None else forward_atol
     grad_rtol = GRAD_RTOL[dtype] if grad_rtol is None else grad_rtol
@@ -80,7 +122,7 @@ def check_against_torch(layer, module, x, y=None, forward_atol=None, grad_rtol=N
     layer.zero_grad()
     torch.manual_seed(seed)
     out = _outputs(layer(x.clone(), **kw))
-    douts = _random_like(out, seed + 1)
+    douts = _upstream(out, seed, dout)
     dx = layer.backward(_pack(douts))
 
     x_ref = x.clone().requires_grad_(True)
@@ -100,15 +142,16 @@ def check_against_torch(layer, module, x, y=None, forward_atol=None, grad_rtol=N
     return _pack(out)
 
 
-def check_against_autograd(layer, x, y=None, grad_rtol=None, seed=0):
+def check_against_autograd(layer, x, y=None, grad_rtol=None, seed=0, dout=None):
     """Compares the layer's backward with autograd run through the layer's own forward
-    (for layers with no torch twin, such as Dropout: the seed fixes the mask)."""
+    (for layers with no torch twin, such as Dropout: the seed fixes the mask); ``dout``
+    as in ``check_against_torch``."""
     grad_rtol = GRAD_RTOL[x.dtype] if grad_rtol is None else grad_rtol
     kw = {} if y is None else {"y": y}
     layer.zero_grad()
     torch.manual_seed(seed)
     out = _outputs(layer(x.clone(), **kw))
-    douts = _random_like(out, seed + 1)
+    douts = _upstream(out, seed, dout)
     dx = layer.backward(_pack(douts))
     own_grads = [grad.clone() for _, grad in layer.params()]
 
