@@ -243,8 +243,9 @@ class TorchHeads(torch.nn.Module):
 def torch_twin(layer):
     """A torch.nn model computing what the nnlab ``layer`` computes: the torch.nn layer of
     each kind in the same order and nesting, in the same train/eval mode and dtype, with
-    every parameter and buffer copied (so parameters zip one to one with ``params()``)."""
-    module = _twin_structure(layer)
+    every parameter and buffer copied (so parameters zip one to one with ``params()``).
+    A layer used at several places gets one module used at the same places."""
+    module = _twin_structure(layer, {})
     copy_params(layer, module)
     with torch.no_grad():
         layer_counts = [b for b in layer.buffers() if not b.is_floating_point()]
@@ -254,24 +255,28 @@ def torch_twin(layer):
     return module
 
 
-def _twin_structure(layer):
-    """The torch.nn twin of ``layer`` (parameters not yet copied), in the layer's mode."""
+def _twin_structure(layer, made):
+    """The torch.nn twin of ``layer`` (parameters not yet copied), in the layer's mode;
+    ``made`` maps id(layer) to the twin already made for it (a shared layer)."""
     from nnlab import layers as nl
 
+    if id(layer) in made:
+        return made[id(layer)]
     if isinstance(layer, nl.Builder):
-        module = _twin_structure(layer.sequence)
+        module = _twin_structure(layer.sequence, made)
     elif isinstance(layer, nl.Sequential):
-        module = torch.nn.Sequential(*[_twin_structure(child) for child in layer])
+        module = torch.nn.Sequential(*[_twin_structure(child, made) for child in layer])
     elif isinstance(layer, nl.Residual):
-        shortcut = None if layer.shortcut is None else _twin_structure(layer.shortcut)
-        module = TorchResidual(_twin_structure(layer.main), shortcut)
+        shortcut = None if layer.shortcut is None else _twin_structure(layer.shortcut, made)
+        module = TorchResidual(_twin_structure(layer.main, made), shortcut)
     elif isinstance(layer, nl.Heads):
-        module = TorchHeads(*[_twin_structure(head) for head in layer])
+        module = TorchHeads(*[_twin_structure(head, made) for head in layer])
     else:
         floating = [p for p, _ in layer.params()] + [b for b in layer.buffers() if b.is_floating_point()]
         dtype = floating[0].dtype if floating else torch.get_default_dtype()
         module = _twin_leaf(nl, layer).to(dtype)
     module.training = layer.training  # this module's flag only: children keep their own
+    made[id(layer)] = module
     return module
 
 
@@ -310,9 +315,10 @@ def _twin_leaf(nl, layer):
         return torch.nn.Softmax(layer.dim)
     if isinstance(layer, nl.Flatten):
         return torch.nn.Flatten(layer.start_dim, layer.end_dim)
-    simple = {nl.ReLU: torch.nn.ReLU, nl.Tanh: torch.nn.Tanh, nl.Sigmoid: torch.nn.Sigmoid}
+    # Layers without arguments whose torch.nn module has the same name.
+    simple = (nl.ReLU, nl.Tanh, nl.Sigmoid, nl.CrossEntropyLoss, nl.MSELoss, nl.BCEWithLogitsLoss)
     if type(layer) in simple:
-        return simple[type(layer)]()
+        return getattr(torch.nn, type(layer).__name__)()
     raise TypeError(f"no torch twin for {layer!r}")
 
 

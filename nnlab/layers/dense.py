@@ -201,11 +201,20 @@ class Softmax(Layer):
         return f"Softmax(dim={self.dim})"
 
     def forward(self, x, **kw):
-        self.check_input(x, f"a tensor with dimension {self.dim}", lambda x: -x.dim() <= self.dim < max(x.dim(), 1))
+        self.check_input(x, f"a tensor with dimension {self.dim}", self._has_dim)
+        if x.numel() == 0:
+            # amax has no value on an empty dimension; the softmax of nothing is empty.
+            self._out = x.clone()
+            return self.finish_forward(self._out)
         shifted = x - x.amax(dim=self.dim, keepdim=True)
         exps = torch.exp(shifted)
         self._out = exps / exps.sum(dim=self.dim, keepdim=True)
         return self.finish_forward(self._out)
+
+    def _has_dim(self, x):
+        """Whether x has dimension ``dim`` (a 0-d tensor has 0 and -1, as in torch)."""
+        ndim = max(x.dim(), 1)
+        return -ndim <= self.dim < ndim
 
     def backward(self, dout):
         self.start_backward(dout)

@@ -84,7 +84,8 @@ class ClassificationLoss(Loss):
     def mean_negative_log_likelihood(self, x, log_probs, y):
         """``-mean_n sum_c y[n, c] log_probs[n, c]`` with y as probabilities (one-hot
         rows for class labels), which it caches as ``self._targets`` for backward."""
-        if self.is_class_labels(x, y):
+        self._class_labels = self.is_class_labels(x, y)
+        if self._class_labels:
             labels = y.to(device=x.device, dtype=torch.long).view(-1, 1)
             self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
             # Picking the target's log-probability (not summing one-hot * log_probs)
@@ -93,6 +94,17 @@ class ClassificationLoss(Loss):
             return -log_probs.gather(1, labels).sum() / x.shape[0]
         self._targets = y.to(x.dtype)
         return -(self._targets * log_probs).sum() / x.shape[0]
+
+    def log_likelihood_gradient(self, dout):
+        """``-dout * y / N``, the gradient of ``mean_negative_log_likelihood`` with
+        respect to the log-probabilities. For class labels ``-dout / N`` is written at
+        each target into zeros, as torch's nll_loss backward does, so that an infinite
+        or NaN dout leaves the other classes at 0 (not 0 * inf = NaN)."""
+        targets = self._targets
+        scale = self.batch_scale(dout, targets.shape[0])
+        if self._class_labels:
+            return torch.zeros_like(targets).masked_fill_(targets == 1, -scale)
+        return targets * -scale
 
 
 class CrossEntropyLoss(ClassificationLoss):
@@ -103,8 +115,11 @@ class CrossEntropyLoss(ClassificationLoss):
     class indices y (N,): ``L = -mean_n log_softmax(x)[n, y_n]``;
     probabilities y (N, C): ``L = -mean_n sum_c y[n, c] log_softmax(x)[n, c]``.
 
-    Backward: ``dx = dout * (softmax(x) * sum_c y - y) / N`` with y as probabilities
-    (one-hot for indices), i.e. ``(softmax(x) - y) / N`` when rows of y sum to 1.
+    Backward, through log-softmax as torch's autograd goes: ``g = -dout * y / N``
+    (``log_likelihood_gradient``), then ``dx = g - softmax(x) * sum_c g``; that is
+    ``dx = dout * (softmax(x) * sum_c y - y) / N`` with y as probabilities (one-hot for
+    indices), ``(softmax(x) - y) / N`` when rows of y sum to 1. The order matters only
+    for a non-finite dout, where it gives torch's NaN and infinities.
 
     Scores that look like probabilities (every row in [0, 1] summing to 1, C >= 2) get
     a ``UserWarning``: they are legal scores, and torch takes them silently, but they
@@ -140,10 +155,8 @@ class CrossEntropyLoss(ClassificationLoss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
-        probs = self._probs
-        targets = self._targets
-        grad = probs * targets.sum(dim=1, keepdim=True) - targets
-        return grad * self.batch_scale(dout, probs.shape[0])
+        dlog_probs = self.log_likelihood_gradient(dout)
+        return dlog_probs - self._probs * dlog_probs.sum(dim=1, keepdim=True)
 
 
 PROBABILITY_ROW_SUM_TOL = 1e-4
@@ -167,7 +180,8 @@ class NLLLoss(ClassificationLoss):
     probabilities y (N, C): ``L = -mean_n sum_c y[n, c] x[n, c]`` (torch's NLLLoss takes
     indices only; this is the same formula with one-hot rows replaced by y).
 
-    Backward: ``dx = -dout * y / N`` with y as probabilities (one-hot for indices).
+    Backward: ``dx = -dout * y / N`` with y as probabilities (for indices ``-dout / N``
+    at each target, 0 elsewhere, whatever dout is: ``log_likelihood_gradient``).
     Shapes: x (N, C), y (N,) int64 or (N, C) float -> scalar.
     Caches: y as probabilities.
     """
@@ -184,7 +198,7 @@ class NLLLoss(ClassificationLoss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
-        return self._targets * self.batch_scale(-dout, self._targets.shape[0])
+        return self.log_likelihood_gradient(dout)
 
 
 class ClippedCrossEntropyLoss(ClassificationLoss):
@@ -338,9 +352,10 @@ class BCELoss(Loss):
 
 class BCEWithLogitsLoss(Loss):
     """Mean binary cross-entropy on logits z with targets y in [0, 1], in the stable
-    form ``L = mean(log(1 + exp(z)) - z * y)`` with ``log(1 + exp(z)) = logaddexp(0, z)
-    = max(z, 0) + log(1 + exp(-|z|))``, finite for any z. Same as
-    ``torch.nn.BCEWithLogitsLoss()``.
+    form ``L = mean((1 - y) * z + log(1 + exp(-z)))`` with ``log(1 + exp(-z)) =
+    logaddexp(0, -z) = max(-z, 0) + log(1 + exp(-|z|))``, finite for any finite z, and
+    grouped as torch groups it, so that an infinite z gives torch's inf (z = +inf, y < 1)
+    or NaN (z = -inf). Same as ``torch.nn.BCEWithLogitsLoss()``.
 
     Backward: ``dz = dout * (sigmoid(z) - y) / numel(z)``.
     Shapes: z any, y the same shape -> scalar. Caches: sigmoid(z) and y.
@@ -358,10 +373,10 @@ class BCEWithLogitsLoss(Loss):
         y = y.to(x.dtype)
         self._probs = torch.sigmoid(x)
         self._y = y
-        # logaddexp rather than max(z, 0) + log1p(exp(-|z|)) written out: the same values,
+        # logaddexp rather than max(-z, 0) + log1p(exp(-|z|)) written out: the same values,
         # but autograd through it gives sigmoid(z) - y at z = 0 too (through clamp and abs
-        # it would give 1 - y there), so checking this forward with autograd is sound.
-        losses = torch.logaddexp(torch.zeros_like(x), x) - x * y
+        # it would give -y there), so checking this forward with autograd is sound.
+        losses = (1 - y) * x + torch.logaddexp(torch.zeros_like(x), -x)
         return losses.mean()
 
     def backward(self, dout=1.0):
