@@ -176,14 +176,15 @@ def assert_both_refuse(layer, module, x):
         layer(x)
 
 
-def randomize(layer, generator):
-    """Gives the parameters and floating buffers of ``layer`` random values (running
-    variances positive), so that copies are told apart from initial values."""
+def randomize_batchnorm(layer, generator):
+    """Gives the parameters of ``layer`` values in [-1, 1] and its running statistics
+    means in [-0.5, 0.5] and variances in [1, 2], so that copies are told apart from
+    initial values while outputs stay within a few units (where float32's absolute
+    forward tolerance of 1e-6 is a few ulps)."""
     for tensor, _ in layer.params():
-        tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    for name in ("running_mean", "running_var"):
-        if hasattr(layer, name):
-            getattr(layer, name).copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
+        tensor.copy_(torch.rand(tensor.shape, generator=generator) * 2 - 1)
+    for name, low in (("running_mean", -0.5), ("running_var", 1.0)):
+        getattr(layer, name).copy_(torch.rand(layer.num_features, generator=generator) + low)
 
 
 # Dense layers ------------------------------------------------------------------------------
@@ -433,7 +434,7 @@ def test_batchnorm(dtype, kind, channels, batch, spatial, training, eps, momentu
     else:
         spatial = (spatial + [2, 2])[:2]
     layer = kind(channels, eps=eps, momentum=momentum).train(training)
-    randomize(layer, torch.Generator().manual_seed(seed))
+    randomize_batchnorm(layer, torch.Generator().manual_seed(seed))
     x = data.draw(values((batch, channels, *spatial), dtype))
     module = twin(layer, dtype)
     if training and x.numel() == channels:
@@ -599,6 +600,11 @@ PINNED = {
     # -inf logits on other classes (a mask): a finite loss (log 2 for the first row).
     "cross_entropy_masked_logits": (CrossEntropyLoss, [[0.0, -INF, 0.0], [1.0, -INF, -INF]], LABELS, 1.0),
     "cross_entropy_infinite_dout": (CrossEntropyLoss, [[0.5, 1.0, 2.0], [0.0, 0.0, 0.0]], LABELS, INF),
+    # torch: inf at z = +inf (y < 1), NaN at z = -inf.
+    "bce_infinite_logits": (BCEWithLogitsLoss, [INF, 1.0], torch.tensor([0.5, 0.5]), None),
+    "bce_minus_infinite_logits": (BCEWithLogitsLoss, [-INF, 1.0], torch.tensor([0.5, 0.5]), None),
+    # A 0-d tensor has dimensions 0 and -1.
+    "softmax_0d": (Softmax, 2.0, None, None),
 }
 
 # Empty batches, wherever torch takes them (a loss over nothing is NaN).
