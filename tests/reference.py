@@ -315,8 +315,13 @@ def _twin_leaf(nl, layer):
         return torch.nn.Softmax(layer.dim)
     if isinstance(layer, nl.Flatten):
         return torch.nn.Flatten(layer.start_dim, layer.end_dim)
+    if isinstance(layer, nl.Upsample):
+        return torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest")
     # Layers without arguments whose torch.nn module has the same name.
-    simple = (nl.ReLU, nl.Tanh, nl.Sigmoid, nl.CrossEntropyLoss, nl.MSELoss, nl.BCEWithLogitsLoss)
+    simple = (
+        nl.ReLU, nl.Tanh, nl.Sigmoid, nl.CrossEntropyLoss, nl.NLLLoss, nl.MSELoss, nl.L1Loss, nl.BCELoss,
+        nl.BCEWithLogitsLoss,
+    )
     if type(layer) in simple:
         return getattr(torch.nn, type(layer).__name__)()
     raise TypeError(f"no torch twin for {layer!r}")

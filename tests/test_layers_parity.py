@@ -35,6 +35,7 @@ from nnlab.layers import (
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BCELoss,
     BCEWithLogitsLoss,
     Conv2d,
     CrossEntropyLoss,
@@ -42,16 +43,19 @@ from nnlab.layers import (
     Dropout2d,
     Flatten,
     Heads,
+    L1Loss,
     LeakyReLU,
     Linear,
     MaxPool2d,
     MSELoss,
+    NLLLoss,
     ReLU,
     Residual,
     Sequential,
     Sigmoid,
     Softmax,
     Tanh,
+    Upsample,
 )
 from nnlab.layers.windows import window_output_size
 
@@ -411,6 +415,20 @@ def test_adaptive_pools(dtype, kind, output_size, batch, size, dout, data):
     compare(layer, dtype, x, dout)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=25)
+@given(
+    scale=pairs(st.integers(1, 3), st.integers(1, 3)),
+    batch=BATCHES,
+    size=pairs(st.integers(1, 4), st.integers(1, 4)),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_upsample(dtype, scale, batch, size, dout, data):
+    x = data.draw(values((batch, 2, *size), dtype))
+    compare(Upsample(scale), dtype, x, dout)
+
+
 # Batch normalisation ------------------------------------------------------------------------
 
 
@@ -455,6 +473,10 @@ def test_batchnorm(dtype, kind, channels, batch, spatial, training, eps, momentu
         assert_close(name, getattr(layer, name), getattr(module, name), atol=FORWARD_ATOL[dtype])
 
 
+def in_unit_interval(x):
+    return bool(((x >= 0) & (x <= 1)).all())
+
+
 def has_constant_channel(x):
     """Whether some channel (dimension 1) of x holds one finite value over and over."""
     if x.numel() == 0:
@@ -491,17 +513,25 @@ def class_targets(draw, logits):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=60)
-@given(batch=BATCHES, classes=st.integers(1, 4), dout=upstreams, data=st.data())
-def test_cross_entropy(dtype, batch, classes, dout, data):
+@given(
+    kind=st.sampled_from([CrossEntropyLoss, NLLLoss]),
+    batch=BATCHES,
+    classes=st.integers(1, 4),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_cross_entropy(dtype, kind, batch, classes, dout, data):
     logits = data.draw(values((batch, classes), dtype))
     logits, target = data.draw(class_targets(logits))
-    compare(CrossEntropyLoss(), dtype, logits, dout, y=target)
+    # torch's NLLLoss takes class indices only (nnlab's also probabilities).
+    assume(kind is CrossEntropyLoss or not target.is_floating_point())
+    compare(kind(), dtype, logits, dout, y=target)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40)
 @given(
-    kind=st.sampled_from([MSELoss, BCEWithLogitsLoss]),
+    kind=st.sampled_from([MSELoss, L1Loss, BCEWithLogitsLoss, BCELoss]),
     shape=st.lists(st.integers(0, 3), min_size=1, max_size=3),
     dout=upstreams,
     data=st.data(),
@@ -509,10 +539,35 @@ def test_cross_entropy(dtype, batch, classes, dout, data):
 def test_elementwise_losses(dtype, kind, shape, dout, data):
     x = data.draw(values(tuple(shape), dtype))
     y = data.draw(values(tuple(shape), dtype))
-    if kind is BCEWithLogitsLoss:
-        # Targets in [0, 1] (NaN and inf stay: torch gives no error for them).
+    if kind in (BCEWithLogitsLoss, BCELoss):
+        # Targets in [0, 1]; NaN and inf stay (BCEWithLogitsLoss takes them, as torch).
         y = torch.where(y.isfinite(), y.abs() / 3, y)
+    if kind is BCELoss:
+        # Probabilities, 0 and 1 included (from integer inputs); NaN stays.
+        x = torch.clamp(x.abs() / 2, max=1)
+        if not (in_unit_interval(x) and in_unit_interval(y)):
+            layer = kind()
+            with pytest.raises(TORCH_REFUSALS):
+                twin(layer, dtype)(x, y)
+            with pytest.raises(ValueError, match="BCELoss"):
+                layer(x, y=y)
+            return
     compare(kind(), dtype, x, dout, y=y)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25, math.nan, math.inf])
+@pytest.mark.parametrize("where", ["probabilities", "targets"])
+def test_bce_loss_refuses_values_outside_unit_interval_as_torch(where, bad):
+    p = torch.tensor([0.25, 0.5])
+    y = torch.tensor([1.0, 0.0])
+    if where == "probabilities":
+        p[0] = bad
+    else:
+        y[0] = bad
+    with pytest.raises(TORCH_REFUSALS):
+        torch.nn.BCELoss()(p, y)
+    with pytest.raises(ValueError, match=f"BCELoss: expected {where}"):
+        BCELoss()(p, y=y)
 
 
 # Compositions -----------------------------------------------------------------------------
@@ -600,6 +655,8 @@ PINNED = {
     # -inf logits on other classes (a mask): a finite loss (log 2 for the first row).
     "cross_entropy_masked_logits": (CrossEntropyLoss, [[0.0, -INF, 0.0], [1.0, -INF, -INF]], LABELS, 1.0),
     "cross_entropy_infinite_dout": (CrossEntropyLoss, [[0.5, 1.0, 2.0], [0.0, 0.0, 0.0]], LABELS, INF),
+    # torch's nll_loss backward writes -dout / N at the targets only: 0 elsewhere.
+    "nll_infinite_dout": (NLLLoss, [[0.5, 1.0, 2.0], [0.0, 0.0, 0.0]], LABELS, -INF),
     # torch: inf at z = +inf (y < 1), NaN at z = -inf.
     "bce_infinite_logits": (BCEWithLogitsLoss, [INF, 1.0], torch.tensor([0.5, 0.5]), None),
     "bce_minus_infinite_logits": (BCEWithLogitsLoss, [-INF, 1.0], torch.tensor([0.5, 0.5]), None),

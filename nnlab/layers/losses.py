@@ -247,12 +247,16 @@ class ClippedCrossEntropyLoss(ClassificationLoss):
         return grad * self.batch_scale(dout, clipped.shape[0])
 
 
-def check_probabilities(layer, p):
-    """ValueError naming ``layer`` unless every entry of p is in [0, 1] (NaN is not)."""
+SCORES_ADVICE = " (a Sigmoid or Softmax output); for scores use the loss on logits"
+
+
+def check_probabilities(layer, p, what="probabilities", advice=SCORES_ADVICE):
+    """ValueError naming ``layer`` and ``what`` unless every entry of p is in [0, 1]
+    (NaN is not); ``advice`` ends the message."""
     if p.numel() and not bool(((p >= 0) & (p <= 1)).all()):
         raise ValueError(
-            f"{layer!r}: expected probabilities in [0, 1] (a Sigmoid or Softmax output), got values "
-            f"from {p.amin().item():.4g} to {p.amax().item():.4g}; for scores use the loss on logits"
+            f"{layer!r}: expected {what} in [0, 1], got values from {p.amin().item():.4g} "
+            f"to {p.amax().item():.4g}{advice}"
         )
 
 
@@ -322,7 +326,8 @@ class BCELoss(Loss):
     derivative of the floored log: where the floor is active it stays large, so
     confidently wrong predictions keep a strong gradient).
 
-    Probabilities outside [0, 1] raise ValueError (torch raises too).
+    Probabilities or targets outside [0, 1] (NaN included) raise ValueError (torch
+    raises too).
     Shapes: p any, y the same shape -> scalar. Caches: p and y.
     """
 
@@ -336,6 +341,7 @@ class BCELoss(Loss):
     def loss(self, x, y):
         self.check_same_shape(x, y)
         check_probabilities(self, x)
+        check_probabilities(self, y, "targets y", advice="")
         y = y.to(x.dtype)
         log_p = torch.clamp(torch.log(x), min=BCE_LOG_FLOOR)
         log_not_p = torch.clamp(torch.log(1 - x), min=BCE_LOG_FLOOR)
