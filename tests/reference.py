@@ -290,6 +290,7 @@ def _twin_leaf(nl, layer):
             padding=layer.padding,
             dilation=layer.dilation,
             bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
         )
     if isinstance(layer, nl.Linear):
         return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
