@@ -1,6 +1,7 @@
 """The ``nnlab`` command: gradcheck, overfit, train, binary and bench."""
 
 import argparse
+import contextlib
 import copy
 import itertools
 import math
@@ -17,6 +18,9 @@ import numpy
 import torch
 
 from . import data, experiments, gradcheck_suite, training
+
+
+from . import data, distributed, gradcheck_suite, training
 from .checkpoints import content_digest
 from .data import DataError
 from .grad_compare import gradient_errors
@@ -84,6 +88,7 @@ checkpoints and resuming:
     may change:      --lr (applied from the next step, and said), --epochs (the whole
                      run's count, at least the epochs done), --root (same data only).
     free:            --plot, --checkpoint (default: FILE itself), --no-verify, --quiet.
+    data parallel:   a run of N processes resumes on N processes only.
 """
 
 
@@ -156,6 +161,7 @@ def build_parser():
     train.add_argument("--overwrite", action="store_true", help="let --checkpoint replace an existing file")
     train.add_argument("--no-verify", action="store_true", help="skip the gradient check before training")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_distributed_options(train)
 
     binary = commands.add_parser(
         "binary",
@@ -200,6 +206,9 @@ def main(argv=None):
         return 2
     except training.TrainingDiverged as error:
         print(f"nnlab {args.command}: {error}", file=sys.stderr)
+        return 1
+    except distributed.DistributedError as error:  # another process failed, or the group broke: not a usage error
+        print(f"nnlab {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except OSError as error:  # the machine failed us mid-run (disk full, ...): not a usage error
         print(f"nnlab {args.command}: error: {one_line(error)}", file=sys.stderr)
@@ -446,8 +455,17 @@ def check_plot_file(path, option="--plot"):
 
 
 def run_train(args):
+    if args.distributed:
+        return run_data_parallel(args, train_model)
+    return train_model(args, None)
+
+
+def train_model(args, world):
+    """nnlab train in one process (``world`` None), or in this process of a data-parallel
+    run (``world``, a ``distributed.World``)."""
     saved = training.load_checkpoint(args.resume) if args.resume is not None else None
     settings = run_settings(args, saved)
+    check_world_size(args, saved, world)
     target = checkpoint_target(args)
     if args.plot is not None:
         check_plot_file(args.plot)
@@ -477,9 +495,12 @@ def run_train(args):
             print(f"refusing to train: the error is above {VERIFY_TOLERANCE:g} (--no-verify skips this check)")
             return 1
 
-    train_batches = data.Batches(problem.x_train, problem.y_train, settings["batch_size"], shuffle=True)
-    test_batches = data.Batches(problem.x_test, problem.y_test, settings["batch_size"])
-    trainer = training.LayerTrainer(model, loss_fn, optimizer)
+    if world is None:
+        train_batches = data.Batches(problem.x_train, problem.y_train, settings["batch_size"], shuffle=True)
+        test_batches = data.Batches(problem.x_test, problem.y_test, settings["batch_size"])
+        trainer = training.LayerTrainer(model, loss_fn, optimizer)
+    else:
+        train_batches, test_batches, trainer = data_parallel_training(problem, optimizer, settings)
     resume = None
     if saved is not None:
         resume = trainer.load_checkpoint(args.resume)
@@ -493,7 +514,7 @@ def run_train(args):
         config=config,
         verbose=not args.quiet,
     )
-    if args.plot:
+    if args.plot and (world is None or world.is_main):
         from .plot import plot_fit
 
         figure, _ = plot_fit(fit, legend=f"{settings['model']}, {settings['optimizer']}")
@@ -705,6 +726,83 @@ def plot_best_model(classifier, best, x_valid, y_valid, x_test, y_test):
     confusion_ax.set_title("Confusion matrix on the test data (share of all points)")
     fig.suptitle(f"Best model by validation accuracy: depth {best.depth}, width {best.width}")
     return fig
+
+
+# Data parallel (nnlab train --distributed, under torchrun) ------------------------------
+
+DISTRIBUTED_HELP = """\
+train data-parallel on the processes torchrun started: each process trains on its shard
+of every global batch (--batch-size per process: a global batch of N x batch-size for N
+processes) and the gradients are averaged; BatchNorm uses the global batch's statistics;
+the figures are those of the global batches; rank 0 prints, plots and writes the
+checkpoint. Without torchrun, trains in this one process as without --distributed
+"""
+
+
+def add_distributed_options(train):
+    group = train.add_argument_group("data parallel (torchrun --nproc-per-node N -m nnlab train --distributed ...)")
+    group.add_argument("--distributed", action="store_true", help=DISTRIBUTED_HELP)
+    group.add_argument(
+        "--distributed-timeout",
+        type=seconds,
+        default=distributed.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long a process waits for the others before stopping with an error (default {distributed.DEFAULT_TIMEOUT:g})",
+    )
+
+
+def seconds(text):
+    value = _parsed(float, text, "a number of seconds > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def run_data_parallel(args, train):
+    """Runs ``train(args, world)`` in this process of a torchrun launch: joins the
+    process group, keeps stdout for rank 0, publishes a failure for the others to name,
+    and ends together (a barrier) before leaving the group. Not under torchrun:
+    ``train(args, None)``, one process as usual."""
+    if not distributed.launched_by_torchrun():
+        print("nnlab train: --distributed without torchrun: training in this one process", file=sys.stderr)
+        return train(args, None)
+    try:
+        world = distributed.setup(timeout=args.distributed_timeout)
+    except distributed.TorchrunEnvironmentError as error:
+        raise UsageError(f"--distributed: {error}") from error
+    try:
+        with distributed.failures_reported():
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stdout if world.is_main else devnull):
+                status = train(args, world)
+            distributed.synchronize("the barrier at the end of the run")
+        return status
+    finally:
+        distributed.shutdown()
+
+
+def check_world_size(args, saved, world):
+    """UsageError, before any work, unless the checkpoint to resume was trained by as
+    many processes as this run has (the trainer would refuse it too, later)."""
+    if saved is None:
+        return
+    trained_by = saved.get("world_size", 1)
+    running = 1 if world is None else world.world_size
+    if trained_by != running:
+        how = f"torchrun --nproc-per-node {trained_by} -m nnlab train --distributed --resume {args.resume}"
+        raise UsageError(
+            f"--resume {args.resume}: the run was trained by {trained_by} process{'es' if trained_by > 1 else ''} "
+            f"in data parallel, this run has {running}; resume it with as many ({how if trained_by > 1 else 'without torchrun'})"
+        )
+
+
+def data_parallel_training(problem, optimizer, settings):
+    """This process's training shards (a shared permutation per epoch, padded to equal
+    shards), its test shard (every test sample counted once) and a DistributedTrainer."""
+    batch_size = settings["batch_size"]
+    train_batches = distributed.ShardedBatches(problem.x_train, problem.y_train, batch_size, shuffle=True, seed=settings["seed"])
+    test_batches = distributed.ShardedBatches(problem.x_test, problem.y_test, batch_size, uneven="keep")
+    trainer = distributed.DistributedTrainer(problem.model, problem.loss_fn, optimizer)
+    return train_batches, test_batches, trainer
 
 
 def run_bench(args):

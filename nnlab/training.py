@@ -42,6 +42,8 @@ saving leaves the previous checkpoint intact), with a checksum of its whole cont
   model and the optimizer before anything changes.
 * ``"config"``: what the caller passed as ``fit(..., config=...)`` (the data, split
   seed, model, batch size... of the run; None if nothing), for whoever resumes it.
+* ``"world_size"``: the number of data-parallel processes that trained the run (1 but
+  for ``nnlab.distributed``); a trainer with another number refuses to resume it.
 
 ``num_epochs`` counts from the start of the whole run: ``fit(dl, dl_test, 10,
 checkpoints=p, resume=p)`` after 4 saved epochs trains epochs 5 to 10 and returns a
@@ -331,7 +333,13 @@ class Trainer(abc.ABC):
 
     ``task`` ("classification" by default; see the module docstring) says which metrics
     ``batch_result`` measures.
+
+    ``world_size``: how many data-parallel processes train together (1 here;
+    ``nnlab.distributed.DistributedTrainer`` sets it). A checkpoint records it, and only
+    a trainer with the same ``world_size`` resumes it.
     """
+
+    world_size = 1
 
     def __init__(self, model, device=None, task="classification"):
         self.model = model
@@ -442,7 +450,7 @@ class Trainer(abc.ABC):
                 _call_each(callbacks, "on_epoch_end", self, epoch, values)
                 if checkpoints is not None:
                     result = _fit_result(metrics, steps)
-                    save_checkpoint(checkpoints, self.checkpoint(result, best_state, progress, config))
+                    self.write_checkpoint(checkpoints, self.checkpoint(result, best_state, progress, config))
                 if self.stop_training:
                     self._say(verbose, f"Stopped by a callback after epoch {epoch}")
                     break
@@ -552,8 +560,8 @@ class Trainer(abc.ABC):
         without one), ``rng`` (torch's and Python's RNG state), ``fit_result`` (the
         FitResult so far, as a dict, its records included), ``best_model``,
         ``best_epoch``, ``best_monitor`` (the metric that chose it), ``best_accuracy``
-        (the test accuracy of that epoch; None without one) and ``config`` (``fit``'s).
-        ``save_checkpoint`` adds its ``checksum``."""
+        (the test accuracy of that epoch; None without one), ``config`` (``fit``'s) and
+        ``world_size``. ``save_checkpoint`` adds its ``checksum``."""
         optimizer = self._optimizer_with_state()
         best_epoch = progress.best_epoch if progress is not None else None
         best_accuracy = None
@@ -571,7 +579,25 @@ class Trainer(abc.ABC):
             "best_monitor": progress.monitor if progress is not None else None,
             "best_accuracy": best_accuracy,
             "config": config,
+            "world_size": self.world_size,
         }
+
+    def write_checkpoint(self, path, checkpoint):
+        """Saves what ``checkpoint`` returned to ``path`` (atomically, with its checksum);
+        a data-parallel trainer writes from its first process only."""
+        save_checkpoint(path, checkpoint)
+
+    def check_resumable(self, checkpoint):
+        """ValueError unless this trainer can continue the run of ``checkpoint`` (beyond
+        its model and optimizer fitting): trained by as many processes as this one has
+        (its global batches, data shards and random streams depend on that number)."""
+        saved = checkpoint.get("world_size", 1)
+        if saved != self.world_size:
+            raise ValueError(
+                f"the run was trained by {_processes(saved)} in data parallel, this trainer has "
+                f"{_processes(self.world_size)}; resume it with {saved} (torchrun --nproc-per-node "
+                f"{saved} ... for a run of {saved} processes on one machine)"
+            )
 
     def load_checkpoint(self, path):
         """Restores what a ``fit`` checkpoint saved for the last completed epoch (model,
@@ -584,6 +610,10 @@ class Trainer(abc.ABC):
         state are all checked before anything changes; ``CheckpointError`` naming the
         file leaves model, optimizer and RNGs as they were."""
         checkpoint = load_checkpoint(path, map_location=self._model_device())
+        try:
+            self.check_resumable(checkpoint)
+        except ValueError as error:
+            raise CheckpointError(f"{path}: cannot continue here: {error}") from error
         optimizer = self._optimizer_with_state()
         try:
             check_state_fits("model", checkpoint["model"], self.model.state_dict())
@@ -667,6 +697,10 @@ class Trainer(abc.ABC):
             raise ValueError(f"{phase}_epoch: the data loader yielded no samples")
         metrics = metric_values(totals)
         return EpochResult(losses, metrics.get("acc"), metrics=metrics, totals=totals, grad_norms=grad_norms)
+
+
+def _processes(count):
+    return f"{count} process" + ("" if count == 1 else "es")
 
 
 def _batch_sums(result, loss, batch_size):

@@ -27,11 +27,17 @@ class _BatchNorm(Layer):
     Backward, eval mode (an affine map of x): ``dx = dout * weight / sigma``.
     Both modes: ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)``.
 
+    Synchronised statistics (``torch.nn.SyncBatchNorm``): when ``sum_across_processes``
+    is set (``nnlab.distributed.DataParallel`` sets it), M, the sums behind ``mean``
+    and ``var`` and the two sums of the backward run over the batches of every process,
+    so each process normalises with the statistics of the global batch and returns its
+    share of the global batch's gradient; parameter gradients stay this process's sums.
+
     Parameters: ``weight`` (C,) = 1 and ``bias`` (C,) = 0.
     Buffers: ``running_mean`` (C,) = 0, ``running_var`` (C,) = 1 and
     ``num_batches_tracked`` (int64 scalar), keyed as in PyTorch's state_dict.
     Caches: x - mean (batch or running mean), 1 / sigma (both shaped to broadcast
-    against x) and whether the forward used batch statistics.
+    against x), whether the forward used batch statistics, and M.
     """
 
     SAVED_TENSORS = ("_centered", "_inv_std", "weight")
@@ -49,9 +55,13 @@ class _BatchNorm(Layer):
         self.add_buffer("running_mean", torch.zeros(num_features))
         self.add_buffer("running_var", torch.ones(num_features))
         self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        # None: the statistics of this process's batch alone. Data-parallel training sets a
+        # function returning the sum of a tensor over every process (an all-reduce).
+        self.sum_across_processes = None
         self._centered = None
         self._inv_std = None
         self._batch_stats = None
+        self._count = None
 
     def __repr__(self):
         return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
@@ -67,6 +77,10 @@ class _BatchNorm(Layer):
         channel_shape = [1, self.num_features] + [1] * (x.dim() - 2)
         count = x.numel() // self.num_features
         use_batch_stats = self.training
+        synchronised = self.training and self.sum_across_processes is not None
+        if synchronised:
+            # Every process takes part, one with an empty batch too: the sums are collective.
+            count, mean = self.global_count_and_mean(x, dims)
         if use_batch_stats and count == 0:
             # torch's empty batch: an empty output, statistics untouched but the count.
             with torch.no_grad():
@@ -78,9 +92,14 @@ class _BatchNorm(Layer):
                     f"{self!r}: Expected more than 1 value per channel when training, "
                     f"got input size {tuple(x.shape)}"
                 )
-            mean = x.mean(dim=dims, keepdim=True)
-            centered = x - mean
-            var = (centered * centered).mean(dim=dims, keepdim=True)
+            if synchronised:
+                centered = x - mean
+                squares = (centered * centered).sum(dim=dims, keepdim=True)
+                var = self.sum_across_processes(squares) / count
+            else:
+                mean = x.mean(dim=dims, keepdim=True)
+                centered = x - mean
+                var = (centered * centered).mean(dim=dims, keepdim=True)
             self.update_running_stats(mean, var, count)
         else:
             centered = x - self.running_mean.reshape(channel_shape)
@@ -90,7 +109,17 @@ class _BatchNorm(Layer):
         self._centered = centered
         self._inv_std = inv_std
         self._batch_stats = use_batch_stats
+        self._count = count
         return self.finish_forward(x_hat * self.weight.reshape(channel_shape) + self.bias.reshape(channel_shape))
+
+    def global_count_and_mean(self, x, dims):
+        """M and the per-channel mean over every process's batch, from one sum of the
+        values and the count (in float64, where counts are exact)."""
+        local = torch.cat([x.sum(dim=dims).double(), x.new_tensor([x.numel() // self.num_features], dtype=torch.float64)])
+        total = self.sum_across_processes(local)
+        count = int(total[-1].item())
+        mean = (total[:-1] / max(count, 1)).to(x.dtype)
+        return count, mean.reshape([1, self.num_features] + [1] * (x.dim() - 2))
 
     def update_running_stats(self, mean, var, count):
         # The running statistics are state, not part of the function being
@@ -123,9 +152,13 @@ class _BatchNorm(Layer):
         scale = self.weight.reshape(channel_shape) * inv_std
         if not self._batch_stats:
             return dout * scale
+        if self.sum_across_processes is not None:
+            # The statistics came from every process's batch: so do the sums through them.
+            both = self.sum_across_processes(torch.cat([sum_dout, sum_dout_x_hat]))
+            sum_dout, sum_dout_x_hat = both[:1], both[1:]
         # (w / sigma) / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat)), written
         # with x - mean in place of x_hat = (x - mean) / sigma.
-        count = centered.numel() // self.num_features
+        count = self._count
         mean_dout = sum_dout / count
         projection = centered * (sum_dout_x_hat * inv_std / count)
         return (dout - mean_dout - projection) * scale
