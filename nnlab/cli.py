@@ -500,7 +500,7 @@ def train_model(args, world):
         test_batches = data.Batches(problem.x_test, problem.y_test, settings["batch_size"])
         trainer = training.LayerTrainer(model, loss_fn, optimizer)
     else:
-        train_batches, test_batches, trainer = data_parallel_training(problem, optimizer, settings)
+        train_batches, test_batches, trainer = data_parallel_training(problem, optimizer, config)
     resume = None
     if saved is not None:
         resume = trainer.load_checkpoint(args.resume)
@@ -795,11 +795,13 @@ def check_world_size(args, saved, world):
         )
 
 
-def data_parallel_training(problem, optimizer, settings):
+def data_parallel_training(problem, optimizer, config):
     """This process's training shards (a shared permutation per epoch, padded to equal
-    shards), its test shard (every test sample counted once) and a DistributedTrainer."""
-    batch_size = settings["batch_size"]
-    train_batches = distributed.ShardedBatches(problem.x_train, problem.y_train, batch_size, shuffle=True, seed=settings["seed"])
+    shards), its test shard (every test sample counted once) and a DistributedTrainer,
+    once every process is found to hold the same data."""
+    distributed.check_same(f"the {config['data']} data (files, split)", config["data_fingerprint"])
+    batch_size = config["batch_size"]
+    train_batches = distributed.ShardedBatches(problem.x_train, problem.y_train, batch_size, shuffle=True, seed=config["seed"])
     test_batches = distributed.ShardedBatches(problem.x_test, problem.y_test, batch_size, uneven="keep")
     trainer = distributed.DistributedTrainer(problem.model, problem.loss_fn, optimizer)
     return train_batches, test_batches, trainer

@@ -385,6 +385,22 @@ def _in_flat_buffers(tensors, communicate):
             offset += tensor.numel()
 
 
+def check_same(what, description):
+    """DistributedError, on every process, naming the ranks whose ``description`` (a
+    string: a model's layout, a dataset's digest) differs from rank 0's."""
+    world = current_world()
+    if world.world_size == 1:
+        return
+    digest = int(hashlib.sha256(description.encode()).hexdigest()[:15], 16)
+    digests = [value for (value,) in _all_gather([digest], f"the check of {what}")]
+    differ = [rank for rank, value in enumerate(digests) if value != digests[0]]
+    if differ:
+        raise DistributedError(
+            f"rank {world.rank} of {world.world_size}: {what} on rank{'s' if len(differ) > 1 else ''} "
+            f"{', '.join(map(str, differ))} differ{'' if len(differ) > 1 else 's'} from rank 0's; every process must have the same"
+        )
+
+
 def sum_across_processes(tensor):
     """A new tensor: ``tensor`` summed over every process (an all-reduce); ``tensor``
     itself after ``shutdown`` (one process again). The BatchNorm layers of a
@@ -443,14 +459,7 @@ class DataParallel(Layer):
 
     def _check_same_model(self):
         described = ";".join(f"{key} {tuple(t.shape)} {t.dtype}" for key, t in self.module.named_tensors())
-        digest = int(hashlib.sha256(described.encode()).hexdigest()[:15], 16)
-        digests = _all_gather([digest], "the model check")
-        differ = [rank for rank, (value,) in enumerate(digests) if value != digests[0][0]]
-        if differ:
-            raise DistributedError(
-                f"rank {self.world.rank} of {self.world.world_size}: DataParallel: ranks {differ} built a model whose "
-                "parameters and buffers (names, shapes, dtypes) differ from rank 0's; every process must build the same model"
-            )
+        check_same("DataParallel: the model (names, shapes and dtypes of its parameters and buffers)", described)
 
     @staticmethod
     def _broadcast_from_rank_0(flat):

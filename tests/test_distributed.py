@@ -171,8 +171,9 @@ def _collectives_of_one_step(trainer, data):
 
 
 def _unequal_batches(world):
-    """The errors of a step whose batches differ in size across processes, and of an
-    epoch whose loaders differ in length (every process raises; none hangs)."""
+    """The errors of a step whose batches differ in size across processes, of an epoch
+    whose loaders differ in length, and of models that differ (every process raises;
+    none hangs)."""
     x, y, _, _ = case_data("mlp", torch.float64)
     model = case_model("mlp", torch.float64, seed=0)
     trainer = distributed.DistributedTrainer(model, CrossEntropyLoss(), case_optimizer(model))
@@ -181,7 +182,9 @@ def _unequal_batches(world):
     num_samples = 8 + 4 * world.rank
     with pytest.raises(ValueError) as unequal_steps:
         trainer.train_epoch(Batches(x[:num_samples], y[:num_samples], 4))
-    return [str(unequal_batch.value), str(unequal_steps.value)]
+    with pytest.raises(distributed.DistributedError) as unequal_models:
+        distributed.DataParallel(Sequential(Linear(6, 8 + world.rank)))
+    return [str(unequal_batch.value), str(unequal_steps.value), str(unequal_models.value)]
 
 
 def _train(kind, dtype, sync, world, epochs, **fit_kw):
@@ -356,11 +359,15 @@ def test_one_step_averages_all_gradients_in_one_flat_all_reduce(trained, case, c
         assert sent == gradient_bytes + batch_size_bytes
 
 
-def test_unequal_batches_or_step_counts_stop_every_process_with_a_clear_error(trained):
+def test_unequal_batches_step_counts_or_models_stop_every_process_with_a_clear_error(trained):
     for rank in range(2):
-        batch_error, steps_error = (trained / f"unequal-rank{rank}.txt").read_text().splitlines()
+        batch_error, steps_error, model_error = (trained / f"unequal-rank{rank}.txt").read_text().splitlines()
         assert "the processes' batches differ in size at this step ([4, 5] by rank)" in batch_error
         assert "different numbers of batches ({0: 2, 1: 3} by rank)" in steps_error
+        assert model_error == (
+            f"rank {rank} of 2: DataParallel: the model (names, shapes and dtypes of its parameters and buffers) "
+            "on rank 1 differs from rank 0's; every process must have the same"
+        )
 
 
 def test_a_resumed_two_process_run_equals_the_uninterrupted_one(trained):
