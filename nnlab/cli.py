@@ -17,10 +17,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy
 import torch
 
-from . import data, experiments, gradcheck_suite, training
-
-
-from . import data, distributed, gradcheck_suite, training
+from . import data, distributed, experiments, gradcheck_suite, training
 from .checkpoints import content_digest
 from .data import DataError
 from .grad_compare import gradient_errors
@@ -728,14 +725,14 @@ def plot_best_model(classifier, best, x_valid, y_valid, x_test, y_test):
     return fig
 
 
-# Data parallel (nnlab train --distributed, under torchrun) ------------------------------
+# Data parallel (nnlab train / experiment run --distributed, under torchrun) ---------------
 
 DISTRIBUTED_HELP = """\
 train data-parallel on the processes torchrun started: each process trains on its shard
-of every global batch (--batch-size per process: a global batch of N x batch-size for N
-processes) and the gradients are averaged; BatchNorm uses the global batch's statistics;
-the figures are those of the global batches; rank 0 prints, plots and writes the
-checkpoint. Without torchrun, trains in this one process as without --distributed
+of every global batch (the batch size is per process: N processes make global batches N
+times as large) and the gradients are averaged; BatchNorm uses the global batch's
+statistics; the figures are those of the global batches; rank 0 prints and writes the
+files. Without torchrun, trains in this one process as without --distributed
 """
 
 
@@ -758,16 +755,16 @@ def seconds(text):
     return value
 
 
-def run_data_parallel(args, train):
+def run_data_parallel(args, train, device=None):
     """Runs ``train(args, world)`` in this process of a torchrun launch: joins the
-    process group, keeps stdout for rank 0, publishes a failure for the others to name,
-    and ends together (a barrier) before leaving the group. Not under torchrun:
-    ``train(args, None)``, one process as usual."""
+    process group (NCCL for a CUDA ``device``, else gloo), keeps stdout for rank 0,
+    publishes a failure for the others to name, and ends together (a barrier) before
+    leaving the group. Not under torchrun: ``train(args, None)``, one process as usual."""
     if not distributed.launched_by_torchrun():
-        print("nnlab train: --distributed without torchrun: training in this one process", file=sys.stderr)
+        print(f"nnlab {args.command}: --distributed without torchrun: training in this one process", file=sys.stderr)
         return train(args, None)
     try:
-        world = distributed.setup(timeout=args.distributed_timeout)
+        world = distributed.setup(device=device, timeout=args.distributed_timeout)
     except distributed.TorchrunEnvironmentError as error:
         raise UsageError(f"--distributed: {error}") from error
     try:
@@ -883,6 +880,7 @@ def add_experiment_parser(commands):
     run.add_argument("--checkpoints", metavar="FILE", help="save the best model and training state here")
     run.add_argument("--overwrite", action="store_true", help="replace an existing result (and checkpoint) file")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_distributed_options(run)
 
     sweep = actions.add_parser(
         "sweep",
@@ -923,6 +921,7 @@ def add_experiment_parser(commands):
     rerun.add_argument("--root", metavar="DIR", help="the data's folder, if it moved (the data must be the same)")
     rerun.add_argument("--out", metavar="FILE.json", help="also write the rerun's result here")
     rerun.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_distributed_options(rerun)
     for parser in actions.choices.values():
         parser.set_defaults(usage=parser.format_usage, reject=parser.error)
 
@@ -971,6 +970,9 @@ def add_configuration_options(parser, sweep):
 def run_experiment_command(args):
     actions = {"run": experiment_run, "sweep": experiment_sweep, "plot": experiment_plot, "rerun": experiment_rerun}
     try:
+        if getattr(args, "distributed", False):
+            device = experiments.resolve_device(args.device if args.action == "run" else None)
+            return run_data_parallel(args, lambda args, world: actions[args.action](args), device)
         return actions[args.action](args)
     except experiments.ExperimentError as error:
         raise UsageError(str(error)) from None
@@ -997,7 +999,8 @@ def experiment_run(args):
     threads = run_threads(args, torch.get_num_threads())
     torch.set_num_threads(threads)
     path = experiments.cnn_experiment(args.run_name, **arguments, overwrite=args.overwrite, verbose=not args.quiet)
-    print(f"{path}: {run_summary(experiments.read_result(path))}")
+    if distributed.current_world().is_main:  # the process that wrote it
+        print(f"{path}: {run_summary(experiments.read_result(path))}")
     return 0
 
 
@@ -1038,7 +1041,7 @@ def experiment_rerun(args):
         then, now = record["environment"].get(key), new["environment"].get(key)
         if then != now:
             print(f"note: the run had {key} {then}, this rerun {now}: the numbers may differ in the last digits")
-    if args.out is not None:
+    if args.out is not None and distributed.current_world().is_main:
         experiments.save_result(args.out, new)
         print(f"rerun written to {args.out}")
     differences = experiments.fit_differences(record["results"], new["results"])

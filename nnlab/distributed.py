@@ -132,6 +132,7 @@ class _State:
 
     world = None
     store = None
+    groups = 0  # process groups joined so far: each one's keys in the store are its own
 
 
 class Traffic:
@@ -184,13 +185,16 @@ def setup(device=None, timeout=DEFAULT_TIMEOUT):
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
     delta = datetime.timedelta(seconds=timeout)
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    # Keys of torchrun's restart and of this process's n-th group: a second setup after
+    # shutdown, or a restarted worker, never reads an earlier group's addresses.
+    prefix = f"nnlab/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_State.groups}"
+    _State.groups += 1
     try:
         store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=delta))
         store.set_timeout(delta)
-        group_store = dist.PrefixStore(f"nnlab/{attempt}/group", store)
+        group_store = dist.PrefixStore(f"{prefix}/group", store)
         dist.init_process_group(backend, store=group_store, rank=rank, world_size=world_size, timeout=delta)
-        notes = dist.PrefixStore(f"nnlab/{attempt}/notes", store)
+        notes = dist.PrefixStore(f"{prefix}/notes", store)
         notes.set(f"process/{rank}", f"{socket.gethostname()} {os.getpid()}")
     except (RuntimeError, ValueError, OSError) as error:
         address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -399,6 +403,17 @@ def check_same(what, description):
             f"rank {world.rank} of {world.world_size}: {what} on rank{'s' if len(differ) > 1 else ''} "
             f"{', '.join(map(str, differ))} differ{'' if len(differ) > 1 else 's'} from rank 0's; every process must have the same"
         )
+
+
+def from_rank_0(value):
+    """Rank 0's ``value`` (any picklable object), on every process: for what one
+    process draws and all must share (a seed drawn at random)."""
+    if current_world().world_size == 1:
+        return value
+    values = [value]
+    with _talking("the broadcast of a value from rank 0"):
+        dist.broadcast_object_list(values, src=0)
+    return values[0]
 
 
 def sum_across_processes(tensor):

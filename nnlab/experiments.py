@@ -44,6 +44,15 @@ images. ``data="cifar10"``: the CIFAR-10 python batches in the folder ``root``. 
 are standardized per pixel with the training statistics. The run's ``seed`` seeds
 torch and Python's ``random`` before the model is built: it fixes the initial weights,
 the batch order and dropout.
+
+Data parallel
+-------------
+Run in every process of a ``torchrun`` launch after ``nnlab.distributed.setup()``
+(``nnlab experiment run ... --distributed``), an experiment trains data-parallel:
+``bs_train`` and ``bs_test`` per process, the training order from the run's seed
+(a drawn seed is rank 0's), the figures of the global batches; rank 0 locks the
+configuration and writes the result file, whose ``environment`` records
+``world_size``.
 """
 
 import contextlib
@@ -60,7 +69,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from . import __version__, data
+from . import __version__, data, distributed
 from .checkpoints import content_digest, write_atomically
 from .layers import CrossEntropyLoss, ResidualBottleneckBlock
 from .models import CNN, ResNet, check_int_list, check_positive_int
@@ -153,9 +162,14 @@ def cnn_experiment(
     """
     arguments = {name: value for name, value in locals().items() if name in EXPERIMENT_KEYS}
     config = resolve_config(arguments, kw)
+    world = distributed.current_world()
+    if seed is None:
+        config["seed"] = distributed.from_rank_0(config["seed"])  # one drawn seed for all processes
+    distributed.check_same("the experiment's configuration", json.dumps(config, sort_keys=True))
     path = result_path(config)
     os.makedirs(config["out_dir"], exist_ok=True)
-    with configuration_lock(path):
+    # In data parallel, rank 0 holds the lock and writes the result.
+    with configuration_lock(path) if world.is_main else contextlib.nullcontext():
         if os.path.exists(path) and not overwrite:
             raise ExperimentError(
                 f"{path}: the result file exists (an earlier run; its name holds the run name, L and K "
@@ -164,7 +178,9 @@ def cnn_experiment(
         if checkpoints is not None and os.path.exists(checkpoints) and not overwrite:
             raise ExperimentError(f"checkpoints {checkpoints}: the file exists; remove it or overwrite it")
         record = run_experiment(config, verbose=verbose)
-        save_result(path, record)
+        if world.is_main:
+            save_result(path, record)
+    distributed.synchronize("the barrier after writing the result")
     return path
 
 
@@ -191,10 +207,14 @@ def run_experiment(config, root=None, verbose=False):
             f"{config['data']}: expected images of shape {DATASETS[config['data']]}, the files hold {tuple(x_train.shape[1:])}"
         )
     x_train, x_test = data.standardize(x_train, x_test)
-    dl_train = data.Batches(x_train, y_train, config["bs_train"], shuffle=True)
-    dl_test = data.Batches(x_test, y_test, config["bs_test"])
     optimizer = OPTIMIZERS[config["optimizer"]](model.params(), learn_rate=config["lr"], reg=config["reg"])
-    trainer = LayerTrainer(model, CrossEntropyLoss(), optimizer, device=config["device"])
+    if distributed.current_world().world_size == 1:
+        dl_train = data.Batches(x_train, y_train, config["bs_train"], shuffle=True)
+        dl_test = data.Batches(x_test, y_test, config["bs_test"])
+        trainer = LayerTrainer(model, CrossEntropyLoss(), optimizer, device=config["device"])
+    else:
+        distributed.check_same(f"the {config['data']} data", data_record["fingerprint"])
+        dl_train, dl_test, trainer = data_parallel_training(config, model, optimizer, x_train, y_train, x_test, y_test)
     fit = trainer.fit(
         dl_train,
         dl_test,
@@ -217,14 +237,29 @@ def run_experiment(config, root=None, verbose=False):
     }
 
 
+def data_parallel_training(config, model, optimizer, x_train, y_train, x_test, y_test):
+    """(training shards, test shards, DistributedTrainer) of this process of a
+    data-parallel run (``nnlab.distributed``): ``bs_train`` and ``bs_test`` per process,
+    the training permutation drawn from the run's seed, each process on its own GPU
+    when the run is on CUDA."""
+    world = distributed.current_world()
+    device = world.device if config["device"].startswith("cuda") else config["device"]
+    dl_train = distributed.ShardedBatches(x_train, y_train, config["bs_train"], shuffle=True, seed=config["seed"])
+    dl_test = distributed.ShardedBatches(x_test, y_test, config["bs_test"], uneven="keep")
+    trainer = distributed.DistributedTrainer(model, CrossEntropyLoss(), optimizer, device=device)
+    return dl_train, dl_test, trainer
+
+
 def environment():
-    """The versions and settings a rerun needs to match to give the same numbers."""
+    """The versions and settings a rerun needs to match to give the same numbers (the
+    number of data-parallel processes too: ``bs_train`` is per process)."""
     return {
         "nnlab": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        "world_size": distributed.current_world().world_size,
     }
 
 
@@ -455,8 +490,11 @@ def rerun_experiment(path, root=None, verbose=False):
     (the data must still be the same: their fingerprint is compared). The rerun writes
     no file, not even the run's checkpoint (``checkpoints`` is None in its config).
 
+    A run trained by N data-parallel processes reruns on N processes only.
+
     Raises:
-        ExperimentError: the file is not a complete nnlab result, or the data differ.
+        ExperimentError: the file is not a complete nnlab result, the data differ, or
+            the number of processes does.
     """
     record = read_result(path)
     for key in ("format", "environment", "data"):
@@ -466,6 +504,14 @@ def rerun_experiment(path, root=None, verbose=False):
     missing = sorted(set(EXPERIMENT_KEYS) - set(config))
     if missing:
         raise ExperimentError(f"{path}: its config lacks {missing}")
+    trained_by = record["environment"].get("world_size", 1)
+    running = distributed.current_world().world_size
+    if trained_by != running:
+        raise ExperimentError(
+            f"{path}: the run was trained by {trained_by} data-parallel process(es), this rerun has {running}; "
+            f"rerun it with as many (torchrun --nproc-per-node {trained_by} -m nnlab experiment rerun {path} "
+            "--distributed, or without torchrun for 1)"
+        )
     arguments = {key: config[key] for key in EXPERIMENT_KEYS}
     arguments["checkpoints"] = None
     threads = torch.get_num_threads()

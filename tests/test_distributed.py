@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data.distributed import DistributedSampler
 
-from nnlab import cli, distributed
+from nnlab import cli, distributed, experiments
 from nnlab.data import Batches
 from nnlab.layers import (
     AvgPool2d,
@@ -220,6 +220,16 @@ def stalled(out_dir, how, timeout):
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
         os._exit(1)  # leave at once, as a failed torchrun worker does (no group teardown)
     print("finished", flush=True)
+
+
+def experiment(out_dir):
+    """`nnlab experiment run ... --distributed` (no seed: rank 0 draws it), then `nnlab
+    experiment rerun` of its result on 2 processes; each exit status into the log."""
+    options = ["-K", "4", "-L", "1", "-P", "1", "-H", "8", "--epochs", "2", "--batches", "4", "--bs-train", "16"]
+    run = cli.main(["experiment", "run", "-n", "dp", *options, "-o", str(out_dir), "--distributed", "--quiet"])
+    print(f"run exit status {run}", flush=True)
+    rerun = cli.main(["experiment", "rerun", str(Path(out_dir) / "dp_L1_K4.json"), "--distributed", "--quiet"])
+    print(f"rerun exit status {rerun}", flush=True)
 
 
 # Two processes against one -----------------------------------------------------------
@@ -522,7 +532,35 @@ def test_an_incomplete_torchrun_environment_is_a_clear_error(monkeypatch, capsys
         distributed.setup()
 
 
-# The command under torchrun ---------------------------------------------------------------
+# The commands under torchrun ---------------------------------------------------------------
+
+
+def test_experiment_run_and_rerun_distributed_on_two_processes(tmp_path, capsys, monkeypatch):
+    """Forked with torchrun's environment, each process runs the command's main()."""
+    launch = Launch(tmp_path, experiment)
+    (status0, log0), (status1, log1) = launch.finish(timeout=120)
+    assert status0 == status1 == 0, log0 + log1
+    assert "run exit status 0" in log0 and "run exit status 0" in log1
+    # The rerun on 2 processes reproduces the 2-process run to the last digit.
+    assert "rerun exit status 0" in log0 and "rerun exit status 0" in log1
+    assert "reproduced: the same FitResult to the last digit" in log0
+    (summary,) = [line for line in log0.splitlines() if line.startswith(f"{tmp_path / 'dp_L1_K4.json'}: test accuracy")]
+    assert "after 2 epochs" in summary
+    assert "dp_L1_K4.json" not in log1  # rank 1 prints nothing
+    assert [path.name for path in tmp_path.glob("*.json")] == ["dp_L1_K4.json"]  # no rerun file, no stray copy
+    record = experiments.read_result(tmp_path / "dp_L1_K4.json")
+    assert record["environment"]["world_size"] == 2
+    assert record["results"].steps["loss"] and len(record["results"].steps["loss"]) == 2 * 4
+
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    status = cli.main(["experiment", "rerun", str(tmp_path / "dp_L1_K4.json"), "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert "trained by 2 data-parallel process(es), this rerun has 1" in error
+
+
+
 
 
 def test_torchrun_runs_nnlab_train_distributed_and_only_rank_0_writes(tmp_path, capsys, monkeypatch):
