@@ -323,7 +323,9 @@ class Model(Layer):
     one gradient per node); its layer's backward gets it after ``recall_call`` has put
     back that node's call. A node that gets no gradient at all (it feeds only outputs
     whose gradient is None) is skipped, so its layer's parameter gradients are left
-    alone; an input that gets none has a zero gradient.
+    alone; an input that gets none has a zero gradient. After
+    ``requires_input_grad(False)`` the layers that read only model inputs return no
+    input gradient, nor does the model (None).
     Shapes: each input as its ``Input(shape)`` says (checked when given); outputs as the
     layers make them. Caches: each node's call (``remember_call``; the layers cache
     their own tensors) and the inputs (for zero gradients).
@@ -353,6 +355,22 @@ class Model(Layer):
 
     def named_children(self):
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
+
+    def requires_input_grad(self, flag=True):
+        """Gives ``flag`` to the layers whose every node reads model inputs only, and True
+        to every other layer; returns self."""
+        for layer in self.layers:
+            layer.requires_input_grad(True)
+        return super().requires_input_grad(flag)
+
+    def input_readers(self):
+        inputs = set(self._input_positions)
+        readers = {}
+        for step in self._steps:
+            if step.layer is not None:
+                reads_inputs_only = readers.get(id(step.layer), (None, True))[1]
+                readers[id(step.layer)] = (step.layer, reads_inputs_only and inputs.issuperset(step.parents))
+        return [layer for layer, reads_inputs_only in readers.values() if reads_inputs_only]
 
     def backward_entry(self):
         steps = [step for step in self._steps if step.layer is not None]
@@ -430,6 +448,8 @@ class Model(Layer):
                     parent_grads = self._per_parent(step, step.layer.backward(grad))
             for position, parent_grad in zip(step.parents, parent_grads):
                 grads[position] = _sum_gradients(grads[position], parent_grad)
+        if not self.needs_input_grad:
+            return None
         input_grads = tuple(
             torch.zeros_like(x) if grads[position] is None else grads[position]
             for position, x in zip(self._input_positions, self._xs)
@@ -438,9 +458,10 @@ class Model(Layer):
 
     @staticmethod
     def _per_parent(step, result):
-        """A layer's backward result as one gradient per parent node."""
-        if len(step.parents) == 1:
-            return (result,)
+        """A layer's backward result as one gradient per parent node (None for each after
+        ``requires_input_grad(False)``)."""
+        if len(step.parents) == 1 or result is None:
+            return (result,) * len(step.parents)
         if not isinstance(result, (tuple, list)) or len(result) != len(step.parents):
             got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) else "one gradient"
             raise ValueError(

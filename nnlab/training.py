@@ -51,6 +51,7 @@ checkpoints=p, resume=p)`` after 4 saved epochs trains epochs 5 to 10 and return
 """
 
 import abc
+import contextlib
 import math
 import sys
 from typing import NamedTuple, Optional
@@ -841,6 +842,17 @@ def _gradients(model_or_params):
     return grads
 
 
+@contextlib.contextmanager
+def _without_input_grad(model):
+    """The model's backward inside skips the gradient w.r.t. its input (the data, which
+    nobody needs); afterwards the model returns it again, as by default."""
+    model.requires_input_grad(False)
+    try:
+        yield
+    finally:
+        model.requires_input_grad(True)
+
+
 class LayerTrainer(Trainer):
     """Trains an nnlab ``Layer`` model with a hand-written backward pass:
     ``outputs = model(x)``, ``loss = loss_fn(outputs, y)``, ``optimizer.zero_grad()``,
@@ -849,7 +861,9 @@ class LayerTrainer(Trainer):
 
     ``task`` (default: ``task_of(loss_fn)``) picks the metrics; for classification the
     predictions are ``outputs.argmax(dim=1)``, or the model's ``classify_scores`` (see
-    ``count_correct``). With ``device`` the model is moved there
+    ``count_correct``). The gradient w.r.t. the data is not computed: the backward runs
+    with ``model.requires_input_grad(False)``, and the model gets
+    ``requires_input_grad(True)`` back afterwards. With ``device`` the model is moved there
     (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
     before the move keeps working) and every batch too.
     """
@@ -867,7 +881,8 @@ class LayerTrainer(Trainer):
         loss = self.check_loss(self.loss_fn(outputs, y))
         self.optimizer.zero_grad()
         dout = self.loss_fn.backward()
-        self.model.backward(dout)
+        with _without_input_grad(self.model):
+            self.model.backward(dout)
         norm = grad_norm(self.model)
         self.optimizer.step()
         return self.batch_result(loss, outputs, y, norm)

@@ -517,3 +517,26 @@ def test_symbolic_marker_does_not_import_graph():
     assert "graph" not in re.findall(r"^(?:from|import) .*", source, flags=re.M).__str__()
     assert issubclass(graph.Node, base.Symbolic)
     assert isinstance(Layer.__call__(Tanh(), Input((2,))), graph.Node)
+
+
+def test_without_input_grad_the_layers_reading_inputs_skip_it_and_parameter_gradients_stay():
+    model, layers = build_dag()
+    xs = (random(6, 4, seed=1), random(6, 3, seed=2))
+    douts = (random(6, 3, seed=3), random(6, 2, seed=4))
+
+    def gradients(flag):
+        model.zero_grad()
+        model(*xs)
+        model.requires_input_grad(flag)
+        dxs = model.backward(douts)
+        flags = {role: layer.needs_input_grad for role, layer in layers.items()}
+        model.requires_input_grad(True)
+        return dxs, [grad.clone() for _, grad in model.params()], flags
+
+    dxs, grads, _ = gradients(True)
+    assert len(dxs) == 2
+    skipped, grads_skipped, flags = gradients(False)
+    assert skipped is None
+    # "project" reads only the input b; "shared" reads a and project's output, so it needs dx.
+    assert flags == {"shared": True, "project": False, "head_1": True, "head_2": True}
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_skipped))

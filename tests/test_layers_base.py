@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nnlab.layers import (
+    ResidualBlock,
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
     AvgPool2d,
@@ -308,3 +309,131 @@ def test_to_keeps_every_tensor_object():
         assert old is new and old_grad is new_grad
     assert model[0].weight.dtype == torch.float64 and model[0].dw.dtype == torch.float64
     assert model[1].num_batches_tracked.dtype == torch.int64
+
+
+# requires_input_grad: no input gradient where nobody needs it ------------------------------
+
+# Layers with parameters or children, beyond LAYERS: the merge layers take two inputs.
+INPUT_GRAD_LAYERS = LAYERS + [
+    (lambda: Heads(Linear(4, 3), Sequential(ReLU(), Linear(4, 2))), (2, 4)),
+    (lambda: ResidualBlock(2, [3, 2], [3, 1], batchnorm=True), (2, 2, 4, 4)),
+    (lambda: Sequential(Flatten(), Dropout(0.5), Linear(12, 3), ReLU(), Linear(3, 2)), (2, 3, 2, 2)),
+]
+
+
+def _outputs_gradient(out, seed):
+    if isinstance(out, tuple):
+        return tuple(random_like(item, seed + index) for index, item in enumerate(out))
+    return random_like(out, seed)
+
+
+def random_like(tensor, seed):
+    return torch.randn(tensor.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _backward_with_flag(layer, x, flag):
+    """The layer's backward result and (cloned) parameter gradients, from zero, for one
+    forward (same dropout masks every time) and backward with ``requires_input_grad(flag)``."""
+    layer.zero_grad()
+    torch.manual_seed(3)
+    out = layer(x)
+    layer.requires_input_grad(flag)
+    try:
+        dx = layer.backward(_outputs_gradient(out, 5))
+    finally:
+        layer.requires_input_grad(True)
+    return dx, [grad.clone() for _, grad in layer.params()]
+
+
+@pytest.mark.parametrize("make, shape", INPUT_GRAD_LAYERS, ids=names(INPUT_GRAD_LAYERS))
+def test_without_input_grad_backward_returns_none_and_the_same_parameter_gradients(make, shape):
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(shape)
+    dx, grads = _backward_with_flag(layer, x, True)
+    assert isinstance(dx, torch.Tensor) and dx.shape == shape
+    skipped, grads_skipped = _backward_with_flag(layer, x, False)
+    assert skipped is None
+    for with_dx, without_dx in zip(grads, grads_skipped):
+        assert torch.equal(with_dx, without_dx)
+    again, _ = _backward_with_flag(layer, x, True)
+    assert torch.equal(again, dx)
+
+
+class _ProductCounter(torch.overrides.TorchFunctionMode):
+    """Counts the matrix products torch is asked for (Tensor @ Tensor, mm, matmul, ...)."""
+
+    PRODUCTS = {"__matmul__", "matmul", "mm", "bmm", "addmm", "addmm_", "baddbmm"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.PRODUCTS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _products_in_backward(model, x, flag):
+    out = model(x)
+    model.requires_input_grad(flag)
+    with _ProductCounter() as counter:
+        model.backward(torch.ones_like(out))
+    model.requires_input_grad(True)
+    return counter.count
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: MLP(6, 3, (5, 4)), (2, 6)),
+        (lambda: Sequential(Conv2d(2, 3, 3, padding=1), ReLU(), Flatten(), Linear(48, 2)), (2, 2, 4, 4)),
+    ],
+    ids=["MLP", "Conv2d"],
+)
+def test_the_first_layers_input_gradient_product_is_not_computed(make, shape):
+    model = make()
+    x = torch.randn(shape)
+    # One product fewer: the first layer's dx = dout @ W (Linear) or W.T @ dout (Conv2d).
+    assert _products_in_backward(model, x, False) == _products_in_backward(model, x, True) - 1
+
+
+def test_sequential_gives_the_flag_to_its_parameter_free_prefix_and_the_first_layer_with_parameters():
+    model = Sequential(Flatten(), Dropout(0.5), Linear(12, 3), ReLU(), Linear(3, 2))
+    assert model.requires_input_grad(False) is model
+    assert [layer.needs_input_grad for layer in model] == [False, False, False, True, True]
+    model.requires_input_grad(True)
+    assert all(layer.needs_input_grad for layer in model) and model.needs_input_grad
+
+
+def test_a_shared_layer_keeps_its_input_gradient_where_a_later_use_needs_it():
+    torch.manual_seed(0)
+    shared = Linear(3, 3)
+    model = Sequential(shared, Tanh(), shared)
+    x = torch.randn(2, 3)
+    _, grads = _backward_with_flag(model, x, True)
+    model.requires_input_grad(False)
+    assert shared.needs_input_grad
+    model.requires_input_grad(True)
+    skipped, grads_skipped = _backward_with_flag(model, x, False)
+    assert skipped is None
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_skipped))
+
+
+def test_a_missing_input_gradient_that_is_needed_is_an_error_not_a_silent_zero():
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 2))
+    out = model(torch.randn(2, 3))
+    model[2].requires_input_grad(False)  # the first Linear's parameters need its dx
+    with pytest.raises(RuntimeError, match=r"Sequential\[2\] \(Linear\).*Sequential\[0\]"):
+        model.backward(torch.ones_like(out))
+    model = Sequential(ReLU(), Linear(3, 2))
+    out = model(torch.randn(2, 3))
+    model[1].requires_input_grad(False)  # the Sequential itself must return dx
+    with pytest.raises(RuntimeError, match=r"Sequential\[1\] \(Linear\).*the caller"):
+        model.backward(torch.ones_like(out))
+
+
+def test_requires_input_grad_takes_a_bool():
+    with pytest.raises(TypeError, match="Linear.*bool.*'no'"):
+        Linear(2, 2).requires_input_grad("no")

@@ -1003,3 +1003,34 @@ def test_epoch_result_keeps_its_two_fields_and_carries_the_rest():
     assert metric_values({"loss": (4.0, 2), "acc": (3, 4), "task1_acc": (1, 4), "mae": (3.0, 6)}) == {
         "loss": 2.0, "acc": 75.0, "task1_acc": 25.0, "mae": 0.5
     }
+
+
+def test_layer_trainer_skips_the_data_gradient_and_restores_the_flag():
+    torch.manual_seed(0)
+    model = MLP(6, 3, hidden_features=(5,))
+    same = copy.deepcopy(model)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    seen = []
+    first = model[0]
+    original_backward = first.backward
+
+    def recording_backward(dout):
+        result = original_backward(dout)
+        seen.append((first.needs_input_grad, result))
+        return result
+
+    first.backward = recording_backward
+    trainer = LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=0.1, reg=0.0))
+    trainer.train_batch((x, y))
+    assert seen == [(False, None)]
+    assert all(layer.needs_input_grad for layer in model) and model.needs_input_grad
+
+    # The same step by hand, with the input gradient computed: the same parameters.
+    loss_fn = CrossEntropyLoss()
+    optimizer = VanillaSGD(same.params(), learn_rate=0.1, reg=0.0)
+    loss_fn(same(x), y)
+    optimizer.zero_grad()
+    assert same.backward(loss_fn.backward()).shape == x.shape
+    optimizer.step()
+    for (mine, _), (theirs, _) in zip(model.params(), same.params()):
+        assert torch.equal(mine, theirs)

@@ -40,12 +40,19 @@ class Layer(abc.ABC):
     ``add_buffer`` (state that is saved but not trained, e.g. running statistics),
     and list sub-layers in ``named_children``.
 
+    ``requires_input_grad(False)`` tells a layer that nobody needs dL/dx (its input
+    is data): backward then skips that work and returns None. Every built-in layer
+    reads ``needs_input_grad``; a layer that ignores it is still right, only slower.
+
     Calling a layer (``layer(x)``) runs ``forward``; calling it on graph nodes
     (``layer(node)``, see ``Symbolic`` and ``nnlab.graph``) adds it to a graph instead.
     """
 
     # Attributes that backward reads, checked for in-place changes (see finish_forward).
     SAVED_TENSORS = ()
+
+    # Whether backward returns the input gradient; see requires_input_grad.
+    needs_input_grad = True
 
     def __init__(self):
         self.training = True
@@ -93,6 +100,26 @@ class Layer(abc.ABC):
 
     def named_children(self):
         """(name, layer) pairs of the sub-layers; containers override this."""
+        return []
+
+    def requires_input_grad(self, flag=True):
+        """Says whether ``backward`` must return the gradient w.r.t. the input, and
+        returns self (as ``torch.Tensor.requires_grad_`` says it of a tensor; a layer reads
+        it as ``needs_input_grad``, like ``ctx.needs_input_grad`` in a torch Function).
+        With False, backward still adds into the parameter gradients but returns None and
+        skips the work of dx (a model's first layer, whose input is data: ``LayerTrainer``
+        sets it for its backward). Containers pass the flag on to the children that see
+        their input (``input_readers``); Sequential and the graph Model say more."""
+        if not isinstance(flag, bool):
+            raise TypeError(f"{self!r}.requires_input_grad: flag must be a bool, got {flag!r}")
+        self.needs_input_grad = flag
+        for child in self.input_readers():
+            child.requires_input_grad(flag)
+        return self
+
+    def input_readers(self):
+        """The sub-layers that get this layer's input as theirs (and so its
+        requires_input_grad flag): none here; Residual both paths, Heads every head."""
         return []
 
     # Cache ----------------------------------------------------------------------
@@ -333,12 +360,12 @@ def recall_call(child, memory):
     """Right before a child's backward: when the child has been called again since the
     call ``memory`` (from ``remember_call``) belongs to (one layer used at several
     places), puts back that call's cache, so each use gets its own backward. The
-    training flag is left as it is now."""
+    training and needs_input_grad flags are left as they are now."""
     call_id, attributes = memory
     if child._call_id != call_id:
-        training = child.training
+        flags = {name: getattr(child, name) for name in ("training", "needs_input_grad")}
         vars(child).update(attributes)
-        child.training = training
+        vars(child).update(flags)
 
 
 def checked_int(owner, name, value, minimum):

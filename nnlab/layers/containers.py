@@ -72,7 +72,8 @@ class Sequential(LayerList):
     """Layers applied in order: ``out = f_n(... f_2(f_1(x)))``. Same as ``torch.nn.Sequential``.
 
     Backward: the chain rule in reverse, ``dx = b_1(b_2(... b_n(dout)))`` where b_i is
-    layer i's backward. ``forward(x, **kw)`` hands ``kw`` to every layer, so
+    layer i's backward; after ``requires_input_grad(False)`` it stops at the first layer
+    with parameters, which then adds into its parameter gradients only, and returns None. ``forward(x, **kw)`` hands ``kw`` to every layer, so
     ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
     One layer may stand at several places (``act = ReLU(); Sequential(l1, act, l2, act)``,
     or ``Sequential(l, Tanh(), l)``, tied weights): each place gets the backward of its
@@ -95,6 +96,18 @@ class Sequential(LayerList):
         self._calls = calls
         return self.finish_forward(x)
 
+    def requires_input_grad(self, flag=True):
+        """Gives ``flag`` to the children up to and including the first one with
+        parameters (a parameter-free prefix such as Flatten or Dropout sees the input's
+        values, so it needs no gradient either when the input needs none) and True to the
+        rest; returns self."""
+        super().requires_input_grad(flag)
+        for layer in self.layers:
+            layer.requires_input_grad(flag)
+            if layer.params():
+                flag = True
+        return self
+
     def backward(self, dout):
         self.start_backward(dout)
         for index in reversed(range(len(self.layers))):
@@ -102,7 +115,23 @@ class Sequential(LayerList):
             recall_call(layer, self._calls[index])
             with self.child_errors(index):
                 dout = layer.backward(dout)
-        return dout
+            if dout is None:
+                # A child that gives no input gradient ends the chain: what comes before it
+                # must be a parameter-free prefix of a Sequential whose input needs none.
+                self._check_chain_ends(index)
+                return None
+        return dout if self.needs_input_grad else None
+
+    def _check_chain_ends(self, index):
+        """RuntimeError unless the chain may end at child ``index``, which returned None."""
+        with_params = [earlier for earlier in range(index) if self.layers[earlier].params()]
+        if self.needs_input_grad or with_params:
+            needed_by = f"{type(self).__name__}[{with_params[-1]}]'s parameters" if with_params else "the caller"
+            raise RuntimeError(
+                f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__}).backward returned "
+                f"no input gradient (requires_input_grad(False)), but {needed_by} need it; "
+                "call requires_input_grad(True) on the model"
+            )
 
 
 class ChildErrors:
@@ -139,6 +168,9 @@ class Builder(Layer):
         out = self.sequence(x, **kw)
         self._sequence_call = remember_call(self.sequence)
         return self.finish_forward(out)
+
+    def input_readers(self):
+        return [self.sequence]
 
     def backward(self, dout):
         self.start_backward(dout)

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer
-from .windows import check_2d_input, check_windows_fit, pair
+from .windows import add_into_windows, check_2d_input, check_windows_fit, pair, window_view
+
+# From this many multiply-adds in each sample's product (C_out x C*kH*kW) @ (C*kH*kW x L),
+# a batched matmul over the samples beats one large matmul over all of them, whose result
+# must then be transposed (measured with MKL on the benchmark's shapes; a smaller product
+# pays the per-sample call overhead).
+PER_SAMPLE_GEMM = 2**18
 
 PADDING_MODES = ("zeros", "circular")
 
@@ -15,17 +21,28 @@ class Conv2d(Layer):
     """2-D cross-correlation, as a matrix product over unfolded input patches.
     Same as ``torch.nn.Conv2d`` (groups=1; padding_mode 'zeros' or 'circular').
 
-    Forward: ``cols = unfold(x)`` holds every receptive field as a column,
-    (N, C*kH*kW, L) with L = H_out * W_out; ``out = W_2d @ cols + b`` with
-    W_2d = weight viewed as (C_out, C*kH*kW), one batched matmul for the whole batch.
+    Forward: ``cols = unfold(x)`` holds every receptive field as a column. The windows of
+    the padded input are a strided view (``Tensor.unfold`` along H and W, no copy),
+    copied once into the GEMM's layout: C*kH*kW rows by L = H_out * W_out columns per
+    sample. ``out = W_2d @ cols + b`` with W_2d = weight viewed as (C_out, C*kH*kW): one
+    batched matmul over the samples, cols (N, C*kH*kW, L), when each sample's product is
+    large enough (``PER_SAMPLE_GEMM``), else one matmul over cols (C*kH*kW, N*L) whose
+    (C_out, N*L) result is transposed to (N, C_out, L); whichever was measured faster.
 
-    Backward: ``dW += sum_n dout_n @ cols_n.T``; ``db += dout.sum over (n, h, w)``;
-    ``dx = fold(W_2d.T @ dout)`` (fold adds each column back where unfold took it, so
-    overlapping windows sum their contributions).
+    Backward: ``dW += dout_2d @ cols.T``, one GEMM accumulating into the gradient
+    (``addmm_``), with dout_2d = dout as (C_out, N*L) and cols (C*kH*kW, N*L) unfolded
+    again from the cached input; ``db += dout.sum over (n, h, w)``;
+    ``dx = fold(W_2d.T @ dout)`` (layout as in forward): fold adds each column back where
+    unfold took it, as kH*kW strided additions through the same window view of a zero
+    padded buffer, so overlapping windows sum their contributions; then the padding is cut
+    off. With zero padding, stride 1 and C_out <= C_in, dx is instead the same sum written
+    as a correlation of the padded dout with the flipped kernel (unfold + matmul, no
+    fold), which is faster there (see ``_input_grad_as_correlation``). dx is skipped after
+    ``requires_input_grad(False)``.
 
-    ``padding_mode='circular'``: x is first padded by wrapping around, as
+    ``padding_mode='circular'``: x is padded by wrapping around, as
     ``F.pad(x, mode='circular')`` does (the rows above the image repeat its last rows, the
-    columns left of it its last columns, and so on), then unfolded without padding. The
+    columns left of it its last columns, and so on), then unfolded as above. The
     backward folds into the padded shape and adds each padding row and column's gradient
     back into the row or column it repeats. A circularly padded, stride-1 convolution
     commutes exactly with circular shifts of the image.
@@ -35,11 +52,12 @@ class Conv2d(Layer):
     likewise W_out.
     Parameters: ``weight`` (C_out, C_in, kH, kW), ``bias`` (C_out) or None.
     Init: both from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in * kH * kW, as PyTorch.
-    Caches: the unfolded input ``cols`` (needed for dW) and the unfolded planes' (H, W)
-    and the input's batchedness (for fold); not the input itself.
+    Caches: the input x, as torch's autograd saves it, and whether it was unbatched; not
+    the columns, kH*kW times larger than x: backward unfolds x again, one more copy of the
+    columns, a few percent of the layer's time (measured).
     """
 
-    SAVED_TENSORS = ("_cols", "weight")
+    SAVED_TENSORS = ("_x", "weight")
 
     def __init__(
         self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True, padding_mode="zeros"
@@ -65,8 +83,7 @@ class Conv2d(Layer):
             self.add_param("bias", torch.empty(out_channels).uniform_(-bound, bound))
         else:
             self.bias = None
-        self._cols = None
-        self._input_hw = None
+        self._x = None
         self._unbatched = None
 
     def __repr__(self):
@@ -94,31 +111,27 @@ class Conv2d(Layer):
     def forward(self, x, **kw):
         x4, unbatched = check_2d_input(self, x, self.in_channels)
         self.check_dtype(x4)
+        batch = x4.shape[0]
         windows = (self.kernel_size, self.stride, self.padding, self.dilation)
         out_h, out_w = check_windows_fit(self, x4.shape[2], x4.shape[3], *windows)
-        if self.padding_mode == "circular":
-            x4 = self._pad_circular(x4)
-        batch, _, height, width = x4.shape
-
-        # unfold works plane by plane, so unfolding the N*C planes as one sample gives the
-        # same numbers in the same memory order as unfolding N samples of C planes, in one
-        # im2col call (one parallel region instead of one per sample). An empty batch has
-        # no planes to merge and is unfolded as it is.
-        planes = x4.reshape(1, batch * self.in_channels, height, width) if batch else x4
-        cols = F.unfold(
-            planes, self.kernel_size, dilation=self.dilation, padding=self._unfold_padding(), stride=self.stride
-        )
-        cols = cols.reshape(batch, self.patch_size(), out_h * out_w)
+        positions = out_h * out_w
         weight_2d = self.weight.reshape(self.out_channels, -1)
-        if self.bias is None:
-            out = torch.matmul(weight_2d, cols)
+
+        patches = self._patches(x4)
+        if self._per_sample_gemm(positions):
+            out = torch.matmul(weight_2d, patches.reshape(batch, self.patch_size(), positions))
+            if self.bias is not None:
+                out += self.bias.reshape(self.out_channels, 1)
         else:
-            bias_3d = self.bias.reshape(1, self.out_channels, 1).expand(batch, -1, cols.shape[2])
-            out = torch.baddbmm(bias_3d, weight_2d.expand(batch, -1, -1), cols)
+            cols = _as_columns(patches)
+            if self.bias is None:
+                out_2d = torch.mm(weight_2d, cols)
+            else:
+                out_2d = torch.addmm(self.bias.reshape(self.out_channels, 1), weight_2d, cols)
+            out = out_2d.reshape(self.out_channels, batch, positions).transpose(0, 1).contiguous()
         out = out.reshape(batch, self.out_channels, out_h, out_w)
 
-        self._cols = cols
-        self._input_hw = (height, width)
+        self._x = x4
         self._unbatched = unbatched
         return self.finish_forward(out[0] if unbatched else out)
 
@@ -126,9 +139,18 @@ class Conv2d(Layer):
         """Rows of an unfolded column: C_in * kH * kW."""
         return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
-    def _unfold_padding(self):
-        """The zero padding unfold and fold add: none when the input was padded circularly."""
-        return (0, 0) if self.padding_mode == "circular" else self.padding
+    def _per_sample_gemm(self, positions):
+        """True when each sample's product has PER_SAMPLE_GEMM multiply-adds or more."""
+        return self.out_channels * self.patch_size() * positions >= PER_SAMPLE_GEMM
+
+    def _patches(self, x4):
+        """Every window of the padded x4, a view (N, C, kH, kW, H_out, W_out)."""
+        pad_h, pad_w = self.padding
+        if self.padding_mode == "circular":
+            padded = self._pad_circular(x4)
+        else:
+            padded = F.pad(x4, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x4
+        return window_view(padded, self.kernel_size, self.stride, self.dilation)
 
     def _pad_circular(self, x4):
         """x4 padded by wrapping around (F.pad's 'circular' mode), as torch.nn.Conv2d does."""
@@ -142,35 +164,82 @@ class Conv2d(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
-        cols = self._cols
+        x4 = self._x
         if self._unbatched:
             dout = dout.unsqueeze(0)
-        batch = cols.shape[0]
-        dout_3d = dout.reshape(batch, self.out_channels, cols.shape[2])
-        weight_2d = self.weight.reshape(self.out_channels, -1)
+        batch, _, out_h, out_w = dout.shape
+        positions = out_h * out_w
+        dout_2d = dout.transpose(0, 1).reshape(self.out_channels, batch * positions)
 
-        # Parameter gradients accumulate in place.
-        dweight = torch.matmul(dout_3d, cols.transpose(1, 2)).sum(dim=0)
-        self._grads["weight"] += dweight.reshape(self.weight.shape)
+        # Parameter gradients accumulate in place, dW inside its GEMM.
+        cols = _as_columns(self._patches(x4))
+        self._grads["weight"].view(self.out_channels, -1).addmm_(dout_2d, cols.T)
         if self.bias is not None:
-            self._grads["bias"] += dout_3d.sum(dim=(0, 2))
+            self._grads["bias"].add_(dout_2d.sum(dim=1))
 
-        # Input gradient: columns back to image positions.
-        dcols = torch.matmul(weight_2d.T, dout_3d)
-        # fold sums plane by plane too: one col2im call over all N*C planes.
-        merged = dcols.reshape(1, -1, dcols.shape[2]) if batch else dcols
-        dx = F.fold(
-            merged,
-            self._input_hw,
-            self.kernel_size,
-            dilation=self.dilation,
-            padding=self._unfold_padding(),
-            stride=self.stride,
-        )
-        dx = dx.reshape(batch, self.in_channels, *self._input_hw)
-        if self.padding_mode == "circular":
-            dx = _unwrap_circular(dx, self.padding)
+        # Input gradient.
+        if not self.needs_input_grad:
+            return None
+        if self._input_grad_by_correlation():
+            dx = self._input_grad_as_correlation(dout)
+        else:
+            dx = self._input_grad_by_fold(dout, dout_2d, x4.shape)
         return dx[0] if self._unbatched else dx
+
+    def _input_grad_by_fold(self, dout, dout_2d, input_shape):
+        """dx = fold(W_2d.T @ dout): the columns' gradients added back where unfold took them."""
+        batch, _, out_h, out_w = dout.shape
+        positions = out_h * out_w
+        weight_2d = self.weight.reshape(self.out_channels, -1)
+        height, width = input_shape[2:]
+        pad_h, pad_w = self.padding
+        padded_shape = (batch, self.in_channels, height + 2 * pad_h, width + 2 * pad_w)
+        patch_shape = (self.in_channels, *self.kernel_size, out_h, out_w)
+        if self._per_sample_gemm(positions):
+            dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
+            dpatches = dcols.reshape(batch, *patch_shape)
+            dpadded = dout.new_zeros(padded_shape)
+        else:
+            # Columns ordered (c, a, b) by (n, i, j): viewed with n first, and a buffer
+            # of the same memory order, so that the fold's additions run along rows.
+            dcols = torch.mm(weight_2d.T, dout_2d)
+            dpatches = dcols.reshape(*patch_shape[:3], batch, out_h, out_w).permute(3, 0, 1, 2, 4, 5)
+            dpadded = dout.new_zeros(padded_shape[1], batch, *padded_shape[2:]).transpose(0, 1)
+        add_into_windows(dpadded, dpatches, self.kernel_size, self.stride, self.dilation)
+        if self.padding_mode == "circular":
+            return _unwrap_circular(dpadded, self.padding)
+        return dpadded[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
+
+    def _input_grad_by_correlation(self):
+        """True when dx is better computed as a correlation of dout (see below) than by
+        fold: zero padding of at most the dilated kernel's reach d(k - 1), stride 1, and
+        C_out <= C_in, so that dout's unfolded windows are no larger than the columns
+        fold would add up (measured: faster there, and no better elsewhere)."""
+        reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+        small_padding = all(p <= r for p, r in zip(self.padding, reach))
+        zero_padding = self.padding_mode == "zeros"
+        return zero_padding and small_padding and self.stride == (1, 1) and self.out_channels <= self.in_channels
+
+    def _input_grad_as_correlation(self, dout):
+        """With stride 1, ``dx[n, c, y, x] = sum_{o, a, b} dout_q[n, o, y + a*d_h, x + b*d_w]
+        * W[o, c, kH-1-a, kW-1-b]``, dout_q being dout zero padded by q = d(k - 1) - p:
+        the correlation of dout with the kernel flipped and its channel axes swapped,
+        computed as this layer's forward is (unfold + one batched matmul), without fold."""
+        reach_h, reach_w = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+        pad_h, pad_w = reach_h - self.padding[0], reach_w - self.padding[1]
+        padded = F.pad(dout, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else dout
+        patches = window_view(padded, self.kernel_size, (1, 1), self.dilation)
+        batch, _, _, _, height, width = patches.shape
+        flipped = self.weight.flip(2, 3).transpose(0, 1).reshape(self.in_channels, -1)
+        dx = torch.matmul(flipped, patches.reshape(batch, -1, height * width))
+        return dx.reshape(batch, self.in_channels, height, width)
+
+
+def _as_columns(patches):
+    """Patches (N, C, kH, kW, H_out, W_out) copied into columns (C*kH*kW, N*L), one per
+    window of every sample."""
+    batch, channels, k_h, k_w, out_h, out_w = patches.shape
+    return patches.permute(1, 2, 3, 0, 4, 5).reshape(channels * k_h * k_w, batch * out_h * out_w)
 
 
 def _unwrap_circular(dpadded, padding):

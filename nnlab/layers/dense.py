@@ -11,7 +11,8 @@ class Linear(Layer):
     """Affine map ``out = x @ W.T + b``. Same as ``torch.nn.Linear``.
 
     Backward: ``dx = dout @ W``; ``dW += dout.T @ x``; ``db += dout.sum(0)``
-    (leading dimensions of x and dout flattened into one batch dimension).
+    (leading dimensions of x and dout flattened into one batch dimension); dW accumulates
+    inside one fused GEMM (``addmm_``), and dx is skipped after ``requires_input_grad(False)``.
 
     Shapes: x (*, in_features) -> out (*, out_features); usually (N, in) -> (N, out).
     Parameters: ``weight`` (out, in) and ``bias`` (out); ``w`` and ``b`` name the same
@@ -63,13 +64,15 @@ class Linear(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
-        x = self._x
-        x_rows = x.reshape(-1, self.in_features)
+        x_rows = self._x.reshape(-1, self.in_features)
         dout_rows = dout.reshape(-1, self.out_features)
-        # Parameter gradients accumulate in place.
-        self._grads["weight"] += dout_rows.T @ x_rows
+        # Parameter gradients accumulate in place, the product added by the GEMM itself.
+        self._grads["weight"].addmm_(dout_rows.T, x_rows)
         if self.bias is not None:
-            self._grads["bias"] += dout_rows.sum(dim=0)
+            self._grads["bias"].add_(dout_rows.sum(dim=0))
+
+        if not self.needs_input_grad:
+            return None
         return dout @ self.weight
 
 
@@ -97,6 +100,8 @@ class ReLU(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         # masked_fill, unlike dout * sign(out), gives 0 (not NaN) for dout = inf at
         # out = 0 and passes dout at a NaN output, as torch does.
         return dout.masked_fill(self._out <= 0, 0)
@@ -126,6 +131,8 @@ class LeakyReLU(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return torch.where(self._mask, dout, dout * self.alpha)
 
 
@@ -150,6 +157,8 @@ class Sigmoid(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         out = self._out
         return dout * out * (1 - out)
 
@@ -173,6 +182,8 @@ class Tanh(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         out = self._out
         return dout * (1 - out * out)
 
@@ -218,6 +229,8 @@ class Softmax(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         out = self._out
         return out * (dout - (dout * out).sum(dim=self.dim, keepdim=True))
 
@@ -260,6 +273,8 @@ class Dropout(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return dout * self._mask
 
 
@@ -293,4 +308,6 @@ class Flatten(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return dout.reshape(self._shape)

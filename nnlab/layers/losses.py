@@ -155,6 +155,8 @@ class CrossEntropyLoss(ClassificationLoss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         dlog_probs = self.log_likelihood_gradient(dout)
         return dlog_probs - self._probs * dlog_probs.sum(dim=1, keepdim=True)
 
@@ -280,6 +282,8 @@ class MSELoss(Loss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return self._diff * self.batch_scale(2 * dout, self._diff.numel())
 
 
@@ -387,6 +391,8 @@ class BCEWithLogitsLoss(Loss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return (self._probs - self._y) * self.batch_scale(dout, self._probs.numel())
 
 

@@ -70,6 +70,8 @@ class Add(Merge):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return (dout,) * self._count
 
 
@@ -97,6 +99,8 @@ class Multiply(Merge):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         grads = []
         for index in range(len(self._xs)):
             grad = dout
@@ -144,6 +148,8 @@ class Concat(Merge):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return tuple(dout.split(self._sizes, dim=self.dim))
 
 

@@ -25,7 +25,8 @@ class _BatchNorm(Layer):
     and sums over all dimensions but 1:
         ``dx = (weight / sigma) / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat))``.
     Backward, eval mode (an affine map of x): ``dx = dout * weight / sigma``.
-    Both modes: ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)``.
+    Both modes: ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)``; dx is skipped
+    after ``requires_input_grad(False)``.
 
     Synchronised statistics (``torch.nn.SyncBatchNorm``): when ``sum_across_processes``
     is set (``nnlab.distributed.DataParallel`` sets it), M, the sums behind ``mean``
@@ -149,6 +150,8 @@ class _BatchNorm(Layer):
         self._grads["bias"] += sum_dout.reshape(-1)
 
         # Input gradient.
+        if not self.needs_input_grad:
+            return None
         scale = self.weight.reshape(channel_shape) * inv_std
         if not self._batch_stats:
             return dout * scale
@@ -231,4 +234,6 @@ class Dropout2d(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return dout * self._mask

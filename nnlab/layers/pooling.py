@@ -203,6 +203,8 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         positions = self._argmax
         shape, unbatched = self._input_shape
         if unbatched:
@@ -268,6 +270,8 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
@@ -385,6 +389,8 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         positions = self._positions
         shape, unbatched = self._input_shape
         if unbatched:
@@ -462,6 +468,8 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         rows, rows_valid, cols, cols_valid, area = self._windows
         shape, unbatched = self._input_shape
         if unbatched:

@@ -13,7 +13,8 @@ class Residual(Layer):
     ``shortcut`` is None.
 
     Backward: ``dx = main.backward(dout) + shortcut.backward(dout)`` (or ``+ dout`` for
-    the identity); both paths add into their own parameter gradients.
+    the identity); both paths add into their own parameter gradients (None after
+    ``requires_input_grad(False)``, which both paths get).
     ``main`` and ``shortcut`` may share layers (each call keeps its own cache; see
     Sequential).
     Shapes: x -> main(x).shape, which must equal shortcut(x).shape (ValueError naming
@@ -63,6 +64,9 @@ class Residual(Layer):
             )
         return self.finish_forward(main_out + skip)
 
+    def input_readers(self):
+        return [path for _, path in self.named_children()]
+
     def backward(self, dout):
         self.start_backward(dout)
         if self.shortcut is None:
@@ -73,14 +77,18 @@ class Residual(Layer):
                 dskip = self.shortcut.backward(dout)
         recall_call(self.main, self._main_call)
         with ChildErrors(f"Residual.main ({type(self.main).__name__})"):
-            return self.main.backward(dout) + dskip
+            dmain = self.main.backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dmain + dskip
 
 
 class Heads(LayerList):
     """Several heads on one input: ``out = (head_0(x), head_1(x), ...)``, a tuple.
 
     Backward: takes a tuple (or list) of output gradients, one per head, and returns
-    ``dx = sum_i head_i.backward(dout_i)``. A ``None`` entry (a head whose output feeds
+    ``dx = sum_i head_i.backward(dout_i)`` (None after ``requires_input_grad(False)``,
+    which every head gets). A ``None`` entry (a head whose output feeds
     no loss) contributes nothing and leaves that head's parameter gradients alone.
     Heads may share layers (each call keeps its own cache; see Sequential).
     Shapes: x -> one output per head, each of that head's shape; dx has x's shape.
@@ -107,16 +115,21 @@ class Heads(LayerList):
         self._calls = calls
         return self.finish_forward(tuple(outputs))
 
+    def input_readers(self):
+        return list(self.layers)
+
     def backward(self, dout):
         self.start_backward(dout)
-        dx = torch.zeros_like(self._x)
+        dx = torch.zeros_like(self._x) if self.needs_input_grad else None
         for index in reversed(range(len(self.layers))):
             if dout[index] is None:
                 continue
             layer = self.layers[index]
             recall_call(layer, self._calls[index])
             with self.child_errors(index):
-                dx = dx + layer.backward(dout[index])
+                dhead = layer.backward(dout[index])
+            if self.needs_input_grad:
+                dx = dx + dhead
         return dx
 
 

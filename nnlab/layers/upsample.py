@@ -32,6 +32,8 @@ class Upsample(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         batch, channels, out_h, out_w = dout.shape
         scale_h, scale_w = self.scale_factor
         blocks = dout.reshape(batch, channels, out_h // scale_h, scale_h, out_w // scale_w, scale_w)

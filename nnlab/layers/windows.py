@@ -1,5 +1,6 @@
-"""Shape helpers the 2-D layers share: argument pairs, the sliding-window output size,
-and the (N, C, H, W) / unbatched (C, H, W) input check."""
+"""What the 2-D layers share: argument pairs, the sliding-window output size, the
+(N, C, H, W) / unbatched (C, H, W) input check, and the windows themselves as a strided
+view (unfold) with its adjoint (fold)."""
 
 import torch
 
@@ -49,3 +50,24 @@ def check_windows_fit(layer, height, width, kernel, stride, padding, dilation):
             f"(input {(height, width)}, padding {padding})"
         )
     return out_h, out_w
+
+
+def window_view(padded, kernel, stride, dilation):
+    """Every sliding window of ``padded`` (N, C, H, W), as a view (no copy) of shape
+    (N, C, kH, kW, H_out, W_out): entry [n, c, a, b, i, j] is
+    ``padded[n, c, i*s_h + a*d_h, j*s_w + b*d_w]``. ``Tensor.unfold`` along H and W gives
+    the windows of the dilated kernel's span; every d-th entry of a span is the kernel's."""
+    (k_h, k_w), (s_h, s_w), (d_h, d_w) = kernel, stride, dilation
+    spans = padded.unfold(2, d_h * (k_h - 1) + 1, s_h).unfold(3, d_w * (k_w - 1) + 1, s_w)
+    return spans[..., ::d_h, ::d_w].permute(0, 1, 4, 5, 2, 3)
+
+
+def add_into_windows(dpadded, dpatches, kernel, stride, dilation):
+    """The adjoint of ``window_view`` (fold): adds ``dpatches`` (N, C, kH, kW, H_out, W_out)
+    into ``dpadded`` (N, C, H, W) at the positions the windows cover, one strided
+    addition per kernel offset (a, b), each covering every window at once; where windows
+    overlap their contributions sum."""
+    windows = window_view(dpadded, kernel, stride, dilation)
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            windows[:, :, a, b].add_(dpatches[:, :, a, b])
