@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer
-from .windows import check_2d_input, check_windows_fit, pair
+from .windows import check_2d_input, check_windows_fit, pair, window_view
 
 
 def _check_pool_args(owner, kernel, stride, padding):
@@ -89,8 +89,9 @@ class MaxPool2d(_Pool2d):
     Same as ``torch.nn.MaxPool2d`` (ceil_mode=False).
 
     Forward: ``out[n, c, i, j] = max_{a, b} x_pad[n, c, i*s + a*d, j*s + b*d]``, computed
-    as a running maximum over the kH*kW strided views ``x_pad[..., a*d::s, b*d::s]`` (one
-    elementwise pass per kernel offset, each covering every window at once). With a
+    as a running maximum over the kH*kW strided views ``x_pad[..., a*d::s, b*d::s]``: the
+    windows unfolded (``Tensor.unfold``, a view, no copy) and taken at each kernel offset
+    (a, b), one elementwise pass per offset, each covering every window at once. With a
     column stride > 1 the kW column sets ``x_pad[..., b*d::s]`` are first copied to
     contiguous tensors, so that every later pass reads unit-stride rows. The running
     argmax is the offset index ``k = a*kW + b`` (uint8, int32 past 256 offsets), updated
@@ -127,7 +128,7 @@ class MaxPool2d(_Pool2d):
         padded = x4
         if pad_h or pad_w:
             padded = F.pad(x4, (pad_w, pad_w, pad_h, pad_h), value=float("-inf"))
-        views = self._window_views(padded, out_h, out_w)
+        views = self._window_views(padded)
         index_dtype = torch.uint8 if len(views) <= 256 else torch.int32
         if len(views) == 1:
             out = views[0].clone()
@@ -172,22 +173,21 @@ class MaxPool2d(_Pool2d):
         first = rows.reshape(-1, 1) * self.kernel_size[1] + cols.reshape(1, -1)
         return first, rows_ok.reshape(-1, 1) & cols_ok.reshape(1, -1)
 
-    def _window_views(self, padded, out_h, out_w):
-        """Views for each kernel position (a, b) in row-major order, each (N, C, H_out, W_out)
-        holding that position of every window. With a column stride > 1 they are views of
-        kW contiguous copies of the column sets (unit-stride rows for the passes)."""
+    def _window_views(self, padded):
+        """The kH*kW views (N, C, H_out, W_out) of the windows' entries, one per kernel
+        offset (a, b) in row-major order: ``window_view`` (``Tensor.unfold``, no copy)
+        indexed at (a, b). With a column stride > 1 the kW column sets (offset b's
+        columns of every window) are first copied to contiguous tensors, so that every
+        later pass reads unit-stride rows."""
         (k_h, k_w), (s_h, s_w), (d_h, d_w) = self.kernel_size, self.stride, self.dilation
-        columns = []
-        for b in range(k_w):
-            left = b * d_w
-            cols = padded[:, :, :, left : left + s_w * (out_w - 1) + 1 : s_w]
-            columns.append(cols.contiguous() if s_w > 1 else cols)
-        views = []
-        for a in range(k_h):
-            top = a * d_h
-            for b in range(k_w):
-                views.append(columns[b][:, :, top : top + s_h * (out_h - 1) + 1 : s_h])
-        return views
+        if s_w == 1:
+            windows = window_view(padded, self.kernel_size, self.stride, self.dilation)
+            return [windows[:, :, a, b] for a in range(k_h) for b in range(k_w)]
+        column_sets = window_view(padded, (1, k_w), (1, s_w), (1, d_w))
+        row_windows = [
+            window_view(column_sets[:, :, 0, b].contiguous(), (k_h, 1), (s_h, 1), (d_h, 1)) for b in range(k_w)
+        ]
+        return [row_windows[b][:, :, a, 0] for a in range(k_h) for b in range(k_w)]
 
     def _positions(self, index, padded_w):
         """Offset indices (N, C, H_out, W_out) as flat int64 positions in the padded plane."""
