@@ -1,40 +1,105 @@
-"""nnlab against PyTorch's native ops on the same work, reported as time ratios.
+"""nnlab against PyTorch on the same work: time ratios and memory ratios.
 
-Every case runs an nnlab callable and its torch twin (torch.nn modules + autograd) on
-the same tensors. After a warm-up the two are timed alternately in one process
+Time: every case runs an nnlab callable and its torch twin (torch.nn modules + autograd)
+on the same tensors. After a warm-up the two are timed alternately in one process
 (nnlab, torch, nnlab, torch, ...), so that drifting machine load hits both alike, and
-each side's median over ``--repeats`` runs is reported with the ratio nnlab / torch
-and the geometric mean of the ratios. A second table times the same layers as a graph
-``Model`` against a ``Sequential`` (the cost of the graph machinery).
+each side's median over ``--repeats`` runs is reported with the ratio nnlab / torch and
+the geometric mean of the ratios. The training steps run through the trainers
+(``LayerTrainer`` against ``TorchTrainer``, cross-entropy and SGD), so nnlab's step is
+the one ``fit`` takes, input gradient skipped as torch skips it for data.
+
+Memory: for each model of the training steps, the bytes kept between forward and
+backward. nnlab's: every tensor the model's layers and the loss hold after forward
+(their caches), each storage counted once. torch's: every tensor autograd saves for
+backward during the same forward (``torch.autograd.graph.saved_tensors_hooks``), each
+storage counted once. Parameters, gradients and buffers are left out on both sides.
+
+A third table times the same layers as a graph ``Model`` against a ``Sequential`` (the
+cost of the graph machinery). ``--profile`` adds, per case, the operations that take
+the most time on each side (torch.profiler, self CPU time).
 
     python -m nnlab.bench --repeats 30 --threads 2
+    python -m nnlab bench --cases conv,mlp --json
 """
 
 import argparse
+import json
 import math
 import statistics
+import sys
 import time
+from typing import Callable, NamedTuple
 
 import torch
 
 from nnlab.graph import Input, Model
-from nnlab.layers import Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tanh
+from nnlab.layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    CrossEntropyLoss,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    ResidualBlock,
+    Sequential,
+    Tanh,
+)
+from nnlab.models import MLP
+from nnlab.optimizers import VanillaSGD
+from nnlab.training import LayerTrainer, TorchTrainer
 
-# (name, batch, in_channels, height, width, out_channels, kernel, padding)
-CONV_CASES = [
-    ("Conv2d 64x3x32x32 -> 32 k3 p1", 64, 3, 32, 32, 32, 3, 1),
-    ("Conv2d 64x32x16x16 -> 64 k3 p1", 64, 32, 16, 16, 64, 3, 1),
-    ("Conv2d 128x1x28x28 -> 16 k3 p0", 128, 1, 28, 28, 16, 3, 0),
-]
-TINY_CONV_CASES = [
-    ("Conv2d 2x3x8x8 -> 4 k3 p1", 2, 3, 8, 8, 4, 3, 1),
-    ("Conv2d 2x1x7x7 -> 2 k3 p0", 2, 1, 7, 7, 2, 3, 0),
-]
+
+class Case(NamedTuple):
+    """Two callables doing the same work: nnlab's (``ours``) and the reference's."""
+
+    name: str
+    ours: Callable
+    theirs: Callable
 
 
-def forward_backward_case(layer, module, x):
+class Sizes(NamedTuple):
+    """The sizes of every case: the full benchmark or the quick check that it runs."""
+
+    convs: list  # (batch, in_channels, height, width, out_channels, kernel, padding)
+    maxpool: tuple  # (batch, channels, size, kernel)
+    batchnorm: tuple  # (batch, channels, size)
+    mlp: tuple  # (batch, in_features, hidden, hidden, classes)
+    cnn: tuple  # (batch, size)
+    resnet: tuple  # (batch, channels, size)
+    graph: tuple  # (batch, size, width)
+
+
+FULL = Sizes(
+    convs=[(64, 3, 32, 32, 32, 3, 1), (64, 32, 16, 16, 64, 3, 1), (128, 1, 28, 28, 16, 3, 0)],
+    maxpool=(64, 32, 32, 2),
+    batchnorm=(64, 32, 16),
+    mlp=(128, 3072, 512, 512, 10),
+    cnn=(64, 32),
+    resnet=(32, 32, 16),
+    graph=(64, 32, 32),
+)
+QUICK = Sizes(
+    convs=[(2, 3, 8, 8, 4, 3, 1), (2, 1, 7, 7, 2, 3, 0)],
+    maxpool=(2, 3, 8, 2),
+    batchnorm=(2, 3, 4),
+    mlp=(4, 48, 16, 16, 10),
+    cnn=(2, 8),
+    resnet=(2, 4, 4),
+    graph=(2, 8, 4),
+)
+CLASSES = 10
+LEARN_RATE = 1e-2
+REG = 1e-4
+
+
+# Cases ------------------------------------------------------------------------------------
+
+
+def forward_backward_case(name, layer, module, x):
     """nnlab layer forward + backward against the torch module's forward + autograd
-    backward, on the same input and upstream gradient."""
+    backward, on the same input and upstream gradient (the input gradient included)."""
     x_ref = x.clone().requires_grad_(True)
     dout = torch.randn(layer(x).shape)
 
@@ -46,73 +111,85 @@ def forward_backward_case(layer, module, x):
         x_ref.grad = None
         module(x_ref).backward(dout)
 
-    return run_nnlab, run_torch
+    return Case(name, run_nnlab, run_torch)
 
 
 def conv_case(batch, in_channels, height, width, out_channels, kernel, padding):
     """Conv2d forward + backward (input, weight and bias gradients) on both sides."""
     layer = Conv2d(in_channels, out_channels, kernel, padding=padding)
     module = torch.nn.Conv2d(in_channels, out_channels, kernel, padding=padding)
-    with torch.no_grad():
-        module.weight.copy_(layer.weight)
-        module.bias.copy_(layer.bias)
-    return forward_backward_case(layer, module, torch.randn(batch, in_channels, height, width))
+    copy_weights(layer, module)
+    name = f"Conv2d {batch}x{in_channels}x{height}x{width} -> {out_channels} k{kernel} p{padding}"
+    return forward_backward_case(name, layer, module, torch.randn(batch, in_channels, height, width))
 
 
 def maxpool_case(batch, channels, size, kernel):
     """MaxPool2d forward + backward on both sides."""
     x = torch.randn(batch, channels, size, size)
-    return forward_backward_case(MaxPool2d(kernel), torch.nn.MaxPool2d(kernel), x)
+    name = f"MaxPool2d({kernel}) {batch}x{channels}x{size}x{size}"
+    return forward_backward_case(name, MaxPool2d(kernel), torch.nn.MaxPool2d(kernel), x)
 
 
-def make_sgd(params, learn_rate, reg):
-    """nnlab.optimizers.VanillaSGD (p -= lr * (g + reg * p))."""
-    from nnlab.optimizers import VanillaSGD
+def batchnorm_case(batch, channels, size):
+    """BatchNorm2d forward + backward in training mode (batch statistics) on both sides."""
+    x = torch.randn(batch, channels, size, size)
+    name = f"BatchNorm2d {batch}x{channels}x{size}x{size}"
+    return forward_backward_case(name, BatchNorm2d(channels), torch.nn.BatchNorm2d(channels), x)
 
-    return VanillaSGD(params, learn_rate=learn_rate, reg=reg)
 
-
-def training_case(batch, size, classes=10, learn_rate=1e-2, reg=1e-4):
-    """One SGD training step of conv-relu-pool-conv-relu-pool-flatten-linear with
-    cross-entropy: nnlab layers + VanillaSGD against torch.nn + autograd + torch.optim.SGD."""
-    features = 32 * (size // 4) * (size // 4)
-    model = Sequential(*small_cnn_layers(size, classes))
-    loss_fn = CrossEntropyLoss()
-    optimizer = make_sgd(model.params(), learn_rate, reg)
-    twin = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(features, classes),
-    )
+def copy_weights(model, twin):
+    """The nnlab model's parameters into its torch twin, matched in order (params() and
+    parameters() list them alike for the models here)."""
+    pairs = list(zip(model.params(), twin.parameters()))
+    if len(pairs) != len(list(twin.parameters())) or any(p.shape != t.shape for (p, _), t in pairs):
+        raise ValueError(f"bench: {type(twin).__name__} is not a twin of {type(model).__name__}")
     with torch.no_grad():
-        for target, (source, _) in zip(twin.parameters(), model.params()):
-            target.copy_(source)
-    twin_loss = torch.nn.CrossEntropyLoss()
-    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=learn_rate, weight_decay=reg)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, classes, (batch,))
-
-    def run_nnlab():
-        optimizer.zero_grad()
-        scores = model(x)
-        loss_fn(scores, y)
-        model.backward(loss_fn.backward())
-        optimizer.step()
-
-    def run_torch():
-        twin_optimizer.zero_grad()
-        twin_loss(twin(x), y).backward()
-        twin_optimizer.step()
-
-    return run_nnlab, run_torch
+        for (param, _), target in pairs:
+            target.copy_(param)
 
 
-def small_cnn_layers(size, classes=10):
+def train_step_case(name, model, twin, x, y):
+    """One training step (forward, cross-entropy, backward, SGD with weight decay) as
+    ``fit`` takes it: LayerTrainer.train_batch against TorchTrainer.train_batch."""
+    copy_weights(model, twin)
+    ours = LayerTrainer(model, CrossEntropyLoss(), VanillaSGD(model.params(), learn_rate=LEARN_RATE, reg=REG))
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=LEARN_RATE, weight_decay=REG)
+    theirs = TorchTrainer(twin, torch.nn.CrossEntropyLoss(), twin_optimizer)
+    return Case(name, lambda: ours.train_batch((x, y)), lambda: theirs.train_batch((x, y)))
+
+
+# The models of the training steps, and their twins.
+
+
+class TorchResidualBlock(torch.nn.Module):
+    """``ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True)`` in
+    torch.nn: relu(conv(relu(bn(conv(x)))) + x), parameters in the same order."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = torch.nn.BatchNorm2d(channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        main = self.conv2(torch.relu(self.norm(self.conv1(x))))
+        return torch.relu(main + x)
+
+
+def mlp_models(batch, in_features, hidden_1, hidden_2, classes):
+    model = MLP(in_features, classes, (hidden_1, hidden_2))
+    twin = torch.nn.Sequential(
+        torch.nn.Linear(in_features, hidden_1),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden_1, hidden_2),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden_2, classes),
+    )
+    name = f"MLP {in_features}-{hidden_1}-{hidden_2}-{classes} batch {batch}"
+    return name, model, twin, torch.randn(batch, in_features)
+
+
+def small_cnn_layers(size, classes=CLASSES):
     """conv-relu-pool-conv-relu-pool-flatten-linear for 3 x size x size images."""
     features = 32 * (size // 4) * (size // 4)
     return [
@@ -127,7 +204,52 @@ def small_cnn_layers(size, classes=10):
     ]
 
 
-def graph_against_sequential_case(layers, x):
+def cnn_models(batch, size):
+    model = Sequential(*small_cnn_layers(size))
+    twin = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * (size // 4) * (size // 4), CLASSES),
+    )
+    return f"CNN {batch}x3x{size}x{size}", model, twin, torch.randn(batch, 3, size, size)
+
+
+def resnet_models(batch, channels, size):
+    """A residual block with BatchNorm, then global average pooling and a linear head."""
+    block = ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True)
+    model = Sequential(block, AdaptiveAvgPool2d(1), Flatten(), Linear(channels, CLASSES))
+    twin = torch.nn.Sequential(
+        TorchResidualBlock(channels),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(channels, CLASSES),
+    )
+    name = f"ResNet block {batch}x{channels}x{size}x{size}"
+    return name, model, twin, torch.randn(batch, channels, size, size)
+
+
+def model_sets(sizes):
+    """(name, nnlab model, torch twin, input) for the MLP, the CNN and the ResNet block."""
+    return [mlp_models(*sizes.mlp), cnn_models(*sizes.cnn), resnet_models(*sizes.resnet)]
+
+
+def build_cases(sizes=FULL):
+    """Every timed case of nnlab against torch."""
+    cases = [conv_case(*conv) for conv in sizes.convs]
+    cases.append(maxpool_case(*sizes.maxpool))
+    cases.append(batchnorm_case(*sizes.batchnorm))
+    for name, model, twin, x in model_sets(sizes):
+        y = torch.randint(0, CLASSES, (x.shape[0],))
+        cases.append(train_step_case(f"train step {name}", model, twin, x, y))
+    return cases
+
+
+def graph_against_sequential_case(name, layers, x):
     """Forward + backward of the same layer instances chained as a graph Model and as a
     Sequential, on the same input and upstream gradient."""
     sequential = Sequential(*layers)
@@ -145,35 +267,25 @@ def graph_against_sequential_case(layers, x):
         sequential(x)
         sequential.backward(dout)
 
-    return run_graph, run_sequential
+    return Case(name, run_graph, run_sequential)
 
 
-def build_graph_cases(tiny=False):
-    """(name, graph callable, Sequential callable): a CNN, where the layers' work
-    dominates, and a deep narrow MLP, where the per-node bookkeeping shows most."""
-    batch, size, width = (2, 8, 4) if tiny else (64, 32, 32)
+def build_graph_cases(sizes=FULL):
+    """A CNN, where the layers' work dominates, and a deep narrow MLP, where the
+    per-node bookkeeping shows most."""
+    batch, size, width = sizes.graph
     mlp = []
     for _ in range(8):
         mlp += [Linear(width, width), Tanh()]
-    cnn = small_cnn_layers(size)
     return [
-        (f"CNN {batch}x3x{size}x{size}", *graph_against_sequential_case(cnn, torch.randn(batch, 3, size, size))),
-        (f"MLP 16 layers {batch}x{width}", *graph_against_sequential_case(mlp, torch.randn(batch, width))),
+        graph_against_sequential_case(
+            f"CNN {batch}x3x{size}x{size}", small_cnn_layers(size), torch.randn(batch, 3, size, size)
+        ),
+        graph_against_sequential_case(f"MLP 16 layers {batch}x{width}", mlp, torch.randn(batch, width)),
     ]
 
 
-def build_cases(tiny=False):
-    """(name, nnlab callable, torch callable) for every case; ``tiny`` shrinks the sizes."""
-    cases = []
-    for name, *sizes in TINY_CONV_CASES if tiny else CONV_CASES:
-        cases.append((name, *conv_case(*sizes)))
-    if tiny:
-        cases.append(("MaxPool2d(2) 2x3x8x8", *maxpool_case(2, 3, 8, 2)))
-        cases.append(("train step CNN 2x3x8x8", *training_case(2, 8)))
-    else:
-        cases.append(("MaxPool2d(2) 64x32x32x32", *maxpool_case(64, 32, 32, 2)))
-        cases.append(("train step CNN 64x3x32x32", *training_case(64, 32)))
-    return cases
+# Timing -------------------------------------------------------------------------------------
 
 
 def _seconds(function):
@@ -184,61 +296,225 @@ def _seconds(function):
 
 def time_cases(cases, repeats, warmup):
     """Median seconds per case for each side, the two timed alternately after a warm-up.
-    Returns a list of (name, nnlab seconds, torch seconds)."""
-    for _, run_nnlab, run_torch in cases:
+    Returns a list of (name, ours seconds, theirs seconds)."""
+    for case in cases:
         for _ in range(warmup):
-            run_nnlab()
-            run_torch()
-    samples = {name: ([], []) for name, _, _ in cases}
+            case.ours()
+            case.theirs()
+    samples = {case.name: ([], []) for case in cases}
     for _ in range(repeats):
-        for name, run_nnlab, run_torch in cases:
-            samples[name][0].append(_seconds(run_nnlab))
-            samples[name][1].append(_seconds(run_torch))
+        for case in cases:
+            samples[case.name][0].append(_seconds(case.ours))
+            samples[case.name][1].append(_seconds(case.theirs))
     return [(name, statistics.median(ours), statistics.median(theirs)) for name, (ours, theirs) in samples.items()]
 
 
-def format_table(results, sides=("nnlab", "torch")):
+def geometric_mean(ratios):
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+
+def format_table(results, sides=("nnlab", "torch"), unit=("ms", 1e3, 3)):
     """The results as a text table with a ratio column and the geometric mean; ``sides``
-    names the two timed columns."""
+    names the two columns, ``unit`` is (label, scale, decimals) of their values."""
+    label, scale, decimals = unit
     width = max(len(name) for name, _, _ in results)
-    columns = [f"{side + ' ms':>9}" for side in sides]
+    columns = [f"{side + ' ' + label:>9}" for side in sides]
     lines = [f"{'case':<{width}}  {columns[0]}  {columns[1]}  {'ratio':>6}"]
-    ratios = []
     for name, ours, theirs in results:
-        ratio = ours / theirs
-        ratios.append(ratio)
-        times = f"{ours * 1e3:{len(columns[0])}.3f}  {theirs * 1e3:{len(columns[1])}.3f}"
-        lines.append(f"{name:<{width}}  {times}  {ratio:6.2f}")
-    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        values = f"{ours * scale:{len(columns[0])}.{decimals}f}  {theirs * scale:{len(columns[1])}.{decimals}f}"
+        lines.append(f"{name:<{width}}  {values}  {ours / theirs:6.2f}")
+    geomean = geometric_mean([ours / theirs for _, ours, theirs in results])
     lines.append(f"{'geometric mean':<{width}}  {'':>{len(columns[0])}}  {'':>{len(columns[1])}}  {geomean:6.2f}")
     return "\n".join(lines)
 
 
-def main(argv=None):
+def profile_line(function, runs=3, top=3):
+    """The ``top`` operations by self CPU time over ``runs`` calls of ``function``, with
+    their shares of the total: "aten::bmm 51%, aten::addmm_ 20%, ..."."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(runs):
+            function()
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events) or 1
+    return ", ".join(f"{event.key} {100 * event.self_cpu_time_total / total:.0f}%" for event in events[:top])
+
+
+# Memory -------------------------------------------------------------------------------------
+
+
+def _storage_key(tensor):
+    return tensor.untyped_storage().data_ptr()
+
+
+def _state_storages(tensors):
+    return {_storage_key(tensor) for tensor in tensors}
+
+
+def _storage_bytes(tensors, excluded):
+    """Bytes of the storages behind ``tensors``, each counted once, without ``excluded``."""
+    sizes = {_storage_key(tensor): tensor.untyped_storage().nbytes() for tensor in tensors}
+    return sum(size for key, size in sizes.items() if key not in excluded)
+
+
+def _held_tensors(layer):
+    """Every tensor in an attribute of ``layer`` or its sub-layers (alone, or in a tuple or
+    list), i.e. what the layers hold between forward and backward, with their state."""
+    found = []
+    for value in vars(layer).values():
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        found.extend(item for item in items if isinstance(item, torch.Tensor))
+    for _, child in layer.named_children():
+        found.extend(_held_tensors(child))
+    return found
+
+
+def nnlab_saved_bytes(model, loss_fn, x, y):
+    """Bytes nnlab's layers (model and loss) keep after a forward pass for backward."""
+    loss_fn(model(x), y)
+    state = [param for param, _ in model.params()] + [grad for _, grad in model.params()] + model.buffers()
+    return _storage_bytes(_held_tensors(model) + _held_tensors(loss_fn), _state_storages(state))
+
+
+def torch_saved_bytes(module, loss_fn, x, y):
+    """Bytes autograd saves for backward during the module's forward pass and loss."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss_fn(module(x), y)
+    state = list(module.parameters()) + list(module.buffers())
+    return _storage_bytes(saved, _state_storages(state))
+
+
+def measure_memory(sizes=FULL):
+    """(name, nnlab bytes, torch bytes) for each model of the training steps."""
+    results = []
+    for name, model, twin, x in model_sets(sizes):
+        copy_weights(model, twin)
+        y = torch.randint(0, CLASSES, (x.shape[0],))
+        ours = nnlab_saved_bytes(model, CrossEntropyLoss(), x, y)
+        theirs = torch_saved_bytes(twin, torch.nn.CrossEntropyLoss(), x, y)
+        results.append((name, ours, theirs))
+    return results
+
+
+# Command line -------------------------------------------------------------------------------
+
+
+def selected(cases, patterns):
+    """The cases whose name contains one of ``patterns`` (case-insensitive); all for None."""
+    if patterns is None:
+        return cases
+    return [case for case in cases if any(pattern in case.name.lower() for pattern in patterns)]
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="nnlab bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs per case and side (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case and side first")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per case and side, median reported (default 30; --quick 1)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per case and side first (default 3; --quick 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check that it runs")
+    parser.add_argument("--cases", default=None, help="comma-separated parts of case names to run, e.g. conv,mlp")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--profile", action="store_true", help="add each side's top operations per case")
+    parser.add_argument("--quick", "--tiny", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 30)
+    args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if not 0 <= args.seed < 2**64:
         parser.error(f"--seed must be from 0 to 2**64 - 1, got {args.seed}")
+    if args.cases is not None:
+        args.cases = [pattern.strip().lower() for pattern in args.cases.split(",") if pattern.strip()]
+        if not args.cases:
+            parser.error("--cases needs at least one part of a case name, e.g. --cases conv,mlp")
+    args.usage_error = parser.error
+    return args
+
+
+def run(args):
+    """The results as a dict (what --json prints)."""
+    sizes = QUICK if args.quick else FULL
+    torch.manual_seed(args.seed)
+    all_cases = build_cases(sizes)
+    all_graph_cases = build_graph_cases(sizes)
+    cases = selected(all_cases, args.cases)
+    graph_cases = selected(all_graph_cases, args.cases)
+    if not cases and not graph_cases:
+        names = [case.name for case in all_cases + all_graph_cases]
+        args.usage_error(f"--cases {','.join(args.cases)} matches no case; the cases are: {'; '.join(names)}")
+    report = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d"),
+        "cases": _timed(cases, args),
+        "memory": [
+            {"model": name, "nnlab_bytes": ours, "torch_bytes": theirs, "ratio": ours / theirs}
+            for name, ours, theirs in measure_memory(sizes)
+        ],
+        "graph": _timed(graph_cases, args),
+    }
+    for part in ("cases", "memory", "graph"):
+        if report[part]:
+            report[f"{part}_geometric_mean"] = geometric_mean([entry["ratio"] for entry in report[part]])
+    return report
+
+
+def _timed(cases, args):
+    results = time_cases(cases, args.repeats, args.warmup) if cases else []
+    entries = []
+    for case, (name, ours, theirs) in zip(cases, results):
+        entry = {"name": name, "ours_ms": ours * 1e3, "theirs_ms": theirs * 1e3, "ratio": ours / theirs}
+        if args.profile:
+            entry["ours_profile"] = profile_line(case.ours)
+            entry["theirs_profile"] = profile_line(case.theirs)
+        entries.append(entry)
+    return entries
+
+
+def print_report(report, print_fn=print):
+    print_fn(f"torch {report['torch']}, {report['threads']} threads, median of {report['repeats']} runs, {report['date']}")
+    tables = [
+        ("nnlab against torch, forward + backward (training steps: fit's step):", "cases", ("nnlab", "torch")),
+        ("The same layers as a graph Model and as a Sequential, forward + backward:", "graph", ("Model", "Sequential")),
+    ]
+    for title, part, sides in tables:
+        if not report[part]:
+            continue
+        rows = [(entry["name"], entry["ours_ms"] / 1e3, entry["theirs_ms"] / 1e3) for entry in report[part]]
+        print_fn(title)
+        print_fn(format_table(rows, sides=sides))
+        for entry in report[part]:
+            if "ours_profile" in entry:
+                print_fn(f"  {entry['name']}")
+                print_fn(f"    {sides[0]}: {entry['ours_profile']}")
+                print_fn(f"    {sides[1]}: {entry['theirs_profile']}")
+        print_fn("")
+    print_fn("Bytes kept between forward and backward (layer caches against autograd's saved tensors):")
+    rows = [(entry["model"], entry["nnlab_bytes"], entry["torch_bytes"]) for entry in report["memory"]]
+    print_fn(format_table(rows, unit=("MB", 1e-6, 2)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cases = build_cases(tiny=args.tiny)
-    results = time_cases(cases, args.repeats, args.warmup)
-    graph_results = time_cases(build_graph_cases(tiny=args.tiny), args.repeats, args.warmup)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} runs")
-    print(format_table(results))
-    print()
-    print("The same layers as a graph Model and as a Sequential, forward + backward:")
-    print(format_table(graph_results, sides=("Model", "Sequential")))
+    report = run(args)
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        print_report(report)
     return 0
 
 

@@ -16,6 +16,7 @@ from reference import (
     torch_twin,
 )
 
+import nnlab.layers.conv as conv_module
 from nnlab.layers import (
     Conv2d,
     Flatten,
@@ -173,6 +174,40 @@ def test_conv2d_forward_is_differentiable_and_leaves_input_alone():
     assert x_ref.grad is not None and x_ref.grad.shape == x.shape
     layer(x)
     assert torch.equal(x, before)
+
+
+CONV_LAYOUT_CASES = [
+    # (batch or None for unbatched, in_channels, out_channels, kernel, stride, padding, dilation, bias, H, W)
+    (3, 2, 4, 3, 1, 1, 1, True, 8, 7),
+    (2, 3, 2, (3, 2), (2, 1), (1, 2), (2, 1), False, 9, 6),
+    (None, 2, 3, 2, 2, 0, 1, True, 7, 7),
+    (0, 2, 3, 3, 1, 1, 1, True, 5, 5),
+    (2, 1, 5, 1, 3, 0, 1, True, 7, 8),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_sample", [True, False], ids=["batched GEMM", "one large GEMM"])
+@pytest.mark.parametrize("case", CONV_LAYOUT_CASES)
+def test_conv2d_both_gemm_layouts_match_torch(dtype, per_sample, case, monkeypatch):
+    # The layout follows the size of each sample's product; force each one in turn.
+    monkeypatch.setattr(conv_module, "PER_SAMPLE_GEMM", 0 if per_sample else math.inf)
+    batch, in_channels, out_channels, kernel, stride, padding, dilation, bias, height, width = case
+    torch.manual_seed(5)
+    layer, module = conv_pair(in_channels, out_channels, kernel, stride, padding, dilation, bias, dtype)
+    shape = (in_channels, height, width) if batch is None else (batch, in_channels, height, width)
+    x = torch.randn(shape, dtype=dtype)
+    out = check_against_torch(layer, module, x, forward_atol=CONV_FORWARD_ATOL[dtype], grad_rtol=GRAD_RTOL[dtype])
+    assert out.is_contiguous() and layer.backward(torch.ones_like(out)).is_contiguous()
+
+
+def test_conv2d_keeps_its_input_not_the_columns():
+    layer = Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 6, 6)
+    layer(x)
+    state = {id(param) for param, _ in layer.params()}
+    held = [value for value in vars(layer).values() if isinstance(value, torch.Tensor) and id(value) not in state]
+    assert len(held) == 1 and held[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
 
 
 def test_conv2d_init_like_pytorch():
