@@ -87,10 +87,11 @@ def test_conv2d_matches_torch(dtype, config):
         (4, 2, 2, 2, True),
     ],
 )
-def test_conv2d_finite_differences(kernel, stride, padding, dilation, bias):
+@pytest.mark.parametrize("channels", [(2, 3), (3, 2)], ids=["C_out > C_in", "C_out <= C_in"])
+def test_conv2d_finite_differences(kernel, stride, padding, dilation, bias, channels):
     torch.manual_seed(1)
-    layer = Conv2d(2, 3, kernel, stride, padding, dilation, bias).to(dtype=torch.float64)
-    x = torch.randn(2, 2, 7, 6, dtype=torch.float64)
+    layer = Conv2d(*channels, kernel, stride, padding, dilation, bias).to(dtype=torch.float64)
+    x = torch.randn(2, channels[0], 7, 6, dtype=torch.float64)
     check_finite_differences(layer, x, rtol=1e-7)
 
 
@@ -183,6 +184,12 @@ CONV_LAYOUT_CASES = [
     (None, 2, 3, 2, 2, 0, 1, True, 7, 7),
     (0, 2, 3, 3, 1, 1, 1, True, 5, 5),
     (2, 1, 5, 1, 3, 0, 1, True, 7, 8),
+    # C_out <= C_in with stride 1: dx as a correlation of dout, no fold.
+    (2, 4, 3, 3, 1, 1, 2, True, 9, 8),
+    (2, 3, 3, (3, 1), 1, (2, 0), 1, False, 6, 5),
+    (None, 3, 2, 2, 1, 1, (1, 2), True, 5, 6),
+    # ... except where the padding exceeds the kernel's reach (k = 1, p = 1).
+    (2, 3, 2, 1, 1, 1, 1, True, 5, 5),
 ]
 
 
