@@ -53,6 +53,9 @@ class Classifier(Layer):
     def backward_entry(self):
         return self.model.backward_entry()
 
+    def input_readers(self):
+        return [self.model]
+
     def forward(self, x, **kw):
         scores = self.model(x, **kw)
         self._model_call = remember_call(self.model)

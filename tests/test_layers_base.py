@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
+from nnlab.classifier import ArgMaxClassifier
 from nnlab.layers import (
+    BCELoss,
+    ClippedCrossEntropyLoss,
+    L1Loss,
+    NLLLoss,
     ResidualBlock,
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -437,3 +442,35 @@ def test_a_missing_input_gradient_that_is_needed_is_an_error_not_a_silent_zero()
 def test_requires_input_grad_takes_a_bool():
     with pytest.raises(TypeError, match="Linear.*bool.*'no'"):
         Linear(2, 2).requires_input_grad("no")
+
+
+PROBABILITIES = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+SCORES = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]])
+
+
+@pytest.mark.parametrize(
+    "loss, x, y",
+    [
+        (CrossEntropyLoss(), SCORES, torch.tensor([0, 2])),
+        (NLLLoss(), PROBABILITIES.log(), torch.tensor([0, 2])),
+        (ClippedCrossEntropyLoss(), PROBABILITIES, torch.tensor([0, 2])),
+        (MSELoss(), SCORES, PROBABILITIES),
+        (L1Loss(), SCORES, PROBABILITIES),
+        (BCELoss(), PROBABILITIES, PROBABILITIES.flip(1)),
+        (BCEWithLogitsLoss(), SCORES, PROBABILITIES),
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, torch.Tensor) else "",
+)
+def test_losses_without_input_grad_return_none(loss, x, y):
+    loss(x, y)
+    assert loss.backward().shape == x.shape
+    loss.requires_input_grad(False)
+    assert loss.backward() is None
+
+
+def test_classifier_passes_the_flag_to_its_model():
+    model = ArgMaxClassifier(MLP(4, 3, (5,)))
+    model.requires_input_grad(False)
+    assert not model.model.needs_input_grad and not model.model[0].needs_input_grad
+    out = model(torch.randn(2, 4))
+    assert model.backward(torch.ones_like(out)) is None

@@ -200,6 +200,8 @@ class NLLLoss(ClassificationLoss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return self.log_likelihood_gradient(dout)
 
 
@@ -244,6 +246,8 @@ class ClippedCrossEntropyLoss(ClassificationLoss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         clipped = self._clipped
         grad = torch.where(self._inside, -self._targets / clipped, torch.zeros_like(clipped))
         return grad * self.batch_scale(dout, clipped.shape[0])
@@ -309,6 +313,8 @@ class L1Loss(Loss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         return self._sign * self.batch_scale(dout, self._sign.numel())
 
 
@@ -355,6 +361,8 @@ class BCELoss(Loss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         p = self._p
         denominator = torch.clamp(p * (1 - p), min=BCE_GRAD_EPSILON)
         return (p - self._y) / denominator * self.batch_scale(dout, p.numel())
@@ -480,6 +488,8 @@ class MultiTaskLoss(Loss):
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
         total_weight = sum(self.weights)
         douts = []
         for index, (loss, weight) in enumerate(zip(self.losses, self.weights)):
