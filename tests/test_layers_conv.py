@@ -194,14 +194,15 @@ CONV_LAYOUT_CASES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["zeros", "circular"])
 @pytest.mark.parametrize("per_sample", [True, False], ids=["batched GEMM", "one large GEMM"])
 @pytest.mark.parametrize("case", CONV_LAYOUT_CASES)
-def test_conv2d_both_gemm_layouts_match_torch(dtype, per_sample, case, monkeypatch):
+def test_conv2d_both_gemm_layouts_match_torch(dtype, mode, per_sample, case, monkeypatch):
     # The layout follows the size of each sample's product; force each one in turn.
     monkeypatch.setattr(conv_module, "PER_SAMPLE_GEMM", 0 if per_sample else math.inf)
     batch, in_channels, out_channels, kernel, stride, padding, dilation, bias, height, width = case
     torch.manual_seed(5)
-    layer, module = conv_pair(in_channels, out_channels, kernel, stride, padding, dilation, bias, dtype)
+    layer, module = conv_pair(in_channels, out_channels, kernel, stride, padding, dilation, bias, dtype, mode)
     shape = (in_channels, height, width) if batch is None else (batch, in_channels, height, width)
     x = torch.randn(shape, dtype=dtype)
     out = check_against_torch(layer, module, x, forward_atol=CONV_FORWARD_ATOL[dtype], grad_rtol=GRAD_RTOL[dtype])

@@ -207,7 +207,7 @@ class Conv2d(Layer):
             dpadded = dout.new_zeros(padded_shape[1], batch, *padded_shape[2:]).transpose(0, 1)
         add_into_windows(dpadded, dpatches, self.kernel_size, self.stride, self.dilation)
         if self.padding_mode == "circular":
-            return _unwrap_circular(dpadded, self.padding)
+            return _unwrap_circular(dpadded, self.padding).contiguous()
         return dpadded[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
 
     def _input_grad_by_correlation(self):
