@@ -91,6 +91,20 @@ def test_maxpool_ties_on_small_integers_exactly_like_torch(config, high):
     assert torch.equal(dx, dx_ref)
 
 
+@pytest.mark.parametrize("kernel, stride", [((16, 17), 3), (17, 1)])
+def test_maxpool_with_more_than_256_kernel_offsets_exactly_like_torch(kernel, stride):
+    # Past 256 offsets the running argmax is int32, not uint8; ties on small integers.
+    # An increasing ramp puts every window's maximum at its last offset (past 255).
+    generator = torch.Generator().manual_seed(0)
+    ties = torch.randint(0, 30, (2, 2, 21, 22), generator=generator).float()
+    ramp = torch.arange(2 * 2 * 21 * 22, dtype=torch.float32).reshape(2, 2, 21, 22)
+    for x in (ties, ramp):
+        layer = MaxPool2d(kernel, stride)
+        dout = torch.randint(1, 5, layer(x).shape, generator=generator).float()
+        dx, dx_ref = exact_gradients(layer, torch.nn.MaxPool2d(kernel, stride), x, dout)
+        assert torch.equal(dx, dx_ref)
+
+
 @given(config=window_configs, high=st.sampled_from([1, 2, 4]))
 def test_maxpool_forward_under_autograd_routes_ties_like_torch(config, high):
     """compare_layer_to_torch differentiates nnlab's forward with autograd: on tied
