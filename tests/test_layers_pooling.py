@@ -244,6 +244,19 @@ adaptive_configs = st.fixed_dictionaries(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output, shape", [(1, (2, 3, 4, 6)), ((2, 3), (2, 3, 4, 6)), ((4, 1), (3, 8, 2))])
+def test_adaptive_avg_pool_on_equal_tiles_matches_torch(dtype, output, shape):
+    # H_out divides H and W_out divides W: the tile-mean path (global pooling included).
+    torch.manual_seed(4)
+    x = torch.randn(shape, dtype=dtype)
+    x.view(-1)[5] = float("nan")  # stays in its own tile, as in torch
+    layer, module = AdaptiveAvgPool2d(output), torch.nn.AdaptiveAvgPool2d(output)
+    out = layer(x)
+    assert_same_with_nonfinite(out, module(x))
+    check_against_torch(layer, module, torch.randn(shape, dtype=dtype), grad_rtol=GRAD_RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["AdaptiveMaxPool2d", "AdaptiveAvgPool2d"])
 @given(config=adaptive_configs)
 def test_adaptive_matches_torch(dtype, kind, config):

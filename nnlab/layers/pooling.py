@@ -31,6 +31,15 @@ def _tiles(x4, kernel, out_h, out_w):
     return x_used.reshape(batch, channels, out_h, k_h, out_w, k_w)
 
 
+def _spread_tile_means(dout, kernel, input_hw):
+    """The gradient of tile means (``_tiles(x).mean(dim=(3, 5))``): every entry of a tile
+    gets its tile's dout / (kH*kW); rows and columns no tile covers get 0."""
+    batch, channels, out_h, out_w = dout.shape
+    k_h, k_w = kernel
+    dshare = (dout / (k_h * k_w)).reshape(batch, channels, out_h, 1, out_w, 1)
+    return _untile(dshare.expand(-1, -1, -1, k_h, -1, k_w), input_hw)
+
+
 def _untile(dtiles, input_hw):
     """Gradient tiles (N, C, H_out, kH, W_out, kW) as (N, C, H, W), with zeros for the
     rows and columns that no window covers."""
@@ -283,10 +292,7 @@ class AvgPool2d(_Pool2d):
             dout = dout.unsqueeze(0)
         window = self.kernel_size[0] * self.kernel_size[1]
         if _is_tiling(self.kernel_size, self.stride, self.padding, self.dilation):
-            batch, channels, out_h, out_w = dout.shape
-            k_h, k_w = self.kernel_size
-            dshare = (dout / window).reshape(batch, channels, out_h, 1, out_w, 1)
-            dx = _untile(dshare.expand(-1, -1, -1, k_h, -1, k_w), shape[2:])
+            dx = _spread_tile_means(dout, self.kernel_size, shape[2:])
         else:
             batch, channels, out_h, out_w = dout.shape
             dshare = dout.reshape(batch * channels, 1, out_h * out_w) / self._divisor
@@ -449,26 +455,38 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
 
     Shapes: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out);
     ``output_size`` an int, a pair, None entries keeping the input's size.
+    When H_out divides H and W_out divides W, the windows are equal tiles and the output
+    is their mean (the reshape of AvgPool2d's fast path; global average pooling is one).
+
     Caches: the window indices and masks along both axes (small: (H_out, Kh) and
-    (W_out, Kw)), the window areas (H_out, W_out), the input shape and whether it was
-    unbatched; not the input.
+    (W_out, Kw)) and the window areas (H_out, W_out), or the tile size; the input shape
+    and whether it was unbatched; not the input.
     """
 
     def __init__(self, output_size):
         super().__init__(output_size)
+        self._tile = None
         self._windows = None
         self._input_shape = None
 
     def forward(self, x, **kw):
         x4, unbatched, out_h, out_w = self._prepare(x)
-        rows, row_lengths = adaptive_windows(x4.shape[2], out_h, x4.device)
-        cols, col_lengths = adaptive_windows(x4.shape[3], out_w, x4.device)
+        height, width = x4.shape[2:]
+        self._input_shape = (x4.shape, unbatched)
+        if height % out_h == 0 and width % out_w == 0:
+            # Windows of one size that tile the input (global average pooling among them):
+            # plain tile means, as AvgPool2d's fast path.
+            self._tile = (height // out_h, width // out_w)
+            out = _tiles(x4, self._tile, out_h, out_w).mean(dim=(3, 5))
+            return self.finish_forward(out[0] if unbatched else out)
+        self._tile = None
+        rows, row_lengths = adaptive_windows(height, out_h, x4.device)
+        cols, col_lengths = adaptive_windows(width, out_w, x4.device)
         rows_valid = _valid_entries(row_lengths, rows.shape[1])
         cols_valid = _valid_entries(col_lengths, cols.shape[1])
         area = (row_lengths.unsqueeze(1) * col_lengths.unsqueeze(0)).to(x4.dtype)
         sums = _window_sums(_window_sums(x4, 2, rows, rows_valid), 3, cols, cols_valid)
         self._windows = (rows, rows_valid, cols, cols_valid, area)
-        self._input_shape = (x4.shape, unbatched)
         out = sums / area
         return self.finish_forward(out[0] if unbatched else out)
 
@@ -476,12 +494,15 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        rows, rows_valid, cols, cols_valid, area = self._windows
         shape, unbatched = self._input_shape
         if unbatched:
             dout = dout.unsqueeze(0)
-        by_columns = _window_spread(dout / area, 3, cols, cols_valid, shape[3])
-        dx = _window_spread(by_columns, 2, rows, rows_valid, shape[2])
+        if self._tile is not None:
+            dx = _spread_tile_means(dout, self._tile, shape[2:])
+        else:
+            rows, rows_valid, cols, cols_valid, area = self._windows
+            by_columns = _window_spread(dout / area, 3, cols, cols_valid, shape[3])
+            dx = _window_spread(by_columns, 2, rows, rows_valid, shape[2])
         return dx[0] if unbatched else dx
 
 
