@@ -106,12 +106,16 @@ class _BatchNorm(Layer):
             centered = x - self.running_mean.reshape(channel_shape)
             var = self.running_var.reshape(channel_shape)
         inv_std = 1.0 / torch.sqrt(var + self.eps)
-        x_hat = centered * inv_std
         self._centered = centered
         self._inv_std = inv_std
         self._batch_stats = use_batch_stats
         self._count = count
-        return self.finish_forward(x_hat * self.weight.reshape(channel_shape) + self.bias.reshape(channel_shape))
+        # weight * x_hat + bias with weight / sigma per channel first (as torch does): one
+        # pass over x fewer than forming x_hat; the sum in place on the fresh product.
+        scale = self.weight.reshape(channel_shape) * inv_std
+        out = centered * scale
+        out += self.bias.reshape(channel_shape)
+        return self.finish_forward(out)
 
     def global_count_and_mean(self, x, dims):
         """M and the per-channel mean over every process's batch, from one sum of the
@@ -160,11 +164,15 @@ class _BatchNorm(Layer):
             both = self.sum_across_processes(torch.cat([sum_dout, sum_dout_x_hat]))
             sum_dout, sum_dout_x_hat = both[:1], both[1:]
         # (w / sigma) / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat)), written
-        # with x - mean in place of x_hat = (x - mean) / sigma.
+        # with x - mean in place of x_hat = (x - mean) / sigma, in three passes over a fresh
+        # tensor updated in place: dout - (x - mean) * k, times w / sigma, minus the
+        # per-channel mean(dout) * w / sigma.
         count = self._count
-        mean_dout = sum_dout / count
-        projection = centered * (sum_dout_x_hat * inv_std / count)
-        return (dout - mean_dout - projection) * scale
+        dx = centered * (sum_dout_x_hat * inv_std / count)
+        torch.sub(dout, dx, out=dx)
+        dx *= scale
+        dx -= sum_dout * scale / count
+        return dx
 
 
 def _batchnorm_doc(summary, shapes):
