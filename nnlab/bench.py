@@ -16,7 +16,9 @@ storage counted once. Parameters, gradients and buffers are left out on both sid
 
 A third table times the same layers as a graph ``Model`` against a ``Sequential`` (the
 cost of the graph machinery). ``--profile`` adds, per case, the operations that take
-the most time on each side (torch.profiler, self CPU time).
+the most time on each side (torch.profiler, self CPU time), and a table of Conv2d's
+parts (its matrix products alone, its unfold and fold alone) against torch's whole
+convolution.
 
     python -m nnlab.bench --repeats 30 --threads 2
     python -m nnlab bench --cases conv,mlp --json
@@ -46,6 +48,7 @@ from nnlab.layers import (
     Sequential,
     Tanh,
 )
+from nnlab.layers.windows import add_into_windows, window_view
 from nnlab.models import MLP
 from nnlab.optimizers import VanillaSGD
 from nnlab.training import LayerTrainer, TorchTrainer
@@ -121,6 +124,44 @@ def conv_case(batch, in_channels, height, width, out_channels, kernel, padding):
     copy_weights(layer, module)
     name = f"Conv2d {batch}x{in_channels}x{height}x{width} -> {out_channels} k{kernel} p{padding}"
     return forward_backward_case(name, layer, module, torch.randn(batch, in_channels, height, width))
+
+
+def conv_parts_cases(batch, in_channels, height, width, out_channels, kernel, padding):
+    """Where Conv2d's time goes, for one shape: its three matrix products alone (forward
+    ``W @ cols`` batched over samples, ``dW += dout_2d @ cols.T``, ``W.T @ dout``), and
+    its unfolding and folding alone (the copy into columns in forward and again in
+    backward, the fold of the columns' gradient), each against torch's whole
+    convolution, forward + backward with every gradient."""
+    x = torch.randn(batch, in_channels, height, width)
+    module = torch.nn.Conv2d(in_channels, out_channels, kernel, padding=padding)
+    torch_case = forward_backward_case("", Conv2d(in_channels, out_channels, kernel, padding=padding), module, x)
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    windows = ((kernel, kernel), (1, 1), (1, 1))
+    patches = window_view(padded, *windows)
+    rows, positions = in_channels * kernel * kernel, patches.shape[-2] * patches.shape[-1]
+    cols = patches.reshape(batch, rows, positions)
+    cols_2d = patches.permute(1, 2, 3, 0, 4, 5).reshape(rows, batch * positions)
+    weight_2d = module.weight.detach().reshape(out_channels, rows)
+    dout = torch.randn(batch, out_channels, positions)
+    dout_2d = dout.transpose(0, 1).reshape(out_channels, -1)
+    dweight = torch.zeros(out_channels, rows)
+    dpatches = torch.randn(patches.shape)
+
+    def products():
+        torch.matmul(weight_2d, cols)
+        dweight.addmm_(dout_2d, cols_2d.T)
+        torch.matmul(weight_2d.T, dout)
+
+    def unfold_and_fold():
+        window_view(padded, *windows).reshape(batch, rows, positions)
+        window_view(padded, *windows).permute(1, 2, 3, 0, 4, 5).reshape(rows, batch * positions)
+        add_into_windows(torch.zeros_like(padded), dpatches, *windows)
+
+    shape = f"{batch}x{in_channels}x{height}x{width} -> {out_channels} k{kernel} p{padding}"
+    return [
+        Case(f"{shape}: the 3 GEMMs", products, torch_case.theirs),
+        Case(f"{shape}: unfold + fold", unfold_and_fold, torch_case.theirs),
+    ]
 
 
 def maxpool_case(batch, channels, size, kernel):
@@ -313,9 +354,10 @@ def geometric_mean(ratios):
     return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
 
 
-def format_table(results, sides=("nnlab", "torch"), unit=("ms", 1e3, 3)):
-    """The results as a text table with a ratio column and the geometric mean; ``sides``
-    names the two columns, ``unit`` is (label, scale, decimals) of their values."""
+def format_table(results, sides=("nnlab", "torch"), unit=("ms", 1e3, 3), geomean=True):
+    """The results as a text table with a ratio column and (``geomean``) the geometric
+    mean; ``sides`` names the two columns, ``unit`` is (label, scale, decimals) of their
+    values."""
     label, scale, decimals = unit
     width = max(len(name) for name, _, _ in results)
     columns = [f"{side + ' ' + label:>9}" for side in sides]
@@ -323,8 +365,9 @@ def format_table(results, sides=("nnlab", "torch"), unit=("ms", 1e3, 3)):
     for name, ours, theirs in results:
         values = f"{ours * scale:{len(columns[0])}.{decimals}f}  {theirs * scale:{len(columns[1])}.{decimals}f}"
         lines.append(f"{name:<{width}}  {values}  {ours / theirs:6.2f}")
-    geomean = geometric_mean([ours / theirs for _, ours, theirs in results])
-    lines.append(f"{'geometric mean':<{width}}  {'':>{len(columns[0])}}  {'':>{len(columns[1])}}  {geomean:6.2f}")
+    if geomean:
+        mean = geometric_mean([ours / theirs for _, ours, theirs in results])
+        lines.append(f"{'geometric mean':<{width}}  {'':>{len(columns[0])}}  {'':>{len(columns[1])}}  {mean:6.2f}")
     return "\n".join(lines)
 
 
@@ -464,18 +507,24 @@ def run(args):
         ],
         "graph": _timed(graph_cases, args),
     }
-    for part in ("cases", "memory", "graph"):
+    if args.profile:
+        batch, channels, size = sizes.resnet
+        shapes = sizes.convs + [(batch, channels, size, size, channels, 3, 1)]  # the ResNet block's convs
+        parts = [part for shape in shapes for part in conv_parts_cases(*shape)]
+        report["conv_parts"] = _timed(parts, args, profile=False)
+    for part in ("cases", "memory", "graph"):  # not conv_parts: its rows are parts of cases
         if report[part]:
             report[f"{part}_geometric_mean"] = geometric_mean([entry["ratio"] for entry in report[part]])
     return report
 
 
-def _timed(cases, args):
+def _timed(cases, args, profile=None):
+    profile = args.profile if profile is None else profile
     results = time_cases(cases, args.repeats, args.warmup) if cases else []
     entries = []
     for case, (name, ours, theirs) in zip(cases, results):
         entry = {"name": name, "ours_ms": ours * 1e3, "theirs_ms": theirs * 1e3, "ratio": ours / theirs}
-        if args.profile:
+        if profile:
             entry["ours_profile"] = profile_line(case.ours)
             entry["theirs_profile"] = profile_line(case.theirs)
         entries.append(entry)
@@ -487,13 +536,14 @@ def print_report(report, print_fn=print):
     tables = [
         ("nnlab against torch, forward + backward (training steps: fit's step):", "cases", ("nnlab", "torch")),
         ("The same layers as a graph Model and as a Sequential, forward + backward:", "graph", ("Model", "Sequential")),
+        ("Parts of nnlab's Conv2d alone against torch's whole Conv2d, forward + backward:", "conv_parts", ("part", "torch")),
     ]
     for title, part, sides in tables:
-        if not report[part]:
+        if not report.get(part):
             continue
         rows = [(entry["name"], entry["ours_ms"] / 1e3, entry["theirs_ms"] / 1e3) for entry in report[part]]
         print_fn(title)
-        print_fn(format_table(rows, sides=sides))
+        print_fn(format_table(rows, sides=sides, geomean=part != "conv_parts"))
         for entry in report[part]:
             if "ours_profile" in entry:
                 print_fn(f"  {entry['name']}")

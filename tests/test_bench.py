@@ -42,6 +42,15 @@ def test_bench_json_is_valid_and_cases_select(capsys, one_thread):
     assert len(report["memory"]) == 3
 
 
+def test_bench_profile_names_operations_and_times_the_parts_of_conv2d(capsys, one_thread):
+    assert bench.main(["--quick", "--threads", "1", "--json", "--cases", "conv", "--profile"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all("aten::" in case["ours_profile"] and "aten::" in case["theirs_profile"] for case in report["cases"])
+    names = [part["name"] for part in report["conv_parts"]]
+    assert len(names) == 2 * (len(bench.QUICK.convs) + 1)
+    assert names[0].endswith("the 3 GEMMs") and names[1].endswith("unfold + fold")
+
+
 def test_bench_refuses_cases_that_match_nothing(capsys):
     with pytest.raises(SystemExit) as info:
         bench.main(["--quick", "--cases", "nothing-like-this"])
