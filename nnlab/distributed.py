@@ -486,6 +486,9 @@ class DataParallel(Layer):
         self._batch_size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 0
         return self.module(*args, **kw)
 
+    def input_readers(self):
+        return [self.module]
+
     def backward(self, dout):
         dx = self.module.backward(dout)
         self.reduce_gradients()

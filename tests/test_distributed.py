@@ -592,3 +592,16 @@ def test_torchrun_runs_nnlab_train_distributed_and_only_rank_0_writes(tmp_path, 
         assert status == 2, error
         assert "the run was trained by 2 processes in data parallel, this run has 1" in error
         assert "torchrun --nproc-per-node 2 -m nnlab train --distributed --resume" in error
+
+
+def test_data_parallel_passes_requires_input_grad_to_its_model(monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    model = Sequential(Linear(6, 4), ReLU(), Linear(4, 2))
+    parallel = distributed.DataParallel(model)
+    out = parallel(torch.randn(3, 6))
+    parallel.requires_input_grad(False)
+    assert not model.needs_input_grad and not model[0].needs_input_grad
+    assert parallel.backward(torch.ones_like(out)) is None
+    parallel.requires_input_grad(True)
+    assert parallel.backward(torch.ones_like(out)).shape == (3, 6)

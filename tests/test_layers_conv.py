@@ -188,6 +188,7 @@ CONV_LAYOUT_CASES = [
     (2, 4, 3, 3, 1, 1, 2, True, 9, 8),
     (2, 3, 3, (3, 1), 1, (2, 0), 1, False, 6, 5),
     (None, 3, 2, 2, 1, 1, (1, 2), True, 5, 6),
+    (0, 3, 3, 3, 1, 1, 1, True, 5, 5),
     # ... except where the padding exceeds the kernel's reach (k = 1, p = 1).
     (2, 3, 2, 1, 1, 1, 1, True, 5, 5),
 ]

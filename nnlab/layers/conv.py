@@ -229,9 +229,9 @@ class Conv2d(Layer):
         pad_h, pad_w = reach_h - self.padding[0], reach_w - self.padding[1]
         padded = F.pad(dout, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else dout
         patches = window_view(padded, self.kernel_size, (1, 1), self.dilation)
-        batch, _, _, _, height, width = patches.shape
+        batch, channels, k_h, k_w, height, width = patches.shape
         flipped = self.weight.flip(2, 3).transpose(0, 1).reshape(self.in_channels, -1)
-        dx = torch.matmul(flipped, patches.reshape(batch, -1, height * width))
+        dx = torch.matmul(flipped, patches.reshape(batch, channels * k_h * k_w, height * width))
         return dx.reshape(batch, self.in_channels, height, width)
 
 
