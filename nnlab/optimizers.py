@@ -12,8 +12,6 @@ left unchanged, as in ``torch.optim``.
 """
 
 import abc
-import math
-import numbers
 
 import torch
 

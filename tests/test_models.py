@@ -29,23 +29,17 @@ from reference import (
 
 from nnlab.layers import (
     ACTIVATIONS,
-    AdaptiveMaxPool2d,
     BatchNorm2d,
     Conv2d,
     CrossEntropyLoss,
     Dropout,
     Dropout2d,
-    Flatten,
     Layer,
     LeakyReLU,
     Linear,
-    MaxPool2d,
-    ReLU,
     ResidualBlock,
     ResidualBottleneckBlock,
     Sequential,
-    Softmax,
-    Tanh,
     count_params,
 )
 from nnlab.models import CNN, MLP, NetworkConfiguration, ResNet, build

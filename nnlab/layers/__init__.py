@@ -24,10 +24,10 @@ from .losses import (
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock, count_params
+from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock
 from .upsample import Upsample
 
-_MODEL_NAMES = ("MLP", "CNN", "ResNet")
+_MODEL_NAMES = ("MLP", "CNN", "ResNet", "count_params")
 
 
 def __getattr__(name):

@@ -104,8 +104,8 @@ class Layer(abc.ABC):
 
     def requires_input_grad(self, flag=True):
         """Says whether ``backward`` must return the gradient w.r.t. the input, and
-        returns self (as ``torch.Tensor.requires_grad_`` says it of a tensor; a layer reads
-        it as ``needs_input_grad``, like ``ctx.needs_input_grad`` in a torch Function).
+        returns self (what a tensor's requires-grad flag says in torch; a layer reads it
+        as ``needs_input_grad``, like ``ctx.needs_input_grad`` in a torch Function).
         With False, backward still adds into the parameter gradients but returns None and
         skips the work of dx (a model's first layer, whose input is data: ``LayerTrainer``
         sets it for its backward). Containers pass the flag on to the children that see

@@ -1,4 +1,4 @@
-"""Skip connections and multiple heads, the residual block builders, and ``count_params``."""
+"""Skip connections and multiple heads, and the residual block builders."""
 
 import torch
 
@@ -219,13 +219,3 @@ class ResidualBottleneckBlock(ResidualBlock):
         self.in_out_channels = in_out_channels
         self.inner_channels = inner_channels
         self.inner_kernel_sizes = inner_kernel_sizes
-
-
-def count_params(model):
-    """Number of trainable scalars: the sum of numel over ``model.params()`` for an
-    nnlab Layer, or over the parameters that require grad for a torch.nn.Module."""
-    if isinstance(model, Layer):
-        return sum(param.numel() for param, _ in model.params())
-    if isinstance(model, torch.nn.Module):
-        return sum(param.numel() for param in model.parameters() if param.requires_grad)
-    raise TypeError(f"count_params: expected an nnlab Layer or a torch.nn.Module, got {type(model).__name__}")
