@@ -15,17 +15,9 @@ import abc
 
 import torch
 
-from .layers.base import checked_real
+from .layers.base import checked_real, describe
 
 # Checks -------------------------------------------------------------------------
-
-
-def _describe(item):
-    if isinstance(item, torch.Tensor):
-        return f"a tensor of shape {tuple(item.shape)}"
-    if isinstance(item, (tuple, list)):
-        return f"a {type(item).__name__} of {len(item)} items ({', '.join(type(i).__name__ for i in item)})"
-    return f"a {type(item).__name__}"
 
 
 def _check_grad(owner, index, param, grad):
@@ -64,7 +56,7 @@ def _collect(owner, params):
     except TypeError:
         raise ValueError(
             f"{owner}: params must be an iterable of (param, grad) pairs or tensors, "
-            f"got {_describe(params)}; for a Layer pass layer.params()"
+            f"got {describe(params)}; for a Layer pass layer.params()"
         ) from None
     if not items:
         raise ValueError(f"{owner}: params is empty; there is nothing to optimize")
@@ -83,7 +75,7 @@ def _collect(owner, params):
         else:
             raise ValueError(
                 f"{owner}: params[{index}] must be a (param, grad) pair of tensors or a tensor, "
-                f"got {_describe(item)}"
+                f"got {describe(item)}"
             )
         if not param.is_floating_point():
             raise ValueError(f"{owner}: params[{index}] must be a floating-point tensor, got {param.dtype}")

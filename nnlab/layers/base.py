@@ -316,11 +316,13 @@ def _shapes(out):
     return torch.Size([])
 
 
-def _describe(value):
+def describe(value):
+    """What ``value`` is, for error messages: a tensor's shape, a sequence's length and
+    item types, or the type's name."""
     if isinstance(value, torch.Tensor):
-        return f"shape {tuple(value.shape)}"
+        return f"a tensor of shape {tuple(value.shape)}"
     if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}"
+        return f"a {type(value).__name__} of {len(value)} items ({', '.join(type(i).__name__ for i in value)})"
     return f"a {type(value).__name__}"
 
 
@@ -331,7 +333,7 @@ def _check_dout(layer, dout, shapes):
         if not isinstance(dout, (tuple, list)) or len(dout) != len(shapes):
             raise ValueError(
                 f"{type(layer).__name__}.backward: expected a tuple of {len(shapes)} gradients "
-                f"(one per output, None allowed), got {_describe(dout)}"
+                f"(one per output, None allowed), got {describe(dout)}"
             )
         for item, shape in zip(dout, shapes):
             if item is not None:
@@ -340,7 +342,7 @@ def _check_dout(layer, dout, shapes):
     if len(shapes) == 0 and isinstance(dout, numbers.Real) and not isinstance(dout, bool):
         return
     if not isinstance(dout, torch.Tensor):
-        raise TypeError(f"{type(layer).__name__}.backward: expected dout as a torch.Tensor, got {_describe(dout)}")
+        raise TypeError(f"{type(layer).__name__}.backward: expected dout as a torch.Tensor, got {describe(dout)}")
     if dout.shape != shapes:
         raise ValueError(
             f"{type(layer).__name__}.backward: expected dout of shape {tuple(shapes)} (the output's), "
