@@ -1,6 +1,8 @@
 """Datasets and batches for nnlab: in-memory ``Batches``, offline loaders, the small
-preprocessing helpers ``one_hot``, ``standardize`` and ``split``, and datasets made from
-others: ``permute_pixels`` (Permuted-MNIST) and ``multi_digit`` (MultiMNIST).
+preprocessing helpers ``one_hot``, ``standardize`` and ``split``, datasets made from
+others: ``permute_pixels`` (Permuted-MNIST) and ``multi_digit`` (MultiMNIST), and
+``DATASETS``, the named train/test splits that the command line, the experiments and the
+benchmarks load with ``load_split``.
 
 Every image loader returns ``(images, labels)``: ``images`` float32 (N, C, H, W) with
 values in [0, 1] and ``labels`` int64 (N,). Nothing here downloads anything: MNIST,
@@ -19,6 +21,7 @@ import operator
 import os
 import pickle
 import zlib
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -637,3 +640,73 @@ def multi_digit(images, labels, num_samples=None, shift=None, seed=0):
     bottom_right[:, :, shift:, shift:] = images[second.to(images.device)]
     pairs = torch.stack([labels[first.to(labels.device)], labels[second.to(labels.device)]], dim=1)
     return torch.maximum(top_left, bottom_right), pairs.to(torch.int64)
+
+
+# Named train/test splits -------------------------------------------------------------
+
+
+class Dataset(NamedTuple):
+    """A named train/test split: ``load(root, seed)`` returns ``(x_train, y_train, x_test,
+    y_test)``; ``sample_shape`` is one sample's shape ((C, H, W) for images);
+    ``needs_root``: its files are the user's, read from the folder ``root``."""
+
+    load: Callable
+    sample_shape: tuple
+    needs_root: bool
+
+
+def _digits_split(root, seed):
+    images, labels = load_digits()
+    return split(images, labels, 0.8, seed)
+
+
+def _diabetes_split(root, seed):
+    features, targets = load_diabetes()
+    return split(features, targets, 0.8, seed)
+
+
+MULTI_DIGIT_SAMPLES = {"train": 5000, "test": 1000}
+
+
+def _multi_digit_split(root, seed):
+    """The bundled digits split 80/20 with ``seed`` first, so that no digit image is on
+    both sides, then each side paired by ``multi_digit``."""
+    images, labels = load_digits()
+    train_images, train_labels, test_images, test_labels = split(images, labels, 0.8, seed)
+    x_train, y_train = multi_digit(train_images, train_labels, MULTI_DIGIT_SAMPLES["train"], seed=seed)
+    x_test, y_test = multi_digit(test_images, test_labels, MULTI_DIGIT_SAMPLES["test"], seed=seed + 1)
+    return x_train, y_train, x_test, y_test
+
+
+def _mnist_split(fashion):
+    def load(root, seed):
+        return (*load_mnist(root, fashion=fashion, train=True), *load_mnist(root, fashion=fashion, train=False))
+
+    return load
+
+
+def _cifar10_split(root, seed):
+    return (*load_cifar10(root, train=True), *load_cifar10(root, train=False))
+
+
+DATASETS = {
+    "digits": Dataset(_digits_split, (1, 8, 8), needs_root=False),
+    "diabetes": Dataset(_diabetes_split, (10,), needs_root=False),
+    "multi-digits": Dataset(_multi_digit_split, (1, 12, 12), needs_root=False),
+    "mnist": Dataset(_mnist_split(fashion=False), (1, 28, 28), needs_root=True),
+    "fashion-mnist": Dataset(_mnist_split(fashion=True), (1, 28, 28), needs_root=True),
+    "cifar10": Dataset(_cifar10_split, (3, 32, 32), needs_root=True),
+}
+
+
+def load_split(name, root=None, seed=0):
+    """``(x_train, y_train, x_test, y_test)`` of the data set ``name`` (a key of
+    ``DATASETS``) as its files hold it (images in [0, 1]). The bundled sets are split
+    80/20 with ``seed`` (the split of the digits also decides which digits the two-digit
+    images are made of); the others come with their own split, read from ``root``."""
+    if name not in DATASETS:
+        raise ValueError(f"load_split: unknown data set {name!r}; expected one of {list(DATASETS)}")
+    dataset = DATASETS[name]
+    if dataset.needs_root and root is None:
+        raise DataError(f"load_split: {name} needs root, the folder that holds its files")
+    return dataset.load(root, seed)

@@ -20,8 +20,9 @@ import time
 import torch
 
 from . import distributed
-from .cli import build_model, load_dataset, make_optimizer, model_input
 from .layers import CrossEntropyLoss
+from .optimizers import make_optimizer
+from .tasks import build_model, load_dataset, model_input
 
 ALL_REDUCE_MEGABYTES = (4 / 2**20, 0.25, 1, 4, 16)  # one float first: the fixed cost
 

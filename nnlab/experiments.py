@@ -73,7 +73,7 @@ from . import __version__, data, distributed
 from .checkpoints import content_digest, write_atomically
 from .layers import CrossEntropyLoss, ResidualBottleneckBlock
 from .models import CNN, ResNet, check_int_list, check_positive_int
-from .optimizers import Adam, MomentumSGD, RMSProp, VanillaSGD
+from .optimizers import OPTIMIZERS, make_optimizer
 from .training import FitResult, LayerTrainer
 
 try:
@@ -83,11 +83,11 @@ except ImportError:  # not POSIX: runs of one configuration are not locked again
 
 RESULT_FORMAT = "nnlab-experiment-1"
 MODEL_TYPES = ("cnn", "resnet", "resnet_bottleneck")
-# The image size of each data set, so a model is checked before any data are loaded.
-DATASETS = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+# The data sets experiments train on, with their image sizes, so that a model is checked
+# before any data are loaded.
+DATASETS = {name: data.DATASETS[name].sample_shape for name in ("digits", "cifar10")}
 NUM_CLASSES = 10
 DIGITS_SPLIT_SEED = 0
-OPTIMIZERS = {"adam": Adam, "sgd": VanillaSGD, "momentum": MomentumSGD, "rmsprop": RMSProp}
 # Course letters for the configuration keys, in legends and names (in this order, L and K
 # as in the file names).
 LETTERS = {"layers_per_block": "L", "filters_per_layer": "K", "pool_every": "P", "hidden_dims": "H"}
@@ -207,7 +207,7 @@ def run_experiment(config, root=None, verbose=False):
             f"{config['data']}: expected images of shape {DATASETS[config['data']]}, the files hold {tuple(x_train.shape[1:])}"
         )
     x_train, x_test = data.standardize(x_train, x_test)
-    optimizer = OPTIMIZERS[config["optimizer"]](model.params(), learn_rate=config["lr"], reg=config["reg"])
+    optimizer = make_optimizer(config["optimizer"], model.params(), learn_rate=config["lr"], reg=config["reg"])
     if distributed.current_world().world_size == 1:
         dl_train = data.Batches(x_train, y_train, config["bs_train"], shuffle=True)
         dl_test = data.Batches(x_test, y_test, config["bs_test"])
@@ -552,11 +552,9 @@ def short(value, limit=80):
 
 
 def load_data(name, root):
-    """(x_train, y_train, x_test, y_test) of a data set, images in [0, 1]."""
-    if name == "digits":
-        images, labels = data.load_digits()
-        return data.split(images, labels, 0.8, DIGITS_SPLIT_SEED)
-    return (*data.load_cifar10(root, train=True), *data.load_cifar10(root, train=False))
+    """(x_train, y_train, x_test, y_test) of a data set, images in [0, 1]; the digits
+    split with ``DIGITS_SPLIT_SEED``."""
+    return data.load_split(name, root, DIGITS_SPLIT_SEED)
 
 
 # Plots ------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Hand-written optimizers: plain SGD, SGD with (Nesterov) momentum, RMSProp and Adam.
+"""Hand-written optimizers: plain SGD, SGD with (Nesterov) momentum, RMSProp and Adam,
+and ``OPTIMIZERS``, the same by name (``make_optimizer``).
 
 Every optimizer takes the ``(param, grad)`` pairs of ``Layer.params()``, or plain
 tensors whose ``.grad`` is read at each ``step`` (so ``Adam(module.parameters())``
@@ -411,3 +412,16 @@ class Adam(Optimizer):
                 bias_correction2_sqrt = (1 - beta2**t) ** 0.5
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
                 param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+# By name ------------------------------------------------------------------------
+
+OPTIMIZERS = {"sgd": VanillaSGD, "momentum": MomentumSGD, "rmsprop": RMSProp, "adam": Adam}
+
+
+def make_optimizer(name, params, **options):
+    """The optimizer ``OPTIMIZERS[name]`` over ``params``, built with ``options``
+    (``learn_rate``, ``reg``, ...; the class's defaults for the others)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"make_optimizer: unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, **options)

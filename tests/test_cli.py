@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from nnlab import cli, gradcheck_suite
-from nnlab.layers import BatchNorm1d, Linear, MSELoss, MultiTaskLoss, ReLU, Sequential
+from nnlab.layers import BatchNorm1d, CrossEntropyLoss, Linear, MSELoss, MultiTaskLoss, ReLU, Sequential
+from nnlab.tasks import VERIFY_TOLERANCE, build_model, load_dataset, verify_gradients
 from nnlab.training import load_checkpoint, save_checkpoint
 
 
@@ -127,9 +128,9 @@ def test_train_refuses_a_model_whose_gradients_are_wrong(monkeypatch, capsys):
 
 def test_verify_gradients_is_tiny_for_the_real_model():
     torch.manual_seed(0)
-    x, y, _, _, in_size, classes = cli.load_dataset("digits", None, 0)
-    model = cli.build_model("cnn", in_size, classes)
-    assert cli.verify_gradients(model, cli.CrossEntropyLoss(), x[:8], y[:8]) < cli.VERIFY_TOLERANCE
+    x, y, _, _, in_size, classes = load_dataset("digits", None, 0)
+    model = build_model("cnn", in_size, classes)
+    assert verify_gradients(model, CrossEntropyLoss(), x[:8], y[:8]) < VERIFY_TOLERANCE
 
 
 def test_train_diabetes_reports_mae_and_mse_and_never_an_accuracy(capsys, tmp_path):
@@ -185,8 +186,8 @@ def test_verify_gradients_passes_a_bias_whose_true_gradient_is_zero():
     exactly 0; the self-check must not refuse such a model."""
     torch.manual_seed(1)
     model = Sequential(Linear(64, 16), BatchNorm1d(16), ReLU(), Linear(16, 10))
-    x, y, _, _, _, _ = cli.load_dataset("digits", None, 0)
-    assert cli.verify_gradients(model, cli.CrossEntropyLoss(), x[:32].flatten(1), y[:32]) <= cli.VERIFY_TOLERANCE
+    x, y, _, _, _, _ = load_dataset("digits", None, 0)
+    assert verify_gradients(model, CrossEntropyLoss(), x[:32].flatten(1), y[:32]) <= VERIFY_TOLERANCE
 
 
 def test_train_needs_a_root_for_other_datasets():

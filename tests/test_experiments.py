@@ -14,6 +14,7 @@ import torch  # noqa: F401  (the skipif conditions)
 from test_cli import run_in_process
 
 from nnlab import cli, experiments
+from nnlab.cli import experiment as experiment_command
 from nnlab.experiments import (
     EXPERIMENT_KEYS,
     ExperimentError,
@@ -390,7 +391,7 @@ def test_an_existing_result_is_an_error_of_the_command(capsys, tiny_result):
 
 def test_a_sweep_reports_what_cannot_work_and_what_is_done_without_running_them(capsys, tmp_path, monkeypatch):
     write_result(tmp_path, "s", 1, [2], [10.0], pool_every=1, hidden_dims=[4])
-    monkeypatch.setattr(cli, "start_run", lambda item: pytest.fail(f"{item.name} should not run"))
+    monkeypatch.setattr(experiment_command, "start_run", lambda item: pytest.fail(f"{item.name} should not run"))
     result = run_in_process(capsys, "experiment", "sweep", "-n", "s", "-K", "2", "-L", "1", "5", "-P", "1", "-H", "4", "-o", str(tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -404,7 +405,7 @@ def test_sweep_names_runs_by_the_dimensions_that_vary():
     args = cli.build_parser().parse_args(
         ["experiment", "sweep", "-n", "e", "-K", "8", "-K", "8", "16", "-L", "1", "-P", "1", "2", "-H", "4", "-M", "cnn", "resnet"]
     )
-    names = [item.name for item in cli.sweep_configurations(args)]
+    names = [item.name for item in experiment_command.sweep_configurations(args)]
     assert names == [
         f"e_{model}_P{pool}_L1_K{ks}" for ks in ("8", "8-16") for pool in (1, 2) for model in ("cnn", "resnet")
     ]

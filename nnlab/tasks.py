@@ -1,0 +1,176 @@
+"""The ready-made training tasks that ``nnlab train`` and ``nnlab overfit`` run and the
+benchmarks measure: the default MLP and CNN, each data set's problem (data shaped for
+the model, model, loss, final report), and the gradient self-check done before training.
+"""
+
+import copy
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import data
+from .grad_compare import gradient_errors
+from .layers import CrossEntropyLoss, Heads, Linear, MSELoss, MultiTaskLoss, ReLU, Sequential
+from .models import CNN, MLP
+
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "MODEL_KINDS",
+    "MULTI_DIGIT_TASKS",
+    "PROBLEMS",
+    "Problem",
+    "TaskError",
+    "VERIFY_TOLERANCE",
+    "build_model",
+    "load_dataset",
+    "make_problem",
+    "model_input",
+    "verify_gradients",
+]
+
+MODEL_KINDS = ("mlp", "cnn")
+DEFAULT_LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "rmsprop": 1e-3, "adam": 1e-3}
+MULTI_DIGIT_TASKS = ("top-left digit", "bottom-right digit")
+VERIFY_TOLERANCE = 1e-10
+
+
+class TaskError(ValueError):
+    """A model kind that a data set's problem cannot use."""
+
+
+def build_model(kind, in_size, num_classes):
+    """The default ``kind`` model ('mlp' or 'cnn') for images of ``in_size`` (C, H, W)."""
+    channels, height, width = in_size
+    if kind == "mlp":
+        # Dropout keeps test accuracy >= 97% on the digits across seeds (96-98.6% without).
+        return MLP(channels * height * width, num_classes, hidden_features=(256, 128), dropout=0.3)
+    # Two conv -> pool stages halve the image twice; an 8x8 digit ends as 2x2.
+    return CNN(in_size, num_classes, channels=[16, 32], pool_every=1, hidden_dims=[64])
+
+
+def model_input(kind, images):
+    """MLPs take flat vectors, CNNs take (N, C, H, W) images."""
+    return images.flatten(1) if kind == "mlp" else images
+
+
+def load_dataset(name, root, seed):
+    """(x_train, y_train, x_test, y_test, in_size, num_classes) of an image data set,
+    standardized with the training statistics; the bundled ones split 80/20 with ``seed``."""
+    x_train, y_train, x_test, y_test = data.load_split(name, root, seed)
+    x_train, x_test = data.standardize(x_train, x_test)
+    return x_train, y_train, x_test, y_test, tuple(x_train.shape[1:]), 10
+
+
+def verify_gradients(model, loss_fn, x, y):
+    """Worst error between the model's backward (through the loss) and autograd (and
+    the model's torch.nn twin where it has one), on a float64 copy so that rounding cannot
+    hide or fake a bug: ``grad_compare.gradient_errors``' measure, relative to the size of
+    the gradients, so that a gradient that is truly 0 (a bias before BatchNorm) passes."""
+    model_and_loss = copy.deepcopy(Sequential(model, loss_fn)).to(dtype=torch.float64)
+    targets = y.double() if y.is_floating_point() else y
+    return max(gradient_errors(model_and_loss, x.double(), targets))
+
+
+class Problem(NamedTuple):
+    """What ``nnlab train`` trains for one data set: the data (standardized, shaped for
+    the model), the model and loss, a one-line description, and ``summary(fit)``, the
+    final figures as one line."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    model: object
+    loss_fn: object
+    description: str
+    summary: Callable
+
+
+def classification_problem(kind, name, x_train, y_train, x_test, y_test):
+    """An MLP or CNN classifier over 10 classes with CrossEntropyLoss."""
+    x_train, x_test = data.standardize(x_train, x_test)
+
+    def summary(fit):
+        return f"final test accuracy: {fit.test_acc[-1]:.2f}% (best {max(fit.test_acc):.2f}%)"
+
+    return Problem(
+        model_input(kind, x_train),
+        y_train,
+        model_input(kind, x_test),
+        y_test,
+        build_model(kind, tuple(x_train.shape[1:]), 10),
+        CrossEntropyLoss(),
+        f"{name}: {len(x_train)} training and {len(x_test)} test samples",
+        summary,
+    )
+
+
+def diabetes_problem(kind, name, x_train, y_train, x_test, y_test):
+    """A regression MLP with MSELoss. Features and targets are standardized with the
+    training statistics; the summary gives MAE and MSE in the target's own units, next
+    to those of predicting the training mean."""
+    if kind != "mlp":
+        raise TaskError(f"{name} trains an MLP (its samples are 10 measurements, not images)")
+    x_train, x_test = data.standardize(x_train, x_test)
+    mean, std = y_train.mean(), y_train.std(unbiased=False)
+    baseline_error = y_test - mean
+
+    def summary(fit):
+        mae = fit.metrics["test_mae"][-1] * std.item()
+        mse = fit.metrics["test_mse"][-1] * std.item() ** 2
+        baseline_mae = baseline_error.abs().mean().item()
+        baseline_mse = baseline_error.pow(2).mean().item()
+        return (
+            f"final test MAE {mae:.2f}, MSE {mse:.1f} (in the target's units; predicting the training "
+            f"mean: MAE {baseline_mae:.2f}, MSE {baseline_mse:.1f}; MAE ratio {mae / baseline_mae:.3f})"
+        )
+
+    return Problem(
+        x_train,
+        (y_train - mean) / std,
+        x_test,
+        (y_test - mean) / std,
+        MLP(x_train.shape[1], 1, hidden_features=(64,)),
+        MSELoss(),
+        f"{name}: {len(x_train)} training and {len(x_test)} test patients, 10 features, regression",
+        summary,
+    )
+
+
+def multi_digits_problem(kind, name, x_train, y_train, x_test, y_test):
+    """A shared encoder (the ``kind`` model, with 128 outputs) followed by ReLU and two
+    classification heads, one per digit, trained with MultiTaskLoss."""
+    x_train, x_test = data.standardize(x_train, x_test)
+    in_size = tuple(x_train.shape[1:])
+    features = 128
+    encoder = build_model(kind, in_size, features)
+    model = Sequential(encoder, ReLU(), Heads(Linear(features, 10), Linear(features, 10)))
+
+    def summary(fit):
+        accuracies = []
+        for index, task in enumerate(MULTI_DIGIT_TASKS):
+            values = fit.metrics[f"test_task{index}_acc"]
+            accuracies.append(f"{task} {values[-1]:.2f}% (best {max(values):.2f}%)")
+        return f"final test accuracy: {', '.join(accuracies)}"
+
+    height, width = in_size[1:]
+    return Problem(
+        model_input(kind, x_train),
+        y_train,
+        model_input(kind, x_test),
+        y_test,
+        model,
+        MultiTaskLoss(CrossEntropyLoss(), CrossEntropyLoss()),
+        f"{name}: {len(x_train)} training and {len(x_test)} test {height}x{width} two-digit images; "
+        f"two tasks: the {' and the '.join(MULTI_DIGIT_TASKS)}",
+        summary,
+    )
+
+
+PROBLEMS = {"diabetes": diabetes_problem, "multi-digits": multi_digits_problem}
+
+
+def make_problem(kind, name, x_train, y_train, x_test, y_test):
+    """The Problem of the data set ``name`` (its split as ``data.load_split`` returns it)
+    for a ``kind`` model: a classifier unless ``PROBLEMS`` names another."""
+    return PROBLEMS.get(name, classification_problem)(kind, name, x_train, y_train, x_test, y_test)
