@@ -112,6 +112,18 @@ def _twin_structure(layer):
     return None if make is None else make(layer)
 
 
+def _batchnorm_twin(module_class, layer):
+    """The torch batch or instance norm with the layer's options."""
+    return module_class(
+        layer.num_features,
+        layer.eps,
+        layer.momentum,
+        layer.affine,
+        layer.track_running_stats,
+        bias=layer.has_bias,
+    )
+
+
 _LEAF_TWINS = {
     nn.Linear: lambda layer: torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None),
     nn.ReLU: lambda layer: torch.nn.ReLU(),
@@ -136,8 +148,20 @@ _LEAF_TWINS = {
     ),
     nn.AdaptiveMaxPool2d: lambda layer: torch.nn.AdaptiveMaxPool2d(layer.output_size),
     nn.AdaptiveAvgPool2d: lambda layer: torch.nn.AdaptiveAvgPool2d(layer.output_size),
-    nn.BatchNorm1d: lambda layer: torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
-    nn.BatchNorm2d: lambda layer: torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum),
+    nn.BatchNorm1d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm1d, layer),
+    nn.BatchNorm2d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm2d, layer),
+    nn.BatchNorm3d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm3d, layer),
+    nn.InstanceNorm1d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm1d, layer),
+    nn.InstanceNorm2d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm2d, layer),
+    nn.InstanceNorm3d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm3d, layer),
+    nn.LayerNorm: lambda layer: torch.nn.LayerNorm(
+        layer.normalized_shape, layer.eps, layer.elementwise_affine, bias=layer.has_bias
+    ),
+    nn.RMSNorm: lambda layer: torch.nn.RMSNorm(layer.normalized_shape, layer.eps, layer.elementwise_affine),
+    nn.GroupNorm: lambda layer: torch.nn.GroupNorm(
+        layer.num_groups, layer.num_channels, layer.eps, layer.affine, bias=layer.has_bias
+    ),
+    nn.LocalResponseNorm: lambda layer: torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
     nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),

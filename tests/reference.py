@@ -294,10 +294,10 @@ def _twin_leaf(nl, layer):
         )
     if isinstance(layer, nl.Linear):
         return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    if isinstance(layer, nl.BatchNorm2d):
-        return torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-    if isinstance(layer, nl.BatchNorm1d):
-        return torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    if isinstance(layer, (nl.BatchNorm1d, nl.BatchNorm2d, nl.BatchNorm3d)):
+        return getattr(torch.nn, type(layer).__name__)(
+            layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats, bias=layer.has_bias
+        )
     if isinstance(layer, nl.MaxPool2d):
         return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
     if isinstance(layer, nl.AvgPool2d):

@@ -22,8 +22,17 @@ from .losses import (
     NLLLoss,
 )
 from .merge import Add, Concat, Merge, Multiply
-from .norm import BatchNorm1d, BatchNorm2d, Dropout2d
+from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from .sample_norm import (
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    LocalResponseNorm,
+    RMSNorm,
+)
 from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock
 from .upsample import Upsample
 
@@ -40,9 +49,10 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
-    "BatchNorm1d", "BatchNorm2d", "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv2d",
-    "CrossEntropyLoss", "Dropout", "Dropout2d", "Flatten", "Heads", "L1Loss", "Layer", "LeakyReLU", "Linear",
-    "Loss", "MLP", "MSELoss", "MaxPool2d", "Merge", "MultiTaskLoss", "Multiply", "NLLLoss", "ReLU", "ResNet",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv2d",
+    "CrossEntropyLoss", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Heads", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "L1Loss",
+    "LayerNorm", "LocalResponseNorm", "Layer", "LeakyReLU", "Linear",
+    "Loss", "MLP", "MSELoss", "MaxPool2d", "Merge", "MultiTaskLoss", "Multiply", "NLLLoss", "RMSNorm", "ReLU", "ResNet",
     "Residual", "ResidualBlock", "ResidualBottleneckBlock", "Sequential", "Sigmoid", "Softmax", "Tanh", "TanH",
     "Upsample", "count_params", "make_activation",
 ]

@@ -378,6 +378,14 @@ def checked_int(owner, name, value, minimum):
     return int(value)
 
 
+def checked_bool(owner, name, value):
+    """``value`` as a bool; TypeError naming ``owner`` and ``name`` unless it is a bool
+    or the int 0 or 1 (so that a string such as 'False' is not taken as true)."""
+    if not isinstance(value, numbers.Integral) or value not in (0, 1):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def checked_real(owner, name, value, low=-math.inf, high=math.inf, low_open=False, high_open=True):
     """``value`` as a float; ValueError naming ``owner`` and ``name`` unless it is a
     finite real number (not a bool or a string) in the interval."""

@@ -1,9 +1,25 @@
-"""Batch normalisation (1-D and 2-D) and channel-wise dropout."""
+"""Batch normalisation (1-D, 2-D and 3-D) and channel-wise dropout."""
 
 import torch
 
-from .base import Layer, checked_int, checked_real
+from .base import Layer, checked_bool, checked_int, checked_real
 from .dense import dropout_mask
+
+
+def add_affine_params(layer, shape, weight, bias):
+    """Registers the affine ``weight`` (ones) and ``bias`` (zeros) of a normalisation
+    layer, each when its flag says so; an absent one is the attribute None, as in torch."""
+    layer.weight = layer.bias = None
+    if weight:
+        layer.add_param("weight", torch.ones(shape))
+    if bias:
+        layer.add_param("bias", torch.zeros(shape))
+
+
+def place(layer, device, dtype):
+    """torch's factory arguments: moves a new layer's tensors to ``device``/``dtype``."""
+    if device is not None or dtype is not None:
+        layer.to(device=device, dtype=dtype)
 
 
 class _BatchNorm(Layer):
@@ -34,6 +50,11 @@ class _BatchNorm(Layer):
     so each process normalises with the statistics of the global batch and returns its
     share of the global batch's gradient; parameter gradients stay this process's sums.
 
+    Options, as in PyTorch: ``affine=False`` drops ``weight`` and ``bias`` (weight = 1,
+    bias = 0 in the formulas above, no parameter gradients); ``bias=False`` (keyword
+    only) drops the bias alone; ``track_running_stats=False`` keeps no running
+    statistics and normalises with the batch's statistics in eval mode too.
+
     Parameters: ``weight`` (C,) = 1 and ``bias`` (C,) = 0.
     Buffers: ``running_mean`` (C,) = 0, ``running_var`` (C,) = 1 and
     ``num_batches_tracked`` (int64 scalar), keyed as in PyTorch's state_dict.
@@ -43,7 +64,10 @@ class _BatchNorm(Layer):
 
     SAVED_TENSORS = ("_centered", "_inv_std", "weight")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(
+        self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None, dtype=None,
+        *, bias=True,
+    ):
         super().__init__()
         name = type(self).__name__
         self.num_features = checked_int(name, "num_features", num_features, 1)
@@ -51,11 +75,15 @@ class _BatchNorm(Layer):
         if momentum is not None:
             momentum = checked_real(name, "momentum", momentum, 0.0, 1.0, high_open=False)
         self.momentum = momentum
-        self.add_param("weight", torch.ones(num_features))
-        self.add_param("bias", torch.zeros(num_features))
-        self.add_buffer("running_mean", torch.zeros(num_features))
-        self.add_buffer("running_var", torch.ones(num_features))
-        self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.affine = checked_bool(name, "affine", affine)
+        self.track_running_stats = checked_bool(name, "track_running_stats", track_running_stats)
+        self.has_bias = checked_bool(name, "bias", bias)
+        add_affine_params(self, (num_features,), self.affine, self.affine and self.has_bias)
+        self.running_mean = self.running_var = self.num_batches_tracked = None
+        if self.track_running_stats:
+            self.add_buffer("running_mean", torch.zeros(num_features))
+            self.add_buffer("running_var", torch.ones(num_features))
+            self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         # None: the statistics of this process's batch alone. Data-parallel training sets a
         # function returning the sum of a tensor over every process (an all-reduce).
         self.sum_across_processes = None
@@ -63,9 +91,15 @@ class _BatchNorm(Layer):
         self._inv_std = None
         self._batch_stats = None
         self._count = None
+        place(self, device, dtype)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+        options = "".join(
+            f", {name}={value}"
+            for name, value in (("affine", self.affine), ("bias", self.has_bias), ("track_running_stats", self.track_running_stats))
+            if not value
+        )
+        return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}{options})"
 
     def check_shape(self, x):
         """Raises ValueError unless x has a dimensionality this layer accepts and C channels."""
@@ -77,16 +111,17 @@ class _BatchNorm(Layer):
         dims = [0] + list(range(2, x.dim()))
         channel_shape = [1, self.num_features] + [1] * (x.dim() - 2)
         count = x.numel() // self.num_features
-        use_batch_stats = self.training
+        use_batch_stats = self.training or not self.track_running_stats
+        updates_running_stats = self.training and self.track_running_stats
         synchronised = self.training and self.sum_across_processes is not None
         if synchronised:
             # Every process takes part, one with an empty batch too: the sums are collective.
             count, mean = self.global_count_and_mean(x, dims)
-        if use_batch_stats and count == 0:
+        if updates_running_stats and count == 0:
             # torch's empty batch: an empty output, statistics untouched but the count.
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-            use_batch_stats = False
+            use_batch_stats = updates_running_stats = False
         if use_batch_stats:
             if count == 1:
                 raise ValueError(
@@ -101,7 +136,8 @@ class _BatchNorm(Layer):
                 mean = x.mean(dim=dims, keepdim=True)
                 centered = x - mean
                 var = (centered * centered).mean(dim=dims, keepdim=True)
-            self.update_running_stats(mean, var, count)
+            if updates_running_stats:
+                self.update_running_stats(mean, var, count)
         else:
             centered = x - self.running_mean.reshape(channel_shape)
             var = self.running_var.reshape(channel_shape)
@@ -112,10 +148,16 @@ class _BatchNorm(Layer):
         self._count = count
         # weight * x_hat + bias with weight / sigma per channel first (as torch does): one
         # pass over x fewer than forming x_hat; the sum in place on the fresh product.
-        scale = self.weight.reshape(channel_shape) * inv_std
-        out = centered * scale
-        out += self.bias.reshape(channel_shape)
+        out = centered * self.channel_scale(inv_std, channel_shape)
+        if self.bias is not None:
+            out += self.bias.reshape(channel_shape)
         return self.finish_forward(out)
+
+    def channel_scale(self, inv_std, channel_shape):
+        """weight / sigma per channel (1 / sigma without an affine weight)."""
+        if self.weight is None:
+            return inv_std
+        return self.weight.reshape(channel_shape) * inv_std
 
     def global_count_and_mean(self, x, dims):
         """M and the per-channel mean over every process's batch, from one sum of the
@@ -150,13 +192,15 @@ class _BatchNorm(Layer):
         sum_dout_x_hat = (dout * centered).sum(dim=dims, keepdim=True) * inv_std
 
         # Parameter gradients accumulate in place.
-        self._grads["weight"] += sum_dout_x_hat.reshape(-1)
-        self._grads["bias"] += sum_dout.reshape(-1)
+        if self.weight is not None:
+            self._grads["weight"] += sum_dout_x_hat.reshape(-1)
+        if self.bias is not None:
+            self._grads["bias"] += sum_dout.reshape(-1)
 
         # Input gradient.
         if not self.needs_input_grad:
             return None
-        scale = self.weight.reshape(channel_shape) * inv_std
+        scale = self.channel_scale(inv_std, channel_shape)
         if not self._batch_stats:
             return dout * scale
         if self.sum_across_processes is not None:
@@ -189,7 +233,7 @@ class BatchNorm1d(_BatchNorm):
 
 BatchNorm1d.__doc__ = _batchnorm_doc(
     "Batch normalisation of (N, C) or (N, C, L) input per channel C. "
-    "Same as ``torch.nn.BatchNorm1d(num_features, eps, momentum)``.",
+    "Same as ``torch.nn.BatchNorm1d(num_features, eps, momentum, affine, track_running_stats)``.",
     "Shapes: (N, C) -> (N, C); (N, C, L) -> (N, C, L).",
 )
 
@@ -202,8 +246,21 @@ class BatchNorm2d(_BatchNorm):
 
 BatchNorm2d.__doc__ = _batchnorm_doc(
     "Batch normalisation of (N, C, H, W) input per channel C. "
-    "Same as ``torch.nn.BatchNorm2d(num_features, eps, momentum)``.",
+    "Same as ``torch.nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)``.",
     "Shapes: (N, C, H, W) -> (N, C, H, W).",
+)
+
+
+class BatchNorm3d(_BatchNorm):
+    def check_shape(self, x):
+        ok = isinstance(x, torch.Tensor) and x.dim() == 5 and x.shape[1] == self.num_features
+        self.check_input(x, f"(N, {self.num_features}, D, H, W)", ok)
+
+
+BatchNorm3d.__doc__ = _batchnorm_doc(
+    "Batch normalisation of (N, C, D, H, W) input per channel C. "
+    "Same as ``torch.nn.BatchNorm3d(num_features, eps, momentum, affine, track_running_stats)``.",
+    "Shapes: (N, C, D, H, W) -> (N, C, D, H, W).",
 )
 
 
