@@ -41,6 +41,8 @@ from nnlab.layers import (
     Conv2d,
     CrossEntropyLoss,
     Flatten,
+    GroupNorm,
+    LayerNorm,
     Linear,
     MaxPool2d,
     ReLU,
@@ -178,6 +180,28 @@ def batchnorm_case(batch, channels, size):
     return forward_backward_case(name, BatchNorm2d(channels), torch.nn.BatchNorm2d(channels), x)
 
 
+def norm_cases(batch, channels, size):
+    """GroupNorm (8 groups) on (N, C, H, W) and LayerNorm over C on (N, H * W, C),
+    forward + backward on both sides, from the BatchNorm case's sizes."""
+    images = torch.randn(batch, channels, size, size)
+    tokens = torch.randn(batch, size * size, channels)
+    groups = math.gcd(8, channels)
+    return [
+        forward_backward_case(
+            f"GroupNorm({groups}) {batch}x{channels}x{size}x{size}",
+            GroupNorm(groups, channels),
+            torch.nn.GroupNorm(groups, channels),
+            images,
+        ),
+        forward_backward_case(
+            f"LayerNorm({channels}) {batch}x{size * size}x{channels}",
+            LayerNorm(channels),
+            torch.nn.LayerNorm(channels),
+            tokens,
+        ),
+    ]
+
+
 def copy_weights(model, twin):
     """The nnlab model's parameters into its torch twin, matched in order (params() and
     parameters() list them alike for the models here)."""
@@ -284,6 +308,7 @@ def build_cases(sizes=FULL):
     cases = [conv_case(*conv) for conv in sizes.convs]
     cases.append(maxpool_case(*sizes.maxpool))
     cases.append(batchnorm_case(*sizes.batchnorm))
+    cases.extend(norm_cases(*sizes.batchnorm))
     for name, model, twin, x in model_sets(sizes):
         y = torch.randint(0, CLASSES, (x.shape[0],))
         cases.append(train_step_case(f"train step {name}", model, twin, x, y))

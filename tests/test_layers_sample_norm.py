@@ -333,3 +333,38 @@ def test_factory_arguments_place_the_parameters():
     layer = LayerNorm(4, dtype=torch.float64)
     assert layer.weight.dtype == layer.grad("weight").dtype == torch.float64
     assert BatchNorm1d(3, dtype=torch.float64).running_mean.dtype == torch.float64
+
+
+def _storage_bytes(tensors, excluded):
+    """Bytes of the distinct storages of ``tensors``, leaving out those of ``excluded``."""
+    skip = {t.untyped_storage().data_ptr() for t in excluded}
+    sizes = {}
+    for tensor in tensors:
+        key = tensor.untyped_storage().data_ptr()
+        if key not in skip:
+            sizes[key] = tensor.untyped_storage().nbytes()
+    return sum(sizes.values())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda nn: nn.LayerNorm(32), (8, 16, 32)),
+        (lambda nn: nn.GroupNorm(4, 16), (8, 16, 6, 6)),
+        (lambda nn: nn.RMSNorm(32), (8, 16, 32)),
+        (lambda nn: nn.InstanceNorm2d(16, affine=True), (8, 16, 6, 6)),
+    ],
+)
+def test_memory_kept_for_backward_is_within_1_2x_of_autograds(make, shape):
+    """The input counts on both sides: autograd saves it, nnlab's cache keeps it or x_hat."""
+    layer, module = pair(make, torch.float32)
+    x = torch.randn(shape)
+    state = list(module.parameters()) + list(module.buffers())
+    layer(x)
+    held = [value for value in vars(layer).values() if isinstance(value, torch.Tensor)]
+    ours = _storage_bytes(held, [p for p, _ in layer.params()] + [g for _, g in layer.params()] + layer.buffers())
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        module(x.requires_grad_(True))
+    theirs = _storage_bytes(saved, state)
+    assert ours <= 1.2 * theirs + 1024, (ours, theirs)

@@ -101,10 +101,11 @@ class LayerNorm(_TrailingNorm):
 
     Shapes: (*, D) -> (*, D).
     Parameters: ``weight`` (D) = 1, ``bias`` (D) = 0.
-    Caches: x, x_hat, the mean and 1 / sigma (one value each per sample).
+    Caches: x, the mean and 1 / sigma (one value each per sample); x_hat is formed
+    again in backward rather than kept.
     """
 
-    SAVED_TENSORS = ("_x", "_x_hat", "_inv_std", "weight")
+    SAVED_TENSORS = ("_x", "_mean", "_inv_std", "weight")
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
         super().__init__()
@@ -113,7 +114,8 @@ class LayerNorm(_TrailingNorm):
         self.elementwise_affine = checked_bool("LayerNorm", "elementwise_affine", elementwise_affine)
         self.has_bias = checked_bool("LayerNorm", "bias", bias)
         add_affine_params(self, self.normalized_shape, self.elementwise_affine, self.elementwise_affine and self.has_bias)
-        self._x_hat = None
+        self._x = None
+        self._mean = None
         self._inv_std = None
         place(self, device, dtype)
 
@@ -127,12 +129,13 @@ class LayerNorm(_TrailingNorm):
         dims = self.check_trailing(x)
         self._dims = dims
         self._x = x
-        self._x_hat, self._mean, self._inv_std = standardize(x, dims, self.eps)
-        return self.finish_forward(self.affine(self._x_hat))
+        x_hat, self._mean, self._inv_std = standardize(x, dims, self.eps)
+        return self.finish_forward(self.affine(x_hat))
 
     def backward(self, dout):
         self.start_backward(dout)
-        self.add_affine_grads(dout, self._x_hat)
+        if self.weight is not None or self.bias is not None:
+            self.add_affine_grads(dout, (self._x - self._mean) * self._inv_std)
         if not self.needs_input_grad:
             return None
         return standardize_vjp(self.scaled_dout(dout), self._x, self._mean, self._inv_std, self._dims)
@@ -212,10 +215,10 @@ class GroupNorm(Layer):
     Shapes: (N, C, *) -> (N, C, *).
     Parameters: ``weight`` (C,) = 1, ``bias`` (C,) = 0 (none with ``affine=False``;
     ``bias=False`` drops the bias alone).
-    Caches: x and x_hat (as (N, G, M)), the mean and 1 / sigma (N, G, 1).
+    Caches: x (as (N, G, M)), the mean and 1 / sigma (N, G, 1).
     """
 
-    SAVED_TENSORS = ("_x", "_x_hat", "_inv_std", "weight")
+    SAVED_TENSORS = ("_x", "_mean", "_inv_std", "weight")
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
@@ -227,7 +230,8 @@ class GroupNorm(Layer):
         self.affine = checked_bool("GroupNorm", "affine", affine)
         self.has_bias = checked_bool("GroupNorm", "bias", bias)
         add_affine_params(self, (num_channels,), self.affine, self.affine and self.has_bias)
-        self._x_hat = None
+        self._x = None
+        self._mean = None
         self._inv_std = None
         place(self, device, dtype)
 
@@ -267,7 +271,6 @@ class GroupNorm(Layer):
         self.check_dtype(x)
         self._x = self.grouped(x)
         x_hat, self._mean, self._inv_std = standardize(self._x, [2], self.eps)
-        self._x_hat = x_hat
         out = x_hat.reshape(x.shape)
         if self.weight is not None:
             out = out * _channel_view(self.weight, x.dim())
