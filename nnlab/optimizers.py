@@ -1,5 +1,6 @@
-"""Hand-written optimizers: plain SGD, SGD with (Nesterov) momentum, RMSProp and Adam,
-and ``OPTIMIZERS``, the same by name (``make_optimizer``).
+"""Hand-written optimizers: plain SGD, SGD with (Nesterov) momentum, RMSProp, Adam and
+AdamW; gradient clipping by norm or by value, as ``torch.nn.utils``; and
+``OPTIMIZERS``, the course's optimizers by name (``make_optimizer``).
 
 Every optimizer takes the ``(param, grad)`` pairs of ``Layer.params()``, or plain
 tensors whose ``.grad`` is read at each ``step`` (so ``Adam(module.parameters())``
@@ -9,14 +10,22 @@ construction and every update is done in place with tensor operations.
 Common to all rules: ``g = grad + reg * param`` (L2 regularization, the same as
 ``weight_decay=reg`` in ``torch.optim``; skipped when ``reg == 0``, as torch does).
 A parameter whose gradient is ``None`` at ``step`` time is skipped and its state
-left unchanged, as in ``torch.optim``.
+left unchanged, as in ``torch.optim``. The learning rate is the ``learn_rate``
+attribute (schedulers in ``nnlab.schedulers`` read and set it); every constructor also
+takes it as torch's ``lr=``.
 """
 
 import abc
+import collections.abc
 
 import torch
 
-from .layers.base import checked_real, describe
+from .layers.base import Layer, checked_real, describe
+
+__all__ = [
+    "OPTIMIZERS", "Adam", "AdamW", "MomentumSGD", "Optimizer", "RMSProp", "VanillaSGD", "clip_grad_norm_",
+    "clip_grad_value_", "make_optimizer",
+]
 
 # Checks -------------------------------------------------------------------------
 
@@ -87,6 +96,16 @@ def _collect(owner, params):
         seen[id(param)] = grad
         entries.append((param, grad))
     return entries
+
+
+def _one_rate(owner, learn_rate, lr, default):
+    """The learning rate given as ``learn_rate`` or as torch's ``lr``; ValueError when
+    both are given (``learn_rate`` other than its default, and ``lr``)."""
+    if lr is None:
+        return learn_rate
+    if learn_rate != default:
+        raise ValueError(f"{owner}: give learn_rate or lr (the same argument), not both")
+    return lr
 
 
 # The base class -------------------------------------------------------------------
@@ -245,8 +264,9 @@ class VanillaSGD(Optimizer):
 
     HYPERPARAMETERS = ("learn_rate", "reg")
 
-    def __init__(self, params, learn_rate=1e-3, reg=1e-3):
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3, *, lr=None):
         super().__init__(params)
+        learn_rate = _one_rate("VanillaSGD", learn_rate, lr, 1e-3)
         self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg})
 
     def checked_hyperparameters(self, values):
@@ -283,8 +303,9 @@ class MomentumSGD(Optimizer):
 
     HYPERPARAMETERS = ("learn_rate", "reg", "momentum", "nesterov")
 
-    def __init__(self, params, learn_rate=1e-3, reg=1e-3, momentum=0.9, nesterov=False):
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3, momentum=0.9, nesterov=False, *, lr=None):
         super().__init__(params)
+        learn_rate = _one_rate("MomentumSGD", learn_rate, lr, 1e-3)
         self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "momentum": momentum, "nesterov": nesterov})
         for (param, _), state in zip(self._entries, self.state):
             state["velocity"] = torch.zeros_like(param)
@@ -332,8 +353,9 @@ class RMSProp(Optimizer):
 
     HYPERPARAMETERS = ("learn_rate", "reg", "decay", "eps")
 
-    def __init__(self, params, learn_rate=1e-3, reg=1e-3, decay=0.99, eps=1e-8):
+    def __init__(self, params, learn_rate=1e-3, reg=1e-3, decay=0.99, eps=1e-8, *, lr=None):
         super().__init__(params)
+        learn_rate = _one_rate("RMSProp", learn_rate, lr, 1e-3)
         self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "decay": decay, "eps": eps})
         for (param, _), state in zip(self._entries, self.state):
             state["square_avg"] = torch.zeros_like(param)
@@ -375,43 +397,157 @@ class Adam(Optimizer):
 
     HYPERPARAMETERS = ("learn_rate", "reg", "betas", "eps")
 
-    def __init__(self, params, learn_rate=1e-3, reg=0.0, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params, learn_rate=1e-3, reg=0.0, betas=(0.9, 0.999), eps=1e-8, *, lr=None):
         super().__init__(params)
+        learn_rate = _one_rate("Adam", learn_rate, lr, 1e-3)
         self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "betas": betas, "eps": eps})
-        for (param, _), state in zip(self._entries, self.state):
-            state["exp_avg"] = torch.zeros_like(param)
-            state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] = 0
+        _adam_state(self._entries, self.state)
 
     def checked_hyperparameters(self, values):
         owner = type(self).__name__
-        betas = values["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         return {
             "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
             "reg": checked_real(owner, "reg", values["reg"], 0.0),
-            "betas": (
-                checked_real(owner, "betas[0]", betas[0], 0.0, 1.0),
-                checked_real(owner, "betas[1]", betas[1], 0.0, 1.0),
-            ),
+            "betas": _checked_betas(owner, values["betas"]),
             "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
         }
 
     def step(self):
-        beta1, beta2 = self.betas
         with torch.no_grad():
             for param, grad, state in self.live():
-                g = self.regularized(param, grad)
-                state["step"] += 1
-                t = float(state["step"])
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(g, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step_size = self.learn_rate / (1 - beta1**t)
-                bias_correction2_sqrt = (1 - beta2**t) ** 0.5
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-                param.addcdiv_(exp_avg, denom, value=-step_size)
+                _adam_update(param, self.regularized(param, grad), state, self.learn_rate, self.betas, self.eps)
+
+
+def _adam_state(entries, states):
+    """Zero moments and a step count of 0 for every parameter."""
+    for (param, _), state in zip(entries, states):
+        state["exp_avg"] = torch.zeros_like(param)
+        state["exp_avg_sq"] = torch.zeros_like(param)
+        state["step"] = 0
+
+
+def _checked_betas(owner, betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    return (checked_real(owner, "betas[0]", betas[0], 0.0, 1.0), checked_real(owner, "betas[1]", betas[1], 0.0, 1.0))
+
+
+def _adam_update(param, g, state, learn_rate, betas, eps):
+    """One Adam step of ``param`` with gradient ``g``: moments, bias corrections and the
+    update, in the operations of torch's single-tensor Adam (see Adam)."""
+    beta1, beta2 = betas
+    state["step"] += 1
+    t = float(state["step"])
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = learn_rate / (1 - beta1**t)
+    bias_correction2_sqrt = (1 - beta2**t) ** 0.5
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay: the parameter shrinks by itself, the gradient
+    is left alone (t counts this parameter's steps, starting at 1):
+
+        p = p * (1 - learn_rate * weight_decay)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad^2
+        p = p - (learn_rate / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Exactly ``torch.optim.AdamW(params, lr=learn_rate, betas=betas, eps=eps,
+    weight_decay=weight_decay)`` (its single-tensor path, operation for operation).
+    eps must be > 0, for the reason given in RMSProp.
+    State: ``exp_avg`` (m), ``exp_avg_sq`` (v) and ``step`` (t, an int) per parameter.
+    """
+
+    HYPERPARAMETERS = ("learn_rate", "betas", "eps", "weight_decay")
+
+    def __init__(self, params, learn_rate=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, lr=None):
+        super().__init__(params)
+        learn_rate = _one_rate("AdamW", learn_rate, lr, 1e-3)
+        self._set_hyperparameters({"learn_rate": learn_rate, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        _adam_state(self._entries, self.state)
+
+    def checked_hyperparameters(self, values):
+        owner = type(self).__name__
+        return {
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "betas": _checked_betas(owner, values["betas"]),
+            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
+            "weight_decay": checked_real(owner, "weight_decay", values["weight_decay"], 0.0),
+        }
+
+    def step(self):
+        with torch.no_grad():
+            for param, grad, state in self.live():
+                if self.weight_decay != 0:
+                    param.mul_(1 - self.learn_rate * self.weight_decay)
+                _adam_update(param, grad, state, self.learn_rate, self.betas, self.eps)
+
+
+# Gradient clipping ------------------------------------------------------------------------
+
+
+def _gradients(owner, params):
+    """The gradients to clip: of a Layer's ``params()``, of (param, grad) pairs, or the
+    ``.grad`` of tensors (one tensor alone too; a None ``.grad`` is skipped); a parameter
+    listed twice counts once."""
+    if isinstance(params, Layer):
+        params = params.params()
+    elif isinstance(params, torch.Tensor):
+        params = [params]
+    elif isinstance(params, collections.abc.Iterator):
+        params = list(params)
+    if isinstance(params, (list, tuple)) and not params:
+        return []
+    entries = _collect(owner, params)
+    return [param.grad if grad is None else grad for param, grad in entries if grad is not None or param.grad is not None]
+
+
+def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scales all gradients in place by ``min(1, max_norm / (total_norm + 1e-6))``, where
+    ``total_norm`` is the ``norm_type``-norm of all gradients together (the norm of the
+    per-gradient norms; ``float('inf')``: the largest absolute value), and returns
+    ``total_norm`` (a 0-d tensor; ``tensor(0.)`` when there is no gradient).
+
+    ``params``: a Layer, its ``params()`` pairs, or tensors whose ``.grad`` is clipped.
+    ``error_if_nonfinite=True`` raises RuntimeError for a NaN or infinite total norm
+    instead of scaling by it. Same as ``torch.nn.utils.clip_grad_norm_``.
+    """
+    norm_type = _checked_norm_type(norm_type)
+    max_norm = checked_real("clip_grad_norm_", "max_norm", max_norm, 0.0)
+    grads = _gradients("clip_grad_norm_", params)
+    if not grads:
+        return torch.tensor(0.0)
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(grad, norm_type) for grad in grads]
+        total_norm = torch.linalg.vector_norm(torch.stack([norm.to(grads[0].device) for norm in norms]), norm_type)
+        if error_if_nonfinite and not torch.isfinite(total_norm):
+            raise RuntimeError(
+                f"clip_grad_norm_: the total {norm_type}-norm of the gradients is {total_norm.item()}, so they "
+                "cannot be clipped; pass error_if_nonfinite=False to scale by it anyway"
+            )
+        scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        for grad in grads:
+            grad.mul_(scale.to(grad.device))
+    return total_norm
+
+
+def _checked_norm_type(norm_type):
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
+        raise ValueError(f"clip_grad_norm_: norm_type must be a number > 0 (e.g. 2.0, 1.0, float('inf')), got {norm_type!r}")
+    return float(norm_type)
+
+
+def clip_grad_value_(params, clip_value):
+    """Clamps every gradient in place to ``[-clip_value, clip_value]``; ``params`` as in
+    ``clip_grad_norm_``. Same as ``torch.nn.utils.clip_grad_value_``."""
+    clip_value = checked_real("clip_grad_value_", "clip_value", clip_value, 0.0)
+    with torch.no_grad():
+        for grad in _gradients("clip_grad_value_", params):
+            grad.clamp_(min=-clip_value, max=clip_value)
 
 
 # By name ------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nnlab.layers import MLP, CrossEntropyLoss, Linear, ReLU, Sequential
-from nnlab.optimizers import Adam, MomentumSGD, Optimizer, RMSProp, VanillaSGD
+from nnlab.layers import MLP, CrossEntropyLoss, Linear, ReLU, Sequential, Tanh
+from nnlab.optimizers import Adam, AdamW, MomentumSGD, Optimizer, RMSProp, VanillaSGD, clip_grad_norm_, clip_grad_value_
 
 F64_ATOL = 1e-12
 OPTIMIZERS = [VanillaSGD, MomentumSGD, RMSProp, Adam]
@@ -513,3 +513,161 @@ def test_repr():
 def test_optimizer_is_abstract():
     with pytest.raises(TypeError):
         Optimizer(pairs())
+
+
+# 8. AdamW, torch's lr=, gradient clipping ----------------------------------------------------
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2, 0.3])
+def test_adamw_matches_torch(weight_decay):
+    params, grads = random_problem(TORCH_SHAPES, 50, seed=6)
+    hyper = dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
+    ours, opt = run_nnlab(AdamW, params, grads, learn_rate=0.01, **hyper)
+    theirs, topt = run_torch(torch.optim.AdamW, params, grads, lr=0.01, foreach=False, **hyper)
+    assert max_diff(ours, theirs) <= F64_ATOL
+    for state, param in zip(opt.state, topt.param_groups[0]["params"]):
+        assert (state["exp_avg_sq"] - topt.state[param]["exp_avg_sq"]).abs().max().item() <= F64_ATOL
+        assert state["step"] == int(topt.state[param]["step"])
+
+
+def test_adamw_defaults_are_torchs():
+    opt = AdamW(pairs())
+    twin = torch.optim.AdamW([torch.zeros(1)])
+    defaults = twin.defaults
+    assert (opt.learn_rate, opt.betas, opt.eps, opt.weight_decay) == (
+        defaults["lr"], defaults["betas"], defaults["eps"], defaults["weight_decay"]
+    )
+
+
+def test_adamw_decays_the_parameter_not_the_gradient():
+    """With a zero gradient only the decay acts: p * (1 - lr * wd) per step, exactly."""
+    p, g = torch.full((2,), 3.0, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    opt = AdamW([(p, g)], learn_rate=0.1, weight_decay=0.5)
+    opt.step()
+    opt.step()
+    assert torch.equal(p, torch.full((2,), 3.0 * 0.95 * 0.95, dtype=torch.float64))
+    assert not opt.state[0]["exp_avg"].any()
+
+
+def test_adamw_resume_equals_uninterrupted(tmp_path):
+    params, grads = random_problem(TORCH_SHAPES, 12, seed=7)
+    expected, _ = run_nnlab(AdamW, params, grads, learn_rate=0.01)
+    halfway, opt = run_nnlab(AdamW, params, grads[:5], learn_rate=0.01)
+    state = opt.state_dict()
+    resumed_grads = [torch.zeros_like(p) for p in halfway]
+    resumed = AdamW(list(zip(halfway, resumed_grads)), learn_rate=0.5)
+    resumed.load_state_dict(state)
+    for step_grads in grads[5:]:
+        for grad, value in zip(resumed_grads, step_grads):
+            grad.copy_(value)
+        resumed.step()
+    assert all(torch.equal(a, b) for a, b in zip(halfway, expected))
+
+
+@pytest.mark.parametrize("cls", [*OPTIMIZERS, AdamW])
+def test_every_optimizer_takes_torchs_lr(cls):
+    assert cls(pairs(), lr=0.25).learn_rate == 0.25
+    assert cls(pairs(), 0.125).learn_rate == 0.125
+    with pytest.raises(ValueError, match=f"{cls.__name__}: give learn_rate or lr"):
+        cls(pairs(), learn_rate=0.5, lr=0.25)
+    with pytest.raises(ValueError, match="learn_rate"):
+        cls(pairs(), lr=-1.0)
+
+
+def grads_pair(seed, scale=1.0, dtype=torch.float64):
+    """The same random gradients on nnlab (param, grad) pairs and on torch leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(shape, generator=gen, dtype=dtype) * scale for shape in TORCH_SHAPES]
+    ours = [(torch.zeros_like(g), g.clone()) for g in grads]
+    theirs = [torch.zeros_like(g, requires_grad=True) for g in grads]
+    for leaf, g in zip(theirs, grads):
+        leaf.grad = g.clone()
+    return ours, theirs
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, 0.0])
+def test_clip_grad_norm_matches_torch(norm_type, max_norm):
+    ours, theirs = grads_pair(seed=8)
+    total = clip_grad_norm_(ours, max_norm, norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type, foreach=False)
+    assert total.dtype == expected.dtype and abs(total.item() - expected.item()) <= F64_ATOL
+    assert max_diff([g for _, g in ours], [p.grad for p in theirs]) <= F64_ATOL
+
+
+def test_clip_grad_norm_by_hand():
+    """Gradients (3, 4) and (0,): 2-norm 5, 1-norm 7, inf-norm 4; clipped to norm 1."""
+    grads = [torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)]
+    for norm_type, norm in ((2.0, 5.0), (1.0, 7.0), (float("inf"), 4.0)):
+        copies = [g.clone() for g in grads]
+        total = clip_grad_norm_([(torch.zeros_like(g), g) for g in copies], 1.0, norm_type)
+        assert total.item() == norm
+        assert torch.allclose(copies[0], grads[0] / (norm + 1e-6), rtol=0, atol=1e-15)
+    small = torch.tensor([0.3], dtype=torch.float64)
+    assert clip_grad_norm_([(torch.zeros(1, dtype=torch.float64), small)], 1.0).item() == pytest.approx(0.3)
+    assert small.item() == 0.3  # under the limit: unchanged
+
+
+def test_clip_grad_norm_on_layers_tensors_and_nothing():
+    torch.manual_seed(0)
+    model = Sequential(Linear(3, 4), ReLU(), Linear(4, 2))
+    twin = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    for (_, grad), leaf in zip(model.params(), twin.parameters()):
+        grad.copy_(torch.randn(grad.shape))
+        leaf.grad = grad.clone()
+    total = clip_grad_norm_(model, 0.1)
+    assert abs(total.item() - torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1).item()) <= 1e-6
+    for (_, grad), leaf in zip(model.params(), twin.parameters()):
+        assert torch.allclose(grad, leaf.grad, rtol=1e-6, atol=1e-7)
+    lone = torch.zeros(3, requires_grad=True)
+    assert clip_grad_norm_(lone, 1.0).item() == 0.0  # no .grad: nothing to clip
+    assert torch.equal(clip_grad_norm_([], 1.0), torch.nn.utils.clip_grad_norm_([], 1.0))
+    assert torch.equal(clip_grad_norm_(iter([]), 1.0), torch.tensor(0.0))
+
+
+def test_shared_parameter_is_clipped_once():
+    torch.manual_seed(0)
+    shared = Linear(2, 2)
+    model = Sequential(shared, Tanh(), shared)
+    shared.dw.fill_(1.0)
+    shared.db.fill_(1.0)
+    assert clip_grad_norm_(model, 1.0).item() == pytest.approx(math.sqrt(6.0))
+    assert shared.db[0].item() == pytest.approx(1 / (math.sqrt(6.0) + 1e-6))
+
+
+def test_clip_grad_norm_with_nonfinite_gradients():
+    ours, theirs = grads_pair(seed=9)
+    ours[1][1][0] = math.inf
+    theirs[1].grad[0] = math.inf
+    total = clip_grad_norm_(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert math.isinf(total.item()) and math.isinf(expected.item())
+    for (_, grad), leaf in zip(ours, theirs):
+        assert torch.equal(grad.isnan(), leaf.grad.isnan()) and torch.equal(grad.nan_to_num(), leaf.grad.nan_to_num())
+    with pytest.raises(RuntimeError, match="clip_grad_norm_: the total 2.0-norm of the gradients is inf"):
+        clip_grad_norm_(grads_pair(seed=9, scale=math.inf)[0], 1.0, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize("clip_value", [0.5, 0.0, 10.0])
+def test_clip_grad_value_matches_torch(clip_value):
+    ours, theirs = grads_pair(seed=10)
+    clip_grad_value_(ours, clip_value)
+    torch.nn.utils.clip_grad_value_(theirs, clip_value)
+    assert max_diff([g for _, g in ours], [p.grad for p in theirs]) == 0.0
+    assert max(g.abs().max().item() for _, g in ours) <= clip_value
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: clip_grad_norm_(pairs(), -1.0), "clip_grad_norm_: max_norm must be"),
+        (lambda: clip_grad_norm_(pairs(), 1.0, norm_type=0), "clip_grad_norm_: norm_type must be a number > 0"),
+        (lambda: clip_grad_norm_(pairs(), 1.0, norm_type="fro"), "norm_type"),
+        (lambda: clip_grad_norm_(5, 1.0), "clip_grad_norm_: params must be"),
+        (lambda: clip_grad_value_(pairs(), -0.1), "clip_grad_value_: clip_value must be"),
+        (lambda: clip_grad_value_(["w"], 0.1), r"clip_grad_value_: params\[0\]"),
+    ],
+)
+def test_clipping_bad_input_names_the_function(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
