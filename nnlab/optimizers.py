@@ -2,9 +2,10 @@
 AdamW; gradient clipping by norm or by value, as ``torch.nn.utils``; and
 ``OPTIMIZERS``, the course's optimizers by name (``make_optimizer``).
 
-Every optimizer takes the ``(param, grad)`` pairs of ``Layer.params()``, or plain
-tensors whose ``.grad`` is read at each ``step`` (so ``Adam(module.parameters())``
-trains a ``torch.nn.Module`` too). Per-parameter state is allocated once at
+Every optimizer takes the ``(param, grad)`` pairs of ``Layer.params()``, the tensors of
+``Layer.parameters()`` (each finds its layer's gradient), or plain tensors whose
+``.grad`` is read at each ``step`` (so ``Adam(module.parameters())`` trains a
+``torch.nn.Module`` too). Per-parameter state is allocated once at
 construction and every update is done in place with tensor operations.
 
 Common to all rules: ``g = grad + reg * param`` (L2 regularization, the same as
@@ -20,7 +21,7 @@ import collections.abc
 
 import torch
 
-from .layers.base import Layer, checked_real, describe
+from .layers.base import Layer, checked_real, describe, layer_grad
 
 __all__ = [
     "OPTIMIZERS", "Adam", "AdamW", "MomentumSGD", "Optimizer", "RMSProp", "VanillaSGD", "clip_grad_norm_",
@@ -73,7 +74,9 @@ def _collect(owner, params):
     entries, seen = [], {}
     for index, item in enumerate(items):
         if isinstance(item, torch.Tensor):
-            param, grad = item, None
+            param, grad = item, layer_grad(item)
+            if grad is not None:
+                _check_grad(owner, index, param, grad)
         elif (
             isinstance(item, (tuple, list))
             and len(item) == 2

@@ -474,3 +474,57 @@ def test_classifier_passes_the_flag_to_its_model():
     assert not model.model.needs_input_grad and not model.model[0].needs_input_grad
     out = model(torch.randn(2, 4))
     assert model.backward(torch.ones_like(out)) is None
+
+
+# torch.nn.Module's spellings: parameters(), to(dtype), double(), float() ---------------------
+
+
+def test_parameters_are_torchs():
+    """The same tensors, in the same order, as the torch twin's parameters() (by state_dict
+    key), and a shared layer's once."""
+    torch.manual_seed(0)
+    model = MLP(4, 3, (5, 6))
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 6), torch.nn.ReLU(),
+                               torch.nn.Linear(6, 3))
+    ours = list(model.parameters())
+    assert [tuple(p.shape) for p in ours] == [tuple(p.shape) for p in twin.parameters()]
+    assert all(a is b for a, (b, _) in zip(ours, model.params(), strict=True))
+    shared = Linear(3, 3)
+    assert len(list(Sequential(shared, ReLU(), shared).parameters())) == 2
+
+
+@pytest.mark.parametrize("cls", [VanillaSGD, Adam])
+def test_optimizer_on_parameters_trains_as_on_params(cls):
+    x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 3
+    results = []
+    for source in ("params", "parameters"):
+        torch.manual_seed(0)
+        model = MLP(4, 3, (5,))
+        opt = cls(getattr(model, source)(), lr=0.1)
+        loss_fn = CrossEntropyLoss()
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+        results.append(model.state_dict())
+    for key, value in results[0].items():
+        assert torch.equal(value, results[1][key]), key
+    assert not torch.equal(results[0]["sequence.0.weight"], MLP(4, 3, (5,)).state_dict()["sequence.0.weight"])
+
+
+def test_to_takes_a_dtype_first_and_double_float_exist():
+    model = MLP(4, 3, (5,))
+    before = list(model.parameters())
+    opt = Adam(model.parameters())
+    assert model.to(torch.float64) is model
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(p.dtype == torch.float64 for _, p in model.params())
+    assert all(a is b for a, b in zip(before, model.parameters()))
+    assert model.float() is model and all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.double() is model and all(p.dtype == torch.float64 for p in model.parameters())
+    assert opt.params[0][1] is model.params()[0][1]  # the optimizer still finds the moved gradients
+    with pytest.raises(TypeError, match=r"\.to: two dtypes given"):
+        model.to(torch.float32, torch.float64)
+    with pytest.raises(ValueError, match="dtype must be floating point"):
+        model.to(torch.int64)

@@ -88,6 +88,7 @@ class Layer(abc.ABC):
         setattr(self, name, value)
         self._param_names.append(name)
         self._grads[name] = torch.zeros_like(value)
+        _attach_grad(value, self._grads[name])
 
     def add_buffer(self, name, value):
         """Makes ``value`` saved, moved and loaded state ``self.<name>`` that is not trained."""
@@ -234,18 +235,41 @@ class Layer(abc.ABC):
         """Moves parameters, gradients and buffers to ``device`` and/or a floating
         ``dtype``, in place: every tensor keeps its identity (as ``torch.nn.Module.to``
         does), so an optimizer built before the move updates the moved parameters.
-        Integer buffers (``num_batches_tracked``) keep their dtype."""
-        if dtype is not None and not dtype.is_floating_point:
+        Integer buffers (``num_batches_tracked``) keep their dtype. As in torch, a dtype
+        may come first: ``layer.to(torch.float64)``."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError(f"{self!r}.to: two dtypes given ({device} and {dtype})")
+            device, dtype = None, device
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"{self!r}.to: dtype must be floating point, got {dtype}")
         for name in self._param_names:
             _move_in_place(getattr(self, name), device, dtype)
             _move_in_place(self._grads[name], device, dtype)
+            _attach_grad(getattr(self, name), self._grads[name])
         for name in self._buffer_names:
             buffer = getattr(self, name)
             _move_in_place(buffer, device, dtype if buffer.is_floating_point() else None)
         for _, child in self.named_children():
             child.to(device=device, dtype=dtype)
         return self
+
+    def double(self):
+        """``to(dtype=torch.float64)``, as ``torch.nn.Module.double``."""
+        return self.to(dtype=torch.float64)
+
+    def float(self):
+        """``to(dtype=torch.float32)``, as ``torch.nn.Module.float``."""
+        return self.to(dtype=torch.float32)
+
+    def parameters(self):
+        """Yields the parameter tensors, each once (this layer's, then each child's), as
+        ``torch.nn.Module.parameters()`` does; ``params()`` gives them with their gradients.
+        An nnlab optimizer or clipping function given these tensors finds each one's
+        gradient (``layer_grad``), so ``Adam(model.parameters(), lr=1e-3)`` trains as with
+        ``params()``. (A ``torch.optim`` optimizer would not: the tensors have no ``.grad``.)"""
+        for param, _ in self.params():
+            yield param
 
     # State --------------------------------------------------------------------
 
@@ -281,6 +305,17 @@ class Layer(abc.ABC):
                 )
         for key, target in targets.items():
             target.copy_(state[key])
+
+
+def _attach_grad(param, grad):
+    """Lets ``layer_grad(param)`` find ``grad``. It is a Python attribute of the tensor
+    (``swap_tensors`` moves those, so ``to`` attaches it again after a move)."""
+    param._nnlab_grad = grad
+
+
+def layer_grad(tensor):
+    """The gradient tensor of ``tensor`` when it is an nnlab layer's parameter, else None."""
+    return getattr(tensor, "_nnlab_grad", None)
 
 
 def _move_in_place(tensor, device, dtype):
