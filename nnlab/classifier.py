@@ -27,6 +27,11 @@ from .optimizers import Adam
 from .plot import new_figure
 from .training import LayerTrainer
 
+__all__ = [
+    "ArgMaxClassifier", "BinaryClassifier", "Classifier", "accuracy", "mlp_experiment", "plot_confusion",
+    "plot_decision_boundary_2d", "select_roc_thresh",
+]
+
 
 class Classifier(Layer):
     """A model that outputs class scores (N, C), with probabilities and labels.
@@ -130,6 +135,10 @@ class BinaryClassifier(Classifier):
     @threshold.setter
     def threshold(self, value):
         self._threshold = checked_real("BinaryClassifier", "threshold", value, 0.0, 1.0, high_open=False)
+
+    def constructor_call(self):
+        """The model and the current threshold (which may have been set after construction)."""
+        return (self.model,), {"threshold": self.threshold}
 
     def classify_proba(self, proba):
         if proba.dim() != 2 or proba.shape[1] != 2:

@@ -46,6 +46,8 @@ from .layers import (
     make_activation,
 )
 
+__all__ = ["CNN", "MLP", "NetworkConfiguration", "ResNet", "build", "count_params"]
+
 ACTIVATION_CLASSES = {**ACTIVATIONS, "softmax": Softmax}
 NO_ACTIVATION = "none"
 ACTIVATION_CHOICES = (*sorted(ACTIVATION_CLASSES), NO_ACTIVATION)

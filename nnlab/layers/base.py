@@ -2,6 +2,7 @@
 pass, named parameters with gradients that accumulate, and buffers."""
 
 import abc
+import functools
 import itertools
 import math
 import numbers
@@ -53,6 +54,18 @@ class Layer(abc.ABC):
 
     # Whether backward returns the input gradient; see requires_input_grad.
     needs_input_grad = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = _recording_constructor_call(cls.__init__)
+
+    def constructor_call(self):
+        """(args, kwargs) this layer was built with, as given (``nnlab.save`` describes
+        a model by them): recorded by every subclass's ``__init__``. A layer whose
+        constructor arguments no longer describe it (an attribute they set was changed
+        later) overrides this to return arguments that do."""
+        return self.__dict__["_constructor_call"]
 
     def __init__(self):
         self.training = True
@@ -305,6 +318,19 @@ class Layer(abc.ABC):
                 )
         for key, target in targets.items():
             target.copy_(state[key])
+
+
+def _recording_constructor_call(init):
+    """``init`` that first records its arguments in ``self._constructor_call``; only the
+    outermost ``__init__`` of a call records (a subclass's, not the super() calls in it)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if "_constructor_call" not in self.__dict__:
+            self.__dict__["_constructor_call"] = (args, kwargs)
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 def _attach_grad(param, grad):
