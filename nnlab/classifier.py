@@ -9,8 +9,10 @@ predictions with the classifier's own rule (``classify_scores``).
 
 The plots are headless like ``nnlab.plot``: ``Figure`` objects with an Agg canvas, no
 pyplot figure, the backend untouched (scikit-learn's ``ConfusionMatrixDisplay`` imports
-pyplot, but draws into the Axes it is given); each function takes an optional ``ax`` to
-draw into and returns ``(fig, ax)``. Metrics come from scikit-learn (``roc_curve``,
+pyplot, but draws into the Axes it is given); each plot function takes an optional
+``ax`` to draw into and returns ``(fig, ax)``. ``select_roc_thresh`` returns its threshold
+alone and, asked to plot without an ``ax``, draws on pyplot's current Axes, as the
+course's notebooks expect. Metrics come from scikit-learn (``roc_curve``,
 ``confusion_matrix``).
 """
 
@@ -83,16 +85,16 @@ class Classifier(Layer):
         return torch.softmax(z, dim=1)
 
     def classify(self, x):
-        """Predicted labels, int64 (N,), for input x."""
+        """Predicted labels, int32 (N,) (``torch.int``, as the course asserts), for input x."""
         return self.classify_proba(self.predict_proba(x))
 
     def classify_scores(self, z):
-        """Predicted labels, int64 (N,), from scores z (N, C) the model computed."""
+        """Predicted labels, int32 (N,), from scores z (N, C) the model computed."""
         return self.classify_proba(self.predict_proba_scores(z))
 
     @abc.abstractmethod
     def classify_proba(self, proba):
-        """Predicted labels, int64 (N,), from class probabilities (N, C)."""
+        """Predicted labels, int32 (N,), from class probabilities (N, C)."""
 
     def _eval_scores(self, x):
         """The model's scores for x in eval mode, computed by a copy of the model that
@@ -114,7 +116,7 @@ class ArgMaxClassifier(Classifier):
     ``torch.argmax``)."""
 
     def classify_proba(self, proba):
-        return proba.argmax(dim=1)
+        return proba.argmax(dim=1).to(torch.int32)
 
 
 class BinaryClassifier(Classifier):
@@ -143,7 +145,7 @@ class BinaryClassifier(Classifier):
     def classify_proba(self, proba):
         if proba.dim() != 2 or proba.shape[1] != 2:
             raise ValueError(f"BinaryClassifier: expected probabilities of 2 classes (N, 2), got {tuple(proba.shape)}")
-        return (proba[:, 1] >= self.threshold).to(torch.int64)
+        return (proba[:, 1] >= self.threshold).to(torch.int32)
 
     def __repr__(self):
         return f"BinaryClassifier(threshold={self.threshold:g}) of {self.model!r}"
@@ -166,11 +168,13 @@ def select_roc_thresh(classifier, x, y, plot=False, ax=None):
     Args:
         classifier: a ``Classifier`` with 2 classes (class 1 is positive).
         x: its input (N, ...); y: labels (N,), 0 or 1, both present.
-        plot: also draw the ROC curve with the chosen point marked.
-        ax: draw into this Axes (implies ``plot``).
+        plot: also draw the ROC curve with the chosen point marked, on pyplot's current
+            Axes (``plt.gca()``, as a notebook shows it) unless ``ax`` is given.
+        ax: draw into this Axes instead (implies ``plot``; pyplot is not touched).
 
     Returns:
-        the threshold (a float); with ``plot`` or ``ax``: ``(threshold, fig, ax)``.
+        the threshold (a float), also when it draws: ``model.threshold =
+        select_roc_thresh(model, x, y, plot=True)``.
 
     Raises:
         ValueError: y not 0/1 labels of x's length, only one class in y, or not 2 classes.
@@ -184,11 +188,13 @@ def select_roc_thresh(classifier, x, y, plot=False, ax=None):
     squared_distances = fpr[1:] ** 2 + (1 - tpr[1:]) ** 2
     best = 1 + int(np.argmin(squared_distances))
     threshold = float(thresholds[best])
-    if not plot and ax is None:
-        return threshold
-    fig, ax = _figure_and_axes(ax, (5, 4.5))
-    _draw_roc(ax, fpr, tpr, best, threshold)
-    return threshold, fig, ax
+    if plot or ax is not None:
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            ax = plt.gca()
+        _draw_roc(ax, fpr, tpr, best, threshold)
+    return threshold
 
 
 def _draw_roc(ax, fpr, tpr, best, threshold):

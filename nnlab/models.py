@@ -20,6 +20,7 @@ argument is an error.
 
 import collections
 import functools
+import inspect
 import math
 
 import torch
@@ -45,6 +46,7 @@ from .layers import (
     Softmax,
     make_activation,
 )
+from .layers.containers import DEFAULT_ACTIVATION, DefaultString
 
 __all__ = ["CNN", "MLP", "NetworkConfiguration", "ResNet", "build", "count_params"]
 
@@ -58,14 +60,7 @@ CONV_KEYS = ("kernel_size", "stride", "padding", "dilation", "bias")
 TORCH_KEYWORDS = {LeakyReLU: {"negative_slope": "alpha"}}
 
 
-class _Default(str):
-    """A default argument that prints as its string but is not the same object as that
-    string written by the caller, so ``activation='relu', activation_type='tanh'`` is
-    told apart from ``activation_type='tanh'`` alone (the first is a contradiction)."""
-
-
-DEFAULT_ACTIVATION = _Default("relu")
-DEFAULT_POOLING = _Default("max")
+DEFAULT_POOLING = DefaultString("max")
 
 
 # Argument checks ------------------------------------------------------------------------
@@ -165,10 +160,43 @@ def activation_factory(owner, name, spec, params=None):
         raise ValueError(f"{owner}: activation_params {params!r} apply to a named activation, not to {spec!r}")
     if isinstance(spec, str) and spec == NO_ACTIVATION:
         return None
+    if isinstance(spec, torch.nn.Module):
+        return functools.partial(make_activation, from_torch_module(owner, name, spec))
     is_layer_class = isinstance(spec, type) and issubclass(spec, Layer)
     if isinstance(spec, Layer) or is_layer_class:
         return functools.partial(make_activation, spec)
-    raise ValueError(f"{owner}: {name} must be one of {list(ACTIVATION_CHOICES)} or an nnlab Layer, got {spec!r}")
+    raise ValueError(
+        f"{owner}: {name} must be one of {list(ACTIVATION_CHOICES)}, an nnlab Layer or a torch.nn activation "
+        f"module, got {spec!r}"
+    )
+
+
+def from_torch_module(owner, name, module):
+    """The nnlab layer of the same name as the torch.nn ``module`` (``nn.LeakyReLU(0.314)``
+    -> ``LeakyReLU`` with slope 0.314), built with every constructor setting the module
+    holds; ValueError naming ``name`` when there is no such layer or a setting that is not
+    torch's default cannot be carried over (``inplace`` is dropped: nnlab computes out of
+    place, with the same values)."""
+    from . import layers
+
+    kind = type(module).__name__
+    cls = getattr(layers, kind, None) if kind in layers.__all__ else None
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(f"{owner}: {name} is torch.nn.{kind}, which has no nnlab layer of that name")
+    accepted = inspect.signature(cls).parameters
+    renames = TORCH_KEYWORDS.get(cls, {})
+    defaults = inspect.signature(type(module)).parameters
+    kwargs = {}
+    for setting, parameter in defaults.items():
+        if setting == "inplace" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        value = getattr(module, setting, parameter.default)
+        target = renames.get(setting, setting)
+        if target in accepted:
+            kwargs[target] = value
+        elif value is not parameter.default and value != parameter.default:
+            raise ValueError(f"{owner}: {name} is torch.nn.{kind} with {setting}={value!r}, which nnlab's {kind} does not take")
+    return construct(owner, name, cls, kwargs)
 
 
 def fresh(factory):
@@ -320,8 +348,15 @@ class MLP(Builder):
         """Widths and activation factories of MLP(in_features, num_classes, hidden_features, activation)."""
         check_positive_int("MLP", "num_classes", num_classes)
         hidden = check_int_list("MLP", "hidden_features", hidden_features)
-        factory = activation_factory("MLP", "activation", activation)
-        return [*hidden, num_classes], [factory] * len(hidden) + [None]
+        if not isinstance(activation, (list, tuple)):
+            factory = activation_factory("MLP", "activation", activation)
+            return [*hidden, num_classes], [factory] * len(hidden) + [None]
+        if len(activation) != len(hidden) + 1:
+            raise ValueError(
+                f"MLP: activation as a list holds one activation per layer, the output layer's last ('none' for "
+                f"none): expected {len(hidden) + 1} entries for {len(hidden)} hidden layers, got {len(activation)}"
+            )
+        return [*hidden, num_classes], [activation_factory("MLP", f"activation[{i}]", spec) for i, spec in enumerate(activation)]
 
     @staticmethod
     def course_layout(num_classes, hidden_features, activation, dropout, dims, nonlins):
@@ -484,8 +519,9 @@ class ResNet(ImageClassifier):
     changes the height and width. ``pooling`` (or ``pooling_type``) is 'max', 'avg',
     'adaptive_max' or 'adaptive_avg' with keyword arguments ``pooling_params`` (default
     ``dict(kernel_size=2)``, or ``dict(output_size=(4, 4))`` for the adaptive kinds).
-    ``batchnorm`` and ``dropout`` go to every block (there: conv -> [Dropout2d] ->
-    [BatchNorm2d] -> act). ``activation`` (or ``activation_type`` with
+    ``batchnorm``, ``dropout`` and ``conv_bias`` go to every block (there: conv ->
+    [Dropout2d] -> [BatchNorm2d] -> act; every conv of a block has a bias unless
+    ``conv_bias=False``, which leaves it out before BatchNorm2d). ``activation`` (or ``activation_type`` with
     ``activation_params``) is a name or Layer, as in MLP.
 
     Bottleneck mapping (``bottleneck=True``): a group of convs with output channels
@@ -520,16 +556,18 @@ class ResNet(ImageClassifier):
         activation_params=None,
         pooling_type=None,
         output_activation=None,
+        conv_bias=True,
     ):
         super().__init__()
         self.check_sizes(in_size, out_classes, channels, pool_every, hidden_dims, batchnorm, dropout)
         self.bottleneck = check_flag("ResNet", "bottleneck", bottleneck)
+        check_flag("ResNet", "conv_bias", conv_bias)
         act, pool, output = self.layer_factories(
             activation, activation_type, activation_params, pooling, pooling_type, pooling_params, output_activation
         )
         if act is None:
             raise ValueError("ResNet: activation 'none' is not possible: a residual block ends in its activation")
-        block_options = dict(batchnorm=batchnorm, dropout=dropout, activation=act())
+        block_options = dict(batchnorm=batchnorm, dropout=dropout, activation=act(), conv_bias=conv_bias)
 
         features = []
         width = self.in_size[0]

@@ -137,8 +137,8 @@ def test_binary_classify_is_class_1_where_its_probability_reaches_the_threshold(
     classifier.threshold = threshold
     x = torch.randn(200, 3, generator=torch.Generator().manual_seed(9))
     labels = classifier.classify(x)
-    assert labels.dtype == torch.int64
-    assert torch.equal(labels, (classifier.predict_proba(x)[:, 1] >= threshold).long())
+    assert labels.dtype == torch.int32
+    assert torch.equal(labels, (classifier.predict_proba(x)[:, 1] >= threshold).int())
 
 
 def test_binary_classify_at_a_threshold_equal_to_a_score_says_class_1():
@@ -322,18 +322,43 @@ def test_select_roc_thresh_plot_marks_the_chosen_point_on_the_curve():
     classifier = fixed_scores_classifier()
     _, expected_threshold, fpr, tpr = brute_force_threshold(classifier.predict_proba(logits)[:, 1], y)
 
-    threshold, fig, ax = select_roc_thresh(classifier, logits, y, plot=True)
+    fig, (ax,) = new_figure((5, 4))
+    threshold = select_roc_thresh(classifier, logits, y, ax=ax)
 
-    assert threshold == expected_threshold and ax.figure is fig
+    assert isinstance(threshold, float) and threshold == expected_threshold
     assert ax.get_xlabel() == "false positive rate (FPR)" and ax.get_ylabel() == "true positive rate (TPR)"
     curve, _, marker = ax.get_lines()
     assert marker.get_xdata().tolist() == [fpr] and marker.get_ydata().tolist() == [tpr]
     assert fpr in curve.get_xdata().tolist()
     assert f"threshold {threshold:.3f}" in [text.get_text() for text in ax.get_legend().get_texts()][2]
 
-    fig2, axes = new_figure((8, 4), 1, 2)
-    assert select_roc_thresh(classifier, logits, y, ax=axes[1]) == (threshold, fig2, axes[1])
+    _, axes = new_figure((8, 4), 1, 2)
+    assert select_roc_thresh(classifier, logits, y, ax=axes[1]) == threshold
     assert len(axes[1].get_lines()) == 3 and not axes[0].get_lines()
+
+
+def test_select_roc_thresh_plot_returns_the_threshold_and_draws_on_the_current_axes():
+    """The course writes ``model.threshold = select_roc_thresh(model, x, y, plot=True)``."""
+    import matplotlib.pyplot as plt
+
+    classifier = BinaryClassifier(Linear(2, 2))
+    x, y = torch.randn(30, 2, generator=torch.Generator().manual_seed(21)), torch.arange(30) % 2
+    fig = plt.figure()
+    try:
+        threshold = select_roc_thresh(classifier, x, y, plot=True)
+        assert threshold == select_roc_thresh(classifier, x, y)
+        assert len(plt.gca().get_lines()) == 3 and plt.gca().figure is fig
+        classifier.threshold = threshold
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("make", [lambda: BinaryClassifier(Linear(3, 2)), lambda: ArgMaxClassifier(Linear(3, 4))])
+def test_every_classifier_labels_are_int32(make):
+    classifier = make()
+    x = torch.randn(5, 3)
+    assert classifier.classify(x).dtype == torch.int32
+    assert classifier.classify_scores(classifier(x)).dtype == torch.int32
 
 
 # Plots ------------------------------------------------------------------------------------------
@@ -457,7 +482,9 @@ from nnlab.layers import Linear
 classifier = BinaryClassifier(Linear(2, 2))
 x, y = torch.randn(40, 2), torch.arange(40) % 2
 plot_decision_boundary_2d(classifier, x, y)[0].savefig({str(tmp_path / "boundary.png")!r})
-select_roc_thresh(classifier, x, y, plot=True)[1].savefig({str(tmp_path / "roc.png")!r})
+fig, ax = plot_decision_boundary_2d(classifier, x, y)
+select_roc_thresh(classifier, x, y, ax=ax)
+fig.savefig({str(tmp_path / "roc.png")!r})
 assert 'matplotlib.pyplot' not in sys.modules
 plot_confusion(classifier, x, y)[0].savefig({str(tmp_path / "confusion.png")!r})
 import matplotlib.pyplot as plt

@@ -206,7 +206,7 @@ def test_shared_layer_gradients_are_skipped_for_an_unused_output():
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_residual_block_rebuilt_as_a_graph_is_the_same(batchnorm):
     torch.manual_seed(0)
-    block = ResidualBlock(2, [3, 4], [3, 1], batchnorm=batchnorm).to(dtype=F64)
+    block = ResidualBlock(2, [3, 4], [3, 1], batchnorm=batchnorm, conv_bias=False).to(dtype=F64)
     x = Input((2, 5, 5))
     main = Conv2d(2, 3, 3, padding=1, bias=not batchnorm)(x)
     if batchnorm:

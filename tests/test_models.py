@@ -37,9 +37,11 @@ from nnlab.layers import (
     Layer,
     LeakyReLU,
     Linear,
+    ReLU,
     ResidualBlock,
     ResidualBottleneckBlock,
     Sequential,
+    Tanh,
     count_params,
 )
 from nnlab.models import CNN, MLP, NetworkConfiguration, ResNet, build
@@ -1031,3 +1033,87 @@ def test_optimizer_built_before_to_cuda_trains_the_moved_model():
     for (got, _), (want, _) in zip(model.params(), twin.params(), strict=True):
         assert got.is_cuda
         assert_close("parameter", got.cpu(), want, atol=1e-5)
+
+
+# The course's small frictions: conv_bias, block activations, per-layer MLP activations, torch.nn activations
+
+
+def course_residual_block(in_channels, channels, kernel_sizes, batchnorm, dropout, activation):
+    """CS236781's ResidualBlock written in torch.nn: every main conv has a bias, the 1x1
+    shortcut none."""
+    main, width = [], in_channels
+    for index, (out_channels, kernel) in enumerate(zip(channels, kernel_sizes)):
+        main.append(torch.nn.Conv2d(width, out_channels, kernel, padding=kernel // 2, bias=True))
+        if index < len(channels) - 1:
+            main += [torch.nn.Dropout2d(dropout)] if dropout > 0 else []
+            main += [torch.nn.BatchNorm2d(out_channels)] if batchnorm else []
+            main.append(activation())
+        width = out_channels
+    shortcut = [] if in_channels == channels[-1] else [torch.nn.Conv2d(in_channels, channels[-1], 1, bias=False)]
+    return torch.nn.ModuleList([*main, *shortcut])
+
+
+@pytest.mark.parametrize(
+    "in_channels, channels, kernel_sizes, batchnorm",
+    [(3, [6, 4] * 2, [3, 5] * 2, True), (4, [4, 8], [1, 3], False), (8, [4, 4, 8], [1, 3, 1], True)],
+)
+def test_residual_block_parameter_counts_match_the_course(in_channels, channels, kernel_sizes, batchnorm):
+    course = course_residual_block(in_channels, channels, kernel_sizes, batchnorm, 0.2, torch.nn.ReLU)
+    block = ResidualBlock(in_channels, channels, kernel_sizes, batchnorm=batchnorm, dropout=0.2)
+    assert count_params(block) == count_params(course)
+    torchvision_style = ResidualBlock(in_channels, channels, kernel_sizes, batchnorm=batchnorm, conv_bias=False)
+    biases_before_batchnorm = sum(channels[:-1]) if batchnorm else 0
+    assert count_params(torchvision_style) == count_params(course) - biases_before_batchnorm
+
+
+def test_bottleneck_block_and_resnet_take_conv_bias():
+    course = course_residual_block(16, [4, 4, 4, 16], [1, 3, 3, 1], True, 0.0, torch.nn.ReLU)
+    assert count_params(ResidualBottleneckBlock(16, [4, 4], [3, 3], batchnorm=True)) == count_params(course)
+    without = ResidualBottleneckBlock(16, [4, 4], [3, 3], batchnorm=True, conv_bias=False)
+    assert count_params(without) == count_params(course) - 3 * 4
+    plain = ResNet((3, 8, 8), 4, [8, 8], 2, [], batchnorm=True)
+    lean = ResNet((3, 8, 8), 4, [8, 8], 2, [], batchnorm=True, conv_bias=False)
+    assert count_params(plain) - count_params(lean) == 8
+    with pytest.raises(ValueError, match="ResNet: conv_bias must be True or False"):
+        ResNet((3, 8, 8), 4, [8], 1, [], conv_bias=1)
+
+
+def test_blocks_take_activation_type_and_params_like_the_builders():
+    block = ResidualBlock(3, [4, 4], [3, 3], activation_type="lrelu", activation_params=dict(alpha=0.3))
+    activations = [layer for layer in block.sequence[0].main if isinstance(layer, LeakyReLU)] + [block.sequence[1]]
+    assert len(activations) == 2 and all(layer.alpha == 0.3 for layer in activations)
+    assert activations[0] is not activations[1]
+    bottleneck = ResidualBottleneckBlock(8, [4], [3], activation_type="tanh")
+    assert isinstance(bottleneck.sequence[1], Tanh)
+    for bad, message in [
+        (dict(activation="tanh", activation_type="relu"), "give activation or activation_type"),
+        (dict(activation_type="relu", activation_params=dict(slope=2)), "activation_params .* do not fit 'relu'"),
+        (dict(activation=Tanh(), activation_params=dict(alpha=1)), "apply to a named activation"),
+        (dict(activation_type="swish"), "unknown activation 'swish'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ResidualBlock(3, [4], [3], **bad)
+
+
+def test_mlp_takes_one_activation_per_layer_as_a_list():
+    model = MLP(4, 3, (5, 6), activation=["tanh", ReLU, "none"])
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds == ["Linear", "Tanh", "Linear", "ReLU", "Linear"]
+    with_output = MLP(4, 3, (5,), activation=["relu", "softmax"])
+    assert type(with_output[-1]).__name__ == "Softmax"
+    with pytest.raises(ValueError, match=r"MLP: activation as a list holds one activation per layer.*expected 3 entries"):
+        MLP(4, 3, (5, 6), activation=["tanh", "relu"])
+
+
+def test_torch_activation_modules_become_nnlab_layers_with_the_same_settings():
+    model = MLP(4, dims=[8, 8, 3], nonlins=[torch.nn.LeakyReLU(0.314), torch.nn.Tanh(), torch.nn.Softmax(dim=1)])
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LeakyReLU(0.314), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 3), torch.nn.Softmax(dim=1))
+    assert [type(layer).__name__ for layer in model] == [type(module).__name__ for module in twin]
+    twin.load_state_dict({key.replace("sequence.", ""): value for key, value in model.state_dict().items()})
+    x = torch.randn(6, 4)
+    assert torch.allclose(model(x), twin(x), atol=1e-6, rtol=0)
+    classic = MLP(4, 3, (5,), activation=torch.nn.LeakyReLU(negative_slope=0.2, inplace=True))
+    assert classic[1].alpha == 0.2 and classic[1] is not MLP(4, 3, (5,))[1]
+    with pytest.raises(ValueError, match=r"MLP: nonlins\[0\] is torch.nn.RReLU, which has no nnlab layer"):
+        MLP(4, dims=[3], nonlins=[torch.nn.RReLU()])

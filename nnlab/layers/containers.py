@@ -9,6 +9,15 @@ from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
+class DefaultString(str):
+    """A default argument that prints as its string but is not the same object as that
+    string written by the caller, so ``activation='relu', activation_type='tanh'`` (a
+    contradiction) is told apart from ``activation_type='tanh'`` alone."""
+
+
+DEFAULT_ACTIVATION = DefaultString("relu")
+
+
 def make_activation(activation):
     """A fresh activation layer from a name in ACTIVATIONS, a Layer class, or a Layer
     instance (copied, so that each position caches its own input)."""

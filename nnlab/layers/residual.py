@@ -3,7 +3,16 @@
 import torch
 
 from .base import Layer, recall_call, remember_call
-from .containers import Builder, ChildErrors, LayerList, Sequential, indented, make_activation
+from .containers import (
+    ACTIVATIONS,
+    DEFAULT_ACTIVATION,
+    Builder,
+    ChildErrors,
+    LayerList,
+    Sequential,
+    indented,
+    make_activation,
+)
 from .conv import Conv2d
 from .norm import BatchNorm2d, Dropout2d
 
@@ -139,16 +148,33 @@ class ResidualBlock(Builder):
     ``main`` is, for each (channels[i], kernel_sizes[i]), a Conv2d with 'same' padding
     (k // 2; odd kernels only) followed, except after the last one, by
     ``[Dropout2d if dropout > 0] -> [BatchNorm2d if batchnorm] -> activation``.
-    A conv followed by BatchNorm2d has no bias (BatchNorm's own bias takes its place;
-    a conv bias there would be removed by the batch mean and get a zero gradient).
+    Every conv of ``main`` has a bias (``conv_bias=True``, as in the CS236781 blocks);
+    with ``conv_bias=False`` a conv followed by BatchNorm2d has none (BatchNorm's own bias
+    takes its place: a conv bias there is removed by the batch mean and gets a zero
+    gradient in training mode), as torchvision does.
     ``shortcut`` is a bias-free 1x1 Conv2d when in_channels != channels[-1], else the
-    identity. Built as ``Sequential(Residual(main, shortcut), activation)``, so forward
-    and backward are those of ``.sequence`` (backward: see Residual and Sequential).
+    identity. ``activation`` (or ``activation_type``, with ``activation_params`` its
+    keyword arguments) is a name in ACTIVATIONS, a Layer class or a Layer (copied per
+    position), as in the builders. Built as ``Sequential(Residual(main, shortcut),
+    activation)``, so forward and backward are those of ``.sequence`` (backward: see
+    Residual and Sequential).
     Shapes: (N, in_channels, H, W) -> (N, channels[-1], H, W).
     Caches: nothing of its own.
     """
 
-    def __init__(self, in_channels, channels, kernel_sizes, batchnorm=False, dropout=0.0, activation="relu"):
+    def __init__(
+        self,
+        in_channels,
+        channels,
+        kernel_sizes,
+        batchnorm=False,
+        dropout=0.0,
+        activation=DEFAULT_ACTIVATION,
+        *,
+        activation_type=None,
+        activation_params=None,
+        conv_bias=True,
+    ):
         super().__init__()
         name = type(self).__name__
         channels = list(channels)
@@ -163,6 +189,9 @@ class ResidualBlock(Builder):
                 raise ValueError(f"{name}: kernel sizes must be odd positive ints ('same' padding), got {kernel_sizes}")
         if not 0 <= dropout < 1:
             raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+        if not isinstance(conv_bias, bool):
+            raise ValueError(f"{name}: conv_bias must be True or False, got {conv_bias!r}")
+        activation = _block_activation(name, activation, activation_type, activation_params)
         self.in_channels = in_channels
         self.channels = channels
         self.kernel_sizes = kernel_sizes
@@ -171,9 +200,8 @@ class ResidualBlock(Builder):
         width = in_channels
         for index, (out_channels, kernel) in enumerate(zip(channels, kernel_sizes)):
             followed_by_batchnorm = batchnorm and index < len(channels) - 1
-            # A bias before BatchNorm is redundant (the batch mean removes it; its
-            # gradient is exactly 0 in training mode), so it is left out, as torchvision does.
-            main.append(Conv2d(width, out_channels, kernel, padding=kernel // 2, bias=not followed_by_batchnorm))
+            bias = conv_bias or not followed_by_batchnorm
+            main.append(Conv2d(width, out_channels, kernel, padding=kernel // 2, bias=bias))
             if index < len(channels) - 1:
                 if dropout > 0:
                     main.append(Dropout2d(dropout))
@@ -187,19 +215,51 @@ class ResidualBlock(Builder):
         self.sequence = Sequential(Residual(Sequential(*main), shortcut), make_activation(activation))
 
 
+def _block_activation(owner, activation, activation_type, activation_params):
+    """The activation to copy at each position: a name, Layer class or Layer, given as
+    ``activation`` or ``activation_type`` (not both), built with ``activation_params``
+    when they are given (a named activation's keyword arguments)."""
+    if activation_type is not None:
+        if activation is not DEFAULT_ACTIVATION:
+            raise ValueError(f"{owner}: give activation or activation_type (the same argument), not both")
+        activation = activation_type
+    if activation_params is None:
+        make_activation(activation)  # checks it now, naming it
+        return activation
+    if not isinstance(activation_params, dict):
+        raise ValueError(f"{owner}: activation_params must be a dict of keyword arguments, got {activation_params!r}")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"{owner}: activation_params {activation_params!r} apply to a named activation, not to {activation!r}")
+    try:
+        return ACTIVATIONS[activation](**activation_params)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{owner}: activation_params {activation_params!r} do not fit '{activation}': {error}") from error
+
+
 class ResidualBottleneckBlock(ResidualBlock):
     """A bottleneck residual block: ``out = activation(main(x) + x)`` where ``main`` is a
     1x1 Conv2d from in_out_channels down to inner_channels[0], then a Conv2d of
     inner_kernel_sizes[i] to inner_channels[i] for each i, then a 1x1 Conv2d back up to
     in_out_channels; i.e. ``ResidualBlock(in_out_channels, [inner_channels[0],
     *inner_channels, in_out_channels], [1, *inner_kernel_sizes, 1], ...)`` (so every
-    conv but the last is followed by [Dropout2d] -> [BatchNorm2d] -> activation).
+    conv but the last is followed by [Dropout2d] -> [BatchNorm2d] -> activation; the
+    keyword arguments are ResidualBlock's).
     Forward and backward are those of ``.sequence``.
     Shapes: (N, in_out_channels, H, W) -> same. Caches: nothing of its own.
     """
 
     def __init__(
-        self, in_out_channels, inner_channels, inner_kernel_sizes, batchnorm=False, dropout=0.0, activation="relu"
+        self,
+        in_out_channels,
+        inner_channels,
+        inner_kernel_sizes,
+        batchnorm=False,
+        dropout=0.0,
+        activation=DEFAULT_ACTIVATION,
+        *,
+        activation_type=None,
+        activation_params=None,
+        conv_bias=True,
     ):
         inner_channels = list(inner_channels)
         inner_kernel_sizes = list(inner_kernel_sizes)
@@ -215,6 +275,9 @@ class ResidualBottleneckBlock(ResidualBlock):
             batchnorm=batchnorm,
             dropout=dropout,
             activation=activation,
+            activation_type=activation_type,
+            activation_params=activation_params,
+            conv_bias=conv_bias,
         )
         self.in_out_channels = in_out_channels
         self.inner_channels = inner_channels
