@@ -528,3 +528,15 @@ def test_to_takes_a_dtype_first_and_double_float_exist():
         model.to(torch.float32, torch.float64)
     with pytest.raises(ValueError, match="dtype must be floating point"):
         model.to(torch.int64)
+
+
+def test_parameters_taken_before_a_move_still_find_their_gradients():
+    model = MLP(4, 3, (5,))
+    tensors = list(model.parameters())
+    model.double()
+    opt = VanillaSGD(tensors, lr=1.0, reg=0.0)
+    for (_, grad) in model.params():
+        grad.fill_(1.0)
+    before = [p.clone() for p in tensors]
+    opt.step()
+    assert all(torch.equal(after, old - 1.0) for after, old in zip(tensors, before))

@@ -101,7 +101,6 @@ class Layer(abc.ABC):
         setattr(self, name, value)
         self._param_names.append(name)
         self._grads[name] = torch.zeros_like(value)
-        _attach_grad(value, self._grads[name])
 
     def add_buffer(self, name, value):
         """Makes ``value`` saved, moved and loaded state ``self.<name>`` that is not trained."""
@@ -281,7 +280,8 @@ class Layer(abc.ABC):
         An nnlab optimizer or clipping function given these tensors finds each one's
         gradient (``layer_grad``), so ``Adam(model.parameters(), lr=1e-3)`` trains as with
         ``params()``. (A ``torch.optim`` optimizer would not: the tensors have no ``.grad``.)"""
-        for param, _ in self.params():
+        for param, grad in self.params():
+            _attach_grad(param, grad)
             yield param
 
     # State --------------------------------------------------------------------
@@ -334,8 +334,10 @@ def _recording_constructor_call(init):
 
 
 def _attach_grad(param, grad):
-    """Lets ``layer_grad(param)`` find ``grad``. It is a Python attribute of the tensor
-    (``swap_tensors`` moves those, so ``to`` attaches it again after a move)."""
+    """Lets ``layer_grad(param)`` find ``grad``: a Python attribute of the tensor, set
+    each time ``parameters()`` hands it out and after ``to`` moves it (a move by
+    ``swap_tensors`` takes such attributes away; an optimizer keeps the gradient it
+    found, which is moved in place)."""
     param._nnlab_grad = grad
 
 
