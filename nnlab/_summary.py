@@ -96,12 +96,12 @@ def _shape_of(value):
     return None
 
 
-def _places(layer, name=""):
+def layer_places(layer, name=""):
     """(path, layer) for the model and every sub-layer, parents first; a layer at
     several places is listed at each."""
     yield name, layer
     for child_name, child in layer.named_children():
-        yield from _places(child, f"{name}.{child_name}" if name else child_name)
+        yield from layer_places(child, f"{name}.{child_name}" if name else child_name)
 
 
 def _input_shapes(input_shape):
@@ -155,7 +155,7 @@ def summary(model, input_shape, batch_size=2, dtype=torch.float32, print_fn=prin
     if dtype.is_floating_point:
         probe.to(dtype=dtype)
     calls = {}
-    for _, layer in _places(probe):
+    for _, layer in layer_places(probe):
         if id(layer) not in calls:
             calls[id(layer)] = []
             _recording(layer, calls[id(layer)])
@@ -177,7 +177,7 @@ def _rows(model, probe, calls):
     rows = []
     counted = set()
     visits = {}
-    for (name, layer), (_, copied) in zip(_places(model), _places(probe)):
+    for (name, layer), (_, copied) in zip(layer_places(model), layer_places(probe)):
         children = {id(param) for _, child in layer.named_children() for param in child.parameters()}
         own = [param for param in layer.parameters() if id(param) not in children and id(param) not in counted]
         counted.update(id(param) for param in own)

@@ -37,6 +37,7 @@ import math
 
 import torch
 
+from ._summary import layer_places
 from .checkpoints import content_digest, write_atomically
 from .layers.base import Layer
 
@@ -162,20 +163,13 @@ def _architecture(model):
     """(JSON text, argument tensors) describing ``model``."""
     describer = _Describer()
     root = describer.layer(model, "the model")
-    training = [layer.training for _, layer in _places(model)]
+    training = [layer.training for _, layer in layer_places(model)]
     architecture = {"layers": describer.layers, "nodes": describer.nodes, "model": root, "training": training}
     return json.dumps(architecture, allow_nan=False), describer.tensors
 
 
-def _places(layer, name=""):
-    """(path, layer) for the model and every sub-layer, parents first."""
-    yield name, layer
-    for child_name, child in layer.named_children():
-        yield from _places(child, f"{name}.{child_name}" if name else child_name)
-
-
 def _structure(model):
-    return [(name, type(layer)) for name, layer in _places(model)]
+    return [(name, type(layer)) for name, layer in layer_places(model)]
 
 
 def _check_faithful(model, rebuilt):
@@ -239,7 +233,7 @@ class _Builder:
         """The model, its layers in their saved training modes."""
         model = self.layer(self.architecture["model"])
         flags = self.architecture["training"]
-        places = list(_places(model))
+        places = list(layer_places(model))
         if not isinstance(flags, list) or len(flags) != len(places) or not all(isinstance(f, bool) for f in flags):
             raise ModelFileError(f"{self.owner}: the training modes do not fit the model's {len(places)} layers")
         for (_, layer), flag in zip(places, flags):
