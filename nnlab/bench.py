@@ -227,7 +227,7 @@ def train_step_case(name, model, twin, x, y):
 
 
 class TorchResidualBlock(torch.nn.Module):
-    """``ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True)`` in
+    """``ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True, conv_bias=False)`` in
     torch.nn: relu(conv(relu(bn(conv(x)))) + x), parameters in the same order."""
 
     def __init__(self, channels):
@@ -286,7 +286,7 @@ def cnn_models(batch, size):
 
 def resnet_models(batch, channels, size):
     """A residual block with BatchNorm, then global average pooling and a linear head."""
-    block = ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True)
+    block = ResidualBlock(channels, [channels, channels], [3, 3], batchnorm=True, conv_bias=False)
     model = Sequential(block, AdaptiveAvgPool2d(1), Flatten(), Linear(channels, CLASSES))
     twin = torch.nn.Sequential(
         TorchResidualBlock(channels),

@@ -519,8 +519,8 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     ``error_if_nonfinite=True`` raises RuntimeError for a NaN or infinite total norm
     instead of scaling by it. Same as ``torch.nn.utils.clip_grad_norm_``.
     """
-    norm_type = _checked_norm_type(norm_type)
-    max_norm = checked_real("clip_grad_norm_", "max_norm", max_norm, 0.0)
+    norm_type = _checked_positive("norm_type", norm_type, "a number > 0 (e.g. 2.0, 1.0, float('inf'))")
+    max_norm = _checked_positive("max_norm", max_norm, "a number >= 0 (float('inf'): measure, do not clip)", 0.0)
     grads = _gradients("clip_grad_norm_", params)
     if not grads:
         return torch.tensor(0.0)
@@ -538,10 +538,14 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return total_norm
 
 
-def _checked_norm_type(norm_type):
-    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
-        raise ValueError(f"clip_grad_norm_: norm_type must be a number > 0 (e.g. 2.0, 1.0, float('inf')), got {norm_type!r}")
-    return float(norm_type)
+def _checked_positive(name, value, expected, low=None):
+    """``value`` as a float, infinity allowed; ValueError naming ``name`` unless it is a
+    real number > 0 (>= ``low`` when given)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (value > 0 or (low is not None and value >= low))
+    if not ok:
+        raise ValueError(f"clip_grad_norm_: {name} must be {expected}, got {value!r}")
+    return float(value)
 
 
 def clip_grad_value_(params, clip_value):

@@ -586,7 +586,7 @@ def grads_pair(seed, scale=1.0, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3])
-@pytest.mark.parametrize("max_norm", [0.5, 1e3, 0.0])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, 0.0, math.inf])
 def test_clip_grad_norm_matches_torch(norm_type, max_norm):
     ours, theirs = grads_pair(seed=8)
     total = clip_grad_norm_(ours, max_norm, norm_type)
@@ -661,6 +661,7 @@ def test_clip_grad_value_matches_torch(clip_value):
     "call, message",
     [
         (lambda: clip_grad_norm_(pairs(), -1.0), "clip_grad_norm_: max_norm must be"),
+        (lambda: clip_grad_norm_(pairs(), math.nan), "clip_grad_norm_: max_norm must be"),
         (lambda: clip_grad_norm_(pairs(), 1.0, norm_type=0), "clip_grad_norm_: norm_type must be a number > 0"),
         (lambda: clip_grad_norm_(pairs(), 1.0, norm_type="fro"), "norm_type"),
         (lambda: clip_grad_norm_(5, 1.0), "clip_grad_norm_: params must be"),

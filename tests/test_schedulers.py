@@ -285,3 +285,28 @@ def test_sequential_needs_one_milestone_fewer_than_schedulers():
     plateau = schedulers.ReduceLROnPlateau(optimizer)
     with pytest.raises(ValueError, match=r"schedulers\[0\] must be an epoch-counting scheduler"):
         schedulers.SequentialLR(optimizer, [plateau], milestones=[])
+
+
+def test_adamw_under_one_cycle_trains_as_torch():
+    """The schedule drives the optimizer: AdamW's rate and beta1 change every step, and the
+    parameters follow torch's AdamW under torch's OneCycleLR to 1e-12 (float64)."""
+    from nnlab.optimizers import AdamW
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(40)]
+    ours_param, ours_grad = start.clone(), torch.zeros_like(start)
+    ours_opt = AdamW([(ours_param, ours_grad)], lr=0.01, weight_decay=0.1)
+    ours = schedulers.OneCycleLR(ours_opt, max_lr=0.1, total_steps=40)
+    theirs_param = start.clone().requires_grad_()
+    theirs_opt = torch.optim.AdamW([theirs_param], lr=0.01, weight_decay=0.1, foreach=False)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(theirs_opt, max_lr=0.1, total_steps=40)
+    for step, grad in enumerate(grads):
+        ours_grad.copy_(grad)
+        theirs_param.grad = grad.clone()
+        ours_opt.step()
+        theirs_opt.step()
+        if step < len(grads) - 1:
+            ours.step()
+            theirs.step()
+    assert (ours_param - theirs_param.detach()).abs().max().item() <= ATOL
