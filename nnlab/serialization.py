@@ -6,8 +6,8 @@ nnlab layer records the arguments its ``__init__`` was called with
 (``Layer.constructor_call``), so ``MLP(784, 10, (128,))`` is saved as that call, a
 ``Sequential`` as a call whose arguments are other calls, and a graph model
 (``nnlab.graph.Model``) as its ``Input`` nodes and the layer applied at every node.
-Arguments may be numbers, strings, None, lists, tuples, dicts, torch dtypes, tensors,
-public layer classes and layers; a layer used at several places is written once and
+Arguments may be numbers, strings, None, lists, tuples, dicts, torch dtypes and devices,
+tensors, public layer classes and layers; a layer used at several places is written once and
 referred to, so weight sharing survives. Layers a builder makes inside itself are not
 written: the builder's call makes them again.
 
@@ -126,6 +126,8 @@ class _Describer:
             return {"dict": [[self.value(key, where), self.value(item, f"{where}[{key!r}]")] for key, item in value.items()]}
         if isinstance(value, torch.dtype):
             return {"dtype": str(value).replace("torch.", "")}
+        if isinstance(value, torch.device):
+            return {"device": str(value)}
         if isinstance(value, torch.Tensor):
             key = f"argument.{len(self.tensors)}"
             self.tensors[key] = value.detach().clone()
@@ -138,7 +140,7 @@ class _Describer:
             return {"node": self.node(value, where)}
         raise ValueError(
             f"save: {where} is {value!r} (a {type(value).__name__}); a saved model's constructor arguments "
-            "can be numbers, strings, None, lists, tuples, dicts, torch dtypes, tensors and public nnlab layers"
+            "can be numbers, strings, None, lists, tuples, dicts, torch dtypes and devices, tensors and public nnlab layers"
         )
 
     def node(self, node, where):
@@ -283,6 +285,11 @@ class _Builder:
             return float(content)
         if kind == "dtype" and isinstance(content, str) and isinstance(getattr(torch, content, None), torch.dtype):
             return getattr(torch, content)
+        if kind == "device" and isinstance(content, str):
+            try:
+                return torch.device(content)
+            except RuntimeError as error:
+                raise ModelFileError(f"{self.owner}: an argument names no device: {content!r:.60}") from error
         if kind == "tensor" and isinstance(content, str) and content.startswith("argument.") and content in self.tensors:
             return self.tensors[content].clone()
         if kind == "layer":

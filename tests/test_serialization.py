@@ -6,6 +6,7 @@ described refused at save."""
 import fractions
 import io
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -19,7 +20,7 @@ import nnlab
 from nnlab.checkpoints import content_digest
 from nnlab.classifier import BinaryClassifier
 from nnlab.graph import Add, Concat, Input, Model
-from nnlab.layers import BatchNorm1d, Layer, LeakyReLU, Linear, ReLU, Sequential, Tanh
+from nnlab.layers import BatchNorm1d, Layer, LayerNorm, LeakyReLU, Linear, ReLU, Sequential, Tanh
 from nnlab.models import CNN, MLP, ResNet
 from nnlab.serialization import ModelFileError
 
@@ -130,6 +131,37 @@ def test_arguments_of_every_kind(tmp_path):
         assert rebuilt.constructor_call() == original.constructor_call()
     cnn_args = loaded[0].constructor_call()[1]
     assert cnn_args["conv_params"]["kernel_size"] == [3, (3, 1)] and cnn_args["activation"] is LeakyReLU
+
+
+def test_torch_factory_arguments(tmp_path):
+    """A dtype and a device given to a constructor, as torch.nn's take them."""
+    model = Sequential(Linear(3, 4), LayerNorm(4, device=torch.device("cpu"), dtype=torch.float32))
+    loaded = round_trip(model, tmp_path)
+    assert loaded[1].constructor_call() == ((4,), {"device": torch.device("cpu"), "dtype": torch.float32})
+    x = torch.randn(2, 3)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_every_kind_of_argument_value_survives_json():
+    """The argument codec on its own: what is written as JSON and read back is the value
+    given, with tuples and lists, non-finite numbers and tensors kept apart."""
+    from nnlab.serialization import _Builder, _Describer
+
+    tensor = torch.arange(6.0).reshape(2, 3)
+    values = [
+        None, True, 3, -2.5, float("inf"), "relu", [1, (2, 3)], (1, [2]), {"k": (3, 4), 5: None},
+        torch.float64, torch.device("cpu"), Tanh, tensor,
+    ]
+    describer = _Describer()
+    encoded = json.loads(json.dumps([describer.value(value, "test") for value in values], allow_nan=False))
+    builder = _Builder({"layers": [], "nodes": [], "model": 0, "training": []}, describer.tensors, "test")
+    decoded = [builder.value(item) for item in encoded]
+    for value, back in zip(values, decoded):
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(back, value) and back is not value
+        else:
+            assert back == value and type(back) is type(value), value
+    assert math.isnan(builder.value(json.loads(json.dumps(describer.value(float("nan"), "test")))))
 
 
 def test_binary_classifier_keeps_its_current_threshold(tmp_path):
