@@ -20,6 +20,11 @@ Like torch, the first scheduler built on an optimizer records the optimizer's ra
 ``optimizer.initial_lr`` and every later scheduler starts from it (``base_lr``).
 ``state_dict()`` / ``load_state_dict()`` save and restore a scheduler's progress; the
 optimizer's own ``state_dict`` holds its current ``learn_rate``.
+
+The rates are torch's; the parameters follow torch's too with ``VanillaSGD``, ``Adam``
+and ``AdamW``. ``MomentumSGD`` keeps a velocity scaled by the rate it was made with (the
+CS231n rule), so under a changing rate it takes other steps than ``torch.optim.SGD``
+with momentum, which rescales its whole buffer by the new rate.
 """
 
 import bisect
