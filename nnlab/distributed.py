@@ -448,7 +448,10 @@ class DataParallel(Layer):
 
     Everything else (``params``, ``buffers``, ``state_dict`` and its keys,
     ``load_state_dict``, ``train``, ``to``) is the wrapped model's, so a checkpoint of a
-    data-parallel run loads into the bare model. On one process it changes nothing.
+    data-parallel run loads into the bare model; so is ``classify_scores``, the rule a
+    trainer counts correct predictions with, where the model has one (a
+    ``BinaryClassifier`` predicts by its threshold, not by the argmax). On one process
+    it changes nothing.
     """
 
     def __init__(self, module, sync_batchnorm=True):
@@ -547,6 +550,12 @@ class DataParallel(Layer):
     def to(self, device=None, dtype=None):
         self.module.to(device=device, dtype=dtype)
         return self
+
+    @property
+    def classify_scores(self):
+        """The wrapped model's rule from scores to labels (``nnlab.classifier``);
+        AttributeError, as for the model, when it has none."""
+        return self.module.classify_scores
 
 
 def _layers(layer):

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from torch.utils.data.distributed import DistributedSampler
 
 from nnlab import cli, distributed, experiments
+from nnlab.classifier import BinaryClassifier
 from nnlab.data import Batches
 from nnlab.layers import (
     AvgPool2d,
@@ -605,3 +606,24 @@ def test_data_parallel_passes_requires_input_grad_to_its_model(monkeypatch):
     assert parallel.backward(torch.ones_like(out)) is None
     parallel.requires_input_grad(True)
     assert parallel.backward(torch.ones_like(out)).shape == (3, 6)
+
+
+def test_distributed_trainer_counts_with_the_models_own_classification_rule(monkeypatch):
+    """A BinaryClassifier predicts class 1 when P(class 1) >= its threshold; the
+    wrapper must not hide that rule behind an argmax."""
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(3)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 2, (40,))
+    classifier = BinaryClassifier(Sequential(Linear(6, 8), Tanh(), Linear(8, 2)).to(dtype=torch.float64), threshold=0.9)
+    trainer = distributed.DistributedTrainer(classifier, CrossEntropyLoss(), case_optimizer(classifier))
+    accuracy = trainer.test_epoch(Batches(x, y, 8), verbose=False).accuracy
+    with torch.no_grad():
+        probability_of_1 = torch.softmax(classifier.model(x), dim=1)[:, 1]
+    thresholded = 100.0 * float(((probability_of_1 >= 0.9).long() == y).double().mean())
+    argmax = 100.0 * float(((probability_of_1 >= 0.5).long() == y).double().mean())
+    assert thresholded != argmax  # the data tell the two rules apart
+    assert accuracy == pytest.approx(thresholded, abs=1e-12)
+    assert trainer.model.classify_scores == classifier.classify_scores
+    assert not hasattr(distributed.DataParallel(Sequential(Linear(6, 2))), "classify_scores")
