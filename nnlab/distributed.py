@@ -25,7 +25,10 @@ The design, point by point:
   it (not launched by torchrun) is one process alone, with no process group: everything
   below then does exactly what it does without this module.
 * **Same start.** ``DataParallel`` checks that every process built the same model
-  (names, shapes, dtypes) and broadcasts rank 0's parameters and buffers.
+  (names, shapes, dtypes) and broadcasts rank 0's parameters and buffers;
+  ``DistributedTrainer.fit`` checks that every process runs the same configuration
+  (optimizer and its hyperparameters, loss, epochs, ``fit``'s ``config``...) and
+  names each setting that differs, with its value on every process.
 * **Shards.** ``ShardedBatches`` gives each process the indices
   ``torch.utils.data.DistributedSampler`` gives it: the permutation of epoch e
   (0-based) is ``torch.randperm(N, generator=torch.Generator().manual_seed(seed + e))``
@@ -77,6 +80,7 @@ none of them imports it (the BatchNorm layers take a plain function for their su
 import contextlib
 import datetime
 import hashlib
+import json
 import os
 import socket
 import time
@@ -405,6 +409,38 @@ def check_same(what, description):
         )
 
 
+def check_same_settings(what, settings):
+    """DistributedError, on every process, naming each setting whose value differs
+    between the processes, with its value on each: ``settings`` is ``{name: value}``
+    of plain values (numbers, strings, lists...) that every process must share (a
+    learning rate, a number of epochs). One gather of every process's settings."""
+    world = current_world()
+    if world.world_size == 1:
+        return
+    shown = {name: _shown(value) for name, value in settings.items()}
+    every = [None] * world.world_size
+    with _talking(f"the check of {what}"):
+        dist.all_gather_object(every, shown)
+    names = sorted(set().union(*every))
+    differ = [name for name in names if len({process.get(name) for process in every}) > 1]
+    if differ:
+        details = "; ".join(
+            f"{name}: " + ", ".join(f"{process.get(name, 'none')} on rank {rank}" for rank, process in enumerate(every))
+            for name in differ
+        )
+        raise DistributedError(
+            f"rank {world.rank} of {world.world_size}: {what} differs between the processes: {details}; "
+            "every process must run with the same"
+        )
+
+
+def _shown(value):
+    """A setting as text that is equal exactly when the values are."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
 def from_rank_0(value):
     """Rank 0's ``value`` (any picklable object), on every process: for what one
     process draws and all must share (a seed drawn at random)."""
@@ -558,6 +594,13 @@ class DataParallel(Layer):
         return self.module.classify_scores
 
 
+def _is_plain(value):
+    """A number, string, bool or None, or a list or tuple of them: a setting to compare."""
+    if isinstance(value, (list, tuple)):
+        return all(map(_is_plain, value))
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def _layers(layer):
     """``layer`` and every layer inside it."""
     yield layer
@@ -676,10 +719,37 @@ class DistributedTrainer(LayerTrainer):
             self.model = DataParallel(self.model, sync_batchnorm)
         self._batch_sizes = []
 
-    def fit(self, *args, **kw):
+    def fit(self, dl_train, dl_test, num_epochs, **kw):
+        """``LayerTrainer.fit``, once every process is found to run the same
+        configuration (``run_settings``): a DistributedError on every process names
+        each setting that differs, before any training."""
         kw["verbose"] = kw.get("verbose", True) and self.world.is_main
         with failures_reported():
-            return super().fit(*args, **kw)
+            check_same_settings("the run's configuration", self.run_settings(num_epochs, **kw))
+            return super().fit(dl_train, dl_test, num_epochs, **kw)
+
+    def run_settings(self, num_epochs, **fit_kw):
+        """``{name: value}`` of everything in a run that must be the same on every
+        process: the optimizer (its kind and each hyperparameter), the loss, the task,
+        the number of epochs and ``fit``'s other choices, and each entry of ``fit``'s
+        ``config``. (The model is checked by ``DataParallel``, the data by the caller:
+        ``check_same`` on its fingerprint.)"""
+        hyperparameters = getattr(self.optimizer, "hyperparameters", dict)()
+        settings = {"optimizer": type(self.optimizer).__name__, "loss": repr(self.loss_fn), "task": self.task}
+        settings.update({f"optimizer.{name}": value for name, value in hyperparameters.items()})
+        loss_options = {name: value for name, value in vars(self.loss_fn).items() if not name.startswith("_")}
+        settings.update({f"loss.{name}": value for name, value in loss_options.items() if _is_plain(value)})
+        settings["num_epochs"] = num_epochs
+        for name in ("early_stopping", "restore_best", "monitor", "max_batches"):
+            settings[name] = fit_kw.get(name)
+        settings["checkpoints"] = "saved" if fit_kw.get("checkpoints") is not None else "not saved"
+        settings["resume"] = "resumed" if fit_kw.get("resume") is not None else "not resumed"
+        config = fit_kw.get("config")
+        if isinstance(config, dict):
+            settings.update({f"config.{name}": value for name, value in config.items()})
+        else:
+            settings["config"] = config
+        return settings
 
     def train_epoch(self, dl_train, **kw):
         if self.epoch is not None:

@@ -165,7 +165,7 @@ def cnn_experiment(
     world = distributed.current_world()
     if seed is None:
         config["seed"] = distributed.from_rank_0(config["seed"])  # one drawn seed for all processes
-    distributed.check_same("the experiment's configuration", json.dumps(config, sort_keys=True))
+    distributed.check_same_settings("the experiment's configuration", config)
     path = result_path(config)
     os.makedirs(config["out_dir"], exist_ok=True)
     # In data parallel, rank 0 holds the lock and writes the result.

@@ -38,7 +38,7 @@ from nnlab.layers import (
     Sequential,
     Tanh,
 )
-from nnlab.optimizers import MomentumSGD
+from nnlab.optimizers import Adam, MomentumSGD
 from nnlab.training import Callback, LayerTrainer, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +231,39 @@ def experiment(out_dir):
     print(f"run exit status {run}", flush=True)
     rerun = cli.main(["experiment", "rerun", str(Path(out_dir) / "dp_L1_K4.json"), "--distributed", "--quiet"])
     print(f"rerun exit status {rerun}", flush=True)
+
+
+def disagreeing(out_dir):
+    """Each rank fits with its own learning rate, then with its own optimizer, then for
+    its own number of epochs; then runs `nnlab train --distributed` with its own --lr
+    and --optimizer. Every error into OUT_DIR/disagree-rank<r>.txt, the command's exit
+    status too."""
+    world = distributed.setup(timeout=30)
+    x_train, y_train, x_test, y_test = case_data("mlp", torch.float32)
+    train = distributed.ShardedBatches(x_train, y_train, BATCH_SIZE, shuffle=True)
+    test = distributed.ShardedBatches(x_test, y_test, BATCH_SIZE, uneven="keep")
+    rules = {
+        "lr": (lambda params: MomentumSGD(params, learn_rate=0.1 * (1 + world.rank), momentum=0.9), EPOCHS),
+        "optimizer": (lambda params: (MomentumSGD if world.rank == 0 else Adam)(params, learn_rate=0.1), EPOCHS),
+        "epochs": (case_optimizer_of_params, EPOCHS + world.rank),
+    }
+    lines = []
+    for name, (make_optimizer, epochs) in rules.items():
+        model = case_model("mlp", torch.float32, seed=0)
+        trainer = distributed.DistributedTrainer(model, CrossEntropyLoss(), make_optimizer(model.params()))
+        try:
+            trainer.fit(train, test, epochs, verbose=False)
+            lines.append(f"{name}: trained")
+        except distributed.DistributedError as error:
+            lines.append(f"{name}: {' '.join(str(error).split())}")
+    options = [["--lr", "0.01"], ["--lr", "0.02", "--optimizer", "sgd"]][world.rank]
+    status = cli.main(["train", "--distributed", "--epochs", "1", "--no-verify", "--quiet", *options])
+    lines.append(f"nnlab train exit status {status}")
+    (Path(out_dir) / f"disagree-rank{world.rank}.txt").write_text("\n".join(lines))
+
+
+def case_optimizer_of_params(params):
+    return MomentumSGD(params, learn_rate=0.1, reg=1e-3, momentum=0.9)
 
 
 # Two processes against one -----------------------------------------------------------
@@ -627,3 +660,21 @@ def test_distributed_trainer_counts_with_the_models_own_classification_rule(monk
     assert accuracy == pytest.approx(thresholded, abs=1e-12)
     assert trainer.model.classify_scores == classifier.classify_scores
     assert not hasattr(distributed.DataParallel(Sequential(Linear(6, 2))), "classify_scores")
+
+
+def test_processes_that_disagree_on_the_run_configuration_stop_with_an_error_naming_it(tmp_path):
+    """Other learning rates, optimizers or epoch counts on two processes would train a
+    model that neither configuration describes: every process refuses before training."""
+    launch = Launch(tmp_path, disagreeing)
+    for rank, (status, log) in enumerate(launch.finish(timeout=120)):
+        assert status == 0, log
+        lines = (tmp_path / f"disagree-rank{rank}.txt").read_text().splitlines()
+        lr, optimizer, epochs, command = lines
+        assert lr.startswith(f"lr: rank {rank} of 2: the run's configuration differs between the processes:"), lr
+        assert "optimizer.learn_rate: 0.1 on rank 0, 0.2 on rank 1" in lr
+        assert "optimizer: MomentumSGD on rank 0, Adam on rank 1" in optimizer
+        assert "num_epochs: 2 on rank 0, 3 on rank 1" in epochs
+        assert command == "nnlab train exit status 1"
+    error = launch.log(0).splitlines()[-1]
+    assert error.startswith("nnlab train: error: rank 0 of 2: the run's configuration differs"), error
+    assert "optimizer: Adam on rank 0, VanillaSGD on rank 1" in error and "optimizer.learn_rate: 0.01 on rank 0, 0.02 on rank 1" in error
