@@ -32,6 +32,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not fit the model or optimizer."""
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a lost device): names the file and the
+    cause; what was at the path before is intact (``write_atomically``)."""
+
+
 # Checksums ------------------------------------------------------------------------------
 
 
@@ -105,7 +110,12 @@ def write_atomically(path, write):
     content or the new, never a part. If anything fails (or the process is
     interrupted), the temporary file is removed and whatever was at ``path`` before is
     left untouched. Temporary files of ``path`` that killed writes left behind are
-    removed first (one process writes a given path at a time)."""
+    removed first (one process writes a given path at a time).
+
+    Raises:
+        WriteError (an OSError): writing failed, naming ``path`` and the cause (torch's
+            writer reports a full disk as a RuntimeError, Python's file as an OSError).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     prefix, suffix = _temporary_affixes(path)
@@ -118,9 +128,12 @@ def write_atomically(path, write):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, WriteError):
+            cause = " ".join(str(error).split())
+            raise WriteError(f"{path}: cannot write the file: {cause} (the disk may be full); it is left as it was") from error
         raise
     _fsync_folder(folder)
 

@@ -789,3 +789,27 @@ def test_gradcheck_layer_rejecting_the_input_shape_is_a_usage_error(capsys, monk
     monkeypatch.syspath_prepend(str(student_package))
     result = run_in_process(capsys, "gradcheck", "--layer", "studentlayers.layers:Scale", "--args", "3", "--input-shape", "2,5,4,4")
     assert_usage_error(result, "--input-shape 2,5,4,4: Scale rejects it: RuntimeError: The size of tensor")
+
+
+# Errors of the machine and of extreme numbers: one line, never a traceback ------------------
+
+
+def test_a_checkpoint_write_that_finds_the_disk_full_gives_one_line_and_keeps_the_previous_file(
+    capsys, tmp_path, two_epochs, monkeypatch
+):
+    """torch.save into a file path reports ENOSPC as a RuntimeError of its zip writer."""
+    path = copied(two_epochs, tmp_path)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    result = run_in_process(capsys, "train", "--resume", str(path), "--epochs", "3", "--quiet")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error.startswith(f"nnlab train: error: {path}: cannot write the file: ")
+    assert "PytorchStreamWriter failed writing file data/0" in error and "the disk may be full" in error
+    assert path.read_bytes() == before  # the previous checkpoint is intact
+    assert sorted(os.listdir(tmp_path)) == ["run.pt"]  # no temporary file left
