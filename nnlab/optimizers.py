@@ -45,6 +45,18 @@ def _check_grad(owner, index, param, grad):
         )
 
 
+def _check_scalars(owner, index, param, scalars):
+    """OverflowError naming ``params[index]`` and the number, unless every one of
+    ``scalars`` fits ``param``'s dtype (torch's kernels would refuse it with no name)."""
+    largest = torch.finfo(param.dtype).max
+    for name, value in scalars.items():
+        if not abs(value) <= largest:
+            raise OverflowError(
+                f"{owner}: params[{index}]: the step's {name} {value:g} overflows {param.dtype} "
+                f"(whose largest number is {largest:.3g}); use a lower value"
+            )
+
+
 def _follow(param, state):
     """Gives the state tensors (moments, velocities) the parameter's device and dtype, so
     an optimizer built before ``model.to(...)`` (the order course notebooks use) keeps
@@ -166,7 +178,8 @@ class Optimizer(abc.ABC):
 
     def live(self):
         """[(param, grad, state)] for each parameter that has a gradient now. Every
-        gradient is checked before any update, so a bad one changes nothing."""
+        gradient, and every number the step multiplies into a parameter
+        (``step_scalars``), is checked before any update, so a bad one changes nothing."""
         owner = type(self).__name__
         found = []
         for index, ((param, grad), state) in enumerate(zip(self._entries, self.state)):
@@ -175,9 +188,17 @@ class Optimizer(abc.ABC):
                 if grad is None:
                     continue
                 _check_grad(owner, index, param, grad)
+            _check_scalars(owner, index, param, self.step_scalars(state))
             _follow(param, state)
             found.append((param, grad, state))
         return found
+
+    def step_scalars(self, state):
+        """``{name: number}``: the numbers the next step hands torch's in-place kernels
+        for a parameter with this ``state`` (each must fit the parameter's dtype): here
+        every hyperparameter that is a number; a rule that derives others adds them."""
+        values = self.hyperparameters().items()
+        return {name: value for name, value in values if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
     def regularized(self, param, grad):
         """``g = grad + reg * param`` (a new tensor), or ``grad`` itself when reg == 0."""
@@ -415,6 +436,9 @@ class Adam(Optimizer):
             "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
         }
 
+    def step_scalars(self, state):
+        return _adam_step_scalars(self, state)
+
     def step(self):
         with torch.no_grad():
             for param, grad, state in self.live():
@@ -444,10 +468,24 @@ def _adam_update(param, g, state, learn_rate, betas, eps):
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    step_size = learn_rate / (1 - beta1**t)
+    step_size = _adam_step_size(learn_rate, beta1, t)
     bias_correction2_sqrt = (1 - beta2**t) ** 0.5
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _adam_step_size(learn_rate, beta1, t):
+    return learn_rate / (1 - beta1**t)
+
+
+def _adam_step_scalars(optimizer, state):
+    """The numbers of Adam's or AdamW's next step for a parameter with ``state``: the
+    hyperparameters and the bias-corrected step size (and AdamW's decay factor)."""
+    scalars = Optimizer.step_scalars(optimizer, state)
+    scalars["learn_rate / (1 - beta1**t)"] = _adam_step_size(optimizer.learn_rate, optimizer.betas[0], float(state["step"] + 1))
+    if "weight_decay" in scalars:
+        scalars["1 - learn_rate * weight_decay"] = 1 - optimizer.learn_rate * optimizer.weight_decay
+    return scalars
 
 
 class AdamW(Optimizer):
@@ -481,6 +519,9 @@ class AdamW(Optimizer):
             "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
             "weight_decay": checked_real(owner, "weight_decay", values["weight_decay"], 0.0),
         }
+
+    def step_scalars(self, state):
+        return _adam_step_scalars(self, state)
 
     def step(self):
         with torch.no_grad():

@@ -672,3 +672,38 @@ def test_clip_grad_value_matches_torch(clip_value):
 def test_clipping_bad_input_names_the_function(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+OVERFLOWING = [
+    (lambda p: VanillaSGD(p, learn_rate=1e39), "learn_rate 1e+39"),
+    (lambda p: VanillaSGD(p, learn_rate=0.1, reg=1e39), "reg 1e+39"),
+    (lambda p: MomentumSGD(p, learn_rate=1e39), "learn_rate 1e+39"),
+    (lambda p: RMSProp(p, learn_rate=1e39), "learn_rate 1e+39"),
+    (lambda p: RMSProp(p, eps=1e39), "eps 1e+39"),
+    (lambda p: Adam(p, learn_rate=1e39), "learn_rate 1e+39"),
+    # 1e38 fits float32, but the first step's bias correction makes it 1e38 / (1 - 0.9).
+    (lambda p: Adam(p, learn_rate=1e38), "learn_rate / (1 - beta1**t) 1e+39"),
+    (lambda p: AdamW(p, learn_rate=1e38), "learn_rate / (1 - beta1**t) 1e+39"),
+    (lambda p: AdamW(p, learn_rate=3e37, weight_decay=100.0), "1 - learn_rate * weight_decay -3e+39"),
+]
+
+
+@pytest.mark.parametrize("make, named", OVERFLOWING, ids=[named for _, named in OVERFLOWING])
+def test_a_step_whose_numbers_overflow_the_parameters_dtype_is_refused_and_changes_nothing(make, named):
+    """torch's in-place kernels take a Python number that does not fit the tensor's dtype
+    with a bare 'value cannot be converted to type float without overflow'."""
+    wide = torch.ones(3, dtype=torch.float64)
+    narrow = torch.ones(2)
+    optimizer = make([(wide, torch.full_like(wide, 0.5)), (narrow, torch.full_like(narrow, 0.5))])
+    state = optimizer.state_dict()
+    with pytest.raises(OverflowError) as error:
+        optimizer.step()
+    message = str(error.value)
+    assert message.startswith(f"{type(optimizer).__name__}: params[1]: the step's {named} overflows torch.float32")
+    assert "lower" in message
+    assert torch.equal(wide, torch.ones(3, dtype=torch.float64)) and torch.equal(narrow, torch.ones(2))
+    after = optimizer.state_dict()
+    assert after["state"][0].keys() == state["state"][0].keys()
+    for before_entry, after_entry in zip(state["state"], after["state"]):
+        for key, value in before_entry.items():
+            assert torch.equal(torch.as_tensor(after_entry[key]), torch.as_tensor(value))
