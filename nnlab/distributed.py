@@ -99,6 +99,7 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 DEFAULT_TIMEOUT = 120.0
 DIAGNOSIS_SECONDS = 2.0
 UNEVEN = ("pad", "drop", "keep")
+SEEDS = 2**64  # torch's seeds are 64-bit; epoch e of seed s draws with (s + e) mod SEEDS
 
 
 class DistributedError(RuntimeError):
@@ -617,7 +618,7 @@ class ShardedBatches(Batches):
     (see the module docstring; ``batch_size`` is per process).
 
     ``set_epoch(e)`` (0-based; ``DistributedTrainer`` calls it before every epoch) picks
-    the permutation of ``seed + e`` when ``shuffle``; without shuffle the order is
+    the permutation of ``seed + e`` (modulo 2**64, torch's seed range) when ``shuffle``; without shuffle the order is
     0, 1, ..., N - 1. ``uneven``: "pad" (default) or "drop" make every shard the same
     size (training); "keep" gives ranks below N mod W one sample more and counts every
     sample once (evaluation).
@@ -637,6 +638,8 @@ class ShardedBatches(Batches):
             raise ValueError(f"ShardedBatches: rank must be an int from 0 to {self.world_size - 1}, got {self.rank!r}")
         if uneven not in UNEVEN:
             raise ValueError(f"ShardedBatches: uneven must be one of {UNEVEN}, got {uneven!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEEDS:
+            raise ValueError(f"ShardedBatches: seed must be an int from 0 to 2**64 - 1, got {seed!r}")
         self.dataset_size = self.num_samples
         if self.dataset_size < self.world_size:
             raise ValueError(
@@ -653,7 +656,7 @@ class ShardedBatches(Batches):
         size, world = self.dataset_size, self.world_size
         if self.reshuffle:
             generator = torch.Generator()
-            generator.manual_seed(self.seed + epoch)
+            generator.manual_seed((self.seed + epoch) % SEEDS)
             order = torch.randperm(size, generator=generator)
         else:
             order = torch.arange(size)

@@ -678,3 +678,17 @@ def test_processes_that_disagree_on_the_run_configuration_stop_with_an_error_nam
     error = launch.log(0).splitlines()[-1]
     assert error.startswith("nnlab train: error: rank 0 of 2: the run's configuration differs"), error
     assert "optimizer: Adam on rank 0, VanillaSGD on rank 1" in error and "optimizer.learn_rate: 0.01 on rank 0, 0.02 on rank 1" in error
+
+
+def test_the_largest_seed_shards_every_epoch_and_wraps_around_as_torch_seeds_do():
+    """Epoch e draws the permutation of seed + e, taken modulo 2**64 (torch's seeds are
+    64-bit: manual_seed(-1) is manual_seed(2**64 - 1)); an epoch past the largest seed
+    must not overflow."""
+    samples = torch.arange(10)
+    shards = distributed.ShardedBatches(samples, samples, 10, shuffle=True, seed=2**64 - 1, rank=0, world_size=1)
+    shards.set_epoch(1)
+    (x, _), = list(shards)
+    assert torch.equal(x, torch.randperm(10, generator=torch.Generator().manual_seed(0)))
+    for seed in (-1, 2**64, 0.5, True):
+        with pytest.raises(ValueError, match="seed must be an int from 0 to 2\\*\\*64 - 1"):
+            distributed.ShardedBatches(samples, samples, 2, shuffle=True, seed=seed, rank=0, world_size=1)
