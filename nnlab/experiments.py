@@ -316,8 +316,10 @@ def resolve_config(arguments, kw=None):
     if config["bs_test"] is None:
         config["bs_test"] = max(config["bs_train"] // 4, 1)
     config["device"] = resolve_device(config["device"])
-    for name in ("out_dir", "checkpoints", "root"):
+    for name, what in (("out_dir", "a folder path"), ("checkpoints", "a file path"), ("root", "a folder path")):
         if config[name] is not None:
+            if not isinstance(config[name], (str, os.PathLike)):
+                raise ExperimentError(f"cnn_experiment: {name} must be {what} (a string) or None, got {config[name]!r}")
             config[name] = os.fspath(config[name])
     kw = dict(kw or {})
     clashes = sorted(set(kw) & set(EXPERIMENT_KEYS))
@@ -448,7 +450,30 @@ def read_result(path):
     if record.get("format", RESULT_FORMAT) != RESULT_FORMAT:
         raise ExperimentError(f"{path}: result format {record['format']!r}, this nnlab reads {RESULT_FORMAT!r}")
     record["results"] = fit_result_from(path, record["results"])
+    if "environment" in record:
+        check_environment(path, record["environment"])
     return record
+
+
+def check_environment(path, environment):
+    """ExperimentError naming the file and the field unless ``environment`` is a JSON
+    object whose ``threads`` and ``world_size`` (where present) are ints >= 1."""
+    if not isinstance(environment, dict):
+        raise ExperimentError(f"{path}: environment must be a JSON object, got {json_kind(environment)}")
+    for name in ("threads", "world_size"):
+        value = environment.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExperimentError(f"{path}: environment.{name} must be an int >= 1, got {value!r}")
+
+
+def json_kind(value):
+    """What a JSON value is, for error messages: 'a list', 'a string', ..."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def is_number_list(values):
+    return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def fit_result_from(path, results):
@@ -462,9 +487,17 @@ def fit_result_from(path, results):
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ExperimentError(f"{path}: 'results' has num_epochs {count!r}, expected an int >= 0")
     for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        values = getattr(fit, name)
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ExperimentError(f"{path}: 'results' {name} must be a list of numbers")
+        if not is_number_list(getattr(fit, name)):
+            raise ExperimentError(f"{path}: results.{name} must be a list of numbers")
+    for name in ("metrics", "steps"):
+        records = getattr(fit, name)
+        if records is None:
+            continue
+        if not isinstance(records, dict):
+            raise ExperimentError(f"{path}: results.{name} must be a JSON object of lists of numbers, got {json_kind(records)}")
+        for key, values in records.items():
+            if not is_number_list(values):
+                raise ExperimentError(f"{path}: results.{name}[{key!r}] must be a list of numbers, got {short(values)}")
     return fit
 
 
@@ -504,6 +537,10 @@ def rerun_experiment(path, root=None, verbose=False):
     missing = sorted(set(EXPERIMENT_KEYS) - set(config))
     if missing:
         raise ExperimentError(f"{path}: its config lacks {missing}")
+    if not isinstance(record["data"], dict) or not isinstance(record["data"].get("fingerprint"), str):
+        raise ExperimentError(f"{path}: data.fingerprint must be a string (the SHA-256 of the data trained on)")
+    if "threads" not in record["environment"]:
+        raise ExperimentError(f"{path}: records no environment.threads, so it cannot be rerun with the run's thread count")
     trained_by = record["environment"].get("world_size", 1)
     running = distributed.current_world().world_size
     if trained_by != running:
@@ -517,7 +554,11 @@ def rerun_experiment(path, root=None, verbose=False):
     threads = torch.get_num_threads()
     torch.set_num_threads(record["environment"]["threads"])
     try:
-        new = run_experiment(resolve_config(arguments, model_options(config)), root, verbose)
+        resolved = resolve_config(arguments, model_options(config))
+    except ExperimentError as error:
+        raise ExperimentError(f"{path}: its config: {str(error).removeprefix('cnn_experiment: ')}") from None
+    try:
+        new = run_experiment(resolved, root, verbose)
     finally:
         torch.set_num_threads(threads)
     if new["data"]["fingerprint"] != record["data"]["fingerprint"]:

@@ -446,3 +446,56 @@ def test_a_killed_sweep_resumes_and_runs_each_configuration_exactly_once(tmp_pat
     for name, content in done_before.items():
         assert (tmp_path / f"{name}.json").read_bytes() == content  # never rewritten
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _set(record, where, value):
+    """``record`` with the entry at the dotted path ``where`` set to ``value`` (or
+    removed, for ``REMOVED``)."""
+    *parents, last = where.split(".")
+    target = record
+    for key in parents:
+        target = target[key]
+    if value is REMOVED:
+        del target[last]
+    else:
+        target[last] = value
+
+
+class _Removed:
+    def __repr__(self):
+        return "removed"
+
+
+REMOVED = _Removed()
+# (entry, tampered value, the field the error names, whether `experiment plot` reads it)
+TAMPERED = [
+    ("environment.threads", 0, "environment.threads must be an int >= 1, got 0", True),
+    ("environment.threads", -3, "environment.threads must be an int >= 1, got -3", True),
+    ("environment.threads", "2", "environment.threads must be an int >= 1, got '2'", True),
+    ("environment.threads", REMOVED, "records no environment.threads", False),
+    ("environment.world_size", 0, "environment.world_size must be an int >= 1, got 0", True),
+    ("environment", [], "environment must be a JSON object, got a list", True),
+    ("config.out_dir", 5, "its config: out_dir must be a folder path (a string) or None, got 5", False),
+    ("config.seed", "7", "its config: seed must be None or an int from 0 to 2**64 - 1, got '7'", False),
+    ("data.fingerprint", 5, "data.fingerprint must be a string", False),
+    ("results.metrics", [1, 2], "results.metrics must be a JSON object of lists of numbers, got a list", True),
+    ("results.metrics.test_acc", [50.0, "x"], "results.metrics['test_acc'] must be a list of numbers", True),
+    ("results.steps", {"loss": 3}, "results.steps['loss'] must be a list of numbers", True),
+]
+
+
+@pytest.mark.parametrize(
+    "where, value, named, read_by_plot", TAMPERED, ids=[f"{where}={value!r}" for where, value, _, _ in TAMPERED]
+)
+def test_rerun_and_plot_of_a_tampered_file_name_the_file_and_the_field(capsys, tmp_path, tiny_result, where, value, named, read_by_plot):
+    with open(tiny_result) as file:
+        record = json.load(file)
+    _set(record, where, value)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(record))
+    assert_usage_error(run_in_process(capsys, "experiment", "rerun", str(path), "--quiet"), f"{path}: ", named)
+    plot = run_in_process(capsys, "experiment", "plot", str(path), "--out", str(tmp_path / "runs.png"))
+    if read_by_plot:
+        assert_usage_error(plot, f"{path}: ", named)
+    else:
+        assert plot.returncode == 0, plot.stderr
