@@ -167,6 +167,8 @@ def cnn_experiment(
         config["seed"] = distributed.from_rank_0(config["seed"])  # one drawn seed for all processes
     distributed.check_same_settings("the experiment's configuration", config)
     path = result_path(config)
+    if checkpoints is not None and os.path.realpath(checkpoints) == os.path.realpath(path):
+        raise ExperimentError(f"checkpoints {checkpoints}: is the result file; give the checkpoint another name")
     os.makedirs(config["out_dir"], exist_ok=True)
     # In data parallel, rank 0 holds the lock and writes the result.
     with configuration_lock(path) if world.is_main else contextlib.nullcontext():
@@ -564,6 +566,21 @@ def rerun_experiment(path, root=None, verbose=False):
     if new["data"]["fingerprint"] != record["data"]["fingerprint"]:
         raise ExperimentError(f"{path}: the {config['data']} data differ from those the run was trained on")
     return new
+
+
+# Where a run's files go: no option of the run itself.
+LOCATION_KEYS = ("out_dir", "checkpoints", "root")
+
+
+def recorded_differences(path, config):
+    """Where the result file ``path`` records another configuration than ``config`` (a
+    resolved one, whose result would go to ``path``): one line per option,
+    ``"epochs: 2 != 3"`` (recorded, then wanted; None for an option one of them lacks),
+    the folders of its files aside; empty when the file holds this configuration's run.
+    ExperimentError naming the file if it is not a result."""
+    recorded = read_result(path)["config"]
+    keys = sorted((recorded.keys() | config.keys()) - set(LOCATION_KEYS))
+    return differences("", {key: recorded.get(key) for key in keys}, {key: config.get(key) for key in keys})
 
 
 def fit_differences(saved, new):

@@ -499,3 +499,22 @@ def test_rerun_and_plot_of_a_tampered_file_name_the_file_and_the_field(capsys, t
         assert_usage_error(plot, f"{path}: ", named)
     else:
         assert plot.returncode == 0, plot.stderr
+
+
+def test_recorded_differences_name_every_option_a_result_file_was_run_with_otherwise(tmp_path):
+    wanted = config_of(out_dir=str(tmp_path), epochs=3, lr=0.01)
+    path = experiments.result_path(wanted)
+    fit = FitResult(1, [1.0], [10.0], [0.5], [10.0])
+    experiments.save_result(path, {"format": experiments.RESULT_FORMAT, "config": dict(wanted, epochs=2), "results": fit})
+    assert experiments.recorded_differences(path, wanted) == ["epochs: 2 != 3"]
+    elsewhere = dict(wanted, out_dir="./elsewhere", checkpoints="run.ckpt")  # where files go is no option of the run
+    assert experiments.recorded_differences(path, dict(elsewhere, epochs=2)) == []
+    assert experiments.recorded_differences(path, dict(wanted, lr=0.1, dropout=0.5)) == ["dropout: None != 0.5", "epochs: 2 != 3", "lr: 0.01 != 0.1"]
+
+
+def test_a_checkpoint_file_that_is_the_result_file_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiments, "run_experiment", lambda *args, **kw: pytest.fail("trained"))
+    with pytest.raises(ExperimentError, match="checkpoints x_L1_K2.json: is the result file; give the checkpoint another name"):
+        cnn_experiment("x", out_dir=".", checkpoints="x_L1_K2.json", verbose=False, **TINY)
+    assert os.listdir(tmp_path) == []
