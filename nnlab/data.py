@@ -674,7 +674,7 @@ def _multi_digit_split(root, seed):
     images, labels = load_digits()
     train_images, train_labels, test_images, test_labels = split(images, labels, 0.8, seed)
     x_train, y_train = multi_digit(train_images, train_labels, MULTI_DIGIT_SAMPLES["train"], seed=seed)
-    x_test, y_test = multi_digit(test_images, test_labels, MULTI_DIGIT_SAMPLES["test"], seed=seed + 1)
+    x_test, y_test = multi_digit(test_images, test_labels, MULTI_DIGIT_SAMPLES["test"], seed=(seed + 1) % 2**64)
     return x_train, y_train, x_test, y_test
 
 

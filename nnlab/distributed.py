@@ -80,6 +80,7 @@ none of them imports it (the BatchNorm layers take a plain function for their su
 import contextlib
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import socket
@@ -722,32 +723,34 @@ class DistributedTrainer(LayerTrainer):
             self.model = DataParallel(self.model, sync_batchnorm)
         self._batch_sizes = []
 
-    def fit(self, dl_train, dl_test, num_epochs, **kw):
+    def fit(self, *args, **kw):
         """``LayerTrainer.fit``, once every process is found to run the same
         configuration (``run_settings``): a DistributedError on every process names
         each setting that differs, before any training."""
         kw["verbose"] = kw.get("verbose", True) and self.world.is_main
+        fit_arguments = inspect.signature(super().fit).bind(*args, **kw)
+        fit_arguments.apply_defaults()
         with failures_reported():
-            check_same_settings("the run's configuration", self.run_settings(num_epochs, **kw))
-            return super().fit(dl_train, dl_test, num_epochs, **kw)
+            check_same_settings("the run's configuration", self.run_settings(fit_arguments.arguments))
+            return super().fit(*args, **kw)
 
-    def run_settings(self, num_epochs, **fit_kw):
+    def run_settings(self, fit_arguments):
         """``{name: value}`` of everything in a run that must be the same on every
         process: the optimizer (its kind and each hyperparameter), the loss, the task,
-        the number of epochs and ``fit``'s other choices, and each entry of ``fit``'s
-        ``config``. (The model is checked by ``DataParallel``, the data by the caller:
-        ``check_same`` on its fingerprint.)"""
+        the number of epochs and ``fit``'s other choices (``fit_arguments``, by name),
+        and each entry of ``fit``'s ``config``. (The model is checked by
+        ``DataParallel``, the data by the caller: ``check_same`` on its fingerprint.)"""
         hyperparameters = getattr(self.optimizer, "hyperparameters", dict)()
         settings = {"optimizer": type(self.optimizer).__name__, "loss": repr(self.loss_fn), "task": self.task}
         settings.update({f"optimizer.{name}": value for name, value in hyperparameters.items()})
         loss_options = {name: value for name, value in vars(self.loss_fn).items() if not name.startswith("_")}
         settings.update({f"loss.{name}": value for name, value in loss_options.items() if _is_plain(value)})
-        settings["num_epochs"] = num_epochs
-        for name in ("early_stopping", "restore_best", "monitor", "max_batches"):
-            settings[name] = fit_kw.get(name)
-        settings["checkpoints"] = "saved" if fit_kw.get("checkpoints") is not None else "not saved"
-        settings["resume"] = "resumed" if fit_kw.get("resume") is not None else "not resumed"
-        config = fit_kw.get("config")
+        for name in ("num_epochs", "early_stopping", "restore_best", "monitor"):
+            settings[name] = fit_arguments[name]
+        settings["max_batches"] = fit_arguments["kw"].get("max_batches")
+        settings["checkpoints"] = "saved" if fit_arguments["checkpoints"] is not None else "not saved"
+        settings["resume"] = "resumed" if fit_arguments["resume"] is not None else "not resumed"
+        config = fit_arguments["config"]
         if isinstance(config, dict):
             settings.update({f"config.{name}": value for name, value in config.items()})
         else:

@@ -414,6 +414,24 @@ def configuration_lock(path):
         yield
 
 
+def configuration_busy(path):
+    """True while another process holds ``path``'s configuration lock (runs it now)."""
+    if fcntl is None:
+        return False
+    folder, name = os.path.split(path)
+    try:
+        handle = open(os.path.join(folder, f".{name}.lock"))
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 # Files ----------------------------------------------------------------------------------------
 
 
@@ -572,14 +590,15 @@ def rerun_experiment(path, root=None, verbose=False):
 LOCATION_KEYS = ("out_dir", "checkpoints", "root")
 
 
-def recorded_differences(path, config):
+def recorded_differences(path, config, ignore=()):
     """Where the result file ``path`` records another configuration than ``config`` (a
     resolved one, whose result would go to ``path``): one line per option,
     ``"epochs: 2 != 3"`` (recorded, then wanted; None for an option one of them lacks),
-    the folders of its files aside; empty when the file holds this configuration's run.
-    ExperimentError naming the file if it is not a result."""
+    the folders of its files and the keys ``ignore`` (a seed each run draws) aside;
+    empty when the file holds this configuration's run. ExperimentError naming the
+    file if it is not a result."""
     recorded = read_result(path)["config"]
-    keys = sorted((recorded.keys() | config.keys()) - set(LOCATION_KEYS))
+    keys = sorted((recorded.keys() | config.keys()) - set(LOCATION_KEYS) - set(ignore))
     return differences("", {key: recorded.get(key) for key in keys}, {key: config.get(key) for key in keys})
 
 

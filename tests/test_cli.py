@@ -813,3 +813,25 @@ def test_a_checkpoint_write_that_finds_the_disk_full_gives_one_line_and_keeps_th
     assert "PytorchStreamWriter failed writing file data/0" in error and "the disk may be full" in error
     assert path.read_bytes() == before  # the previous checkpoint is intact
     assert sorted(os.listdir(tmp_path)) == ["run.pt"]  # no temporary file left
+
+
+def test_a_learning_rate_that_overflows_float32_in_the_step_gives_one_line(capsys):
+    result = run_in_process(capsys, "train", "--lr", "1e39", "--epochs", "1", *FAST)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error.startswith("nnlab train: error: Adam: params[0]: the step's learn_rate 1e+39 overflows torch.float32")
+
+
+def test_clashing_output_paths_are_refused_before_training(capsys, tmp_path, two_epochs):
+    same = str(tmp_path / "out.png")
+    result = run_in_process(capsys, "train", "--epochs", "1", *FAST, "--checkpoint", same, "--plot", same)
+    assert_usage_error(result, f"--plot {same}", "--checkpoint")
+    assert result.stdout == "" and os.listdir(tmp_path) == []
+    # A resumed run writes its checkpoint back into the --resume file (whatever its name).
+    path = copied(two_epochs, tmp_path, "run.png")
+    before = path.read_bytes()
+    relative = os.path.relpath(path)
+    result = run_in_process(capsys, "train", "--resume", str(path), "--epochs", "3", "--quiet", "--plot", relative)
+    assert_usage_error(result, f"--plot {relative}", "--resume")
+    assert path.read_bytes() == before

@@ -20,6 +20,7 @@ from nnlab.data import (
     load_diabetes,
     load_digits,
     load_mnist,
+    load_split,
     load_moons,
     multi_digit,
     one_hot,
@@ -744,3 +745,12 @@ def test_split_rejects_empty_part_and_mismatch():
         split(x, y, 0.01, seed=0)
     with pytest.raises(ValueError, match="first dimension"):
         split(x, y[:9], 0.5, seed=0)
+
+
+def test_the_largest_seed_builds_the_two_digit_images():
+    """The test images are paired with the next seed, modulo 2**64 (torch's seed range)."""
+    largest = load_split("multi-digits", None, 2**64 - 1)
+    smallest = load_split("multi-digits", None, 0)
+    assert [tuple(t.shape) for t in largest] == [tuple(t.shape) for t in smallest]
+    test_pairs = multi_digit(*split(*load_digits(), 0.8, 2**64 - 1)[2:], 1000, seed=0)
+    assert torch.equal(largest[2], test_pairs[0]) and torch.equal(largest[3], test_pairs[1])

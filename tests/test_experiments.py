@@ -389,8 +389,18 @@ def test_an_existing_result_is_an_error_of_the_command(capsys, tiny_result):
     assert_usage_error(result, "the result file exists")
 
 
+def write_sweep_result(folder, **options):
+    """The result file of the configuration that `experiment sweep -n s -K 2 -L 1 -P 1
+    -H 4 -o FOLDER` and ``options`` run (seed 0, as a sweep's runs), with made-up figures."""
+    config = config_of(run_name="s", out_dir=str(folder), filters_per_layer=[2], layers_per_block=1, pool_every=1, hidden_dims=[4], **options)
+    path = experiments.result_path(config)
+    fit = FitResult(1, [1.0], [10.0], [0.5], [10.0])
+    experiments.save_result(path, {"format": experiments.RESULT_FORMAT, "config": config, "results": fit})
+    return path
+
+
 def test_a_sweep_reports_what_cannot_work_and_what_is_done_without_running_them(capsys, tmp_path, monkeypatch):
-    write_result(tmp_path, "s", 1, [2], [10.0], pool_every=1, hidden_dims=[4])
+    write_sweep_result(tmp_path)
     monkeypatch.setattr(experiment_command, "start_run", lambda item: pytest.fail(f"{item.name} should not run"))
     result = run_in_process(capsys, "experiment", "sweep", "-n", "s", "-K", "2", "-L", "1", "5", "-P", "1", "-H", "4", "-o", str(tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
@@ -518,3 +528,74 @@ def test_a_checkpoint_file_that_is_the_result_file_is_refused_before_training(tm
     with pytest.raises(ExperimentError, match="checkpoints x_L1_K2.json: is the result file; give the checkpoint another name"):
         cnn_experiment("x", out_dir=".", checkpoints="x_L1_K2.json", verbose=False, **TINY)
     assert os.listdir(tmp_path) == []
+
+
+class FinishedRun:
+    """What start_run returns, for a run that has ended with ``status``."""
+
+    def __init__(self, status):
+        self.returncode = status
+
+    def poll(self):
+        return self.returncode
+
+
+SWEEP = ("experiment", "sweep", "-n", "s", "-K", "2", "-L", "1", "-P", "1", "-H", "4")
+
+
+def test_a_sweep_over_results_of_other_options_names_them_and_overwrite_reruns_those(capsys, tmp_path, monkeypatch):
+    path = write_sweep_result(tmp_path, epochs=2, lr=0.01)
+    before = open(path, "rb").read()
+    monkeypatch.setattr(experiment_command, "start_run", lambda item: pytest.fail(f"{item.name} should not run"))
+    result = run_in_process(capsys, *SWEEP, "-o", str(tmp_path), "--epochs", "3", "--lr", "0.01")
+    assert_usage_error(result, f"{path}: epochs: 2 != 3. --overwrite reruns")  # the same lr is no difference
+    assert open(path, "rb").read() == before
+
+    started = []
+
+    def rerun(item):
+        started.append(item.argv)
+        write_sweep_result(tmp_path, epochs=3, lr=0.01)
+        return FinishedRun(0)
+
+    monkeypatch.setattr(experiment_command, "start_run", rerun)
+    result = run_in_process(capsys, *SWEEP, "-o", str(tmp_path), "--epochs", "3", "--lr", "0.01", "--overwrite")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (argv,) = started
+    assert "--overwrite" in argv and argv[argv.index("--epochs") + 1] == "3"
+    assert "1 run, 0 skipped (done before), 0 failed" in result.stdout
+    assert experiments.recorded_differences(path, load_experiment(path)[0]) == []
+
+
+def test_a_run_that_another_sweep_is_running_is_reported_done_by_it_not_failed(capsys, tmp_path, monkeypatch):
+    """Two sweeps on one folder: this one's run of s_L1_K2 finds the other's running
+    (and exits 2); when the other's has written the result, the configuration is done."""
+    import threading
+
+    path = os.path.join(tmp_path, "s_L1_K2.json")
+    lock = experiments.configuration_lock(path)
+    lock.__enter__()
+
+    def the_other_sweep_finishes():
+        write_sweep_result(tmp_path)
+        lock.__exit__(None, None, None)
+
+    def busy(item):
+        threading.Timer(0.3, the_other_sweep_finishes).start()
+        return FinishedRun(2)
+
+    monkeypatch.setattr(experiment_command, "start_run", busy)
+    result = run_in_process(capsys, *SWEEP, "-o", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"[1/1] s_L1_K2: done by another process ({path})" in result.stdout
+    assert "FAILED" not in result.stdout and "0 failed" in result.stdout
+
+
+def test_a_repeated_configuration_option_of_one_run_is_refused_and_a_sweep_adds_them_up(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for option, values in (("-K", ("4", "8")), ("-L", ("1", "2")), ("-H", ("4", "8")), ("-M", ("cnn", "resnet"))):
+        result = run_in_process(capsys, "experiment", "run", "-n", "x", "--epochs", "1", "--batches", "1", option, values[0], option, values[1])
+        assert_usage_error(result, f"{option} is given twice", "one configuration")
+    assert not (tmp_path / "results").exists()
+    args = cli.build_parser().parse_args(["experiment", "sweep", "-n", "e", "-K", "8", "-L", "1", "-L", "2", "3", "-P", "1", "-P", "2"])
+    assert args.layers_per_block == [1, 2, 3] and args.pool_every == [1, 2]

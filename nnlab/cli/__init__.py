@@ -44,7 +44,8 @@ def main(argv=None):
     except training.TrainingDiverged as error:
         print(f"nnlab {args.command}: {error}", file=sys.stderr)
         return 1
-    except distributed.DistributedError as error:  # another process failed, or the group broke: not a usage error
+    # Another process failed, the group broke, or a step's number overflows the model's dtype: not a usage error.
+    except (distributed.DistributedError, OverflowError) as error:
         print(f"nnlab {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except OSError as error:  # the machine failed us mid-run (disk full, ...): not a usage error

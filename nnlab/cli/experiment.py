@@ -97,13 +97,17 @@ def add_parser(commands):
         help="run the cross product of configurations, each in its own process",
         description="Runs every combination of the -K, -L, -P, -H and -M values, each configuration in its "
         "own process (its output in {out_dir}/logs/), --jobs at a time. A configuration whose result "
-        "file exists is skipped, so an interrupted sweep resumes where it stopped; one that cannot "
-        "work is reported by name and the sweep goes on. Exit status 1 if any configuration failed.",
+        "file holds its run is skipped, so an interrupted sweep resumes where it stopped; a result file "
+        "run with other options (another --epochs, --lr, ...) stops the sweep before it runs anything, "
+        "naming the options, unless --overwrite, which reruns those configurations. One that cannot "
+        "work is reported by name and the sweep goes on; one that another sweep on the same folder is "
+        "running is left to it. Exit status 1 if any configuration failed.",
         epilog=EXPERIMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_configuration_options(sweep, sweep=True)
     sweep.add_argument("-j", "--jobs", type=positive_int, default=1, help="configurations run at once (default 1)")
+    sweep.add_argument("--overwrite", action="store_true", help="rerun configurations whose result files were run with other options")
 
     plot = actions.add_parser(
         "plot",
@@ -142,19 +146,21 @@ def add_configuration_options(parser, sweep):
     the values to combine (sweep: ``-K 32 -K 64`` is two K configurations)."""
     parser.add_argument("-n", "--run-name", required=True, metavar="NAME", help="name of the run and its result file")
     defaults = experiments.EXPERIMENT_DEFAULTS
-    many = dict(action="append") if sweep else {}
+    many = dict(action="append") if sweep else dict(action=GivenOnce)
     each = " (repeat for more configurations)" if sweep else ""
     values = "+" if sweep else None
+    # A sweep adds up the values of a repeated -L, -P or -M (-L 1 -L 2 is -L 1 2).
+    several = dict(action="extend") if sweep else dict(action=GivenOnce)
     parser.add_argument(
         "-K", "--filters-per-layer", type=positive_int, nargs="+", metavar="K", **many,
         help=f"filters per conv layer in each block (default {defaults['filters_per_layer']}){each}",
     )
     parser.add_argument(
-        "-L", "--layers-per-block", type=positive_int, nargs=values, metavar="L",
+        "-L", "--layers-per-block", type=positive_int, nargs=values, metavar="L", **several,
         help=f"conv layers per block, each K repeated L times (default {defaults['layers_per_block']})",
     )
     parser.add_argument(
-        "-P", "--pool-every", type=positive_int, nargs=values, metavar="P",
+        "-P", "--pool-every", type=positive_int, nargs=values, metavar="P", **several,
         help=f"a pooling layer after every P convs (default {defaults['pool_every']})",
     )
     parser.add_argument(
@@ -162,7 +168,7 @@ def add_configuration_options(parser, sweep):
         help=f"widths of the hidden dense layers (default {defaults['hidden_dims']}){each}",
     )
     parser.add_argument(
-        "-M", "--model-type", choices=experiments.MODEL_TYPES, nargs=values,
+        "-M", "--model-type", choices=experiments.MODEL_TYPES, nargs=values, **several,
         help=f"model (default {defaults['model_type']})",
     )
     threads = "the CPU count divided by --jobs" if sweep else "torch's, the CPU count"
@@ -176,6 +182,19 @@ def add_configuration_options(parser, sweep):
         if defaults.get(dest) is not None and "(default" not in settings["help"]:
             settings["help"] += f" (default {defaults[dest]})"
         parser.add_argument(*flags, **settings)
+
+
+class GivenOnce(argparse.Action):
+    """Stores an option of one run's configuration, refusing it a second time (argparse
+    would keep the last silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(
+                f"{option_string} is given twice; a run takes one configuration (-K 4 8 is one K list, "
+                "experiment sweep -K 4 -K 8 runs one configuration per -K)"
+            )
+        setattr(namespace, self.dest, values)
 
 
 def run_experiment_command(args):
@@ -272,6 +291,7 @@ def experiment_sweep(args):
     if args.data == "cifar10" and (args.root is None or not os.path.isdir(args.root)):
         raise UsageError(f"--data cifar10 needs --root DIR, an existing folder (got {args.root})")
     configurations = sweep_configurations(args)
+    stale = stale_results(configurations, args.overwrite)
     os.makedirs(os.path.join(args.out_dir or experiments.EXPERIMENT_DEFAULTS["out_dir"], "logs"), exist_ok=True)
     total = len(configurations)
     print(f"sweep {args.run_name}: {total} configurations, {args.jobs} at a time")
@@ -280,23 +300,39 @@ def experiment_sweep(args):
     for item in configurations:
         if item.problem is not None:
             progress.report(item, f"cannot work: {item.problem}", failed=True)
+        elif item.name in stale:
+            pending.append(item._replace(argv=item.argv + ["--overwrite"]))
         elif os.path.exists(item.path):
             progress.report(item, f"done already ({item.path}), skipped")
         else:
             pending.append(item)
-    running = {}
+    running, waiting = {}, []
     previous_handler = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while pending or running:
+        while pending or running or waiting:
             while pending and len(running) < args.jobs:
                 item = pending.pop(0)
-                if os.path.exists(item.path):  # another sweep on the same folder finished it meanwhile
+                if holds_its_run(item):  # another sweep on the same folder finished it meanwhile
                     progress.report(item, f"done already ({item.path}), skipped")
                     continue
                 running[start_run(item)] = item
-            process = wait_for_any(running)
+            for item in [item for item in waiting if not experiments.configuration_busy(item.path)]:
+                waiting.remove(item)
+                if holds_its_run(item):
+                    progress.report(item, f"done by another process ({item.path})")
+                else:
+                    pending.append(item)  # the other process failed: run it here
+            process = finished_run(running)
+            if process is None:
+                time.sleep(0.05)
+                continue
             item = running.pop(process)
-            report_run(progress, item, process.returncode)
+            if process.returncode != 0 and experiments.configuration_busy(item.path):
+                waiting.append(item)  # another sweep runs it now; its outcome decides
+            elif process.returncode != 0 and holds_its_run(item):
+                progress.report(item, f"done by another process ({item.path})")
+            else:
+                report_run(progress, item, process.returncode)
     except KeyboardInterrupt:
         stop_runs(running)
         missing = [item for item in configurations if item.problem is None and not os.path.exists(item.path)]
@@ -311,12 +347,41 @@ def experiment_sweep(args):
     return 1 if progress.failed else 0
 
 
+def stale_results(configurations, overwrite):
+    """The names of the configurations whose result files hold runs of other options:
+    to rerun with ``overwrite``, else a UsageError naming each file and option."""
+    reasons = {item.name: recorded_otherwise(item) for item in configurations if item.problem is None and os.path.exists(item.path)}
+    stale = [item for item in configurations if reasons.get(item.name)]
+    if stale and not overwrite:
+        raise UsageError(
+            f"{len(stale)} result file(s) hold runs of other options (recorded != this sweep's): "
+            + "; ".join(f"{item.path}: {reasons[item.name]}" for item in stale)
+            + ". --overwrite reruns those configurations, replacing their files; or choose another -n or -o"
+        )
+    return {item.name for item in stale}
+
+
+def recorded_otherwise(item):
+    """Why the result file of ``item`` is not its run: the options it was run with
+    otherwise, or why it is no result; '' when it holds the run."""
+    try:
+        return ", ".join(experiments.recorded_differences(item.path, item.config, item.ignored))
+    except experiments.ExperimentError as error:
+        return str(error).removeprefix(f"{item.path}: ")
+
+
+def holds_its_run(item):
+    return os.path.exists(item.path) and not recorded_otherwise(item)
+
+
 class SweepItem(NamedTuple):
     name: str  # the result file's name without .json
     path: str
     argv: list  # `nnlab experiment run` arguments
     log: str
     problem: Optional[str]  # why the configuration cannot work; None if it can
+    config: dict  # the configuration its result file must record
+    ignored: tuple  # configuration keys each run picks itself (the seed, drawn when -s is not given)
 
 
 def sweep_configurations(args):
@@ -355,7 +420,8 @@ def sweep_configurations(args):
         argv += ["-P", str(values["pool_every"]), "-H", *map(str, values["hidden_dims"])]
         argv += option_arguments(args) + ["--threads", str(threads), "--quiet"]
         log = os.path.join(config["out_dir"], "logs", name + ".log")
-        items.append(SweepItem(name, experiments.result_path(config), argv, log, problem))
+        ignored = ("seed",) if args.seed is None else ()
+        items.append(SweepItem(name, experiments.result_path(config), argv, log, problem, config, ignored))
     return items
 
 
@@ -437,13 +503,12 @@ def die_with_parent():
     return setup
 
 
-def wait_for_any(running):
-    """The first of the running processes to finish."""
-    while True:
-        for process in running:
-            if process.poll() is not None:
-                return process
-        time.sleep(0.05)
+def finished_run(running):
+    """One of the running processes that has finished; None if none has."""
+    for process in running:
+        if process.poll() is not None:
+            return process
+    return None
 
 
 def report_run(progress, item, status):

@@ -130,6 +130,13 @@ def run_train(args):
     return train_model(args, None)
 
 
+def check_not_the_checkpoint(args, target):
+    """UsageError if --plot names the file the run saves its checkpoint in."""
+    if target is not None and os.path.realpath(args.plot) == os.path.realpath(target):
+        source = "--checkpoint" if args.checkpoint is not None else "--resume"
+        raise UsageError(f"--plot {args.plot}: is the run's checkpoint ({source} {target}); give the picture another name")
+
+
 def train_model(args, world):
     """nnlab train in one process (``world`` None), or in this process of a data-parallel
     run (``world``, a ``distributed.World``)."""
@@ -139,6 +146,7 @@ def train_model(args, world):
     target = checkpoint_target(args)
     if args.plot is not None:
         check_plot_file(args.plot)
+        check_not_the_checkpoint(args, target)
 
     torch.manual_seed(settings["seed"])
     x_train, y_train, x_test, y_test = load_split(settings["data"], settings["root"], settings["seed"])
