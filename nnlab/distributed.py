@@ -443,6 +443,13 @@ def _shown(value):
     return json.dumps(value, sort_keys=True, default=repr)
 
 
+def _is_plain(value):
+    """A number, string, bool or None, or a list or tuple of them: a setting to compare."""
+    if isinstance(value, (list, tuple)):
+        return all(map(_is_plain, value))
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def from_rank_0(value):
     """Rank 0's ``value`` (any picklable object), on every process: for what one
     process draws and all must share (a seed drawn at random)."""
@@ -596,13 +603,6 @@ class DataParallel(Layer):
         return self.module.classify_scores
 
 
-def _is_plain(value):
-    """A number, string, bool or None, or a list or tuple of them: a setting to compare."""
-    if isinstance(value, (list, tuple)):
-        return all(map(_is_plain, value))
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
 def _layers(layer):
     """``layer`` and every layer inside it."""
     yield layer
@@ -619,8 +619,8 @@ class ShardedBatches(Batches):
     (see the module docstring; ``batch_size`` is per process).
 
     ``set_epoch(e)`` (0-based; ``DistributedTrainer`` calls it before every epoch) picks
-    the permutation of ``seed + e`` (modulo 2**64, torch's seed range) when ``shuffle``; without shuffle the order is
-    0, 1, ..., N - 1. ``uneven``: "pad" (default) or "drop" make every shard the same
+    the permutation of ``seed + e`` (modulo 2**64, torch's seed range) when
+    ``shuffle``; without shuffle the order is 0, 1, ..., N - 1. ``uneven``: "pad" (default) or "drop" make every shard the same
     size (training); "keep" gives ranks below N mod W one sample more and counts every
     sample once (evaluation).
 
