@@ -124,6 +124,27 @@ def _batchnorm_twin(module_class, layer):
     )
 
 
+def _recurrent_twin(module_class, layer):
+    """The torch RNN, LSTM or GRU with the layer's options."""
+    options = dict(
+        num_layers=layer.num_layers,
+        bias=layer.bias,
+        batch_first=layer.batch_first,
+        dropout=layer.dropout,
+        bidirectional=layer.bidirectional,
+    )
+    if module_class is torch.nn.RNN:
+        options["nonlinearity"] = layer.nonlinearity
+    return module_class(layer.input_size, layer.hidden_size, **options)
+
+
+def _cell_twin(module_class, layer):
+    """The torch RNNCell, LSTMCell or GRUCell with the layer's options."""
+    if module_class is torch.nn.RNNCell:
+        return module_class(layer.input_size, layer.hidden_size, layer.bias, layer.nonlinearity)
+    return module_class(layer.input_size, layer.hidden_size, layer.bias)
+
+
 _LEAF_TWINS = {
     nn.Linear: lambda layer: torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None),
     nn.ReLU: lambda layer: torch.nn.ReLU(),
@@ -154,6 +175,20 @@ _LEAF_TWINS = {
     nn.InstanceNorm1d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm1d, layer),
     nn.InstanceNorm2d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm2d, layer),
     nn.InstanceNorm3d: lambda layer: _batchnorm_twin(torch.nn.InstanceNorm3d, layer),
+    nn.RNN: lambda layer: _recurrent_twin(torch.nn.RNN, layer),
+    nn.LSTM: lambda layer: _recurrent_twin(torch.nn.LSTM, layer),
+    nn.GRU: lambda layer: _recurrent_twin(torch.nn.GRU, layer),
+    nn.RNNCell: lambda layer: _cell_twin(torch.nn.RNNCell, layer),
+    nn.LSTMCell: lambda layer: _cell_twin(torch.nn.LSTMCell, layer),
+    nn.GRUCell: lambda layer: _cell_twin(torch.nn.GRUCell, layer),
+    nn.Embedding: lambda layer: torch.nn.Embedding(
+        layer.num_embeddings,
+        layer.embedding_dim,
+        layer.padding_idx,
+        layer.max_norm,
+        layer.norm_type,
+        layer.scale_grad_by_freq,
+    ),
     nn.LayerNorm: lambda layer: torch.nn.LayerNorm(
         layer.normalized_shape, layer.eps, layer.elementwise_affine, bias=layer.has_bias
     ),

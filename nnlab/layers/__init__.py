@@ -21,6 +21,7 @@ from .losses import (
     MultiTaskLoss,
     NLLLoss,
 )
+from .embedding import Embedding
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
@@ -33,6 +34,7 @@ from .sample_norm import (
     LocalResponseNorm,
     RMSNorm,
 )
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock
 from .upsample import Upsample
 
@@ -48,6 +50,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "Embedding", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell",
     "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv2d",
     "CrossEntropyLoss", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Heads", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "L1Loss",
