@@ -7,7 +7,7 @@ import sys
 
 from .. import distributed, training
 from ..data import DataError
-from . import bench, binary, experiment, gradcheck, overfit, train
+from . import bench, binary, experiment, gradcheck, language, overfit, train
 from .checks import UsageError
 
 __all__ = ["build_parser", "main"]
@@ -23,6 +23,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(commands)
+    language.add_generate_parser(commands)
     for subparser in commands.choices.values():
         subparser.set_defaults(usage=subparser.format_usage, reject=subparser.error)
     return parser

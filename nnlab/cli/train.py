@@ -12,6 +12,7 @@ from ..data import DATASETS
 from ..optimizers import OPTIMIZERS, make_optimizer
 from ..tasks import DEFAULT_LEARNING_RATES, MODEL_KINDS, VERIFY_TOLERANCE, TaskError, make_problem, verify_gradients
 from .checks import UsageError, check_output_file, check_plot_file, learning_rate, positive_int, seed
+from .language import LANGUAGE_MODELS, train_text
 from .parallel import add_distributed_options, run_data_parallel
 
 __all__ = ["add_parser", "run_train"]
@@ -45,11 +46,19 @@ def add_parser(commands):
     )
     train.add_argument(
         "--data",
-        choices=tuple(DATASETS),
-        help="dataset (default digits; digits, diabetes and multi-digits are bundled, offline)",
+        choices=tuple(DATASETS) + ("text",),
+        help="dataset (default digits; digits, diabetes and multi-digits are bundled, offline; "
+        "text: a character-level language model, see --text)",
+    )
+    train.add_argument(
+        "--text",
+        metavar="FILE",
+        help="with --data text: the UTF-8 text to model (default: the Python documentation that ships with CPython)",
     )
     train.add_argument("--root", help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files")
-    train.add_argument("--model", choices=MODEL_KINDS, help="model (default mlp)")
+    train.add_argument(
+        "--model", choices=MODEL_KINDS + LANGUAGE_MODELS, help=f"model (default mlp; {', '.join(LANGUAGE_MODELS)} with --data text, default lstm)"
+    )
     train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help="optimizer (default adam)")
     train.add_argument("--lr", type=learning_rate, help="learning rate (default: per optimizer; on --resume, the checkpoint's)")
     train.add_argument("--epochs", type=positive_int, help="epochs of the whole run (default 30)")
@@ -125,6 +134,12 @@ def continues(target, resume):
 
 
 def run_train(args):
+    if args.data == "text":
+        return train_text(args)
+    if args.text is not None:
+        raise UsageError("--text is taken with --data text only")
+    if args.model in LANGUAGE_MODELS:
+        raise UsageError(f"--model {args.model} is a language model: it takes --data text")
     if args.distributed:
         return run_data_parallel(args, train_model)
     return train_model(args, None)
