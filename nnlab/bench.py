@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from nnlab import layers as nnlab_layers
 from nnlab.graph import Input, Model
 from nnlab.layers import (
     AdaptiveAvgPool2d,
@@ -74,6 +75,7 @@ class Sizes(NamedTuple):
     cnn: tuple  # (batch, size)
     resnet: tuple  # (batch, channels, size)
     graph: tuple  # (batch, size, width)
+    sequence: tuple  # (batch, steps, input_size, hidden_size, vocabulary)
 
 
 FULL = Sizes(
@@ -84,6 +86,7 @@ FULL = Sizes(
     cnn=(64, 32),
     resnet=(32, 32, 16),
     graph=(64, 32, 32),
+    sequence=(32, 64, 64, 256, 100),
 )
 QUICK = Sizes(
     convs=[(2, 3, 8, 8, 4, 3, 1), (2, 1, 7, 7, 2, 3, 0)],
@@ -93,6 +96,7 @@ QUICK = Sizes(
     cnn=(2, 8),
     resnet=(2, 4, 4),
     graph=(2, 8, 4),
+    sequence=(2, 3, 4, 5, 7),
 )
 CLASSES = 10
 LEARN_RATE = 1e-2
@@ -199,6 +203,52 @@ def norm_cases(batch, channels, size):
             torch.nn.LayerNorm(channels),
             tokens,
         ),
+    ]
+
+
+def recurrent_case(name, batch, steps, input_size, hidden_size):
+    """LSTM or GRU forward + backward through time (output and final state), torch's
+    weights copied into nnlab's."""
+    module = getattr(torch.nn, name)(input_size, hidden_size)
+    layer = getattr(nnlab_layers, name)(input_size, hidden_size)
+    layer.load_state_dict(module.state_dict())
+    x = torch.randn(steps, batch, input_size)
+    x_ref = x.clone().requires_grad_(True)
+    dout = torch.randn(steps, batch, hidden_size)
+
+    def run_nnlab():
+        layer(x)
+        layer.backward((dout, None))
+
+    def run_torch():
+        x_ref.grad = None
+        module(x_ref)[0].backward(dout)
+
+    return Case(f"{name}({input_size}, {hidden_size}) {steps} steps x {batch}", run_nnlab, run_torch)
+
+
+def embedding_case(batch, steps, dim, vocabulary):
+    """Embedding lookup + the table's gradient (index_add) on both sides."""
+    ids = torch.randint(0, vocabulary, (batch, steps))
+    layer = nnlab_layers.Embedding(vocabulary, dim)
+    module = torch.nn.Embedding(vocabulary, dim)
+    dout = torch.randn(batch, steps, dim)
+
+    def run_nnlab():
+        layer(ids)
+        layer.backward(dout)
+
+    def run_torch():
+        module(ids).backward(dout)
+
+    return Case(f"Embedding({vocabulary}, {dim}) {batch}x{steps}", run_nnlab, run_torch)
+
+
+def sequence_cases(batch, steps, input_size, hidden_size, vocabulary):
+    return [
+        recurrent_case("LSTM", batch, steps, input_size, hidden_size),
+        recurrent_case("GRU", batch, steps, input_size, hidden_size),
+        embedding_case(batch, steps, input_size, vocabulary),
     ]
 
 
@@ -309,6 +359,7 @@ def build_cases(sizes=FULL):
     cases.append(maxpool_case(*sizes.maxpool))
     cases.append(batchnorm_case(*sizes.batchnorm))
     cases.extend(norm_cases(*sizes.batchnorm))
+    cases.extend(sequence_cases(*sizes.sequence))
     for name, model, twin, x in model_sets(sizes):
         y = torch.randint(0, CLASSES, (x.shape[0],))
         cases.append(train_step_case(f"train step {name}", model, twin, x, y))

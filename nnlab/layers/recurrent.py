@@ -17,41 +17,54 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 # One time step ----------------------------------------------------------------------------
 
 
-def step_forward(mode, x_gates, h, c, weight_hh, bias_hh):
-    """One step from the input's gate pre-activations ``x_gates`` (N, G*H) = x W_ih^T + b_ih
-    and the state (h, c; c is None but for LSTM). Returns (h', c', saved), where saved
-    holds what ``step_backward`` needs.
+def input_gates(mode, x, weight_ih, bias_ih, bias_hh):
+    """The input's part of every step's gate pre-activations, x W_ih^T + b_ih, for all steps
+    at once; for RNN and LSTM b_hh joins it (it adds to the same pre-activations), for GRU
+    it stays with the state's part (its n chunk is scaled by r)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if bias_ih is None:
+        gates = rows @ weight_ih.T
+    else:
+        bias = bias_ih if mode == "GRU" else bias_ih + bias_hh
+        gates = torch.addmm(bias, rows, weight_ih.T)
+    return gates.reshape(*x.shape[:-1], weight_ih.shape[0])
 
-    RNN:  h' = act(x_gates + h W_hh^T + b_hh), act = tanh or relu.
-    LSTM: i, f, g, o = sigma, sigma, tanh, sigma of the four chunks of x_gates + h W_hh^T + b_hh;
+
+def step_forward(mode, x_gates, h, c, weight_hh, bias_hh):
+    """One step from ``input_gates`` (N, G*H) and the state (h, c; c is None but for LSTM).
+    Returns (h', c', saved), where saved holds what ``step_backward`` needs.
+
+    RNN:  h' = act(x_gates + h W_hh^T), act = tanh or relu.
+    LSTM: i, f, g, o = sigma, sigma, tanh, sigma of the four chunks of x_gates + h W_hh^T;
           c' = f c + i g, h' = o tanh(c').
     GRU:  r, z = sigma of the first two chunks of x_gates + h W_hh^T + b_hh;
           n = tanh(x_n + r (h W_hn^T + b_hn)), h' = (1 - z) n + z h."""
-    h_gates = h @ weight_hh.T
-    if bias_hh is not None:
-        h_gates = h_gates + bias_hh
-    if mode == "LSTM":
-        i, f, g, o = (x_gates + h_gates).chunk(4, dim=-1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_new = f * c + i * g
-        tanh_c = torch.tanh(c_new)
-        return o * tanh_c, c_new, (i, f, g, o, tanh_c)
     if mode == "GRU":
+        h_gates = h @ weight_hh.T if bias_hh is None else torch.addmm(bias_hh, h, weight_hh.T)
         x_r, x_z, x_n = x_gates.chunk(3, dim=-1)
         h_r, h_z, h_n = h_gates.chunk(3, dim=-1)
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         return (1 - z) * n + z * h, None, (r, z, n, h_n)
-    pre = x_gates + h_gates
+    pre = torch.addmm(x_gates, h, weight_hh.T)
+    if mode == "LSTM":
+        hidden = h.shape[-1]
+        # One sigmoid over the four chunks (the g chunk's is not used): fewer calls than four.
+        sigmoids = torch.sigmoid(pre)
+        g = torch.tanh(pre[:, 2 * hidden:3 * hidden])
+        i, f, o = sigmoids[:, :hidden], sigmoids[:, hidden:2 * hidden], sigmoids[:, 3 * hidden:]
+        c_new = torch.addcmul(f * c, i, g)
+        tanh_c = torch.tanh(c_new)
+        return o * tanh_c, c_new, (sigmoids, g, tanh_c)
     h_new = torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)
     return h_new, None, (h_new,)
 
 
-def step_backward(mode, dh, dc, saved, h, c, weight_hh):
-    """The VJP of ``step_forward`` for the upstream (dh', dc'): returns (dx_gates, dh_gates,
-    dh, dc), the gradients of the input's and the state's gate pre-activations (equal but
-    for GRU's n chunk) and of the previous state.
+def step_backward(mode, dh, dc, saved, h, c, weight_hh, dx_gates, dh_gates):
+    """The VJP of ``step_forward`` for the upstream (dh', dc'): writes the gradients of the
+    input's gate pre-activations into ``dx_gates`` and of the state's into ``dh_gates`` (N, G*H;
+    the same tensor but for GRU) and returns (dh, dc) of the previous state.
 
     RNN:  dpre = dh' (1 - h'^2) (tanh) or dh' [h' > 0] (relu); dh = dpre W_hh.
     LSTM: dc_total = dc' + dh' o (1 - tanh(c')^2); di = dc_total g i (1 - i); df = dc_total c f (1 - f);
@@ -59,28 +72,31 @@ def step_backward(mode, dh, dc, saved, h, c, weight_hh):
     GRU:  dn_pre = dh' (1 - z) (1 - n^2); dz_pre = dh' (h - n) z (1 - z); dr_pre = dn_pre h_n r (1 - r);
           input chunks (dr_pre, dz_pre, dn_pre), state chunks (dr_pre, dz_pre, dn_pre r);
           dh = dh' z + dh_gates W_hh."""
+    hidden = dh.shape[-1]
     if mode == "LSTM":
-        i, f, g, o, tanh_c = saved
-        dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
-        gates = torch.cat(
-            [dc_total * g * i * (1 - i), dc_total * c * f * (1 - f), dc_total * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
-            dim=-1,
-        )
-        return gates, gates, gates @ weight_hh, dc_total * f
+        sigmoids, g, tanh_c = saved
+        i, f, o = sigmoids[:, :hidden], sigmoids[:, hidden:2 * hidden], sigmoids[:, 3 * hidden:]
+        slopes = sigmoids * (1 - sigmoids)
+        dc_total = torch.addcmul(dc, dh * o, 1 - tanh_c * tanh_c)
+        torch.mul(dc_total * g, slopes[:, :hidden], out=dx_gates[:, :hidden])
+        torch.mul(dc_total * c, slopes[:, hidden:2 * hidden], out=dx_gates[:, hidden:2 * hidden])
+        torch.mul(dc_total * i, 1 - g * g, out=dx_gates[:, 2 * hidden:3 * hidden])
+        torch.mul(dh * tanh_c, slopes[:, 3 * hidden:], out=dx_gates[:, 3 * hidden:])
+        return dx_gates @ weight_hh, dc_total * f
     if mode == "GRU":
         r, z, n, h_n = saved
-        dn_pre = dh * (1 - z) * (1 - n * n)
-        dz_pre = dh * (h - n) * z * (1 - z)
-        dr_pre = dn_pre * h_n * r * (1 - r)
-        x_gates = torch.cat([dr_pre, dz_pre, dn_pre], dim=-1)
-        h_gates = torch.cat([dr_pre, dz_pre, dn_pre * r], dim=-1)
-        return x_gates, h_gates, dh * z + h_gates @ weight_hh, None
+        dn_pre = torch.mul(dh * (1 - z), 1 - n * n, out=dx_gates[:, 2 * hidden:])
+        torch.mul(dh * (h - n), z * (1 - z), out=dx_gates[:, hidden:2 * hidden])
+        torch.mul(dn_pre * h_n, r * (1 - r), out=dx_gates[:, :hidden])
+        dh_gates[:, :2 * hidden] = dx_gates[:, :2 * hidden]
+        torch.mul(dn_pre, r, out=dh_gates[:, 2 * hidden:])
+        return torch.addmm(dh * z, dh_gates, weight_hh), None
     (h_new,) = saved
     if mode == "RNN_TANH":
-        dpre = dh * (1 - h_new * h_new)
+        torch.mul(dh, 1 - h_new * h_new, out=dx_gates)
     else:
-        dpre = dh * (h_new > 0).to(dh.dtype)
-    return dpre, dpre, dpre @ weight_hh, None
+        torch.mul(dh, (h_new > 0).to(dh.dtype), out=dx_gates)
+    return dx_gates @ weight_hh, None
 
 
 # A whole sequence in one direction -------------------------------------------------------------
@@ -91,9 +107,7 @@ def run_direction(mode, x, h0, c0, weights, reverse):
     product, then the recurrence step by step (backwards in time when ``reverse``).
     Returns (out (L, N, H), h_n, c_n, cache)."""
     weight_ih, weight_hh, bias_ih, bias_hh = weights
-    x_gates = x @ weight_ih.T
-    if bias_ih is not None:
-        x_gates = x_gates + bias_ih
+    x_gates = input_gates(mode, x, weight_ih, bias_ih, bias_hh)
     times = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     h, c = h0, c0
     outs, cells, saved = {}, {}, {}
@@ -115,25 +129,25 @@ def backprop_direction(mode, dout, dh_n, dc_n, cache, weights, grads, needs_dx):
     db_ih, db_hh the sums of the gate gradients, dx = dX_gates W_ih."""
     x, h0, c0, out, cells, saved, reverse = cache
     weight_ih, weight_hh, _, _ = weights
-    length = x.shape[0]
+    length, batch = x.shape[:2]
+    rows = weight_hh.shape[0]
     dh, dc = dh_n, dc_n
-    dx_gates, dh_gates = [None] * length, [None] * length
+    # Every step's gate gradients go into one buffer, for the products over all steps.
+    dx_gates = dout.new_empty(length, batch, rows)
+    dh_gates = dout.new_empty(length, batch, rows) if mode == "GRU" else dx_gates
     times = range(length) if reverse else range(length - 1, -1, -1)
     for t in times:
         previous = t + 1 if reverse else t - 1
         inside = 0 <= previous < length
         h_prev = out[previous] if inside else h0
         c_prev = (cells[previous] if inside else c0) if mode == "LSTM" else None
-        dx_gates[t], dh_gates[t], dh, dc = step_backward(mode, dh + dout[t], dc, saved[t], h_prev, c_prev, weight_hh)
+        dh, dc = step_backward(mode, dh + dout[t], dc, saved[t], h_prev, c_prev, weight_hh, dx_gates[t], dh_gates[t])
     if length == 0:
         return x.new_zeros(x.shape) if needs_dx else None, dh, dc
-    dx_gates = torch.stack(dx_gates)
-    dh_gates = torch.stack(dh_gates)
     h_prev = torch.cat([out[1:], h0[None]]) if reverse else torch.cat([h0[None], out[:-1]])
-    gate_rows = dx_gates.shape[-1]
     grad_ih, grad_hh, grad_bias_ih, grad_bias_hh = grads
-    grad_ih.addmm_(dx_gates.reshape(-1, gate_rows).T, x.reshape(-1, x.shape[-1]))
-    grad_hh.addmm_(dh_gates.reshape(-1, gate_rows).T, h_prev.reshape(-1, h_prev.shape[-1]))
+    grad_ih.addmm_(dx_gates.reshape(-1, rows).T, x.reshape(-1, x.shape[-1]))
+    grad_hh.addmm_(dh_gates.reshape(-1, rows).T, h_prev.reshape(-1, h_prev.shape[-1]))
     if grad_bias_ih is not None:
         grad_bias_ih.add_(dx_gates.sum(dim=(0, 1)))
         grad_bias_hh.add_(dh_gates.sum(dim=(0, 1)))
@@ -509,9 +523,7 @@ class _Cell(Layer):
                     raise ValueError(f"{name}: expected a state of shape {state_shape}, got {got}")
             h = parts[0] if batched else parts[0].unsqueeze(0)
             c = (parts[1] if batched else parts[1].unsqueeze(0)) if self.mode == "LSTM" else None
-        x_gates = x @ self.weight_ih.T
-        if self.bias_ih is not None:
-            x_gates = x_gates + self.bias_ih
+        x_gates = input_gates(self.mode, x, self.weight_ih, self.bias_ih, self.bias_hh)
         h_new, c_new, saved = step_forward(self.mode, x_gates, h, c, self.weight_hh, self.bias_hh)
         self._x = x
         self._state = (h, c, saved, batched, hx is not None)
@@ -527,7 +539,9 @@ class _Cell(Layer):
         dh = h.new_zeros(h.shape) if dh is None else (dh if batched else dh.unsqueeze(0))
         if self.mode == "LSTM":
             dc = c.new_zeros(c.shape) if dc is None else (dc if batched else dc.unsqueeze(0))
-        dx_gates, dh_gates, dh_prev, dc_prev = step_backward(self.mode, dh, dc, saved, h, c, self.weight_hh)
+        dx_gates = dh.new_empty(dh.shape[0], self.weight_hh.shape[0])
+        dh_gates = dh.new_empty(dx_gates.shape) if self.mode == "GRU" else dx_gates
+        dh_prev, dc_prev = step_backward(self.mode, dh, dc, saved, h, c, self.weight_hh, dx_gates, dh_gates)
         self._grads["weight_ih"].addmm_(dx_gates.T, self._x)
         self._grads["weight_hh"].addmm_(dh_gates.T, h)
         if self.bias:
@@ -566,7 +580,7 @@ class LSTMCell(_Cell):
     dx = dG W_ih, dh = dG W_hh, dc = dc_t f; dW_ih += dG^T x, dW_hh += dG^T h, biases += sum dG.
     Shapes: x (N, H_in) or (H_in,); h, c (N, H) or (H,). backward returns dx, or
     (dx, (dh, dc)) when (h, c) was given.
-    Caches: x, h, c, the gates and tanh(c').
+    Caches: x, h, c, the gates' sigmoids, g and tanh(c').
     """
 
     MODE = "LSTM"
