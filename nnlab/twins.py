@@ -153,22 +153,29 @@ _LEAF_TWINS = {
     nn.Tanh: lambda layer: torch.nn.Tanh(),
     nn.Softmax: lambda layer: torch.nn.Softmax(dim=layer.dim),
     nn.Flatten: lambda layer: torch.nn.Flatten(layer.start_dim, layer.end_dim),
-    nn.Conv2d: lambda layer: torch.nn.Conv2d(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        bias=layer.bias is not None,
-        padding_mode=layer.padding_mode,
+    nn.Conv1d: lambda layer: _conv_twin(torch.nn.Conv1d, layer),
+    nn.Conv2d: lambda layer: _conv_twin(torch.nn.Conv2d, layer),
+    nn.ConvTranspose1d: lambda layer: _conv_transpose_twin(torch.nn.ConvTranspose1d, layer),
+    nn.ConvTranspose2d: lambda layer: _conv_transpose_twin(torch.nn.ConvTranspose2d, layer),
+    nn.MaxPool1d: lambda layer: _max_pool_twin(torch.nn.MaxPool1d, layer),
+    nn.MaxPool2d: lambda layer: _max_pool_twin(torch.nn.MaxPool2d, layer),
+    nn.AvgPool1d: lambda layer: torch.nn.AvgPool1d(
+        layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad
     ),
-    nn.MaxPool2d: lambda layer: torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation),
     nn.AvgPool2d: lambda layer: torch.nn.AvgPool2d(
-        layer.kernel_size, layer.stride, layer.padding, count_include_pad=layer.count_include_pad
+        layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad, layer.divisor_override
     ),
-    nn.AdaptiveMaxPool2d: lambda layer: torch.nn.AdaptiveMaxPool2d(layer.output_size),
+    # torch's lp_pool1d multiplies by kernel_size, so it takes an int only.
+    nn.LPPool1d: lambda layer: torch.nn.LPPool1d(
+        layer.norm_type, layer.kernel_size[0], layer.stride[0], layer.ceil_mode
+    ),
+    nn.LPPool2d: lambda layer: torch.nn.LPPool2d(layer.norm_type, layer.kernel_size, layer.stride, layer.ceil_mode),
+    nn.AdaptiveMaxPool1d: lambda layer: torch.nn.AdaptiveMaxPool1d(layer.output_size, layer.return_indices),
+    nn.AdaptiveMaxPool2d: lambda layer: torch.nn.AdaptiveMaxPool2d(layer.output_size, layer.return_indices),
+    nn.AdaptiveAvgPool1d: lambda layer: torch.nn.AdaptiveAvgPool1d(layer.output_size),
     nn.AdaptiveAvgPool2d: lambda layer: torch.nn.AdaptiveAvgPool2d(layer.output_size),
+    nn.MaxUnpool1d: lambda layer: torch.nn.MaxUnpool1d(layer.kernel_size, layer.stride, layer.padding),
+    nn.MaxUnpool2d: lambda layer: torch.nn.MaxUnpool2d(layer.kernel_size, layer.stride, layer.padding),
     nn.BatchNorm1d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm1d, layer),
     nn.BatchNorm2d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm2d, layer),
     nn.BatchNorm3d: lambda layer: _batchnorm_twin(torch.nn.BatchNorm3d, layer),
@@ -208,3 +215,37 @@ _LEAF_TWINS = {
     nn.BCELoss: lambda layer: torch.nn.BCELoss(),
     nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(),
 }
+
+
+def _conv_twin(module_class, layer):
+    return module_class(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+    )
+
+
+def _conv_transpose_twin(module_class, layer):
+    return module_class(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.output_padding,
+        layer.groups,
+        layer.bias is not None,
+        layer.dilation,
+    )
+
+
+def _max_pool_twin(module_class, layer):
+    return module_class(
+        layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.return_indices, layer.ceil_mode
+    )

@@ -289,6 +289,7 @@ def _twin_leaf(nl, layer):
             stride=layer.stride,
             padding=layer.padding,
             dilation=layer.dilation,
+            groups=layer.groups,
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
         )
@@ -299,11 +300,20 @@ def _twin_leaf(nl, layer):
             layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats, bias=layer.has_bias
         )
     if isinstance(layer, nl.MaxPool2d):
-        return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+        return torch.nn.MaxPool2d(
+            layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.return_indices, layer.ceil_mode
+        )
     if isinstance(layer, nl.AvgPool2d):
-        return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=layer.count_include_pad)
+        return torch.nn.AvgPool2d(
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.ceil_mode,
+            count_include_pad=layer.count_include_pad,
+            divisor_override=layer.divisor_override,
+        )
     if isinstance(layer, nl.AdaptiveMaxPool2d):
-        return torch.nn.AdaptiveMaxPool2d(layer.output_size)
+        return torch.nn.AdaptiveMaxPool2d(layer.output_size, layer.return_indices)
     if isinstance(layer, nl.AdaptiveAvgPool2d):
         return torch.nn.AdaptiveAvgPool2d(layer.output_size)
     if isinstance(layer, nl.Dropout2d):

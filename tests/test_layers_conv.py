@@ -36,7 +36,7 @@ def conv_pair(
     in_channels, out_channels, kernel, stride=1, padding=0, dilation=1, bias=True, dtype=torch.float32, mode="zeros"
 ):
     """An nnlab Conv2d and its torch twin with the same weights."""
-    layer = Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias, padding_mode=mode).to(dtype=dtype)
+    layer = Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, bias=bias, padding_mode=mode).to(dtype=dtype)
     module = torch.nn.Conv2d(
         in_channels, out_channels, kernel, stride, padding, dilation, bias=bias, padding_mode=mode
     ).to(dtype)
@@ -90,7 +90,7 @@ def test_conv2d_matches_torch(dtype, config):
 @pytest.mark.parametrize("channels", [(2, 3), (3, 2)], ids=["C_out > C_in", "C_out <= C_in"])
 def test_conv2d_finite_differences(kernel, stride, padding, dilation, bias, channels):
     torch.manual_seed(1)
-    layer = Conv2d(*channels, kernel, stride, padding, dilation, bias).to(dtype=torch.float64)
+    layer = Conv2d(*channels, kernel, stride, padding, dilation, bias=bias).to(dtype=torch.float64)
     x = torch.randn(2, channels[0], 7, 6, dtype=torch.float64)
     check_finite_differences(layer, x, rtol=1e-7)
 
@@ -121,8 +121,8 @@ def test_conv2d_circular_padding_finite_differences_and_unbatched(padding, shape
 
 
 def test_conv2d_padding_mode_errors_and_repr():
-    with pytest.raises(ValueError, match=r"Conv2d: padding_mode must be one of \('zeros', 'circular'\), got 'reflect'"):
-        Conv2d(1, 1, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"Conv2d: padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\), got 'mirror'"):
+        Conv2d(1, 1, 3, padding_mode="mirror")
     layer = Conv2d(1, 1, 3, padding=3, padding_mode="circular")
     with pytest.raises(ValueError, match=r"Conv2d\(1, 1, .*padding_mode=circular\): circular padding \(3, 3\) would wrap"):
         layer(torch.randn(1, 1, 2, 5))

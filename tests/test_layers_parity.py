@@ -382,7 +382,7 @@ def test_maxpool2d(dtype, options, dilation, dout, data):
 @given(options=pool_options, count_include_pad=st.booleans(), dout=upstreams, data=st.data())
 def test_avgpool2d(dtype, options, count_include_pad, dout, data):
     def make():
-        return AvgPool2d(options["kernel"], options["stride"], options["padding"], count_include_pad)
+        return AvgPool2d(options["kernel"], options["stride"], options["padding"], count_include_pad=count_include_pad)
 
     check_pool(make, torch.nn.AvgPool2d, options, (1, 1), dtype, dout, data)
 

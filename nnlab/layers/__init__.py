@@ -8,7 +8,7 @@ package never imports the modules built on it.
 
 from .base import Layer
 from .containers import ACTIVATIONS, Builder, Sequential, make_activation
-from .conv import Conv2d
+from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .dense import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh, TanH
 from .losses import (
     BCELoss,
@@ -24,7 +24,20 @@ from .losses import (
 from .embedding import Embedding
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout2d
-from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from .pooling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    LPPool1d,
+    LPPool2d,
+    MaxPool1d,
+    MaxPool2d,
+    MaxUnpool1d,
+    MaxUnpool2d,
+)
 from .sample_norm import (
     GroupNorm,
     InstanceNorm1d,
@@ -51,6 +64,8 @@ def __getattr__(name):
 
 __all__ = [
     "Embedding", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell",
+    "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Conv1d", "ConvTranspose1d", "ConvTranspose2d",
+    "LPPool1d", "LPPool2d", "MaxPool1d", "MaxUnpool1d", "MaxUnpool2d",
     "ACTIVATIONS", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv2d",
     "CrossEntropyLoss", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Heads", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "L1Loss",

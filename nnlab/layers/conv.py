@@ -1,12 +1,23 @@
-"""2-D convolution by unfold + matmul."""
+"""Convolutions by unfold + matmul: ``Conv1d`` and ``Conv2d`` (groups, every padding
+mode, 'same' padding), and the transposed ``ConvTranspose1d`` and ``ConvTranspose2d``
+(whose forward is a convolution's input gradient: a matmul, then fold)."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .base import Layer
-from .windows import add_into_windows, check_2d_input, check_windows_fit, pair, window_view
+from .base import Layer, checked_int
+from .windows import (
+    add_into_windows,
+    as_plane_pair,
+    as_planes,
+    check_windows_fit,
+    from_planes,
+    ntuple,
+    to_planes,
+    window_view,
+)
 
 # From this many multiply-adds in each sample's product (C_out x C*kH*kW) @ (C*kH*kW x L),
 # a batched matmul over the samples beats one large matmul over all of them, whose result
@@ -14,130 +25,186 @@ from .windows import add_into_windows, check_2d_input, check_windows_fit, pair, 
 # pays the per-sample call overhead).
 PER_SAMPLE_GEMM = 2**18
 
-PADDING_MODES = ("zeros", "circular")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+PADDING_STRINGS = ("same", "valid")
 
 
-class Conv2d(Layer):
-    """2-D cross-correlation, as a matrix product over unfolded input patches.
-    Same as ``torch.nn.Conv2d`` (groups=1; padding_mode 'zeros' or 'circular').
-
-    Forward: ``cols = unfold(x)`` holds every receptive field as a column. The windows of
-    the padded input are a strided view (``Tensor.unfold`` along H and W, no copy),
-    copied once into the GEMM's layout: C*kH*kW rows by L = H_out * W_out columns per
-    sample. ``out = W_2d @ cols + b`` with W_2d = weight viewed as (C_out, C*kH*kW): one
-    batched matmul over the samples, cols (N, C*kH*kW, L), when each sample's product is
-    large enough (``PER_SAMPLE_GEMM``), else one matmul over cols (C*kH*kW, N*L) whose
-    (C_out, N*L) result is transposed to (N, C_out, L); whichever was measured faster.
-
-    Backward: ``dW += dout_2d @ cols.T``, one GEMM accumulating into the gradient
-    (``addmm_``), with dout_2d = dout as (C_out, N*L) and cols (C*kH*kW, N*L) unfolded
-    again from the cached input; ``db += dout.sum over (n, h, w)``;
-    ``dx = fold(W_2d.T @ dout)`` (layout as in forward): fold adds each column back where
-    unfold took it, as kH*kW strided additions through the same window view of a zero
-    padded buffer, so overlapping windows sum their contributions; then the padding is cut
-    off. With zero padding, stride 1 and C_out <= C_in, dx is instead the same sum written
-    as a correlation of the padded dout with the flipped kernel (unfold + matmul, no
-    fold), which is faster there (see ``_input_grad_as_correlation``). dx is skipped after
-    ``requires_input_grad(False)``.
-
-    ``padding_mode='circular'``: x is padded by wrapping around, as
-    ``F.pad(x, mode='circular')`` does (the rows above the image repeat its last rows, the
-    columns left of it its last columns, and so on), then unfolded as above. The
-    backward folds into the padded shape and adds each padding row and column's gradient
-    back into the row or column it repeats. A circularly padded, stride-1 convolution
-    commutes exactly with circular shifts of the image.
-
-    Shapes: x (N, C_in, H, W) or unbatched (C_in, H, W) -> (N, C_out, H_out, W_out)
-    (or (C_out, H_out, W_out)), with ``H_out = floor((H + 2p - d(k - 1) - 1) / s) + 1``,
-    likewise W_out.
-    Parameters: ``weight`` (C_out, C_in, kH, kW), ``bias`` (C_out) or None.
-    Init: both from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in * kH * kW, as PyTorch.
-    Caches: the input x, as torch's autograd saves it, and whether it was unbatched; not
-    the columns, kH*kW times larger than x: backward unfolds x again, one more copy of the
-    columns, 5 to 10% of the layer's time (measured).
-    """
+class _ConvBase(Layer):
+    """What every convolution shares: the arguments as torch.nn checks them, the
+    parameters and their init, the repr. ``SPATIAL`` is the number of spatial axes (1 or
+    2); the work is done on (N, C, H, W) planes, a 1-d signal being a plane of height 1,
+    with the per-axis arguments as pairs (``_kernel2``, ``_stride2``, ``_dilation2``)."""
 
     SAVED_TENSORS = ("_x", "weight")
+    SPATIAL = 2
 
-    def __init__(
-        self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True, padding_mode="zeros"
-    ):
-        super().__init__()
-        if not isinstance(in_channels, int) or not isinstance(out_channels, int) or in_channels < 1 or out_channels < 1:
+    def _set_arguments(self, in_channels, out_channels, kernel_size, stride, dilation, groups):
+        name = type(self).__name__
+        spatial = self.SPATIAL
+        self.in_channels = checked_int(name, "in_channels", in_channels, 1)
+        self.out_channels = checked_int(name, "out_channels", out_channels, 1)
+        self.groups = checked_int(name, "groups", groups, 1)
+        if in_channels % groups or out_channels % groups:
             raise ValueError(
-                f"Conv2d: in_channels and out_channels must be ints >= 1, got {in_channels!r}, {out_channels!r}"
+                f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                f"divisible by groups ({groups})"
             )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d", 1)
-        self.stride = pair(stride, "stride", "Conv2d", 1)
-        self.padding = pair(padding, "padding", "Conv2d", 0)
-        self.dilation = pair(dilation, "dilation", "Conv2d", 1)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"Conv2d: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.kernel_size = ntuple(kernel_size, spatial, "kernel_size", name, 1)
+        self.stride = ntuple(stride, spatial, "stride", name, 1)
+        self.dilation = ntuple(dilation, spatial, "dilation", name, 1)
+        self._kernel2 = as_plane_pair(self.kernel_size, spatial, 1)
+        self._stride2 = as_plane_pair(self.stride, spatial, 1)
+        self._dilation2 = as_plane_pair(self.dilation, spatial, 1)
+        self._x = None
+        self._form = None
+
+    def _add_parameters(self, weight_shape, bias):
+        """``weight`` and ``bias`` (or None) from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
+        being the weight's size over its first axis, as torch.nn's init."""
+        fan_in = math.prod(weight_shape[1:])
         bound = 1.0 / math.sqrt(fan_in)
-        self.add_param("weight", torch.empty(out_channels, in_channels, *self.kernel_size).uniform_(-bound, bound))
+        self.add_param("weight", torch.empty(weight_shape).uniform_(-bound, bound))
         if bias:
-            self.add_param("bias", torch.empty(out_channels).uniform_(-bound, bound))
+            self.add_param("bias", torch.empty(self.out_channels).uniform_(-bound, bound))
         else:
             self.bias = None
-        self._x = None
-        self._unbatched = None
 
     def __repr__(self):
         text = (
-            f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
+            f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={_show(self.padding)}"
         )
-        if self.dilation != (1, 1):
+        if self.dilation != (1,) * self.SPATIAL:
             text += f", dilation={self.dilation}"
+        if getattr(self, "output_padding", (0,) * self.SPATIAL) != (0,) * self.SPATIAL:
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
         if self.bias is None:
             text += ", bias=False"
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode}"
         return text + ")"
 
+    def _kernel_offsets(self):
+        return self._kernel2[0] * self._kernel2[1]
+
+
+def _show(padding):
+    """A padding as torch.nn's repr shows it: a tuple, or 'same' / 'valid' unquoted."""
+    return padding if isinstance(padding, str) else str(padding)
+
+
+class _ConvNd(_ConvBase):
+    """Convolution (cross-correlation) over 1 or 2 spatial axes; see Conv2d."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+    ):
+        super().__init__()
+        name = type(self).__name__
+        self._set_arguments(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        self.padding = self._checked_padding(padding)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self._pads = self._side_pads()
+        weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._add_parameters(weight_shape, bias)
+
+    def _checked_padding(self, padding):
+        """padding as torch.nn keeps it: 'same', 'valid', or a tuple of ints >= 0."""
+        name = type(self).__name__
+        if isinstance(padding, str):
+            if padding not in PADDING_STRINGS:
+                raise ValueError(f"{name}: padding must be 'same', 'valid', an int or a tuple of ints, got {padding!r}")
+            if padding == "same" and self.stride != (1,) * self.SPATIAL:
+                raise ValueError(f"{name}: padding='same' needs stride 1 (as torch.nn), got stride {self.stride}")
+            return padding
+        return ntuple(padding, self.SPATIAL, "padding", name, 0)
+
+    def _side_pads(self):
+        """(before, after) padding along H and along W. 'same' pads d(k - 1) in all, the
+        odd one on the after side, as torch does."""
+        if self.padding == "valid":
+            sides = [(0, 0)] * self.SPATIAL
+        elif self.padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            sides = [(total // 2, total - total // 2) for total in totals]
+        else:
+            sides = [(p, p) for p in self.padding]
+        return as_plane_pair(sides, self.SPATIAL, (0, 0))
+
     def output_shape(self, shape):
-        """(C_out, H_out, W_out) for an input of shape (C_in, H, W); ValueError if impossible."""
-        channels, height, width = shape
+        """(C_out, *S_out) for an input of shape (C_in, *S); ValueError if impossible."""
+        channels, *spatial = shape
         if channels != self.in_channels:
             raise ValueError(f"{self!r}: expected {self.in_channels} input channels, got {channels}")
-        windows = (self.kernel_size, self.stride, self.padding, self.dilation)
-        out_h, out_w = check_windows_fit(self, height, width, *windows)
-        return (self.out_channels, out_h, out_w)
+        height, width = as_plane_pair(spatial, self.SPATIAL, 1)
+        out_hw = check_windows_fit(self, height, width, self._kernel2, self._stride2, self._pads, self._dilation2)
+        return (self.out_channels, *out_hw[2 - self.SPATIAL :])
+
+    def patch_size(self):
+        """Rows of an unfolded column: C_in / groups * kH * kW."""
+        return self.in_channels // self.groups * self._kernel_offsets()
 
     def forward(self, x, **kw):
-        x4, unbatched = check_2d_input(self, x, self.in_channels)
+        x4, form = as_planes(self, x, self.SPATIAL, self.in_channels)
         self.check_dtype(x4)
-        batch = x4.shape[0]
-        windows = (self.kernel_size, self.stride, self.padding, self.dilation)
-        out_h, out_w = check_windows_fit(self, x4.shape[2], x4.shape[3], *windows)
-        positions = out_h * out_w
-        weight_2d = self.weight.reshape(self.out_channels, -1)
-
+        out_h, out_w = check_windows_fit(
+            self, x4.shape[2], x4.shape[3], self._kernel2, self._stride2, self._pads, self._dilation2
+        )
         patches = self._patches(x4)
+        if self.groups == 1:
+            out = self._dense_forward(patches, out_h * out_w)
+        else:
+            out = self._grouped_forward(patches)
+        out = out.reshape(x4.shape[0], self.out_channels, out_h, out_w)
+        self._x = x4
+        self._form = form
+        return self.finish_forward(from_planes(out, form))
+
+    def _dense_forward(self, patches, positions):
+        """out (N, C_out, L) = W_2d @ cols + b, in the GEMM layout measured faster."""
+        batch = patches.shape[0]
+        weight_2d = self.weight.reshape(self.out_channels, -1)
         if self._per_sample_gemm(positions):
             out = torch.matmul(weight_2d, patches.reshape(batch, self.patch_size(), positions))
             if self.bias is not None:
                 out += self.bias.reshape(self.out_channels, 1)
+            return out
+        cols = _as_columns(patches)
+        if self.bias is None:
+            out_2d = torch.mm(weight_2d, cols)
         else:
-            cols = _as_columns(patches)
-            if self.bias is None:
-                out_2d = torch.mm(weight_2d, cols)
-            else:
-                out_2d = torch.addmm(self.bias.reshape(self.out_channels, 1), weight_2d, cols)
-            out = out_2d.reshape(self.out_channels, batch, positions).transpose(0, 1).contiguous()
-        out = out.reshape(batch, self.out_channels, out_h, out_w)
+            out_2d = torch.addmm(self.bias.reshape(self.out_channels, 1), weight_2d, cols)
+        return out_2d.reshape(self.out_channels, batch, positions).transpose(0, 1).contiguous()
 
-        self._x = x4
-        self._unbatched = unbatched
-        return self.finish_forward(out[0] if unbatched else out)
+    def _grouped_forward(self, patches):
+        """out (N, G, C_out/G, L) = W_g @ cols_g + b for each group g, one batched matmul."""
+        cols = self._grouped_columns(patches)
+        out = torch.matmul(self._grouped_weight(), cols)
+        if self.bias is not None:
+            out += self.bias.reshape(self.groups, -1, 1)
+        return out
 
-    def patch_size(self):
-        """Rows of an unfolded column: C_in * kH * kW."""
-        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+    def _grouped_columns(self, patches):
+        """Patches (N, C, kH, kW, H_out, W_out) copied into (N, G, C/G*kH*kW, L)."""
+        batch, _, _, _, out_h, out_w = patches.shape
+        return patches.reshape(batch, self.groups, self.patch_size(), out_h * out_w)
+
+    def _grouped_weight(self):
+        """weight as (G, C_out/G, C_in/G*kH*kW), a view."""
+        return self.weight.reshape(self.groups, self.out_channels // self.groups, self.patch_size())
 
     def _per_sample_gemm(self, positions):
         """True when each sample's product has PER_SAMPLE_GEMM multiply-adds or more."""
@@ -145,31 +212,71 @@ class Conv2d(Layer):
 
     def _patches(self, x4):
         """Every window of the padded x4, a view (N, C, kH, kW, H_out, W_out)."""
-        pad_h, pad_w = self.padding
-        if self.padding_mode == "circular":
-            padded = self._pad_circular(x4)
-        else:
-            padded = F.pad(x4, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x4
-        return window_view(padded, self.kernel_size, self.stride, self.dilation)
+        return window_view(self._pad(x4), self._kernel2, self._stride2, self._dilation2)
 
-    def _pad_circular(self, x4):
-        """x4 padded by wrapping around (F.pad's 'circular' mode), as torch.nn.Conv2d does."""
-        pad_h, pad_w = self.padding
-        if pad_h > x4.shape[2] or pad_w > x4.shape[3]:
+    def _pad(self, x4):
+        """x4 padded as torch.nn pads it: zeros, or by repeating entries of x4 (the
+        'reflect', 'replicate' and 'circular' modes, as F.pad's), gathered by index."""
+        (top, bottom), (left, right) = self._pads
+        if not (top or bottom or left or right):
+            return x4
+        if self.padding_mode == "zeros":
+            return F.pad(x4, (left, right, top, bottom))
+        for dim, source in self._padding_sources(x4):
+            x4 = x4.index_select(dim, source)
+        return x4
+
+    def _padding_sources(self, x4):
+        """(dim, index) for each padded axis: which entry of x4 along ``dim`` each
+        position of the padded input repeats, for the padding mode."""
+        sources = []
+        for dim, (before, after) in zip((2, 3), self._pads):
+            if before or after:
+                size = x4.shape[dim]
+                self._check_mode_padding(size, before, after)
+                sources.append((dim, _padding_source(size, before, after, self.padding_mode, x4.device)))
+        return sources
+
+    def _check_mode_padding(self, size, before, after):
+        """ValueError where torch's F.pad refuses the padding mode on an axis of ``size``."""
+        mode = self.padding_mode
+        if mode == "reflect" and max(before, after) >= size:
+            raise ValueError(f"{self!r}: reflect padding {(before, after)} must be less than the input size {size}")
+        if mode == "circular" and max(before, after) > size:
             raise ValueError(
-                f"{self!r}: circular padding {self.padding} would wrap around more than once on an "
-                f"input of height and width {tuple(x4.shape[2:])}"
+                f"{self!r}: circular padding {(before, after)} would wrap around more than once on an input "
+                f"of size {size}"
             )
-        return F.pad(x4, (pad_w, pad_w, pad_h, pad_h), mode="circular")
+        if size == 0:
+            raise ValueError(f"{self!r}: {mode} padding needs a non-empty input along every padded axis")
+
+    def _unpad(self, dpadded, x4):
+        """The gradient w.r.t. x4 from the gradient w.r.t. its padded form (``_pad``'s
+        adjoint): the padding cut off, or (repeating modes) each padded position's
+        gradient added into the entry it repeats."""
+        (top, bottom), (left, right) = self._pads
+        height, width = x4.shape[2:]
+        if self.padding_mode == "zeros":
+            return dpadded[:, :, top : top + height, left : left + width].contiguous()
+        for dim, source in reversed(self._padding_sources(x4)):
+            shape = list(dpadded.shape)
+            shape[dim] = x4.shape[dim]
+            dpadded = dpadded.new_zeros(shape).index_add_(dim, source, dpadded)
+        return dpadded
 
     def backward(self, dout):
         self.start_backward(dout)
         x4 = self._x
-        if self._unbatched:
-            dout = dout.unsqueeze(0)
+        dout = to_planes(dout, self._form)
+        if self.groups == 1:
+            dx = self._dense_backward(x4, dout)
+        else:
+            dx = self._grouped_backward(x4, dout)
+        return None if dx is None else from_planes(dx, self._form)
+
+    def _dense_backward(self, x4, dout):
         batch, _, out_h, out_w = dout.shape
-        positions = out_h * out_w
-        dout_2d = dout.transpose(0, 1).reshape(self.out_channels, batch * positions)
+        dout_2d = dout.transpose(0, 1).reshape(self.out_channels, batch * out_h * out_w)
 
         # Parameter gradients accumulate in place, dW inside its GEMM.
         cols = _as_columns(self._patches(x4))
@@ -181,58 +288,103 @@ class Conv2d(Layer):
         if not self.needs_input_grad:
             return None
         if self._input_grad_by_correlation():
-            dx = self._input_grad_as_correlation(dout)
-        else:
-            dx = self._input_grad_by_fold(dout, dout_2d, x4.shape)
-        return dx[0] if self._unbatched else dx
+            return self._input_grad_as_correlation(dout)
+        return self._input_grad_by_fold(dout, dout_2d, x4)
 
-    def _input_grad_by_fold(self, dout, dout_2d, input_shape):
+    def _grouped_backward(self, x4, dout):
+        """dW_g += dout_g @ cols_g.T and dx = fold(W_g.T @ dout_g), one batched matmul
+        each over the groups."""
+        batch, _, out_h, out_w = dout.shape
+        groups, positions = self.groups, out_h * out_w
+        dout_g = dout.reshape(batch, groups, self.out_channels // groups, positions)
+
+        cols = self._grouped_columns(self._patches(x4))
+        dout_rows = dout_g.permute(1, 2, 0, 3).reshape(groups, self.out_channels // groups, batch * positions)
+        cols_t = cols.permute(1, 0, 3, 2).reshape(groups, batch * positions, self.patch_size())
+        self._grads["weight"].view(groups, -1, self.patch_size()).baddbmm_(dout_rows, cols_t)
+        if self.bias is not None:
+            self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
+
+        if not self.needs_input_grad:
+            return None
+        dcols = torch.matmul(self._grouped_weight().transpose(1, 2), dout_g)
+        dpatches = dcols.reshape(batch, self.in_channels, *self._kernel2, out_h, out_w)
+        return self._fold_into_input(dpatches, x4)
+
+    def _fold_into_input(self, dpatches, x4, dpadded=None):
+        """fold: the windows' gradients (N, C, kH, kW, H_out, W_out) added back where the
+        windows lie in the padded input, then ``_unpad``."""
+        if dpadded is None:
+            (top, bottom), (left, right) = self._pads
+            height, width = x4.shape[2:]
+            dpadded = dpatches.new_zeros(x4.shape[0], self.in_channels, height + top + bottom, width + left + right)
+        add_into_windows(dpadded, dpatches, self._kernel2, self._stride2, self._dilation2)
+        return self._unpad(dpadded, x4)
+
+    def _input_grad_by_fold(self, dout, dout_2d, x4):
         """dx = fold(W_2d.T @ dout): the columns' gradients added back where unfold took them."""
         batch, _, out_h, out_w = dout.shape
         positions = out_h * out_w
         weight_2d = self.weight.reshape(self.out_channels, -1)
-        height, width = input_shape[2:]
-        pad_h, pad_w = self.padding
-        padded_shape = (batch, self.in_channels, height + 2 * pad_h, width + 2 * pad_w)
-        patch_shape = (self.in_channels, *self.kernel_size, out_h, out_w)
+        (top, bottom), (left, right) = self._pads
+        height, width = x4.shape[2:]
+        padded_hw = (height + top + bottom, width + left + right)
+        patch_shape = (self.in_channels, *self._kernel2, out_h, out_w)
         if self._per_sample_gemm(positions):
             dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
             dpatches = dcols.reshape(batch, *patch_shape)
-            dpadded = dout.new_zeros(padded_shape)
+            dpadded = dout.new_zeros(batch, self.in_channels, *padded_hw)
         else:
             # Columns ordered (c, a, b) by (n, i, j): viewed with n first, and a buffer
             # of the same memory order, so that the fold's additions run along rows.
             dcols = torch.mm(weight_2d.T, dout_2d)
             dpatches = dcols.reshape(*patch_shape[:3], batch, out_h, out_w).permute(3, 0, 1, 2, 4, 5)
-            dpadded = dout.new_zeros(padded_shape[1], batch, *padded_shape[2:]).transpose(0, 1)
-        add_into_windows(dpadded, dpatches, self.kernel_size, self.stride, self.dilation)
-        if self.padding_mode == "circular":
-            return _unwrap_circular(dpadded, self.padding).contiguous()
-        return dpadded[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()
+            dpadded = dout.new_zeros(self.in_channels, batch, *padded_hw).transpose(0, 1)
+        return self._fold_into_input(dpatches, x4, dpadded)
+
+    def _reach(self):
+        """The dilated kernel's reach d(k - 1) along H and W."""
+        return [d * (k - 1) for d, k in zip(self._dilation2, self._kernel2)]
 
     def _input_grad_by_correlation(self):
         """True when dx is better computed as a correlation of dout (see below) than by
-        fold: zero padding of at most the dilated kernel's reach d(k - 1), stride 1, and
-        C_out <= C_in, so that dout's unfolded windows are no larger than the columns
-        fold would add up (measured: faster there, and no better elsewhere)."""
-        reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-        small_padding = all(p <= r for p, r in zip(self.padding, reach))
+        fold: zero padding of at most the dilated kernel's reach d(k - 1) on each side,
+        stride 1, and C_out <= C_in, so that dout's unfolded windows are no larger than the
+        columns fold would add up (measured: faster there, and no better elsewhere)."""
+        small_padding = all(max(sides) <= reach for sides, reach in zip(self._pads, self._reach()))
         zero_padding = self.padding_mode == "zeros"
-        return zero_padding and small_padding and self.stride == (1, 1) and self.out_channels <= self.in_channels
+        unit_stride = self._stride2 == (1, 1)
+        return zero_padding and small_padding and unit_stride and self.out_channels <= self.in_channels
 
     def _input_grad_as_correlation(self, dout):
         """With stride 1, ``dx[n, c, y, x] = sum_{o, a, b} dout_q[n, o, y + a*d_h, x + b*d_w]
-        * W[o, c, kH-1-a, kW-1-b]``, dout_q being dout zero padded by q = d(k - 1) - p:
-        the correlation of dout with the kernel flipped and its channel axes swapped,
-        computed as this layer's forward is (unfold + one batched matmul), without fold."""
-        reach_h, reach_w = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
-        pad_h, pad_w = reach_h - self.padding[0], reach_w - self.padding[1]
-        padded = F.pad(dout, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else dout
-        patches = window_view(padded, self.kernel_size, (1, 1), self.dilation)
+        * W[o, c, kH-1-a, kW-1-b]``, dout_q being dout zero padded by q = d(k - 1) - p on
+        each side: the correlation of dout with the kernel flipped and its channel axes
+        swapped, computed as this layer's forward is (unfold + one batched matmul), without
+        fold."""
+        (reach_h, reach_w) = self._reach()
+        (top, bottom), (left, right) = self._pads
+        pads = (reach_w - left, reach_w - right, reach_h - top, reach_h - bottom)
+        padded = F.pad(dout, pads) if any(pads) else dout
+        patches = window_view(padded, self._kernel2, (1, 1), self._dilation2)
         batch, channels, k_h, k_w, height, width = patches.shape
-        flipped = self.weight.flip(2, 3).transpose(0, 1).reshape(self.in_channels, -1)
+        weight_4d = self.weight.reshape(self.out_channels, self.in_channels, k_h, k_w)
+        flipped = weight_4d.flip(2, 3).transpose(0, 1).reshape(self.in_channels, -1)
         dx = torch.matmul(flipped, patches.reshape(batch, channels * k_h * k_w, height * width))
         return dx.reshape(batch, self.in_channels, height, width)
+
+
+def _padding_source(size, before, after, mode, device):
+    """Along one axis of ``size`` padded by (before, after): the input index each padded
+    position takes its value from, as F.pad's 'reflect' (mirror, the edge not
+    repeated), 'replicate' (the edge repeated) or 'circular' (wrap around) mode does."""
+    index = torch.arange(-before, size + after, device=device)
+    if mode == "circular":
+        return index.remainder(size)
+    if mode == "replicate":
+        return index.clamp(0, size - 1)
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def _as_columns(patches):
@@ -242,17 +394,249 @@ def _as_columns(patches):
     return patches.permute(1, 2, 3, 0, 4, 5).reshape(channels * k_h * k_w, batch * out_h * out_w)
 
 
-def _unwrap_circular(dpadded, padding):
-    """The gradient w.r.t. a circularly padded input (N, C, H + 2p_h, W + 2p_w) as the
-    gradient w.r.t. the input (N, C, H, W): the transpose of F.pad(mode='circular'). The
-    leading p rows repeat the input's last p rows and the trailing p rows its first p rows,
-    so their gradients add there; then the same for the columns."""
-    for dim, pad in ((2, padding[0]), (3, padding[1])):
-        if pad == 0:
-            continue
-        size = dpadded.shape[dim] - 2 * pad
-        inner = dpadded.narrow(dim, pad, size).clone()
-        inner.narrow(dim, size - pad, pad).add_(dpadded.narrow(dim, 0, pad))
-        inner.narrow(dim, 0, pad).add_(dpadded.narrow(dim, pad + size, pad))
-        dpadded = inner
-    return dpadded
+class Conv2d(_ConvNd):
+    """2-D cross-correlation, as a matrix product over unfolded input patches.
+    Same as ``torch.nn.Conv2d`` (every padding, padding_mode, dilation and groups).
+
+    Forward: ``cols = unfold(x_pad)`` holds every receptive field as a column. The windows
+    of the padded input are a strided view (``Tensor.unfold`` along H and W, no copy),
+    copied once into the GEMM's layout: C*kH*kW rows by L = H_out * W_out columns per
+    sample. ``out = W_2d @ cols + b`` with W_2d = weight viewed as (C_out, C*kH*kW): one
+    batched matmul over the samples, cols (N, C*kH*kW, L), when each sample's product is
+    large enough (``PER_SAMPLE_GEMM``), else one matmul over cols (C*kH*kW, N*L) whose
+    (C_out, N*L) result is transposed to (N, C_out, L); whichever was measured faster.
+    With ``groups`` G > 1 the channels split into G groups, each convolved with its own
+    C_out/G filters of C_in/G channels: cols (N, G, C_in/G*kH*kW, L) and one matmul
+    batched over samples and groups, ``out_g = W_g @ cols_g + b_g`` (depthwise:
+    G = C_in).
+
+    Backward: ``dW += dout_2d @ cols.T``, one GEMM accumulating into the gradient
+    (``addmm_``; per group ``baddbmm_``), with dout_2d = dout as (C_out, N*L) and cols
+    unfolded again from the cached input; ``db += dout.sum over (n, h, w)``;
+    ``dx = unpad(fold(W_2d.T @ dout))`` (layout as in forward): fold adds each column
+    back where unfold took it, as kH*kW strided additions through the same window view
+    of a zero buffer of the padded shape, so overlapping windows sum their contributions.
+    With zero padding of at most d(k - 1), stride 1, groups 1 and C_out <= C_in, dx is
+    instead the same sum written as a correlation of the padded dout with the flipped
+    kernel (unfold + matmul, no fold), which is faster there (see
+    ``_input_grad_as_correlation``). dx is skipped after ``requires_input_grad(False)``.
+
+    Padding: ``padding`` an int or a pair (both sides), ``'valid'`` (none) or ``'same'``
+    (stride 1 only: d(k - 1) in all, the odd one after, so that the output has the input's
+    size). ``padding_mode='zeros'`` pads with zeros and ``unpad`` cuts the padding off;
+    'reflect', 'replicate' and 'circular' pad as ``F.pad`` does in those modes (mirror
+    without repeating the edge, the edge repeated, wrap around), computed by gathering
+    entries along H then W (``index_select``); their ``unpad`` adds each padded position's
+    gradient into the entry it repeats (``index_add_``). A circularly padded, stride-1
+    convolution commutes exactly with circular shifts of the image.
+
+    Shapes: x (N, C_in, H, W) or unbatched (C_in, H, W) -> (N, C_out, H_out, W_out)
+    (or (C_out, H_out, W_out)), with ``H_out = floor((H + p_before + p_after - d(k - 1)
+    - 1) / s) + 1``, likewise W_out.
+    Parameters: ``weight`` (C_out, C_in/G, kH, kW), ``bias`` (C_out) or None.
+    Init: both from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in/G * kH * kW, as PyTorch.
+    Caches: the input x, as torch's autograd saves it, and its layout; not the columns,
+    kH*kW times larger than x: backward unfolds x again, one more copy of the columns, 5
+    to 10% of the layer's time (measured).
+    """
+
+    SPATIAL = 2
+
+
+class Conv1d(_ConvNd):
+    """1-D cross-correlation by unfold + matmul. Same as ``torch.nn.Conv1d`` (every
+    padding, padding_mode, dilation and groups).
+
+    ``out[n, o, i] = b[o] + sum_{c in group(o), a} W[o, c, a] * x_pad[n, c, i*s + a*d]``;
+    backward: ``dW[o, c, a] += sum_{n, i} dout[n, o, i] * x_pad[n, c, i*s + a*d]``,
+    ``db[o] += sum_{n, i} dout[n, o, i]``, ``dx = unpad(fold(W.T @ dout))``. Computed as
+    Conv2d computes it, on the signal as an image of height 1 (see ``Conv2d`` for the GEMM
+    layouts, groups, padding modes and 'same').
+
+    Shapes: x (N, C_in, L) or unbatched (C_in, L) -> (N, C_out, L_out) or (C_out, L_out),
+    ``L_out = floor((L + p_before + p_after - d(k - 1) - 1) / s) + 1``.
+    Parameters: ``weight`` (C_out, C_in/G, k), ``bias`` (C_out) or None; init as torch's.
+    Caches: the input x and its layout; not the columns.
+    """
+
+    SPATIAL = 1
+
+
+class _ConvTransposeNd(_ConvBase):
+    """Transposed convolution over 1 or 2 spatial axes; see ConvTranspose2d."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+    ):
+        super().__init__()
+        name = type(self).__name__
+        self._set_arguments(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        if isinstance(padding, str):
+            raise ValueError(f"{name}: padding must be an int or a tuple of ints (no 'same' or 'valid'), got {padding!r}")
+        self.padding = ntuple(padding, self.SPATIAL, "padding", name, 0)
+        self.output_padding = ntuple(output_padding, self.SPATIAL, "output_padding", name, 0)
+        for extra, stride_, dilation_ in zip(self.output_padding, self.stride, self.dilation):
+            if extra >= stride_ and extra >= dilation_:
+                raise ValueError(
+                    f"{name}: output_padding {self.output_padding} must be smaller than either stride "
+                    f"{self.stride} or dilation {self.dilation}"
+                )
+        if padding_mode != "zeros":
+            raise ValueError(f"{name}: padding_mode must be 'zeros' (as torch.nn's), got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self._padding2 = as_plane_pair(self.padding, self.SPATIAL, 0)
+        weight_shape = (in_channels, out_channels // groups, *self.kernel_size)
+        self._add_parameters(weight_shape, bias)
+
+    def _full_size(self, size, axis):
+        """Length along ``axis`` (0: H, 1: W) that the windows of an input of ``size``
+        cover: (size - 1) * s + d(k - 1) + 1."""
+        return (size - 1) * self._stride2[axis] + self._dilation2[axis] * (self._kernel2[axis] - 1) + 1
+
+    def _output_padding(self, x, output_size):
+        """output_padding as a pair: the layer's, or what makes the output ``output_size``
+        (its spatial sizes, or with the batch and channel sizes in front, as torch takes
+        it); ValueError outside torch's range [min, min + s - 1]."""
+        if output_size is None:
+            return as_plane_pair(self.output_padding, self.SPATIAL, 0)
+        sizes = list(output_size)
+        if len(sizes) == x.dim():
+            sizes = sizes[x.dim() - self.SPATIAL :]
+        if len(sizes) != self.SPATIAL or not all(isinstance(s, int) for s in sizes):
+            raise ValueError(f"{self!r}: output_size must give the {self.SPATIAL} spatial sizes, got {output_size!r}")
+        spatial = as_plane_pair(x.shape[x.dim() - self.SPATIAL :], self.SPATIAL, 1)
+        wanted = as_plane_pair(sizes, self.SPATIAL, 1)
+        extras = []
+        for axis in (0, 1):
+            smallest = self._full_size(spatial[axis], axis) - 2 * self._padding2[axis]
+            largest = smallest + self._stride2[axis] - 1
+            if not smallest <= wanted[axis] <= largest:
+                raise ValueError(
+                    f"{self!r}: output_size {tuple(sizes)} is out of reach: sizes from "
+                    f"{smallest} to {largest} along each axis are possible for this input"
+                )
+            extras.append(wanted[axis] - smallest)
+        return tuple(extras)
+
+    def output_shape(self, shape):
+        """(C_out, *S_out) for an input of shape (C_in, *S); ValueError if impossible."""
+        channels, *spatial = shape
+        if channels != self.in_channels:
+            raise ValueError(f"{self!r}: expected {self.in_channels} input channels, got {channels}")
+        height, width = as_plane_pair(spatial, self.SPATIAL, 1)
+        out_hw = self._output_hw(height, width, as_plane_pair(self.output_padding, self.SPATIAL, 0))
+        return (self.out_channels, *out_hw[2 - self.SPATIAL :])
+
+    def _output_hw(self, height, width, output_padding):
+        out_hw = tuple(
+            self._full_size(size, axis) + output_padding[axis] - 2 * self._padding2[axis]
+            for axis, size in enumerate((height, width))
+        )
+        if min(out_hw) < 1:
+            raise ValueError(f"{self!r}: the output of an input of size {(height, width)} would be {out_hw}: too small")
+        return out_hw
+
+    def forward(self, x, output_size=None, **kw):
+        x4, form = as_planes(self, x, self.SPATIAL, self.in_channels)
+        self.check_dtype(x4)
+        output_padding = self._output_padding(x, output_size)
+        batch, _, height, width = x4.shape
+        out_h, out_w = self._output_hw(height, width, output_padding)
+        full_h, full_w = self._full_size(height, 0), self._full_size(width, 1)
+        groups, in_per_group = self.groups, self.in_channels // self.groups
+
+        # cols_g = W_g.T @ x_g: what each input entry sends to each kernel offset.
+        weight_t = self.weight.reshape(groups, in_per_group, -1).transpose(1, 2)
+        cols = torch.matmul(weight_t, x4.reshape(batch, groups, in_per_group, height * width))
+        patches = cols.reshape(batch, self.out_channels, *self._kernel2, height, width)
+        buffer = x4.new_zeros(batch, self.out_channels, full_h + output_padding[0], full_w + output_padding[1])
+        add_into_windows(buffer[:, :, :full_h, :full_w], patches, self._kernel2, self._stride2, self._dilation2)
+        pad_h, pad_w = self._padding2
+        out = buffer[:, :, pad_h : pad_h + out_h, pad_w : pad_w + out_w]
+        out = out.contiguous() if self.bias is None else out + self.bias.reshape(-1, 1, 1)
+        self._x = x4
+        self._form = form
+        return self.finish_forward(from_planes(out, form))
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        x4 = self._x
+        dout = to_planes(dout, self._form)
+        batch, _, height, width = x4.shape
+        groups, in_per_group = self.groups, self.in_channels // self.groups
+        positions = height * width
+
+        # The windows of the padded dout that the input entries wrote to, as columns.
+        pad_h, pad_w = self._padding2
+        padded = F.pad(dout, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else dout
+        windows = window_view(padded, self._kernel2, self._stride2, self._dilation2)[..., :height, :width]
+        column = self.out_channels // groups * self._kernel_offsets()
+        dcols = windows.reshape(batch, groups, column, positions)
+
+        x_rows = x4.reshape(batch, groups, in_per_group, positions).permute(1, 2, 0, 3)
+        x_rows = x_rows.reshape(groups, in_per_group, batch * positions)
+        dcols_t = dcols.permute(1, 0, 3, 2).reshape(groups, batch * positions, column)
+        self._grads["weight"].view(groups, in_per_group, -1).baddbmm_(x_rows, dcols_t)
+        if self.bias is not None:
+            self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
+
+        if not self.needs_input_grad:
+            return None
+        dx = torch.matmul(self.weight.reshape(groups, in_per_group, -1), dcols)
+        return from_planes(dx.reshape(batch, self.in_channels, height, width), self._form)
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-D transposed convolution (the adjoint of Conv2d's input gradient), by matmul +
+    fold. Same as ``torch.nn.ConvTranspose2d`` (padding_mode 'zeros', the only one torch has).
+
+    Forward: every input entry scatters its kernel-weighted value into the output:
+    ``y_full[n, o, i*s + a*d, j*s + b*d] += sum_c x[n, c, i, j] * W[c, o, a, b]`` (c in o's
+    group), computed as ``cols_g = W_g.T @ x_g`` (one matmul batched over samples and
+    groups, columns (N, C_out*kH*kW, H*W)) and fold: kH*kW strided additions into a zero
+    buffer of the full size (H - 1)*s + d(k - 1) + 1 plus output_padding (zeros at the
+    end); then ``padding`` is cut from both sides and the bias added.
+    Backward: ``dcols = unfold(pad(dout))``, the windows of dout padded back by ``padding``
+    (a strided view, copied once into columns); ``dx_g = W_g @ dcols_g``,
+    ``dW_g += x_g @ dcols_g.T`` (``baddbmm_``), ``db += dout.sum over (n, h, w)``.
+
+    ``forward(x, output_size=None)``: as torch, ``output_size`` (the spatial sizes, or the
+    whole output shape) picks the output padding in [0, s - 1] that gives that size;
+    ValueError when no output padding does.
+    Shapes: x (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, H_out, W_out) or unbatched, with
+    ``H_out = (H - 1)*s - 2p + d(k - 1) + output_padding + 1``, likewise W_out.
+    Parameters: ``weight`` (C_in, C_out/G, kH, kW), ``bias`` (C_out) or None.
+    Init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C_out/G * kH * kW (torch's).
+    Caches: the input x (as torch's autograd saves it) and its layout; backward unfolds
+    dout, nothing else is kept.
+    """
+
+    SPATIAL = 2
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-D transposed convolution by matmul + fold. Same as ``torch.nn.ConvTranspose1d``
+    (padding_mode 'zeros', the only one torch has).
+
+    ``y_full[n, o, i*s + a*d] += sum_c x[n, c, i] * W[c, o, a]``, then ``padding`` cut from
+    both ends (output_padding extends the end); backward ``dx_g = W_g @ unfold(pad(dout))_g``,
+    ``dW_g += x_g @ unfold(pad(dout))_g.T``, ``db += dout.sum over (n, l)``: ConvTranspose2d's
+    computation on the signal as an image of height 1.
+    Shapes: x (N, C_in, L) or (C_in, L) -> (N, C_out, L_out) or (C_out, L_out),
+    ``L_out = (L - 1)*s - 2p + d(k - 1) + output_padding + 1``; ``forward(x, output_size)``
+    as ConvTranspose2d's.
+    Parameters: ``weight`` (C_in, C_out/G, k), ``bias`` (C_out) or None; init as torch's.
+    Caches: the input x and its layout.
+    """
+
+    SPATIAL = 1

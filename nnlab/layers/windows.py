@@ -39,15 +39,17 @@ def check_2d_input(layer, x, channels=None):
 
 def check_windows_fit(layer, height, width, kernel, stride, padding, dilation):
     """Output (height, width) of a sliding window; ValueError naming the layer when the
-    dilated kernel does not fit in the padded input."""
-    out_h = window_output_size(height, kernel[0], stride[0], padding[0], dilation[0])
-    out_w = window_output_size(width, kernel[1], stride[1], padding[1], dilation[1])
+    dilated kernel does not fit in the padded input. ``padding`` holds one int per axis
+    (both sides), or a (before, after) pair per axis."""
+    sides = [p if isinstance(p, tuple) else (p, p) for p in padding]
+    padded = (height + sum(sides[0]), width + sum(sides[1]))
+    out_h = window_output_size(padded[0], kernel[0], stride[0], 0, dilation[0])
+    out_w = window_output_size(padded[1], kernel[1], stride[1], 0, dilation[1])
     if out_h < 1 or out_w < 1:
         span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-        padded = (height + 2 * padding[0], width + 2 * padding[1])
         raise ValueError(
             f"{layer!r}: the (dilated) kernel {span} is larger than the padded input {padded} "
-            f"(input {(height, width)}, padding {padding})"
+            f"(input {(height, width)}, padding {tuple(padding)})"
         )
     return out_h, out_w
 
@@ -71,3 +73,68 @@ def add_into_windows(dpadded, dpatches, kernel, stride, dilation):
     for a in range(kernel[0]):
         for b in range(kernel[1]):
             windows[:, :, a, b].add_(dpatches[:, :, a, b])
+
+
+def ntuple(value, size, name, owner, minimum):
+    """``value`` (an int or ``size`` ints) as a tuple of ``size`` ints; ValueError naming
+    ``owner`` unless every entry is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * size
+    value = tuple(value) if isinstance(value, (tuple, list)) else value
+    ok = isinstance(value, tuple) and len(value) == size
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    if not ok:
+        kind = "an int or a pair of ints" if size == 2 else f"an int or a tuple of {size} ints"
+        raise ValueError(f"{owner}: {name} must be {kind} >= {minimum}, got {value!r}")
+    return value
+
+
+def as_plane_pair(values, spatial, fill):
+    """A per-axis tuple of a 1-d (``spatial`` 1) or 2-d layer as the pair the 2-d code
+    works with: a 1-d layer's single axis is the width, its height the trivial ``fill``."""
+    return tuple(values) if spatial == 2 else (fill, values[0])
+
+
+def as_planes(layer, x, spatial, channels=None):
+    """Checks x is (N, C, *S) or unbatched (C, *S) with ``spatial`` axes S (1 or 2), with
+    ``channels`` channels when given; returns (x as (N, C, H, W), its form), a 1-d
+    signal (N, C, L) becoming (N, C, 1, L). ``from_planes`` and ``to_planes`` convert
+    between the two layouts with the form."""
+    if spatial == 2:
+        x4, unbatched = check_2d_input(layer, x, channels)
+        return x4, (unbatched, False)
+    expected = "(N, C, L) or (C, L)" if channels is None else f"(N, {channels}, L) or ({channels}, L)"
+    ok = isinstance(x, torch.Tensor) and x.dim() in (2, 3)
+    if ok and channels is not None:
+        ok = x.shape[-2] == channels
+    layer.check_input(x, expected, ok)
+    unbatched = x.dim() == 2
+    x3 = x.unsqueeze(0) if unbatched else x
+    return x3.unsqueeze(2), (unbatched, True)
+
+
+def from_planes(t4, form):
+    """A tensor (N, C, H, W) in the layout of the input whose form ``as_planes`` gave."""
+    unbatched, one_d = form
+    t = t4.squeeze(2) if one_d else t4
+    return t[0] if unbatched else t
+
+
+def to_planes(t, form):
+    """The inverse of ``from_planes``: a tensor in the input's layout as (N, C, H, W)."""
+    unbatched, one_d = form
+    t = t.unsqueeze(0) if unbatched else t
+    return t.unsqueeze(2) if one_d else t
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """Window positions of a pooling layer along one axis: ``window_output_size``, or
+    with ``ceil_mode`` the count rounded up, less a last window that would start past the
+    input and its left padding (PyTorch's rule)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    if (count - 1) * stride >= size + padding:
+        count -= 1
+    return count
