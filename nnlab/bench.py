@@ -40,6 +40,7 @@ from nnlab.layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
+    ConvTranspose2d,
     CrossEntropyLoss,
     Flatten,
     GroupNorm,
@@ -76,6 +77,8 @@ class Sizes(NamedTuple):
     resnet: tuple  # (batch, channels, size)
     graph: tuple  # (batch, size, width)
     sequence: tuple  # (batch, steps, input_size, hidden_size, vocabulary)
+    grouped_convs: list  # (batch, in_channels, size, out_channels, kernel, padding, groups)
+    transposed_convs: list  # (batch, in_channels, size, out_channels, kernel, stride, padding, output_padding)
 
 
 FULL = Sizes(
@@ -87,6 +90,8 @@ FULL = Sizes(
     resnet=(32, 32, 16),
     graph=(64, 32, 32),
     sequence=(32, 64, 64, 256, 100),
+    grouped_convs=[(64, 32, 16, 64, 3, 1, 4), (64, 32, 32, 32, 3, 1, 32), (64, 64, 16, 128, 3, 1, 64)],
+    transposed_convs=[(64, 64, 8, 32, 4, 2, 1, 0), (64, 32, 16, 16, 3, 2, 1, 1)],
 )
 QUICK = Sizes(
     convs=[(2, 3, 8, 8, 4, 3, 1), (2, 1, 7, 7, 2, 3, 0)],
@@ -97,6 +102,8 @@ QUICK = Sizes(
     resnet=(2, 4, 4),
     graph=(2, 8, 4),
     sequence=(2, 3, 4, 5, 7),
+    grouped_convs=[(2, 4, 6, 8, 3, 1, 2), (2, 4, 6, 4, 3, 1, 4)],
+    transposed_convs=[(2, 4, 3, 2, 4, 2, 1, 0)],
 )
 CLASSES = 10
 LEARN_RATE = 1e-2
@@ -168,6 +175,34 @@ def conv_parts_cases(batch, in_channels, height, width, out_channels, kernel, pa
         Case(f"{shape}: the 3 GEMMs", products, torch_case.theirs),
         Case(f"{shape}: unfold + fold", unfold_and_fold, torch_case.theirs),
     ]
+
+
+def grouped_conv_pair(batch, in_channels, size, out_channels, kernel, padding, groups):
+    """A grouped (depthwise when groups = in_channels) Conv2d, its torch twin and an input."""
+    layer = Conv2d(in_channels, out_channels, kernel, padding=padding, groups=groups)
+    module = torch.nn.Conv2d(in_channels, out_channels, kernel, padding=padding, groups=groups)
+    copy_weights(layer, module)
+    kind = "depthwise" if groups == in_channels else f"groups {groups}"
+    name = f"Conv2d {kind} {batch}x{in_channels}x{size}x{size} -> {out_channels} k{kernel} p{padding}"
+    return name, layer, module, torch.randn(batch, in_channels, size, size)
+
+
+def transposed_conv_pair(batch, in_channels, size, out_channels, kernel, stride, padding, output_padding):
+    """A ConvTranspose2d, its torch twin and an input."""
+    arguments = (in_channels, out_channels, kernel, stride, padding, output_padding)
+    layer, module = ConvTranspose2d(*arguments), torch.nn.ConvTranspose2d(*arguments)
+    copy_weights(layer, module)
+    name = (
+        f"ConvTranspose2d {batch}x{in_channels}x{size}x{size} -> {out_channels} k{kernel} s{stride} "
+        f"p{padding} op{output_padding}"
+    )
+    return name, layer, module, torch.randn(batch, in_channels, size, size)
+
+
+def layer_pairs(sizes):
+    """(name, nnlab layer, torch twin, input) of the grouped and transposed convolutions."""
+    pairs = [grouped_conv_pair(*shape) for shape in sizes.grouped_convs]
+    return pairs + [transposed_conv_pair(*shape) for shape in sizes.transposed_convs]
 
 
 def maxpool_case(batch, channels, size, kernel):
@@ -360,6 +395,7 @@ def build_cases(sizes=FULL):
     cases.append(batchnorm_case(*sizes.batchnorm))
     cases.extend(norm_cases(*sizes.batchnorm))
     cases.extend(sequence_cases(*sizes.sequence))
+    cases += [forward_backward_case(name, layer, module, x) for name, layer, module, x in layer_pairs(sizes)]
     for name, model, twin, x in model_sets(sizes):
         y = torch.randint(0, CLASSES, (x.shape[0],))
         cases.append(train_step_case(f"train step {name}", model, twin, x, y))
@@ -509,8 +545,19 @@ def torch_saved_bytes(module, loss_fn, x, y):
     return _storage_bytes(saved, _state_storages(state))
 
 
+def layer_saved_bytes(layer, module, x):
+    """(nnlab bytes, torch bytes) kept between forward and backward by one layer and its
+    twin, the input gradient wanted on both sides."""
+    layer(x)
+    state = [param for param, _ in layer.params()] + [grad for _, grad in layer.params()] + layer.buffers()
+    ours = _storage_bytes(_held_tensors(layer), _state_storages(state))
+    theirs = torch_saved_bytes(module, lambda out, y: out.sum(), x.clone().requires_grad_(True), None)
+    return ours, theirs
+
+
 def measure_memory(sizes=FULL):
-    """(name, nnlab bytes, torch bytes) for each model of the training steps."""
+    """(name, nnlab bytes, torch bytes) for each model of the training steps, then for
+    each grouped and transposed convolution alone."""
     results = []
     for name, model, twin, x in model_sets(sizes):
         copy_weights(model, twin)
@@ -518,7 +565,7 @@ def measure_memory(sizes=FULL):
         ours = nnlab_saved_bytes(model, CrossEntropyLoss(), x, y)
         theirs = torch_saved_bytes(twin, torch.nn.CrossEntropyLoss(), x, y)
         results.append((name, ours, theirs))
-    return results
+    return results + [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)]
 
 
 # Command line -------------------------------------------------------------------------------

@@ -63,6 +63,11 @@ def _inside_0_1(shape):
     return 0.05 + 0.9 * torch.rand(shape)
 
 
+def _positive(shape):
+    """Inputs in [0.5, 1.5]: away from 0, where a power mean's gradient x^(p-1) is smooth."""
+    return 0.5 + torch.rand(shape)
+
+
 def _softmax_rows(shape):
     return torch.softmax(torch.randn(shape), dim=1)
 
@@ -157,6 +162,24 @@ CASES = [
         kinked=True,
     ),
     Case("AdaptiveAvgPool2d", lambda: nn.AdaptiveAvgPool2d((3, 2)), lambda: torch.nn.AdaptiveAvgPool2d((3, 2)), (2, 2, 7, 5)),
+    *[
+        Case(name, lambda make=make: make(nn), lambda make=make: make(torch.nn), shape, kinked=kinked)
+        for name, make, shape, kinked in [
+            ("Conv1d (groups, reflect)", lambda m: m.Conv1d(4, 6, 3, 2, 2, 1, 2, padding_mode="reflect"), (2, 4, 7), False),
+            ("Conv2d (same, replicate)", lambda m: m.Conv2d(2, 3, (2, 3), padding="same", padding_mode="replicate"), (2, 2, 5, 4), False),
+            ("Conv2d (depthwise, circular)", lambda m: m.Conv2d(3, 6, 3, 2, 1, groups=3, padding_mode="circular"), (2, 3, 5, 5), False),
+            ("ConvTranspose1d", lambda m: m.ConvTranspose1d(4, 2, 3, 2, 1, 1, 2, dilation=2), (2, 4, 4), False),
+            ("ConvTranspose2d", lambda m: m.ConvTranspose2d(2, 3, (3, 2), (2, 1), (1, 0), (1, 0)), (2, 2, 3, 4), False),
+            ("MaxPool1d (ceil_mode, dilation)", lambda m: m.MaxPool1d(3, 2, 1, 2, ceil_mode=True), (2, 3, 8), True),
+            ("MaxPool2d (ceil_mode)", lambda m: m.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 2, 6, 5), True),
+            ("AvgPool1d (ceil_mode, excl. padding)", lambda m: m.AvgPool1d(3, 2, 1, True, False), (2, 3, 8), False),
+            ("AvgPool2d (ceil, divisor_override)", lambda m: m.AvgPool2d(3, 2, 1, True, True, 4), (2, 2, 6, 5), False),
+            ("AdaptiveMaxPool1d", lambda m: m.AdaptiveMaxPool1d(3), (2, 3, 7), True),
+            ("AdaptiveAvgPool1d", lambda m: m.AdaptiveAvgPool1d(3), (2, 3, 7), False),
+            ("LPPool2d", lambda m: m.LPPool2d(2, 2, ceil_mode=True), (2, 2, 5, 5), False),
+        ]
+    ],
+    Case("LPPool1d", lambda: nn.LPPool1d(3, 2, 1), lambda: torch.nn.LPPool1d(3, 2, 1), (2, 3, 7), make_input=_positive),
     Case("BatchNorm1d", lambda: nn.BatchNorm1d(3), lambda: torch.nn.BatchNorm1d(3), (5, 3)),
     Case("BatchNorm2d", lambda: nn.BatchNorm2d(2), lambda: torch.nn.BatchNorm2d(2), (3, 2, 3, 3)),
     Case("BatchNorm2d (eval)", lambda: nn.BatchNorm2d(2), lambda: torch.nn.BatchNorm2d(2), (3, 2, 3, 3), train=False),

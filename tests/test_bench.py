@@ -27,7 +27,7 @@ def test_bench_runs_quick(capsys, one_thread):
     assert len(re.findall(r"geometric mean\s+\d+\.\d\d", printed)) == 3
     rows = [line for line in printed.splitlines() if re.search(r"\d+\.\d{2,3}\s+\d+\.\d{2,3}\s+\d+\.\d\d$", line)]
     quick = bench.QUICK
-    assert len(rows) == len(bench.build_cases(quick)) + len(bench.build_graph_cases(quick)) + 3
+    assert len(rows) == len(bench.build_cases(quick)) + len(bench.build_graph_cases(quick)) + len(bench.measure_memory(quick))
     assert "graph Model and as a Sequential" in printed and "Bytes kept between forward and backward" in printed
 
 
@@ -39,7 +39,7 @@ def test_bench_json_is_valid_and_cases_select(capsys, one_thread):
     assert report["threads"] == 1 and report["repeats"] == 1
     for entry in report["cases"] + report["graph"]:
         assert entry["ratio"] == pytest.approx(entry["ours_ms"] / entry["theirs_ms"])
-    assert len(report["memory"]) == 3
+    assert len(report["memory"]) == 3 + len(bench.QUICK.grouped_convs) + len(bench.QUICK.transposed_convs)
 
 
 def test_bench_profile_names_operations_and_times_the_parts_of_conv2d(capsys, one_thread):
@@ -79,6 +79,14 @@ def test_torch_memory_counts_what_autograd_saves():
     # addmm saves x for the weight gradient (the weight is a parameter, left out); tanh
     # saves its output for its own gradient.
     assert bench.torch_saved_bytes(torch.nn.Sequential(linear, torch.nn.Tanh()), lambda out, y: out.sum(), x, None) == 4 * (8 + 10)
+
+
+def test_grouped_and_transposed_convolutions_keep_what_autograd_saves():
+    # Their input: both re-unfold in backward rather than keep the columns.
+    layers = bench.layer_pairs(bench.QUICK)
+    assert [name for name, _, _ in bench.measure_memory(bench.QUICK)[3:]] == [name for name, *_ in layers]
+    for name, ours, theirs in bench.measure_memory(bench.QUICK)[3:]:
+        assert ours == theirs, name
 
 
 def test_memory_ratios_of_the_models_stay_at_most_1_2():
