@@ -166,6 +166,8 @@ class _ConvNd(_ConvBase):
         patches = self._patches(x4)
         if self.groups == 1:
             out = self._dense_forward(patches, out_h * out_w)
+        elif self._depthwise():
+            out = self._depthwise_forward(patches)
         else:
             out = self._grouped_forward(patches)
         out = out.reshape(x4.shape[0], self.out_channels, out_h, out_w)
@@ -196,6 +198,78 @@ class _ConvNd(_ConvBase):
         if self.bias is not None:
             out += self.bias.reshape(self.groups, -1, 1)
         return out
+
+    def _depthwise(self):
+        """True for one input channel per group (depthwise convolution)."""
+        return self.groups == self.in_channels
+
+    def _depthwise_weight(self):
+        """weight as (C_in, m, kH*kW), m = C_out / C_in filters per input channel (a view)."""
+        return self.weight.reshape(self.in_channels, -1, self._kernel_offsets())
+
+    def _offsets(self):
+        """The kernel offsets (a, b) in row-major order, k = a*kW + b."""
+        return [(a, b) for a in range(self._kernel2[0]) for b in range(self._kernel2[1])]
+
+    def _depthwise_forward(self, patches):
+        """out[n, c*m + j] = b[c*m + j] + sum_k window_k[n, c] * W[c*m + j, 0, k]: one
+        multiply-add over every window per kernel offset k, reading the window view (no
+        columns copied; measured several times faster than the grouped matmul here)."""
+        weight = self._depthwise_weight()
+        windows = self._multiplier_windows(patches, weight.shape[1])
+        out = windows(0) * self._multiplier_weight(weight, 0)
+        if self.bias is not None:
+            out += self._multiplier_weight(self.bias.reshape(weight.shape[:2] + (1,)), 0)
+        for k in range(1, weight.shape[2]):
+            out.addcmul_(windows(k), self._multiplier_weight(weight, k))
+        return out.contiguous()  # a non-contiguous input gives its strides to the products
+
+    def _multiplier_windows(self, patches, multiplier):
+        """Offset k's windows, (N, C, H_out, W_out), or (N, C, 1, H_out, W_out) to meet m > 1
+        filters per channel (4-d where it can: elementwise passes on the 5-d form were
+        several times slower, measured)."""
+        offsets = self._offsets()
+
+        def window(k):
+            a, b = offsets[k]
+            return patches[:, :, a, b] if multiplier == 1 else patches[:, :, a, b].unsqueeze(2)
+
+        return window
+
+    def _multiplier_weight(self, weight, k):
+        """Offset k's weights broadcastable against ``_multiplier_windows``' windows."""
+        channels, multiplier = weight.shape[:2]
+        return weight[:, :, k].reshape(channels, 1, 1) if multiplier == 1 else weight[:, :, k].reshape(channels, -1, 1, 1)
+
+    def _depthwise_backward(self, x4, dout):
+        """Per kernel offset k: ``dW[c*m + j, 0, k] += sum_{n, i, l} dout[n, c*m + j, i, l] *
+        window_k[n, c, i, l]`` and ``window_k(dx_pad) += sum_j dout[:, c*m + j] * W[c*m + j, 0, k]``
+        (fold as one strided addition per offset); then ``unpad``."""
+        batch, _, out_h, out_w = dout.shape
+        channels = self.in_channels
+        weight = self._depthwise_weight()
+        multiplier = weight.shape[1]
+        dout_c = dout if multiplier == 1 else dout.reshape(batch, channels, multiplier, out_h, out_w)
+        windows = self._multiplier_windows(self._patches(x4), multiplier)
+        dweight = self._grads["weight"].view(weight.shape)
+        spatial = (-2, -1)
+        for k in range(weight.shape[2]):
+            products = (dout_c * windows(k)).sum(dim=spatial).sum(dim=0)
+            dweight[:, :, k] += products.reshape(channels, multiplier)
+        if self.bias is not None:
+            self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
+        if not self.needs_input_grad:
+            return None
+        (top, bottom), (left, right) = self._pads
+        height, width = x4.shape[2:]
+        dpadded = dout.new_zeros(batch, channels, height + top + bottom, width + left + right)
+        dwindows = window_view(dpadded, self._kernel2, self._stride2, self._dilation2)
+        for k, (a, b) in enumerate(self._offsets()):
+            if multiplier == 1:
+                dwindows[:, :, a, b].addcmul_(dout, self._multiplier_weight(weight, k))
+            else:
+                dwindows[:, :, a, b].add_((dout_c * self._multiplier_weight(weight, k)).sum(dim=2))
+        return self._unpad(dpadded, x4)
 
     def _grouped_columns(self, patches):
         """Patches (N, C, kH, kW, H_out, W_out) copied into (N, G, C/G*kH*kW, L)."""
@@ -270,6 +344,8 @@ class _ConvNd(_ConvBase):
         dout = to_planes(dout, self._form)
         if self.groups == 1:
             dx = self._dense_backward(x4, dout)
+        elif self._depthwise():
+            dx = self._depthwise_backward(x4, dout)
         else:
             dx = self._grouped_backward(x4, dout)
         return None if dx is None else from_planes(dx, self._form)
@@ -299,9 +375,8 @@ class _ConvNd(_ConvBase):
         dout_g = dout.reshape(batch, groups, self.out_channels // groups, positions)
 
         cols = self._grouped_columns(self._patches(x4))
-        dout_rows = dout_g.permute(1, 2, 0, 3).reshape(groups, self.out_channels // groups, batch * positions)
-        cols_t = cols.permute(1, 0, 3, 2).reshape(groups, batch * positions, self.patch_size())
-        self._grads["weight"].view(groups, -1, self.patch_size()).baddbmm_(dout_rows, cols_t)
+        dweight = torch.matmul(dout_g, cols.transpose(2, 3)).sum(dim=0)
+        self._grads["weight"].view(dweight.shape).add_(dweight)
         if self.bias is not None:
             self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
 
