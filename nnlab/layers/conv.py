@@ -192,12 +192,17 @@ class _ConvNd(_ConvBase):
         return out_2d.reshape(self.out_channels, batch, positions).transpose(0, 1).contiguous()
 
     def _grouped_forward(self, patches):
-        """out (N, G, C_out/G, L) = W_g @ cols_g + b for each group g, one batched matmul."""
-        cols = self._grouped_columns(patches)
-        out = torch.matmul(self._grouped_weight(), cols)
+        """out_g = W_g @ cols_g + b_g for each group g: cols in the 2-D layout (C*kH*kW, N*L),
+        whose rows split by group for free, and one matmul batched over the groups
+        (batching over samples and groups instead makes N*G small products: slower,
+        measured)."""
+        batch, _, _, _, out_h, out_w = patches.shape
+        groups, positions = self.groups, out_h * out_w
+        cols = _as_columns(patches).reshape(groups, self.patch_size(), batch * positions)
+        out = torch.bmm(self._grouped_weight(), cols)
         if self.bias is not None:
-            out += self.bias.reshape(self.groups, -1, 1)
-        return out
+            out += self.bias.reshape(groups, -1, 1)
+        return out.reshape(self.out_channels, batch, positions).transpose(0, 1).contiguous()
 
     def _depthwise(self):
         """True for one input channel per group (depthwise convolution)."""
@@ -270,11 +275,6 @@ class _ConvNd(_ConvBase):
             else:
                 dwindows[:, :, a, b].add_((dout_c * self._multiplier_weight(weight, k)).sum(dim=2))
         return self._unpad(dpadded, x4)
-
-    def _grouped_columns(self, patches):
-        """Patches (N, C, kH, kW, H_out, W_out) copied into (N, G, C/G*kH*kW, L)."""
-        batch, _, _, _, out_h, out_w = patches.shape
-        return patches.reshape(batch, self.groups, self.patch_size(), out_h * out_w)
 
     def _grouped_weight(self):
         """weight as (G, C_out/G, C_in/G*kH*kW), a view."""
@@ -368,23 +368,22 @@ class _ConvNd(_ConvBase):
         return self._input_grad_by_fold(dout, dout_2d, x4)
 
     def _grouped_backward(self, x4, dout):
-        """dW_g += dout_g @ cols_g.T and dx = fold(W_g.T @ dout_g), one batched matmul
-        each over the groups."""
+        """dW_g += dout_g @ cols_g.T and dx = fold(W_g.T @ dout_g), one matmul batched over
+        the groups each, in the 2-D layout of ``_grouped_forward``."""
         batch, _, out_h, out_w = dout.shape
-        groups, positions = self.groups, out_h * out_w
-        dout_g = dout.reshape(batch, groups, self.out_channels // groups, positions)
+        groups, rows, columns = self.groups, self.patch_size(), batch * out_h * out_w
+        dout_2d = dout.transpose(0, 1).reshape(self.out_channels, columns)
+        dout_g = dout_2d.reshape(groups, self.out_channels // groups, columns)
 
-        cols = self._grouped_columns(self._patches(x4))
-        dweight = torch.matmul(dout_g, cols.transpose(2, 3)).sum(dim=0)
-        self._grads["weight"].view(dweight.shape).add_(dweight)
+        cols = _as_columns(self._patches(x4)).reshape(groups, rows, columns)
+        self._grads["weight"].view(groups, -1, rows).baddbmm_(dout_g, cols.transpose(1, 2))
         if self.bias is not None:
-            self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
+            self._grads["bias"].add_(dout_2d.sum(dim=1))
 
         if not self.needs_input_grad:
             return None
-        dcols = torch.matmul(self._grouped_weight().transpose(1, 2), dout_g)
-        dpatches = dcols.reshape(batch, self.in_channels, *self._kernel2, out_h, out_w)
-        return self._fold_into_input(dpatches, x4)
+        dcols = torch.bmm(self._grouped_weight().transpose(1, 2), dout_g)
+        return self._fold_columns(dcols.reshape(groups * rows, columns), batch, out_h, out_w, x4)
 
     def _fold_into_input(self, dpatches, x4, dpadded=None):
         """fold: the windows' gradients (N, C, kH, kW, H_out, W_out) added back where the
@@ -401,20 +400,21 @@ class _ConvNd(_ConvBase):
         batch, _, out_h, out_w = dout.shape
         positions = out_h * out_w
         weight_2d = self.weight.reshape(self.out_channels, -1)
+        if not self._per_sample_gemm(positions):
+            return self._fold_columns(torch.mm(weight_2d.T, dout_2d), batch, out_h, out_w, x4)
+        dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
+        dpatches = dcols.reshape(batch, self.in_channels, *self._kernel2, out_h, out_w)
+        return self._fold_into_input(dpatches, x4)
+
+    def _fold_columns(self, dcols, batch, out_h, out_w, x4):
+        """fold of column gradients in the 2-D layout (C*kH*kW, N*L), ordered (c, a, b) by
+        (n, i, j): viewed with n first, into a buffer of the same memory order, so that the
+        fold's additions run along rows."""
         (top, bottom), (left, right) = self._pads
         height, width = x4.shape[2:]
+        dpatches = dcols.reshape(self.in_channels, *self._kernel2, batch, out_h, out_w).permute(3, 0, 1, 2, 4, 5)
         padded_hw = (height + top + bottom, width + left + right)
-        patch_shape = (self.in_channels, *self._kernel2, out_h, out_w)
-        if self._per_sample_gemm(positions):
-            dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
-            dpatches = dcols.reshape(batch, *patch_shape)
-            dpadded = dout.new_zeros(batch, self.in_channels, *padded_hw)
-        else:
-            # Columns ordered (c, a, b) by (n, i, j): viewed with n first, and a buffer
-            # of the same memory order, so that the fold's additions run along rows.
-            dcols = torch.mm(weight_2d.T, dout_2d)
-            dpatches = dcols.reshape(*patch_shape[:3], batch, out_h, out_w).permute(3, 0, 1, 2, 4, 5)
-            dpadded = dout.new_zeros(self.in_channels, batch, *padded_hw).transpose(0, 1)
+        dpadded = dcols.new_zeros(self.in_channels, batch, *padded_hw).transpose(0, 1)
         return self._fold_into_input(dpatches, x4, dpadded)
 
     def _reach(self):
