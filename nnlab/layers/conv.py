@@ -630,15 +630,21 @@ class _ConvTransposeNd(_ConvBase):
         full_h, full_w = self._full_size(height, 0), self._full_size(width, 1)
         groups, in_per_group = self.groups, self.in_channels // self.groups
 
-        # cols_g = W_g.T @ x_g: what each input entry sends to each kernel offset.
+        # cols_g = W_g.T @ x_g: what each input entry sends to each kernel offset, in the 2-D
+        # layout (C_out*kH*kW, N*H*W), one matmul batched over the groups (per sample and
+        # group it makes N*G small products: slower, measured).
         weight_t = self.weight.reshape(groups, in_per_group, -1).transpose(1, 2)
-        cols = torch.matmul(weight_t, x4.reshape(batch, groups, in_per_group, height * width))
-        patches = cols.reshape(batch, self.out_channels, *self._kernel2, height, width)
-        buffer = x4.new_zeros(batch, self.out_channels, full_h + output_padding[0], full_w + output_padding[1])
+        cols = torch.bmm(weight_t, self._input_rows(x4))
+        patches = cols.reshape(self.out_channels, *self._kernel2, batch, height, width).permute(3, 0, 1, 2, 4, 5)
+        # A buffer of the columns' memory order (channels, then samples), so that the
+        # fold's additions run along rows.
+        full_shape = (self.out_channels, batch, full_h + output_padding[0], full_w + output_padding[1])
+        buffer = x4.new_zeros(full_shape).transpose(0, 1)
         add_into_windows(buffer[:, :, :full_h, :full_w], patches, self._kernel2, self._stride2, self._dilation2)
         pad_h, pad_w = self._padding2
-        out = buffer[:, :, pad_h : pad_h + out_h, pad_w : pad_w + out_w]
-        out = out.contiguous() if self.bias is None else out + self.bias.reshape(-1, 1, 1)
+        out = buffer[:, :, pad_h : pad_h + out_h, pad_w : pad_w + out_w].contiguous()
+        if self.bias is not None:
+            out += self.bias.reshape(-1, 1, 1)
         self._x = x4
         self._form = form
         return self.finish_forward(from_planes(out, form))
@@ -651,24 +657,28 @@ class _ConvTransposeNd(_ConvBase):
         groups, in_per_group = self.groups, self.in_channels // self.groups
         positions = height * width
 
-        # The windows of the padded dout that the input entries wrote to, as columns.
+        # The windows of the padded dout that the input entries wrote to, as columns in the
+        # 2-D layout (C_out*kH*kW, N*H*W).
         pad_h, pad_w = self._padding2
         padded = F.pad(dout, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else dout
         windows = window_view(padded, self._kernel2, self._stride2, self._dilation2)[..., :height, :width]
         column = self.out_channels // groups * self._kernel_offsets()
-        dcols = windows.reshape(batch, groups, column, positions)
+        dcols = _as_columns(windows).reshape(groups, column, batch * positions)
 
-        x_rows = x4.reshape(batch, groups, in_per_group, positions).permute(1, 2, 0, 3)
-        x_rows = x_rows.reshape(groups, in_per_group, batch * positions)
-        dcols_t = dcols.permute(1, 0, 3, 2).reshape(groups, batch * positions, column)
-        self._grads["weight"].view(groups, in_per_group, -1).baddbmm_(x_rows, dcols_t)
+        self._grads["weight"].view(groups, in_per_group, -1).baddbmm_(self._input_rows(x4), dcols.transpose(1, 2))
         if self.bias is not None:
             self._grads["bias"].add_(dout.sum(dim=(0, 2, 3)))
 
         if not self.needs_input_grad:
             return None
-        dx = torch.matmul(self.weight.reshape(groups, in_per_group, -1), dcols)
-        return from_planes(dx.reshape(batch, self.in_channels, height, width), self._form)
+        dx = torch.bmm(self.weight.reshape(groups, in_per_group, -1), dcols)
+        dx = dx.reshape(self.in_channels, batch, height, width).transpose(0, 1).contiguous()
+        return from_planes(dx, self._form)
+
+    def _input_rows(self, x4):
+        """x4 (N, C_in, H, W) copied into (G, C_in/G, N*H*W), a row per input channel."""
+        batch, _, height, width = x4.shape
+        return x4.transpose(0, 1).reshape(self.groups, self.in_channels // self.groups, batch * height * width)
 
 
 class ConvTranspose2d(_ConvTransposeNd):
