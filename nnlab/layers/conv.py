@@ -481,12 +481,15 @@ class Conv2d(_ConvNd):
     large enough (``PER_SAMPLE_GEMM``), else one matmul over cols (C*kH*kW, N*L) whose
     (C_out, N*L) result is transposed to (N, C_out, L); whichever was measured faster.
     With ``groups`` G > 1 the channels split into G groups, each convolved with its own
-    C_out/G filters of C_in/G channels: cols (N, G, C_in/G*kH*kW, L) and one matmul
-    batched over samples and groups, ``out_g = W_g @ cols_g + b_g`` (depthwise:
-    G = C_in).
+    C_out/G filters of C_in/G channels: cols in the (C*kH*kW, N*L) layout, whose rows
+    split by group, and one matmul batched over the groups, ``out_g = W_g @ cols_g + b_g``.
+    Depthwise (G = C_in, m = C_out/C_in filters per channel) copies no columns: forward
+    is one multiply-add over the window view per kernel offset k,
+    ``out[:, c*m + j] += window_k[:, c] * W[c*m + j, 0, k]``.
 
     Backward: ``dW += dout_2d @ cols.T``, one GEMM accumulating into the gradient
-    (``addmm_``; per group ``baddbmm_``), with dout_2d = dout as (C_out, N*L) and cols
+    (``addmm_``; per group ``baddbmm_``; depthwise, per offset k, ``dW[:, :, k] +=
+    sum_{n, i, j} dout * window_k``), with dout_2d = dout as (C_out, N*L) and cols
     unfolded again from the cached input; ``db += dout.sum over (n, h, w)``;
     ``dx = unpad(fold(W_2d.T @ dout))`` (layout as in forward): fold adds each column
     back where unfold took it, as kH*kW strided additions through the same window view
@@ -687,8 +690,9 @@ class ConvTranspose2d(_ConvTransposeNd):
 
     Forward: every input entry scatters its kernel-weighted value into the output:
     ``y_full[n, o, i*s + a*d, j*s + b*d] += sum_c x[n, c, i, j] * W[c, o, a, b]`` (c in o's
-    group), computed as ``cols_g = W_g.T @ x_g`` (one matmul batched over samples and
-    groups, columns (N, C_out*kH*kW, H*W)) and fold: kH*kW strided additions into a zero
+    group), computed as ``cols_g = W_g.T @ x_g`` (one matmul batched over the groups, x
+    copied into rows (C_in, N*H*W), columns (C_out*kH*kW, N*H*W)) and fold: kH*kW strided
+    additions into a zero
     buffer of the full size (H - 1)*s + d(k - 1) + 1 plus output_padding (zeros at the
     end); then ``padding`` is cut from both sides and the bias added.
     Backward: ``dcols = unfold(pad(dout))``, the windows of dout padded back by ``padding``
