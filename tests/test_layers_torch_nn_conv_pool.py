@@ -477,3 +477,13 @@ def test_pool_with_indices_refuses_a_gradient_for_the_indices():
     with pytest.raises(ValueError, match="MaxPool2d.*indices get no gradient"):
         layer.backward((torch.ones_like(out), torch.ones_like(out)))
     assert torch.equal(layer.backward((None, None)), torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETRISED))
+def test_factory_arguments_like_torch(name):
+    torch.manual_seed(0)
+    layer = PARAMETRISED[name](nl).__class__
+    module = PARAMETRISED[name](torch.nn).__class__
+    made = layer(4, 6, 3, dtype=torch.float64, device="cpu")
+    assert made.weight.dtype == module(4, 6, 3, dtype=torch.float64).weight.dtype == torch.float64
+    assert made.grad("weight").dtype == torch.float64

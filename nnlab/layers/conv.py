@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, checked_int
+from .norm import place
 from .windows import (
     add_into_windows,
     as_plane_pair,
@@ -109,6 +110,8 @@ class _ConvNd(_ConvBase):
         groups=1,
         bias=True,
         padding_mode="zeros",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         name = type(self).__name__
@@ -120,6 +123,7 @@ class _ConvNd(_ConvBase):
         self._pads = self._side_pads()
         weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._add_parameters(weight_shape, bias)
+        place(self, device, dtype)
 
     def _checked_padding(self, padding):
         """padding as torch.nn keeps it: 'same', 'valid', or a tuple of ints >= 0."""
@@ -513,6 +517,7 @@ class Conv2d(_ConvNd):
     - 1) / s) + 1``, likewise W_out.
     Parameters: ``weight`` (C_out, C_in/G, kH, kW), ``bias`` (C_out) or None.
     Init: both from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in/G * kH * kW, as PyTorch.
+    ``device`` and ``dtype``: torch's factory arguments, where and how the parameters are made.
     Caches: the input x, as torch's autograd saves it, and its layout; not the columns,
     kH*kW times larger than x: backward unfolds x again, one more copy of the columns, 5
     to 10% of the layer's time (measured).
@@ -555,6 +560,8 @@ class _ConvTransposeNd(_ConvBase):
         bias=True,
         dilation=1,
         padding_mode="zeros",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         name = type(self).__name__
@@ -575,6 +582,7 @@ class _ConvTransposeNd(_ConvBase):
         self._padding2 = as_plane_pair(self.padding, self.SPATIAL, 0)
         weight_shape = (in_channels, out_channels // groups, *self.kernel_size)
         self._add_parameters(weight_shape, bias)
+        place(self, device, dtype)
 
     def _full_size(self, size, axis):
         """Length along ``axis`` (0: H, 1: W) that the windows of an input of ``size``
@@ -706,6 +714,7 @@ class ConvTranspose2d(_ConvTransposeNd):
     ``H_out = (H - 1)*s - 2p + d(k - 1) + output_padding + 1``, likewise W_out.
     Parameters: ``weight`` (C_in, C_out/G, kH, kW), ``bias`` (C_out) or None.
     Init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C_out/G * kH * kW (torch's).
+    ``device`` and ``dtype``: torch's factory arguments, as Conv2d's.
     Caches: the input x (as torch's autograd saves it) and its layout; backward unfolds
     dout, nothing else is kept.
     """
