@@ -20,6 +20,8 @@ from .windows import (
     window_view,
 )
 
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
+
 # From this many multiply-adds in each sample's product (C_out x C*kH*kW) @ (C*kH*kW x L),
 # a batched matmul over the samples beats one large matmul over all of them, whose result
 # must then be transposed (measured with MKL on the benchmark's shapes; a smaller product

@@ -24,6 +24,12 @@ from .windows import (
     window_view,
 )
 
+__all__ = [
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AvgPool1d",
+    "AvgPool2d", "LPPool1d", "LPPool2d", "MaxPool1d", "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d",
+    "adaptive_windows",
+]
+
 
 def _check_pool_args(owner, kernel, stride, padding):
     """ValueError unless padding is at most half the kernel (PyTorch's rule)."""

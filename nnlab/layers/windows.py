@@ -1,21 +1,20 @@
-"""What the 2-D layers share: argument pairs, the sliding-window output size, the
-(N, C, H, W) / unbatched (C, H, W) input check, and the windows themselves as a strided
-view (unfold) with its adjoint (fold)."""
+"""What the windowed layers share: per-axis arguments, the sliding-window output size
+(pooling's ceil_mode included), the input checks and the layouts (a 1-d signal (N, C, L)
+worked on as an (N, C, 1, L) image, an unbatched input as a batch of one), and the
+windows themselves as a strided view (unfold) with its adjoint (fold)."""
 
 import torch
 
 
+__all__ = [
+    "add_into_windows", "as_plane_pair", "as_planes", "check_2d_input", "check_windows_fit", "from_planes",
+    "ntuple", "pair", "pool_output_size", "to_planes", "window_output_size", "window_view",
+]
+
 def pair(value, name, owner, minimum):
     """``value`` (an int or a pair of ints) as a pair; ValueError naming ``owner`` unless
     both entries are ints >= ``minimum``."""
-    if isinstance(value, int):
-        value = (value, value)
-    value = tuple(value) if isinstance(value, (tuple, list)) else value
-    ok = isinstance(value, tuple) and len(value) == 2
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
-    if not ok:
-        raise ValueError(f"{owner}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return value
+    return ntuple(value, 2, name, owner, minimum)
 
 
 def window_output_size(size, kernel, stride, padding, dilation):
