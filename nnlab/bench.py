@@ -8,7 +8,8 @@ the geometric mean of the ratios. The training steps run through the trainers
 (``LayerTrainer`` against ``TorchTrainer``, cross-entropy and SGD), so nnlab's step is
 the one ``fit`` takes, input gradient skipped as torch skips it for data.
 
-Memory: for each model of the training steps, the bytes kept between forward and
+Memory: for each model of the training steps, and for each grouped, depthwise and
+transposed convolution alone (input gradient wanted), the bytes kept between forward and
 backward. nnlab's: every tensor the model's layers and the loss hold after forward
 (their caches), each storage counted once. torch's: every tensor autograd saves for
 backward during the same forward (``torch.autograd.graph.saved_tensors_hooks``), each
