@@ -594,3 +594,16 @@ def test_relu_backward_at_nan_input_and_inf_gradient_as_torch():
     layer = ReLU()
     layer(x)
     assert torch.equal(layer.backward(dout), x_ref.grad)  # [1, 0, 0, 3, 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_passes_dout_at_a_nan_input_with_finite_dout_everywhere(dtype):
+    """A NaN input with nothing else non-finite (no inf in dout to make a NaN elsewhere):
+    torch passes dout at the NaN, as at any out > 0."""
+    x = torch.tensor([[float("nan"), -1.0, 0.0], [2.0, float("inf"), float("-inf")]], dtype=dtype)
+    dout = torch.tensor([[3.0, 5.0, 7.0], [11.0, 13.0, 17.0]], dtype=dtype)
+    x_ref = x.clone().requires_grad_(True)
+    torch.nn.ReLU()(x_ref).backward(dout)
+    layer = ReLU()
+    layer(x)
+    assert torch.equal(layer.backward(dout), x_ref.grad)  # [[3, 0, 0], [11, 13, 0]]

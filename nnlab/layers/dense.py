@@ -105,11 +105,12 @@ class ReLU(Layer):
             return None
         # out >= 0, so dout * sign(out) is dout where out > 0 and 0 where out = 0, in two
         # fast passes (masked_fill and where on a bool mask take ten times longer, measured).
-        # It differs from torch only where it makes a NaN: 0 * inf for dout = inf at out =
-        # 0, sign(NaN) at a NaN output. Then masked_fill gives torch's answer (0 there, and
-        # dout at a NaN output); a NaN anywhere in dx makes its sum NaN.
+        # It differs from torch in two places: 0 * inf = NaN for dout = inf at out = 0, and
+        # a NaN output, where sign(NaN) is 0 (on torch 2.13), not NaN, so dx shows nothing.
+        # A NaN anywhere in dx or in out makes the sum NaN; then masked_fill gives torch's
+        # answer (0 where out = 0, and dout at a NaN output).
         dx = dout * torch.sign(self._out)
-        if dx.sum().isnan():
+        if (dx.sum() + self._out.sum()).isnan():
             return dout.masked_fill(self._out <= 0, 0)
         return dx
 
