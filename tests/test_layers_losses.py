@@ -637,3 +637,32 @@ def test_cross_entropy_with_a_masked_class_as_torch():
     assert math.isfinite(value.item())
     torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(loss.backward(), x_ref.grad, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make, twin", [(MSELoss, torch.nn.functional.mse_loss), (L1Loss, torch.nn.functional.l1_loss)]
+)
+@pytest.mark.parametrize("x_dtype, y_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_targets_of_another_float_dtype_give_torchs_promoted_loss_and_the_predictions_dtype_gradient(
+    make, twin, x_dtype, y_dtype
+):
+    """torch promotes the loss to the wider dtype and gives the predictions a gradient of
+    their own dtype; so must the loss, or the layer before it gets a dout of another dtype."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64).to(x_dtype)
+    y = torch.randn(4, 3, generator=generator, dtype=torch.float64).to(y_dtype)
+    model = Sequential(Linear(3, 3).to(dtype=x_dtype), make())
+    module = torch.nn.Linear(3, 3).to(x_dtype)
+    with torch.no_grad():
+        module.weight.copy_(model[0].weight)
+        module.bias.copy_(model[0].bias)
+    x_ref = x.clone().requires_grad_(True)
+    expected = twin(module(x_ref), y)
+    expected.backward()
+    loss = model(x, y=y)
+    dx = model.backward(1.0)
+    assert loss.dtype == expected.dtype == torch.float64
+    assert dx.dtype == x_ref.grad.dtype == x_dtype
+    torch.testing.assert_close(loss, expected.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(dx, x_ref.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model[0].grad("weight"), module.weight.grad, rtol=1e-5, atol=1e-7)

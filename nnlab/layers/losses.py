@@ -270,7 +270,9 @@ class MSELoss(Loss):
     """Mean squared error ``L = mean((x - y)^2)``. Same as ``torch.nn.MSELoss()``.
 
     Backward: ``dx = dout * 2 (x - y) / numel(x)``.
-    Shapes: x any, y the same shape -> scalar. Caches: the difference x - y.
+    Shapes: x any, y the same shape -> scalar. Targets of another floating dtype: the
+    loss has the wider dtype and dx the predictions' dtype, as in torch.
+    Caches: the difference x - y and x's dtype.
     """
 
     SAVED_TENSORS = ("_diff",)
@@ -278,17 +280,19 @@ class MSELoss(Loss):
     def __init__(self):
         super().__init__()
         self._diff = None
+        self._x_dtype = None
 
     def loss(self, x, y):
         self.check_same_shape(x, y)
         self._diff = x - y
+        self._x_dtype = x.dtype
         return (self._diff * self._diff).mean()
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return self._diff * self.batch_scale(2 * dout, self._diff.numel())
+        return (self._diff * self.batch_scale(2 * dout, self._diff.numel())).to(self._x_dtype)
 
 
 class L1Loss(Loss):
@@ -296,7 +300,9 @@ class L1Loss(Loss):
 
     Backward: ``dx = dout * sign(x - y) / numel(x)``, with sign(0) = 0 at the kink
     (the subgradient torch uses).
-    Shapes: x any, y the same shape -> scalar. Caches: sign(x - y).
+    Shapes: x any, y the same shape -> scalar. Targets of another floating dtype: the
+    loss has the wider dtype and dx the predictions' dtype, as in torch.
+    Caches: sign(x - y), in x's dtype (exact: -1, 0, 1 or NaN).
     """
 
     SAVED_TENSORS = ("_sign",)
@@ -308,7 +314,7 @@ class L1Loss(Loss):
     def loss(self, x, y):
         self.check_same_shape(x, y)
         diff = x - y
-        self._sign = torch.sign(diff)
+        self._sign = torch.sign(diff).to(x.dtype)
         return diff.abs().mean()
 
     def backward(self, dout=1.0):
@@ -493,7 +499,7 @@ class MultiTaskLoss(Loss):
         total_weight = sum(self.weights)
         douts = []
         for index, (loss, weight) in enumerate(zip(self.losses, self.weights)):
-            recall_call(loss, self._calls[index])
-            with ChildErrors(f"MultiTaskLoss task {index} ({type(loss).__name__})"):
+            where = f"MultiTaskLoss task {index} ({type(loss).__name__})"
+            with recall_call(loss, self._calls[index]), ChildErrors(where):
                 douts.append(loss.backward(dout * (weight / total_weight)))
         return tuple(douts)
