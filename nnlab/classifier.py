@@ -70,8 +70,8 @@ class Classifier(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
-        recall_call(self.model, self._model_call)
-        return self.model.backward(dout)
+        with recall_call(self.model, self._model_call):
+            return self.model.backward(dout)
 
     def predict_proba(self, x):
         """Class probabilities (N, C) for input x: each row sums to 1."""

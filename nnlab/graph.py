@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .layers.base import Layer, Symbolic, recall_call, remember_call
+from .layers.base import Layer, Symbolic, check_input_gradient, recall_call, remember_call
 from .layers.containers import ChildErrors, indented
 from .layers.merge import Add, Concat, Multiply
 
@@ -323,7 +323,10 @@ class Model(Layer):
     one gradient per node); its layer's backward gets it after ``recall_call`` has put
     back that node's call. A node that gets no gradient at all (it feeds only outputs
     whose gradient is None) is skipped, so its layer's parameter gradients are left
-    alone; an input that gets none has a zero gradient. After
+    alone; an input that gets none has a zero gradient (None for an input that is not
+    floating point, such as token ids). A layer's backward that returns None is an error
+    naming the node, unless the layer's input has no gradient by design (its class says
+    ``has_input_gradient = False``) or no one needs it. After
     ``requires_input_grad(False)`` the layers that read only model inputs return no
     input gradient, nor does the model (None).
     Shapes: each input as its ``Input(shape)`` says (checked when given); outputs as the
@@ -356,12 +359,14 @@ class Model(Layer):
     def named_children(self):
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
 
-    def requires_input_grad(self, flag=True):
+    def collect_input_grad_needs(self, flag, needs):
         """Gives ``flag`` to the layers whose every node reads model inputs only, and True
-        to every other layer; returns self."""
+        to every other layer (see ``Layer.requires_input_grad``)."""
+        super().collect_input_grad_needs(flag, needs)
+        readers = {id(layer) for layer in self.input_readers()}
         for layer in self.layers:
-            layer.requires_input_grad(True)
-        return super().requires_input_grad(flag)
+            if id(layer) not in readers:
+                layer.collect_input_grad_needs(True, needs)
 
     def input_readers(self):
         inputs = set(self._input_positions)
@@ -443,18 +448,38 @@ class Model(Layer):
                 item_grads[step.index] = grad
                 parent_grads = (tuple(item_grads),)
             else:
-                recall_call(step.layer, self._calls[step_index])
+                with recall_call(step.layer, self._calls[step_index]), self._node_errors(step):
+                    result = step.layer.backward(grad)
+                if result is None:
+                    self._check_no_gradient_is_needed(step)
                 with self._node_errors(step):
-                    parent_grads = self._per_parent(step, step.layer.backward(grad))
+                    parent_grads = self._per_parent(step, result)
             for position, parent_grad in zip(step.parents, parent_grads):
                 grads[position] = _sum_gradients(grads[position], parent_grad)
         if not self.needs_input_grad:
             return None
         input_grads = tuple(
-            torch.zeros_like(x) if grads[position] is None else grads[position]
-            for position, x in zip(self._input_positions, self._xs)
+            _input_gradient(grads[position], x) for position, x in zip(self._input_positions, self._xs)
         )
         return input_grads if len(input_grads) > 1 else input_grads[0]
+
+    def _check_no_gradient_is_needed(self, step):
+        """RuntimeError naming the node when its layer's backward returned None although
+        a gradient is needed: by a parent that is not a model input, or by the caller.
+        None is right for a layer whose input has no gradient (``has_input_gradient``)."""
+        where = f"Model node '{step.node.name}' ({type(step.layer).__name__})"
+        check_input_gradient(where, step.layer, None)
+        if not step.layer.has_input_gradient:
+            return
+        inputs = set(self._input_positions)
+        needers = [self.nodes[position].name for position in step.parents if position not in inputs]
+        if self.needs_input_grad:
+            needers += [self.nodes[position].name for position in step.parents if position in inputs]
+        if needers:
+            raise RuntimeError(
+                f"{where}: backward returned no input gradient (requires_input_grad(False)), but nodes "
+                f"{needers} need it; call requires_input_grad(True) on the model"
+            )
 
     @staticmethod
     def _per_parent(step, result):
@@ -520,6 +545,15 @@ def _plan(nodes, inputs, output_positions, positions):
         parents = tuple(positions[parent] for parent in node.parents)
         steps.append(_Step(node, positions[node], node.layer, parents, node.index, releases))
     return tuple(steps)
+
+
+def _input_gradient(grad, x):
+    """The gradient of the model input ``x``: ``grad``; zeros when it got none (it feeds
+    only outputs whose gradient is None); None for an input that is not floating point
+    (token ids), which has no gradient."""
+    if not x.is_floating_point():
+        return None
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def _sum_gradients(total, grad):

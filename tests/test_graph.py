@@ -540,3 +540,72 @@ def test_without_input_grad_the_layers_reading_inputs_skip_it_and_parameter_grad
     # "project" reads only the input b; "shared" reads a and project's output, so it needs dx.
     assert flags == {"shared": True, "project": False, "head_1": True, "head_2": True}
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_skipped))
+
+
+def test_a_layer_inside_a_sequential_on_the_input_and_at_another_node_keeps_its_input_gradient():
+    """requires_input_grad(False) (what LayerTrainer sets) must not reach a layer that is
+    also called where its input gradient is needed: the parameter gradients stay autograd's."""
+    torch.manual_seed(0)
+    shared = Linear(3, 3).to(dtype=F64)
+    x = Input((3,))
+    model = Model(x, shared(Sequential(shared, Tanh())(x)))
+    model.requires_input_grad(False)
+    x_value, dout = random(4, 3, seed=1), random(4, 3, seed=2)
+    model(x_value)
+    assert model.backward(dout) is None
+
+    weight = shared.weight.clone().requires_grad_(True)
+    bias = shared.bias.clone().requires_grad_(True)
+    out_ref = torch.tanh(x_value @ weight.T + bias) @ weight.T + bias
+    refs = torch.autograd.grad(out_ref, [weight, bias], dout)
+    assert_close("dweight", shared.grad("weight"), refs[0], rtol=1e-10)
+    assert_close("dbias", shared.grad("bias"), refs[1], rtol=1e-10)
+
+
+class ForgetsReturn(Layer):
+    """The identity whose backward forgets its ``return`` (a common slip)."""
+
+    def forward(self, x, **kw):
+        return self.finish_forward(x.clone())
+
+    def backward(self, dout):
+        self.start_backward(dout)
+
+
+def test_a_backward_that_returns_nothing_is_an_error_naming_the_node():
+    x = Input((3,))
+    model = Model(x, Linear(3, 2)(ForgetsReturn()(Linear(3, 3)(x)), name="head"))
+    model(torch.randn(4, 3))
+    with pytest.raises(RuntimeError, match=r"forgetsreturn.*ForgetsReturn.*returned None"):
+        model.backward(torch.ones(4, 2))
+
+
+class Lookup(Layer):
+    """Rows of a table picked by integer ids: no gradient w.r.t. the ids, by design."""
+
+    has_input_gradient = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_param("table", torch.randn(5, 3, dtype=F64))
+
+    def forward(self, ids, **kw):
+        self._ids = ids
+        return self.finish_forward(self.table[ids])
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        self._grads["table"].index_add_(0, self._ids, dout)
+
+
+def test_a_layer_without_an_input_gradient_may_return_none_in_a_graph_and_in_a_sequential():
+    torch.manual_seed(0)
+    ids = torch.tensor([0, 3, 3, 1])
+    dout = random(4, 2, seed=1)
+    for build in (lambda lookup, head: Sequential(lookup, head), lambda lookup, head: Model(x := Input(), head(lookup(x)))):
+        lookup, head = Lookup(), Linear(3, 2).to(dtype=F64)
+        model = build(lookup, head)
+        model(ids)
+        assert model.backward(dout) is None
+        expected = torch.zeros(5, 3, dtype=F64).index_add_(0, ids, dout @ head.weight)
+        assert_close("table gradient", lookup.grad("table"), expected, rtol=1e-12)

@@ -598,3 +598,29 @@ def test_shared_dropout_keeps_each_call_mask():
     model = Sequential(Linear(4, 4), dropout, Linear(4, 4), dropout)
     model.to(dtype=torch.float64)
     check_against_autograd(model, randn((5, 4), 3, torch.float64), seed=3)
+
+
+def test_a_bare_call_between_a_containers_forward_and_backward_keeps_its_own_cache():
+    """s(a); l(b); s.backward(g1); l.backward(g2): the container's backward puts back
+    call a's cache for its own use only, and l.backward uses b, as autograd does."""
+    torch.manual_seed(0)
+    layer = Linear(3, 2).to(dtype=torch.float64)
+    model = Sequential(layer)
+    a, b = randn((4, 3), 1, torch.float64), randn((4, 3), 2, torch.float64)
+    g1, g2 = randn((4, 2), 3, torch.float64), randn((4, 2), 4, torch.float64)
+    model(a)
+    layer(b)
+    dx_a = model.backward(g1)
+    dx_b = layer.backward(g2)
+
+    module = torch.nn.Linear(3, 2).to(torch.float64)
+    copy_params(layer, module)
+    a_ref, b_ref = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    torch.autograd.backward([module(a_ref), module(b_ref)], [g1, g2])
+    for name, got, expected in [
+        ("dx of call a", dx_a, a_ref.grad),
+        ("dx of call b", dx_b, b_ref.grad),
+        ("weight gradient", layer.grad("weight"), module.weight.grad),
+        ("bias gradient", layer.grad("bias"), module.bias.grad),
+    ]:
+        assert rel_error(got, expected) <= 1e-12, name

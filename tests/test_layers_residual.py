@@ -13,6 +13,7 @@ from nnlab.layers import (
     Dropout2d,
     Flatten,
     Heads,
+    Layer,
     LeakyReLU,
     Linear,
     MaxPool2d,
@@ -304,3 +305,29 @@ def test_multi_task_model_trains_both_heads():
     first, last = history[0], history[-1]
     assert last[0] < 0.6 * first[0], history
     assert last[1] < 0.6 * first[1], history
+
+
+class ForgetsReturn(Layer):
+    """The identity whose backward forgets its ``return``."""
+
+    def forward(self, x, **kw):
+        return self.finish_forward(x.clone())
+
+    def backward(self, dout):
+        self.start_backward(dout)
+
+
+@pytest.mark.parametrize(
+    "make, dout, where",
+    [
+        (lambda: Residual(ForgetsReturn()), torch.ones(2, 3), r"Residual.main \(ForgetsReturn\)"),
+        (lambda: Residual(Linear(3, 3), ForgetsReturn()), torch.ones(2, 3), r"Residual.shortcut \(ForgetsReturn\)"),
+        (lambda: Heads(Linear(3, 3), ForgetsReturn()), (torch.ones(2, 3), torch.ones(2, 3)), r"Heads\[1\]"),
+        (lambda: Sequential(Linear(3, 3), ForgetsReturn()), torch.ones(2, 3), r"Sequential\[1\]"),
+    ],
+)
+def test_a_backward_that_returns_nothing_is_an_error_naming_the_child(make, dout, where):
+    container = make()
+    container(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match=where + r".*ForgetsReturn.backward returned None"):
+        container.backward(dout)

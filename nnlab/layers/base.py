@@ -55,6 +55,10 @@ class Layer(abc.ABC):
     # Whether backward returns the input gradient; see requires_input_grad.
     needs_input_grad = True
 
+    # False for a layer whose input has no gradient by design (integer token ids, as an
+    # embedding takes): its backward returns None, which containers then accept.
+    has_input_gradient = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "__init__" in vars(cls):
@@ -122,13 +126,27 @@ class Layer(abc.ABC):
         With False, backward still adds into the parameter gradients but returns None and
         skips the work of dx (a model's first layer, whose input is data: ``LayerTrainer``
         sets it for its backward). Containers pass the flag on to the children that see
-        their input (``input_readers``); Sequential and the graph Model say more."""
+        their input (``input_readers``); Sequential and the graph Model say more. A layer
+        used at several places of the model needs its input gradient if any one of them
+        does (a False reaches it only when every place it stands at reads data)."""
         if not isinstance(flag, bool):
             raise TypeError(f"{self!r}.requires_input_grad: flag must be a bool, got {flag!r}")
-        self.needs_input_grad = flag
-        for child in self.input_readers():
-            child.requires_input_grad(flag)
+        needs = {}
+        self.collect_input_grad_needs(flag, needs)
+        for layer, needed in needs.values():
+            layer.needs_input_grad = needed
         return self
+
+    def collect_input_grad_needs(self, flag, needs):
+        """Records in ``needs`` ({id(layer): (layer, needed)}) that this place of the
+        layer needs its input gradient when ``flag``, then does the same for each child
+        with what that child's place needs: ``flag`` for the ``input_readers``. A layer
+        met at several places needs it if any place does. Containers that pass on more
+        than ``flag`` override this (Sequential, the graph Model)."""
+        _, needed = needs.get(id(self), (self, False))
+        needs[id(self)] = (self, needed or flag)
+        for child in self.input_readers():
+            child.collect_input_grad_needs(flag, needs)
 
     def input_readers(self):
         """The sub-layers that get this layer's input as theirs (and so its
@@ -422,15 +440,50 @@ def remember_call(child):
 
 
 def recall_call(child, memory):
-    """Right before a child's backward: when the child has been called again since the
-    call ``memory`` (from ``remember_call``) belongs to (one layer used at several
-    places), puts back that call's cache, so each use gets its own backward. The
-    training and needs_input_grad flags are left as they are now."""
-    call_id, attributes = memory
-    if child._call_id != call_id:
-        flags = {name: getattr(child, name) for name in ("training", "needs_input_grad")}
-        vars(child).update(attributes)
-        vars(child).update(flags)
+    """Use as ``with recall_call(child, memory): child.backward(dout)``. When the child
+    has been called again since the call ``memory`` (from ``remember_call``) belongs to
+    (one layer used at several places, or called on its own in between), puts back that
+    call's cache for the backward, and the child's latest cache after it, so that each
+    use gets the backward of its own call, including a later bare ``child.backward``.
+    The training and needs_input_grad flags are left as they are now."""
+    return _RecalledCall(child, memory)
+
+
+class _RecalledCall:
+    """The context of ``recall_call``: the remembered call's cache inside, the child's
+    latest outside."""
+
+    def __init__(self, child, memory):
+        call_id, attributes = memory
+        self.child = child
+        self.latest = None
+        if child._call_id != call_id:
+            self.latest = dict(vars(child))
+            flags = {name: getattr(child, name) for name in ("training", "needs_input_grad")}
+            vars(child).update(attributes)
+            vars(child).update(flags)
+
+    def __enter__(self):
+        return self.child
+
+    def __exit__(self, kind, error, traceback):
+        if self.latest is not None:
+            vars(self.child).update(self.latest)
+        return False
+
+
+def check_input_gradient(where, child, grad):
+    """RuntimeError naming ``where`` (the child's place) when ``grad``, what the child's
+    backward returned, is None although the child was asked for its input gradient
+    (``needs_input_grad``) and has one (``has_input_gradient``): a backward that forgot
+    its ``return``, which would otherwise read as a zero gradient upstream."""
+    if grad is None and child.needs_input_grad and child.has_input_gradient:
+        raise RuntimeError(
+            f"{where}: {type(child).__name__}.backward returned None, expected the gradient with "
+            "respect to its input (does its backward end with 'return dx'? A layer whose input has "
+            "no gradient, such as token ids, sets the class attribute has_input_gradient = False)"
+        )
+    return grad
 
 
 def checked_int(owner, name, value, minimum):

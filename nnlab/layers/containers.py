@@ -3,7 +3,7 @@ activation names builders accept."""
 
 import copy
 
-from .base import Layer, recall_call, remember_call
+from .base import Layer, check_input_gradient, recall_call, remember_call
 from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 
 ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -105,24 +105,22 @@ class Sequential(LayerList):
         self._calls = calls
         return self.finish_forward(x)
 
-    def requires_input_grad(self, flag=True):
+    def collect_input_grad_needs(self, flag, needs):
         """Gives ``flag`` to the children up to and including the first one with
         parameters (a parameter-free prefix such as Flatten or Dropout sees the input's
         values, so it needs no gradient either when the input needs none) and True to the
-        rest; returns self."""
-        super().requires_input_grad(flag)
+        rest (see ``Layer.requires_input_grad``)."""
+        super().collect_input_grad_needs(flag, needs)
         for layer in self.layers:
-            layer.requires_input_grad(flag)
+            layer.collect_input_grad_needs(flag, needs)
             if layer.params():
                 flag = True
-        return self
 
     def backward(self, dout):
         self.start_backward(dout)
         for index in reversed(range(len(self.layers))):
             layer = self.layers[index]
-            recall_call(layer, self._calls[index])
-            with self.child_errors(index):
+            with recall_call(layer, self._calls[index]), self.child_errors(index):
                 dout = layer.backward(dout)
             if dout is None:
                 # A child that gives no input gradient ends the chain: what comes before it
@@ -133,11 +131,13 @@ class Sequential(LayerList):
 
     def _check_chain_ends(self, index):
         """RuntimeError unless the chain may end at child ``index``, which returned None."""
+        layer = self.layers[index]
+        check_input_gradient(f"{type(self).__name__}[{index}]", layer, None)
         with_params = [earlier for earlier in range(index) if self.layers[earlier].params()]
-        if self.needs_input_grad or with_params:
+        if (self.needs_input_grad and layer.has_input_gradient) or with_params:
             needed_by = f"{type(self).__name__}[{with_params[-1]}]'s parameters" if with_params else "the caller"
             raise RuntimeError(
-                f"{type(self).__name__}[{index}] ({type(self.layers[index]).__name__}).backward returned "
+                f"{type(self).__name__}[{index}] ({type(layer).__name__}).backward returned "
                 f"no input gradient (requires_input_grad(False)), but {needed_by} need it; "
                 "call requires_input_grad(True) on the model"
             )
@@ -183,8 +183,8 @@ class Builder(Layer):
 
     def backward(self, dout):
         self.start_backward(dout)
-        recall_call(self.sequence, self._sequence_call)
-        return self.sequence.backward(dout)
+        with recall_call(self.sequence, self._sequence_call):
+            return self.sequence.backward(dout)
 
     def __getitem__(self, index):
         return self.sequence[index]

@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import Layer, recall_call, remember_call
+from .base import Layer, check_input_gradient, recall_call, remember_call
 from .containers import (
     ACTIVATIONS,
     DEFAULT_ACTIVATION,
@@ -81,12 +81,14 @@ class Residual(Layer):
         if self.shortcut is None:
             dskip = dout
         else:
-            recall_call(self.shortcut, self._shortcut_call)
-            with ChildErrors(f"Residual.shortcut ({type(self.shortcut).__name__})"):
+            where = f"Residual.shortcut ({type(self.shortcut).__name__})"
+            with recall_call(self.shortcut, self._shortcut_call), ChildErrors(where):
                 dskip = self.shortcut.backward(dout)
-        recall_call(self.main, self._main_call)
-        with ChildErrors(f"Residual.main ({type(self.main).__name__})"):
+            check_input_gradient(where, self.shortcut, dskip)
+        where = f"Residual.main ({type(self.main).__name__})"
+        with recall_call(self.main, self._main_call), ChildErrors(where):
             dmain = self.main.backward(dout)
+        check_input_gradient(where, self.main, dmain)
         if not self.needs_input_grad:
             return None
         return dmain + dskip
@@ -134,9 +136,9 @@ class Heads(LayerList):
             if dout[index] is None:
                 continue
             layer = self.layers[index]
-            recall_call(layer, self._calls[index])
-            with self.child_errors(index):
+            with recall_call(layer, self._calls[index]), self.child_errors(index):
                 dhead = layer.backward(dout[index])
+            check_input_gradient(f"Heads[{index}]", layer, dhead)
             if self.needs_input_grad:
                 dx = dx + dhead
         return dx
