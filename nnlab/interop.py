@@ -8,24 +8,41 @@ a torch graph. So nnlab layers mix with torch.nn layers in one model and train w
 ``torch.optim``.
 """
 
+import copy
+import weakref
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from .layers import Layer
+from .layers.base import recall_call, remember_call
 from .layers.containers import indented
+
+__all__ = ["LayerModule", "as_module"]
+
+# {layer: {parameter name: torch Parameter}} for the layers wrapped so far: two wrappers
+# of one layer (tied weights, one wrapper per place) share Parameter objects, so that
+# torch.optim sees each tensor once, as in a torch model that uses one module twice.
+_PARAMETERS = weakref.WeakKeyDictionary()
+
+# Classifier methods (nnlab.classifier) that the wrapper hands to its layer.
+_FORWARDED = ("classify", "classify_scores", "predict_proba", "predict_proba_scores")
 
 
 class _HandWrittenBackward(torch.autograd.Function):
-    """Forward: ``layer(x, *extra, **kw)`` with autograd off. Backward: the layer's own
-    ``backward``, giving dL/dx and, for each distinct parameter, the gradient of this one
-    call (the layer's own gradient tensors are left as they were)."""
+    """Forward: ``layer(*args, **kwargs)`` with autograd off, remembering the call (the
+    layer's cache, as a container remembers a child's call). Backward: the layer's own
+    ``backward`` on that call's cache, giving the gradient of each positional argument
+    and, for each distinct parameter, the gradient of this one call (the layer's own
+    gradient tensors are left as they were)."""
 
     @staticmethod
-    def forward(ctx, module, x, call, *params):
-        args, kwargs = call
+    def forward(ctx, module, kwargs, count, *args_and_params):
+        layer = module.layer
+        out = layer(*args_and_params[:count], **kwargs)
         ctx.module = module
-        ctx.call_id = module._start_call()
-        out = module.layer(x, *args, **kwargs)
+        ctx.count = count
+        ctx.call = remember_call(layer)
         ctx.multiple = isinstance(out, tuple)
         return out
 
@@ -33,20 +50,19 @@ class _HandWrittenBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *douts):
         module = ctx.module
-        if ctx.call_id != module._latest_call:
-            raise RuntimeError(
-                f"as_module({module.layer!r}): backward through an earlier forward; an nnlab layer "
-                "keeps only its latest forward's cache, so wrap one layer per use"
-            )
-        grads = [grad for _, grad in module._pairs]
+        grads = [grad for _, grad, _ in module._triples]
         saved = [grad.clone() for grad in grads]
         for grad in grads:
             grad.zero_()
-        dx = module.layer.backward(douts if ctx.multiple else douts[0])
-        call_grads = [grad.clone() for grad in grads]
-        for grad, before in zip(grads, saved):
-            grad.copy_(before)
-        return (None, dx, None, *call_grads)
+        try:
+            with recall_call(module.layer, ctx.call):
+                result = module.layer.backward(douts if ctx.multiple else douts[0])
+            call_grads = [grad.clone() for grad in grads]
+        finally:
+            for grad, before in zip(grads, saved):
+                grad.copy_(before)
+        needed = ctx.needs_input_grad[3 : 3 + ctx.count]
+        return (None, None, None, *module._argument_gradients(result, needed), *call_grads)
 
 
 class LayerModule(torch.nn.Module):
@@ -55,10 +71,23 @@ class LayerModule(torch.nn.Module):
     Parameters are ``torch.nn.Parameter``s sharing storage with the layer's own
     parameter tensors, registered under the layer's state_dict keys (nested modules
     stand for the dotted prefixes), so ``torch.optim`` updates what the layer computes
-    with, and ``state_dict()`` has the layer's keys. Buffers (BatchNorm statistics) are
-    the layer's own tensors. ``train()`` / ``eval()`` set the layer's mode; ``.to()``,
-    ``.double()`` and ``.cuda()`` move the layer's tensors in place and keep every
-    Parameter object, so an optimizer built before the move keeps working.
+    with, and ``state_dict()`` has the layer's keys; wrappers of one layer share their
+    Parameter objects. Buffers (BatchNorm statistics) are the layer's own tensors.
+    ``train()`` / ``eval()`` set the layer's mode; ``.to()``, ``.double()`` and
+    ``.cuda()`` move the layer's tensors in place and keep every Parameter object, so
+    an optimizer built before the move keeps working. ``copy.deepcopy`` gives a wrapper
+    of a deep copy of the layer (so ``torch.optim.swa_utils.AveragedModel`` works).
+    ``classify``, ``classify_scores``, ``predict_proba`` and ``predict_proba_scores``
+    are the layer's (an ``nnlab.classifier.Classifier``).
+
+    Every call is its own autograd node with its own copy of the layer's cache, so one
+    wrapper may be called several times, several wrappers may share a layer, and the
+    layer may be called on its own in between, with torch's gradients for each.
+    Positional tensor arguments get gradients: a layer of several inputs (``Add``,
+    a graph ``Model``) returns one per argument; any other layer's backward gives the
+    first argument's only, so a further argument that requires grad (a loss's targets)
+    is a RuntimeError at backward, and a keyword argument that requires grad is a
+    TypeError at once.
     """
 
     def __init__(self, layer):
@@ -66,19 +95,20 @@ class LayerModule(torch.nn.Module):
         if not isinstance(layer, Layer):
             raise TypeError(f"as_module: expected an nnlab Layer, got {type(layer).__name__}")
         self.layer = layer
-        self._latest_call = 0
-        self._pairs = []  # distinct (layer parameter, layer gradient), in params() order
-        self._parameters_of = {}  # id(layer parameter) -> its torch Parameter
+        self._triples = []  # distinct (layer parameter, its gradient, its torch Parameter), in params() order
         grad_of = {id(param): grad for param, grad in layer.params()}
+        places = {id(tensor): place for place, tensor in _places_of_parameters(layer)}
+        registered = set()
         for key, tensor in layer.named_tensors():
             owner, name = self._owner_of(key)
             if id(tensor) not in grad_of:
                 owner.register_buffer(name, tensor)
                 continue
-            if id(tensor) not in self._parameters_of:
-                self._parameters_of[id(tensor)] = torch.nn.Parameter(tensor)
-                self._pairs.append((tensor, grad_of[id(tensor)]))
-            owner.register_parameter(name, self._parameters_of[id(tensor)])
+            parameter = _torch_parameter(places.get(id(tensor), (layer, key)), tensor)
+            if id(tensor) not in registered:
+                registered.add(id(tensor))
+                self._triples.append((tensor, grad_of[id(tensor)], parameter))
+            owner.register_parameter(name, parameter)
         self.train(layer.training)
 
     def _owner_of(self, key):
@@ -91,13 +121,67 @@ class LayerModule(torch.nn.Module):
             owner = owner._modules[part]
         return owner, name
 
-    def _start_call(self):
-        self._latest_call += 1
-        return self._latest_call
+    def forward(self, *args, **kwargs):
+        if not args:
+            raise TypeError(f"{self!r}: expected at least one positional argument, got none")
+        if torch.is_grad_enabled():
+            for name, value in kwargs.items():
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    raise TypeError(
+                        f"{self!r}: keyword argument '{name}' requires grad, but the layer gives no "
+                        f"gradient for keyword arguments; pass {name}=...detach(), or pass it positionally "
+                        "to a layer of several inputs"
+                    )
+        params = [parameter for _, _, parameter in self._triples]
+        return _HandWrittenBackward.apply(self, kwargs, len(args), *args, *params)
 
-    def forward(self, x, *args, **kwargs):
-        params = [self._parameters_of[id(param)] for param, _ in self._pairs]
-        return _HandWrittenBackward.apply(self, x, (args, kwargs), *params)
+    def _argument_gradients(self, result, needed):
+        """The layer's backward ``result`` as one gradient per positional argument
+        (``needed``: which of them autograd wants); RuntimeError naming the layer and
+        the argument where one that is wanted would get none."""
+        count = len(needed)
+        if count > 1 and isinstance(result, (tuple, list)):
+            if len(result) != count:
+                raise RuntimeError(
+                    f"{self!r}: {type(self.layer).__name__}.backward returned {len(result)} gradients "
+                    f"for {count} positional arguments"
+                )
+            grads = list(result)
+        else:
+            grads = [result] + [None] * (count - 1)
+        for position, (grad, wanted) in enumerate(zip(grads, needed)):
+            if not wanted or grad is not None:
+                continue
+            if position > 0:
+                raise RuntimeError(
+                    f"{self!r}: argument {position} requires grad, but {type(self.layer).__name__}.backward "
+                    "gives the gradient of its first argument only; pass that argument detached "
+                    "(.detach()), or compute this term with torch"
+                )
+            raise RuntimeError(
+                f"{self!r}: argument 0 requires grad, but {type(self.layer).__name__}.backward returned "
+                "None (the layer was told requires_input_grad(False), or its backward has no 'return')"
+            )
+        return [grad if wanted else None for grad, wanted in zip(grads, needed)]
+
+    def __getattr__(self, name):
+        if name in _FORWARDED:
+            layer = self.__dict__["layer"]
+            if not hasattr(layer, name):
+                raise AttributeError(f"{self!r} has no {name}: {type(layer).__name__} is not a classifier")
+            return getattr(layer, name)
+        return super().__getattr__(name)
+
+    def __deepcopy__(self, memo):
+        """A wrapper of a deep copy of the layer, with the Parameters' requires-grad
+        flags, gradients and the mode copied."""
+        clone = LayerModule(copy.deepcopy(self.layer, memo))
+        memo[id(self)] = clone
+        for (_, _, parameter), (_, _, copied) in zip(self._triples, clone._triples, strict=True):
+            copied.requires_grad_(parameter.requires_grad)
+            if parameter.grad is not None:
+                copied.grad = copy.deepcopy(parameter.grad, memo)
+        return clone.train(self.training)
 
     def train(self, mode=True):
         super().train(mode)
@@ -108,10 +192,9 @@ class LayerModule(torch.nn.Module):
         """Applies ``fn`` (a move or cast from ``.to()``, ``.double()``, ...) to the
         layer's parameters, gradients and buffers in place, then points each Parameter
         at its moved tensor, keeping every object's identity."""
-        for param, grad in self._pairs:
+        for param, grad, parameter in self._triples:
             _replace_contents(param, fn(param))
             _replace_contents(grad, fn(grad))
-            parameter = self._parameters_of[id(param)]
             if parameter.data_ptr() == param.data_ptr() and parameter.dtype == param.dtype:
                 continue
             moved = torch.nn.Parameter(param, requires_grad=parameter.requires_grad)
@@ -126,6 +209,26 @@ class LayerModule(torch.nn.Module):
         return f"as_module({indented(repr(self.layer))})"
 
 
+def _places_of_parameters(layer):
+    """((owner, name), tensor) for every parameter of ``layer`` and of its sub-layers:
+    the layer that registered it and its name there."""
+    for name in layer._param_names:
+        yield (layer, name), getattr(layer, name)
+    for _, child in layer.named_children():
+        yield from _places_of_parameters(child)
+
+
+def _torch_parameter(place, tensor):
+    """The torch Parameter of the layer parameter ``tensor`` at ``place`` (owner, name):
+    the one made for it before while it still shares the tensor's storage, else a new one."""
+    owner, name = place
+    made = _PARAMETERS.setdefault(owner, {})
+    parameter = made.get(name)
+    if parameter is None or parameter.data_ptr() != tensor.data_ptr() or parameter.dtype != tensor.dtype:
+        parameter = made[name] = torch.nn.Parameter(tensor)
+    return parameter
+
+
 def _replace_contents(tensor, new):
     """Gives ``tensor`` the contents of ``new`` while keeping the Python object."""
     if new is not tensor:
@@ -136,7 +239,7 @@ def as_module(layer):
     """``layer`` (any nnlab Layer) as a ``torch.nn.Module`` whose forward is the layer's
     forward and whose backward is the layer's hand-written backward; see ``LayerModule``.
 
-    One wrapper per use: an nnlab layer caches only its latest forward, so backward
-    through an earlier call of the same wrapper raises RuntimeError.
+    Each call keeps its own cache for its backward, so a wrapper may be called more
+    than once per step (as a torch module may), and wrappers of one layer tie weights.
     """
     return LayerModule(layer)

@@ -9,8 +9,10 @@ import pytest
 import torch
 from reference import GRAD_RTOL, assert_close, random_tensor, randomize_batchnorms
 
+from nnlab.classifier import BinaryClassifier
 from nnlab.interop import as_module
 from nnlab.layers import (
+    Add,
     BatchNorm2d,
     Conv2d,
     CrossEntropyLoss,
@@ -20,6 +22,8 @@ from nnlab.layers import (
     Layer,
     Linear,
     MaxPool2d,
+    MSELoss,
+    Multiply,
     ReLU,
     ResidualBlock,
     Sequential,
@@ -141,13 +145,59 @@ def test_train_and_eval_reach_the_layer_also_inside_torch_containers():
     assert as_module(Dropout(0.5).eval()).training is False
 
 
-def test_backward_through_an_earlier_forward_is_refused():
-    module = as_module(Linear(3, 2))
-    x = torch.randn(4, 3, requires_grad=True)
-    first = module(x)
-    module(x)
-    with pytest.raises(RuntimeError, match="earlier forward"):
-        first.sum().backward()
+def torch_linear_like(layer):
+    """A torch.nn.Linear with the nnlab Linear's weight and bias (float64)."""
+    module = torch.nn.Linear(layer.in_features, layer.out_features).to(F64)
+    with torch.no_grad():
+        module.weight.copy_(layer.weight)
+        module.bias.copy_(layer.bias)
+    return module
+
+
+def test_backward_through_an_earlier_forward_uses_that_forward():
+    """Two calls of one wrapper, then backward of the first: autograd's answer (each
+    autograd node keeps its own call of the layer)."""
+    torch.manual_seed(0)
+    layer = Linear(3, 2).to(dtype=F64)
+    module = as_module(layer)
+    reference = torch_linear_like(layer)
+    x1, x2 = random_tensor((4, 3), F64, seed=1), random_tensor((4, 3), F64, seed=2)
+    got = [x.clone().requires_grad_(True) for x in (x1, x2)]
+    expected = [x.clone().requires_grad_(True) for x in (x1, x2)]
+    first = module(got[0])
+    second = module(got[1])
+    (first * 2).sum().backward()
+    second.sum().backward()
+    (reference(expected[0]) * 2).sum().backward()
+    reference(expected[1]).sum().backward()
+    for name, mine, ref in [
+        ("dx1", got[0].grad, expected[0].grad),
+        ("dx2", got[1].grad, expected[1].grad),
+        ("dweight", module.weight.grad, reference.weight.grad),
+        ("dbias", module.bias.grad, reference.bias.grad),
+    ]:
+        assert_close(name, mine, ref, rtol=1e-12)
+
+
+def test_a_bare_call_between_the_wrappers_forward_and_backward_keeps_its_own_cache():
+    """Forward through the wrapper, a bare call, the wrapper's backward, the bare
+    call's backward: each uses its own input, as autograd does."""
+    torch.manual_seed(0)
+    layer = Linear(3, 2).to(dtype=F64)
+    module = as_module(layer)
+    reference = torch_linear_like(layer)
+    a, b = random_tensor((4, 3), F64, seed=1), random_tensor((4, 3), F64, seed=2)
+    dout_b = random_tensor((4, 2), F64, seed=3)
+    a_got, a_ref = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    out = module(a_got)
+    layer(b)
+    out.sum().backward()
+    dx_b = layer.backward(dout_b)
+    reference(a_ref).sum().backward()
+    assert_close("dx of the wrapped call", a_got.grad, a_ref.grad, rtol=1e-12)
+    assert_close("dweight of the wrapped call", module.weight.grad, reference.weight.grad, rtol=1e-12)
+    assert_close("dx of the bare call", dx_b, dout_b @ layer.weight, rtol=1e-12)
+    assert_close("dweight of the bare call", layer.grad("weight"), dout_b.T @ b, rtol=1e-12)
 
 
 def test_as_module_wants_a_layer():
@@ -236,3 +286,115 @@ def test_torch_sgd_through_the_adapter_equals_nnlab_own_loop():
     for got, want in zip(layer.buffers(), twin.buffers(), strict=True):
         assert_close("buffer", got.double(), want.double(), rtol=GRAD_RTOL[F64])
     assert any(isinstance(sub, BatchNorm2d) for sub in layer.sequence)
+
+
+def test_two_wrappers_of_one_tanh_give_autograds_input_gradient():
+    a = random_tensor((4, 3), F64, seed=1)
+    tanh = Tanh()
+    first, second = as_module(tanh), as_module(tanh)
+    got, expected = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    second(first(got)).sum().backward()
+    torch.tanh(torch.tanh(expected)).sum().backward()
+    assert_close("dx", got.grad, expected.grad, rtol=1e-12)
+
+
+def test_two_wrappers_of_one_linear_give_each_call_its_own_weight_gradient():
+    torch.manual_seed(0)
+    layer = Linear(3, 3).to(dtype=F64)
+    first, second = as_module(layer), as_module(layer)
+    reference = torch_linear_like(layer)
+    a = random_tensor((4, 3), F64, seed=1)
+    got, expected = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    (second(torch.tanh(first(got))) ** 2).sum().backward()
+    (reference(torch.tanh(reference(expected))) ** 2).sum().backward()
+    assert_close("dx", got.grad, expected.grad, rtol=1e-12)
+    # One Parameter per layer tensor, as one torch module used twice: torch.optim steps it once.
+    assert first.weight is second.weight and first.bias is second.bias
+    assert len(list(torch.nn.Sequential(first, second).parameters())) == 2
+    assert_close("dweight", first.weight.grad, reference.weight.grad, rtol=1e-12)
+    assert_close("dbias", first.bias.grad, reference.bias.grad, rtol=1e-12)
+
+
+def test_extra_tensor_arguments_that_need_a_gradient_are_refused_not_dropped():
+    predictions = random_tensor((4, 3), F64, seed=1).requires_grad_(True)
+    targets = random_tensor((4, 3), F64, seed=2).requires_grad_(True)
+    loss = as_module(MSELoss())(predictions, targets)
+    with pytest.raises(RuntimeError, match=r"as_module\(MSELoss\).*argument 1.*requires grad.*detach"):
+        loss.backward()
+    with pytest.raises(TypeError, match=r"as_module\(MSELoss\).*keyword argument 'y'.*requires grad"):
+        as_module(MSELoss())(predictions, y=targets)
+
+
+def test_targets_that_need_no_gradient_go_through():
+    predictions = random_tensor((4, 3), F64, seed=1)
+    targets = random_tensor((4, 3), F64, seed=2)
+    got, expected = predictions.clone().requires_grad_(True), predictions.clone().requires_grad_(True)
+    as_module(MSELoss())(got, targets).backward()
+    torch.nn.functional.mse_loss(expected, targets).backward()
+    assert_close("d predictions", got.grad, expected.grad, rtol=1e-12)
+
+
+def test_a_layer_of_several_inputs_gives_each_its_gradient():
+    a, b = random_tensor((4, 3), F64, seed=1), random_tensor((4, 3), F64, seed=2)
+    got = [x.clone().requires_grad_(True) for x in (a, b)]
+    expected = [x.clone().requires_grad_(True) for x in (a, b)]
+    (as_module(Add())(*got) * torch.arange(3.0, dtype=F64)).sum().backward()
+    ((expected[0] + expected[1]) * torch.arange(3.0, dtype=F64)).sum().backward()
+    assert_close("da", got[0].grad, expected[0].grad, rtol=1e-12)
+    assert_close("db", got[1].grad, expected[1].grad, rtol=1e-12)
+    got = [x.clone().requires_grad_(True) for x in (a, b)]
+    expected = [x.clone().requires_grad_(True) for x in (a, b)]
+    as_module(Multiply())(*got).sum().backward()
+    (expected[0] * expected[1]).sum().backward()
+    assert_close("da of the product", got[0].grad, expected[0].grad, rtol=1e-12)
+    assert_close("db of the product", got[1].grad, expected[1].grad, rtol=1e-12)
+
+
+def test_a_deep_copy_is_an_independent_working_module():
+    torch.manual_seed(0)
+    module = as_module(MLP(3, 2, (4,)).to(dtype=F64))
+    clone = copy.deepcopy(module)
+    x = random_tensor((5, 3), F64, seed=1)
+    assert torch.equal(clone(x), module(x))
+    clone(x).sum().backward()
+    module(x).sum().backward()
+    for (name, mine), (_, theirs) in zip(clone.named_parameters(), module.named_parameters(), strict=True):
+        assert mine is not theirs and mine.data_ptr() != theirs.data_ptr(), name
+        assert_close(name, mine.grad, theirs.grad, rtol=1e-12)
+    with torch.no_grad():
+        for parameter in clone.parameters():
+            parameter.add_(1.0)
+    assert not torch.equal(clone(x), module(x))
+    # The copy computes with its own Parameters: the layer inside it holds the same storage.
+    assert all(param.data_ptr() == parameter.data_ptr() for (param, _), parameter in zip(clone.layer.params(), clone.parameters()))
+
+
+def test_swa_averaged_model_over_a_wrapper_averages_and_computes_with_the_average():
+    torch.manual_seed(0)
+    module = as_module(Linear(3, 2).to(dtype=F64))
+    averaged = torch.optim.swa_utils.AveragedModel(module)
+    weights = []
+    for step in range(3):
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.add_(step + 1.0)
+        weights.append(module.weight.detach().clone())
+        averaged.update_parameters(module)
+    x = random_tensor((4, 3), F64, seed=1)
+    mean_weight = torch.stack(weights).mean(0)
+    assert_close("averaged weight", averaged.module.weight.detach(), mean_weight, rtol=1e-12)
+    expected = x @ mean_weight.T + averaged.module.bias.detach()
+    assert_close("averaged model's output", averaged(x).detach(), expected, rtol=1e-12)
+
+
+def test_a_wrapped_classifier_classifies_as_the_classifier():
+    torch.manual_seed(0)
+    classifier = BinaryClassifier(MLP(3, 2, (4,)), threshold=0.9)
+    module = as_module(classifier)
+    x = torch.randn(6, 3)
+    assert torch.equal(module.classify(x), classifier.classify(x))
+    assert torch.equal(module.predict_proba(x), classifier.predict_proba(x))
+    scores = module(x).detach()
+    assert torch.equal(module.classify_scores(scores), classifier.classify_scores(scores))
+    with pytest.raises(AttributeError, match=r"as_module\(Linear.*classify"):
+        as_module(Linear(3, 2)).classify(x)
