@@ -94,6 +94,7 @@ import torch.distributed as dist
 from .checkpoints import check_rng_state, rng_state, set_rng_state
 from .data import Batches
 from .layers import Layer
+from .layers.base import recall_call, remember_call
 from .training import EpochResult, LayerTrainer, _num_samples, metric_values
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -507,6 +508,7 @@ class DataParallel(Layer):
         self.sync_batchnorm = bool(sync_batchnorm)
         self.world = current_world()
         self._batch_size = 0
+        self._module_call = (None, {})  # remember_call's record of the latest forward
         if self.world.world_size > 1:
             self._check_same_model()
             tensors = [param for param, _ in module.params()] + module.buffers()
@@ -532,13 +534,16 @@ class DataParallel(Layer):
     def forward(self, *args, **kw):
         first = args[0] if args else None
         self._batch_size = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 0
-        return self.module(*args, **kw)
+        out = self.module(*args, **kw)
+        self._module_call = remember_call(self.module)
+        return out
 
     def input_readers(self):
         return [self.module]
 
     def backward(self, dout):
-        dx = self.module.backward(dout)
+        with recall_call(self.module, self._module_call):
+            dx = self.module.backward(dout)
         self.reduce_gradients()
         return dx
 

@@ -624,3 +624,15 @@ def test_a_bare_call_between_a_containers_forward_and_backward_keeps_its_own_cac
         ("bias gradient", layer.grad("bias"), module.bias.grad),
     ]:
         assert rel_error(got, expected) <= 1e-12, name
+
+
+def test_a_layers_own_backward_after_a_container_called_it_last_is_refused():
+    """l(b); s(a); l.backward(g): l's latest forward is s's call, whose backward is s's;
+    torch would use b, which l no longer holds: an error, never a's gradient."""
+    layer = Linear(3, 2)
+    model = Sequential(layer)
+    layer(randn((4, 3), 1))
+    model(randn((4, 3), 2))
+    with pytest.raises(RuntimeError, match=r"Linear\(3, 2\): backward\(\) called on its own.*inside a container"):
+        layer.backward(torch.ones(4, 2))
+    model.backward(torch.ones(4, 2))  # the container's own backward still runs

@@ -55,6 +55,11 @@ class Layer(abc.ABC):
     # Whether backward returns the input gradient; see requires_input_grad.
     needs_input_grad = True
 
+    # Whether the latest forward was run by a container or as_module (remember_call),
+    # whose backward then owns it, and whether such a backward is running now (recall_call).
+    _container_call = False
+    _container_backward = False
+
     # False for a layer whose input has no gradient by design (integer token ids, as an
     # embedding takes): its backward returns None, which containers then accept.
     has_input_gradient = True
@@ -85,6 +90,7 @@ class Layer(abc.ABC):
             return args[0].apply_layer(self, args, kw)
         out = self.forward(*args, **kw)
         self._call_id = next(_CALL_IDS)
+        self._container_call = False
         return out
 
     @abc.abstractmethod
@@ -190,6 +196,12 @@ class Layer(abc.ABC):
         scalar output; a tuple with a tensor or None per output for several outputs)."""
         if self._output_shapes is None:
             raise RuntimeError(f"{self.backward_entry()}: backward() called before forward(); run a forward pass first")
+        if self._container_call and not self._container_backward:
+            raise RuntimeError(
+                f"{self!r}: backward() called on its own, but this layer's latest forward ran inside a "
+                "container (or as_module), whose backward owns that call; call the layer itself "
+                "(layer(x)) right before its own backward"
+            )
         for name, tensor, version in self._saved_versions:
             if tensor._version != version:
                 raise RuntimeError(
@@ -435,6 +447,7 @@ def remember_call(child):
     """What a container keeps of a child's forward, right after it: the call's id and
     a copy of the child's attributes (its cache; dicts and lists copied one level,
     since some layers fill a cache dict in place)."""
+    child._container_call = True
     attributes = {name: value.copy() if type(value) in (dict, list) else value for name, value in vars(child).items()}
     return child._call_id, attributes
 
@@ -445,7 +458,9 @@ def recall_call(child, memory):
     (one layer used at several places, or called on its own in between), puts back that
     call's cache for the backward, and the child's latest cache after it, so that each
     use gets the backward of its own call, including a later bare ``child.backward``.
-    The training and needs_input_grad flags are left as they are now."""
+    The training and needs_input_grad flags are left as they are now. A bare
+    ``child.backward`` whose latest forward ran inside a container (which
+    ``remember_call`` marks) is a RuntimeError: that call's backward is the container's."""
     return _RecalledCall(child, memory)
 
 
@@ -462,11 +477,13 @@ class _RecalledCall:
             flags = {name: getattr(child, name) for name in ("training", "needs_input_grad")}
             vars(child).update(attributes)
             vars(child).update(flags)
+        child._container_backward = True
 
     def __enter__(self):
         return self.child
 
     def __exit__(self, kind, error, traceback):
+        self.child._container_backward = False
         if self.latest is not None:
             vars(self.child).update(self.latest)
         return False
