@@ -44,6 +44,9 @@ class Layer(abc.ABC):
     ``requires_input_grad(False)`` tells a layer that nobody needs dL/dx (its input
     is data): backward then skips that work and returns None. Every built-in layer
     reads ``needs_input_grad``; a layer that ignores it is still right, only slower.
+    Otherwise backward must return dL/dx: containers raise, naming the layer, when it
+    returns None, unless its class sets ``has_input_gradient = False`` (a layer whose
+    input has no gradient by design, such as an embedding of integer token ids).
 
     Calling a layer (``layer(x)``) runs ``forward``; calling it on graph nodes
     (``layer(node)``, see ``Symbolic`` and ``nnlab.graph``) adds it to a graph instead.

@@ -86,7 +86,11 @@ class Sequential(LayerList):
     ``Sequential(model, CrossEntropyLoss())(x, y=labels)`` is the loss.
     One layer may stand at several places (``act = ReLU(); Sequential(l1, act, l2, act)``,
     or ``Sequential(l, Tanh(), l)``, tied weights): each place gets the backward of its
-    own call, and the parameter gradients of all places add up, as in PyTorch.
+    own call, and the parameter gradients of all places add up, as in PyTorch. A child
+    may also be called on its own between the container's forward and backward: it
+    gets its latest cache back after the container's backward (``recall_call``).
+    A child's backward that returns None where a gradient is needed is a RuntimeError
+    naming it.
     Shapes: those of the first layer's input and the last layer's output.
     Caches: per child, its call's id and a shallow copy of its attributes (the child's
     own cache holds the tensors), to tell the calls of a shared layer apart.

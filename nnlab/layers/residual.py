@@ -25,7 +25,8 @@ class Residual(Layer):
     the identity); both paths add into their own parameter gradients (None after
     ``requires_input_grad(False)``, which both paths get).
     ``main`` and ``shortcut`` may share layers (each call keeps its own cache; see
-    Sequential).
+    Sequential). A path whose backward returns None where a gradient is needed is a
+    RuntimeError naming it.
     Shapes: x -> main(x).shape, which must equal shortcut(x).shape (ValueError naming
     both otherwise). Caches: each path's call (its id and attributes); each path caches
     its own tensors.
@@ -101,7 +102,8 @@ class Heads(LayerList):
     ``dx = sum_i head_i.backward(dout_i)`` (None after ``requires_input_grad(False)``,
     which every head gets). A ``None`` entry (a head whose output feeds
     no loss) contributes nothing and leaves that head's parameter gradients alone.
-    Heads may share layers (each call keeps its own cache; see Sequential).
+    Heads may share layers (each call keeps its own cache; see Sequential). A head whose
+    backward returns None where a gradient is needed is a RuntimeError naming it.
     Shapes: x -> one output per head, each of that head's shape; dx has x's shape.
     Caches: the input x (for a zero gradient when every entry is None) and each head's
     call (its id and attributes).
