@@ -636,3 +636,18 @@ def test_a_layers_own_backward_after_a_container_called_it_last_is_refused():
     with pytest.raises(RuntimeError, match=r"Linear\(3, 2\): backward\(\) called on its own.*inside a container"):
         layer.backward(torch.ones(4, 2))
     model.backward(torch.ones(4, 2))  # the container's own backward still runs
+
+
+def test_a_childs_own_backward_after_only_container_calls_uses_the_latest_forward():
+    """With no call of its own waiting, a child's backward is for its latest forward (the
+    container's call), as the Layer contract says."""
+    layer = Linear(3, 2).to(dtype=torch.float64)
+    model = Sequential(layer)
+    x, dout = randn((4, 3), 1, torch.float64), randn((4, 2), 2, torch.float64)
+    layer(randn((4, 3), 3, torch.float64))
+    layer.backward(dout)  # its own call, done
+    model(x)
+    layer.zero_grad()
+    dx = layer.backward(dout)
+    assert rel_error(dx, dout @ layer.weight) <= 1e-12
+    assert rel_error(layer.grad("weight"), dout.T @ x) <= 1e-12

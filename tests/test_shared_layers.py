@@ -4,8 +4,8 @@ backpropagated in an interleaved order drawn by hypothesis, against torch autogr
 the equivalent module graph (one torch module per nnlab layer, weights copied, float64).
 
 The one pattern the cache design cannot support must raise: a layer's own ``backward``
-when its latest forward ran inside a container or wrapper (that call's backward belongs
-to the container; torch would use the bare call, which nnlab no longer holds).
+for its own call when a container or wrapper has called it since (torch would use the
+layer's own call, whose cache nnlab no longer holds).
 """
 
 import pytest

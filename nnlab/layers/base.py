@@ -59,9 +59,14 @@ class Layer(abc.ABC):
     needs_input_grad = True
 
     # Whether the latest forward was run by a container or as_module (remember_call),
-    # whose backward then owns it, and whether such a backward is running now (recall_call).
+    # whose backward then owns it; whether such a backward is running now (recall_call);
+    # whether a call of the layer's own awaits its backward, and whether a container's
+    # call has hidden it (then the layer's own backward would use the container's cache).
     _container_call = False
     _container_backward = False
+    _own_call_pending = False
+    _own_call_hidden = False
+    _pending_before_call = False
 
     # False for a layer whose input has no gradient by design (integer token ids, as an
     # embedding takes): its backward returns None, which containers then accept.
@@ -94,6 +99,9 @@ class Layer(abc.ABC):
         out = self.forward(*args, **kw)
         self._call_id = next(_CALL_IDS)
         self._container_call = False
+        # remember_call takes this back when the call was a container's
+        self._pending_before_call = self._own_call_pending
+        self._own_call_pending = True
         return out
 
     @abc.abstractmethod
@@ -199,12 +207,14 @@ class Layer(abc.ABC):
         scalar output; a tuple with a tensor or None per output for several outputs)."""
         if self._output_shapes is None:
             raise RuntimeError(f"{self.backward_entry()}: backward() called before forward(); run a forward pass first")
-        if self._container_call and not self._container_backward:
-            raise RuntimeError(
-                f"{self!r}: backward() called on its own, but this layer's latest forward ran inside a "
-                "container (or as_module), whose backward owns that call; call the layer itself "
-                "(layer(x)) right before its own backward"
-            )
+        if not self._container_backward:
+            if self._container_call and self._own_call_hidden:
+                raise RuntimeError(
+                    f"{self!r}: backward() called on its own, for its own earlier call, but this layer's "
+                    "latest forward ran inside a container (or as_module), whose cache it now holds; "
+                    "call the layer itself (layer(x)) again right before its own backward"
+                )
+            self._own_call_pending = False
         for name, tensor, version in self._saved_versions:
             if tensor._version != version:
                 raise RuntimeError(
@@ -451,6 +461,8 @@ def remember_call(child):
     a copy of the child's attributes (its cache; dicts and lists copied one level,
     since some layers fill a cache dict in place)."""
     child._container_call = True
+    child._own_call_pending = child._pending_before_call
+    child._own_call_hidden = child._own_call_pending
     attributes = {name: value.copy() if type(value) in (dict, list) else value for name, value in vars(child).items()}
     return child._call_id, attributes
 
@@ -462,8 +474,9 @@ def recall_call(child, memory):
     call's cache for the backward, and the child's latest cache after it, so that each
     use gets the backward of its own call, including a later bare ``child.backward``.
     The training and needs_input_grad flags are left as they are now. A bare
-    ``child.backward`` whose latest forward ran inside a container (which
-    ``remember_call`` marks) is a RuntimeError: that call's backward is the container's."""
+    ``child.backward`` meant for a bare call that a container's call (which
+    ``remember_call`` marks) has since replaced is a RuntimeError: the child no longer
+    holds that call's cache."""
     return _RecalledCall(child, memory)
 
 
