@@ -331,3 +331,20 @@ def test_a_backward_that_returns_nothing_is_an_error_naming_the_child(make, dout
     container(torch.randn(2, 3))
     with pytest.raises(RuntimeError, match=where + r".*ForgetsReturn.backward returned None"):
         container.backward(dout)
+
+
+def test_requires_input_grad_false_keeps_the_input_gradient_of_a_layer_another_head_needs():
+    """Heads(Sequential(first, shared), shared): the second head reads data, but the first
+    head's ``shared`` feeds ``first``'s parameters; one flag per layer must stay True."""
+    torch.manual_seed(0)
+    shared = Linear(3, 3)
+    model = Heads(Sequential(Linear(3, 3), shared), shared).to(dtype=torch.float64)
+    model.requires_input_grad(False)
+    x = random_tensor((4, 3), torch.float64, seed=1)
+    douts = (random_tensor((4, 3), torch.float64, seed=2), random_tensor((4, 3), torch.float64, seed=3))
+    model(x)
+    assert model.backward(douts) is None
+    module = torch_twin(model)
+    torch.autograd.backward(list(module(x)), list(douts))
+    for index, ((_, grad), parameter) in enumerate(zip(model.params(), module.parameters(), strict=True)):
+        assert_close(f"param#{index} gradient", grad, parameter.grad, rtol=1e-10)
