@@ -58,11 +58,10 @@ class Layer(abc.ABC):
     # Whether backward returns the input gradient; see requires_input_grad.
     needs_input_grad = True
 
-    # Whether the latest forward was run by a container or as_module (remember_call),
-    # whose backward then owns it; whether such a backward is running now (recall_call);
-    # whether a call of the layer's own awaits its backward, and whether a container's
-    # call has hidden it (then the layer's own backward would use the container's cache).
-    _container_call = False
+    # Whether a container's (or as_module's) backward of this layer is running now
+    # (recall_call); whether a call of the layer's own awaits its backward, and whether
+    # the latest forward, a container's (remember_call), has hidden it: the layer's own
+    # backward would then use the container's cache.
     _container_backward = False
     _own_call_pending = False
     _own_call_hidden = False
@@ -98,10 +97,10 @@ class Layer(abc.ABC):
             return args[0].apply_layer(self, args, kw)
         out = self.forward(*args, **kw)
         self._call_id = next(_CALL_IDS)
-        self._container_call = False
-        # remember_call takes this back when the call was a container's
+        # remember_call takes these back when the call was a container's
         self._pending_before_call = self._own_call_pending
         self._own_call_pending = True
+        self._own_call_hidden = False
         return out
 
     @abc.abstractmethod
@@ -208,7 +207,7 @@ class Layer(abc.ABC):
         if self._output_shapes is None:
             raise RuntimeError(f"{self.backward_entry()}: backward() called before forward(); run a forward pass first")
         if not self._container_backward:
-            if self._container_call and self._own_call_hidden:
+            if self._own_call_hidden:
                 raise RuntimeError(
                     f"{self!r}: backward() called on its own, for its own earlier call, but this layer's "
                     "latest forward ran inside a container (or as_module), whose cache it now holds; "
@@ -459,8 +458,8 @@ def _check_dout(layer, dout, shapes):
 def remember_call(child):
     """What a container keeps of a child's forward, right after it: the call's id and
     a copy of the child's attributes (its cache; dicts and lists copied one level,
-    since some layers fill a cache dict in place)."""
-    child._container_call = True
+    since some layers fill a cache dict in place). Notes first that the call was the
+    container's, not one of the child's own (see recall_call)."""
     child._own_call_pending = child._pending_before_call
     child._own_call_hidden = child._own_call_pending
     attributes = {name: value.copy() if type(value) in (dict, list) else value for name, value in vars(child).items()}
@@ -474,8 +473,8 @@ def recall_call(child, memory):
     call's cache for the backward, and the child's latest cache after it, so that each
     use gets the backward of its own call, including a later bare ``child.backward``.
     The training and needs_input_grad flags are left as they are now. A bare
-    ``child.backward`` meant for a bare call that a container's call (which
-    ``remember_call`` marks) has since replaced is a RuntimeError: the child no longer
+    ``child.backward`` meant for a call of the child's own that a container's call has
+    since replaced (``remember_call`` notes it) is a RuntimeError: the child no longer
     holds that call's cache."""
     return _RecalledCall(child, memory)
 
@@ -516,7 +515,6 @@ def check_input_gradient(where, child, grad):
             "respect to its input (does its backward end with 'return dx'? A layer whose input has "
             "no gradient, such as token ids, sets the class attribute has_input_gradient = False)"
         )
-    return grad
 
 
 def checked_int(owner, name, value, minimum):
