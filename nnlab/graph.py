@@ -65,12 +65,15 @@ class Node(Symbolic):
     with ``name=`` to choose it: ``Conv2d(1, 8, 3)(x, name="encoder")``.
     """
 
-    def __init__(self, name, layer=None, parents=(), index=None, shape=None):
+    def __init__(self, name, layer=None, parents=(), index=None, shape=None, dtype=None):
         self.name = name
         self.layer = layer
         self.parents = tuple(parents)
         self.index = index
         self.shape = shape
+        # The value's dtype when known (a tuple of them for a tuple of outputs); dry runs
+        # feed a layer zeros of it, so integer ids reach an embedding as integers.
+        self.dtype = dtype
         self._items = {}
 
     def apply_layer(self, layer, args, kw):
@@ -92,7 +95,8 @@ class Node(Symbolic):
             name = _fresh_name(type(layer).__name__.lower())
         elif not isinstance(name, str) or not name:
             raise ValueError(f"{_label(layer)} called on graph nodes: name must be a non-empty str, got {name!r}")
-        return Node(name, layer, args, shape=_dry_run(layer, args, name))
+        shape, dtype = _dry_run(layer, args, name)
+        return Node(name, layer, args, shape=shape, dtype=dtype)
 
     def __getitem__(self, index):
         if isinstance(index, bool) or not isinstance(index, int):
@@ -108,7 +112,8 @@ class Node(Symbolic):
             index %= count
         if index not in self._items:
             shape = None if count is None else self.shape[index]
-            self._items[index] = Node(f"{self.name}[{index}]", parents=(self,), index=index, shape=shape)
+            dtype = self.dtype[index] if isinstance(self.dtype, tuple) else None
+            self._items[index] = Node(f"{self.name}[{index}]", parents=(self,), index=index, shape=shape, dtype=dtype)
         return self._items[index]
 
     def __iter__(self):
@@ -135,9 +140,14 @@ class Input(Node):
     """A model input: ``Input(shape=(1, 8, 8))``, the shape of one sample (without the
     batch dimension, as in Keras), or ``Input()`` to leave it open (then no dry runs
     check the layers called on it, and the model does not check its input's shape).
+    ``dtype=torch.long`` says the input holds integer ids (an embedding's input), so the
+    dry runs feed integers; by default it is floating point, like the first layer's
+    parameters.
     """
 
-    def __init__(self, shape=None, name=None):
+    def __init__(self, shape=None, name=None, dtype=None):
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"Input: dtype must be a torch.dtype, got {dtype!r}")
         if shape is not None:
             shape = (shape,) if isinstance(shape, int) else shape
             valid = isinstance(shape, (tuple, list)) and all(
@@ -148,7 +158,7 @@ class Input(Node):
             shape = (None, *shape)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Input: name must be a non-empty str, got {name!r}")
-        super().__init__(_fresh_name("input") if name is None else name, shape=shape)
+        super().__init__(_fresh_name("input") if name is None else name, shape=shape, dtype=dtype)
 
 
 def _names(nodes):
@@ -182,35 +192,47 @@ def _shape_without_batch(value):
     return (None, *value.shape[1:])
 
 
-def _zeros(shape, like):
-    """Zeros of ``shape`` with a batch of _DRY_RUN_BATCH, of the dtype and device of the
-    tensor ``like`` (the layer's first parameter) or torch's defaults."""
+def _dtypes(value):
+    """``value``'s dtype (a tuple of them for a tuple of outputs)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_dtypes(item) for item in value)
+    return value.dtype if isinstance(value, torch.Tensor) else None
+
+
+def _zeros(shape, like, dtype=None):
+    """Zeros of ``shape`` with a batch of _DRY_RUN_BATCH: of ``dtype`` when it is an integer
+    one (ids), else of the dtype and device of the tensor ``like`` (the layer's first
+    parameter) or torch's defaults."""
     if _is_tuple_shape(shape):
-        return tuple(_zeros(item, like) for item in shape)
+        dtypes = dtype if isinstance(dtype, tuple) else (None,) * len(shape)
+        return tuple(_zeros(item, like, item_dtype) for item, item_dtype in zip(shape, dtypes))
     size = (_DRY_RUN_BATCH, *shape[1:]) if shape else ()
+    device = None if like is None else like.device
+    if dtype is not None and not dtype.is_floating_point:
+        return torch.zeros(size, dtype=dtype, device=device)
     if like is None:
         return torch.zeros(size)
     return torch.zeros(size, dtype=like.dtype, device=like.device)
 
 
 def _dry_run(layer, parents, name):
-    """The output shape of ``layer`` on zeros of its parents' shapes, or None when one is
-    unknown. It runs on a copy in eval mode, so that the layer keeps its cache and
+    """(shape, dtype) of ``layer``'s output on zeros of its parents' shapes, (None, None) when one is
+    unknown, and its dtype. It runs on a copy in eval mode, so that the layer keeps its cache and
     buffers (no running statistics updated) and torch's RNG is not drawn from (no dropout)."""
     if any(parent.shape is None for parent in parents):
-        return None
+        return None, None
     probe = copy.deepcopy(layer).eval()
     params = probe.params()
     like = params[0][0] if params else None
     try:
-        out = probe(*[_zeros(parent.shape, like) for parent in parents])
+        out = probe(*[_zeros(parent.shape, like, parent.dtype) for parent in parents])
     except (ValueError, TypeError, RuntimeError, IndexError) as error:
         given = ", ".join(f"'{parent.name}' {_format_shape(parent.shape)}" for parent in parents)
         raise ValueError(
             f"node '{name}': {_label(layer)} cannot take {given}; a dry run on zeros (batch "
             f"{_DRY_RUN_BATCH}) says: {error}"
         ) from error
-    return _shape_without_batch(out)
+    return _shape_without_batch(out), _dtypes(out)
 
 
 # Construction checks ------------------------------------------------------------------

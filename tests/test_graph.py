@@ -609,3 +609,45 @@ def test_a_layer_without_an_input_gradient_may_return_none_in_a_graph_and_in_a_s
         assert model.backward(dout) is None
         expected = torch.zeros(5, 3, dtype=F64).index_add_(0, ids, dout @ head.weight)
         assert_close("table gradient", lookup.grad("table"), expected, rtol=1e-12)
+
+
+# Sequence layers in a graph ----------------------------------------------------------------
+
+
+def test_integer_ids_and_an_lstms_nested_output_through_a_graph_match_torch():
+    """Input(dtype=torch.long) feeds the dry runs integer ids (an Embedding refuses floats);
+    the LSTM's (out, (h_n, c_n)) output is indexed like a tuple, and the gradients of the
+    embedding table, the LSTM and the read-out equal autograd's through torch's modules."""
+    from nnlab.layers import LSTM, Embedding
+
+    torch.manual_seed(0)
+    ids = Input(shape=(6,), dtype=torch.long)
+    embedding, lstm, readout = Embedding(9, 4), LSTM(4, 5, batch_first=True), Linear(5, 9)
+    out = lstm(embedding(ids))
+    assert out[0].shape == (None, 6, 5) and out[0].dtype == torch.float32
+    model = Model(ids, readout(out[0]))
+    model.to(dtype=torch.float64)
+    twin_embedding = torch.nn.Embedding(9, 4).double()
+    twin_lstm = torch.nn.LSTM(4, 5, batch_first=True).double()
+    twin_readout = torch.nn.Linear(5, 9).double()
+    for layer, twin in ((embedding, twin_embedding), (lstm, twin_lstm), (readout, twin_readout)):
+        twin.load_state_dict(layer.state_dict())
+    x = torch.randint(0, 9, (3, 6))
+    scores = model(x)
+    dscores = torch.randn(scores.shape, dtype=torch.float64)
+    assert model.backward(dscores) is None
+    reference = twin_readout(twin_lstm(twin_embedding(x))[0])
+    assert torch.allclose(scores, reference, atol=1e-12)
+    reference.backward(dscores)
+    twins = list(twin_embedding.parameters()) + list(twin_lstm.parameters()) + list(twin_readout.parameters())
+    for (_, grad), twin in zip(model.params(), twins, strict=True):
+        assert torch.allclose(grad, twin.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_a_float_input_to_an_embedding_is_refused_at_the_node_naming_it():
+    from nnlab.layers import Embedding
+
+    with pytest.raises(ValueError, match=r"node 'ids_node': Embedding\(9, 4\) cannot take .*integer ids"):
+        Embedding(9, 4)(Input(shape=(6,)), name="ids_node")
+    with pytest.raises(TypeError, match="Input: dtype must be a torch.dtype"):
+        Input(shape=(6,), dtype="long")
