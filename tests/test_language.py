@@ -177,3 +177,53 @@ def test_a_prompt_outside_the_vocabulary_is_refused_naming_its_characters(tmp_pa
     result = nnlab("generate", "--checkpoint", str(path), "--prompt", "abz!")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "characters not in the model's vocabulary: '!', 'z'" in result.stderr
+
+
+def test_layer_trainer_trains_a_graph_language_model_on_flattened_scores():
+    """Embedding -> LSTM -> Linear as a graph Model whose scores are flattened to (N * T, V),
+    trained by LayerTrainer with CrossEntropyLoss on the flattened next characters; one step's
+    gradients equal autograd's through torch's modules, and training lowers the loss."""
+    from nnlab.data import Batches
+    from nnlab.graph import Input, Model
+    from nnlab.layers import LSTM, Embedding, Flatten, Linear
+    from nnlab.optimizers import Adam
+    from nnlab.training import LayerTrainer
+
+    torch.manual_seed(0)
+    vocabulary = language.Vocabulary(TEXT)
+    ids = vocabulary.encode(TEXT)
+    steps = 8
+    count = (len(ids) - 1) // steps
+    inputs = ids[: count * steps].reshape(count, steps)
+    targets = ids[1: count * steps + 1].reshape(count, steps)
+    node = Input(shape=(steps,), dtype=torch.long)
+    embedding, lstm, readout = Embedding(len(vocabulary), 8), LSTM(8, 16, batch_first=True), Linear(16, len(vocabulary))
+    model = Model(node, Flatten(0, 1)(readout(lstm(embedding(node))[0])))
+
+    twin_embedding, twin_lstm, twin_readout = torch.nn.Embedding(len(vocabulary), 8), torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, len(vocabulary))
+    for layer, twin in ((embedding, twin_embedding), (lstm, twin_lstm), (readout, twin_readout)):
+        twin.load_state_dict(layer.state_dict())
+    trainer = LayerTrainer(model, CrossEntropyLoss(), Adam(model.params(), learn_rate=1e-2))
+    batch = (inputs[:4], targets[:4].reshape(-1))
+    model.zero_grad()
+    first = trainer.train_batch(batch)
+    scores = twin_readout(twin_lstm(twin_embedding(batch[0]))[0]).reshape(-1, len(vocabulary))
+    loss = torch.nn.functional.cross_entropy(scores, batch[1])
+    loss.backward()
+    assert abs(first.loss - loss.item()) < 1e-5
+    twins = list(twin_embedding.parameters()) + list(twin_lstm.parameters()) + list(twin_readout.parameters())
+    for (_, grad), twin in zip(model.params(), twins, strict=True):
+        assert_close("gradient", grad, twin.grad, rtol=1e-5, floor=1e-6)
+
+    class FlatTargets:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __iter__(self):
+            return ((x, y.reshape(-1)) for x, y in self.batches)
+
+    fit = trainer.fit(FlatTargets(Batches(inputs, targets, 16, shuffle=True)), FlatTargets(Batches(inputs, targets, 64)), 4, verbose=False)
+    assert fit.train_loss[-1] < 0.7 * fit.train_loss[0]
