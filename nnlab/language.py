@@ -169,8 +169,8 @@ def evaluate_language_model(model, ids, batch_size=32, window=128):
 
 
 def train_language_model(
-    text, kind="lstm", epochs=8, batch_size=32, window=128, hidden_size=256, embedding_dim=64, num_layers=1,
-    learn_rate=3e-3, clip=1.0, test_fraction=0.1, seed=0, progress=None,
+    text, kind="lstm", epochs=5, batch_size=32, window=64, hidden_size=256, embedding_dim=64, num_layers=1,
+    learn_rate=4e-3, clip=1.0, test_fraction=0.1, seed=0, progress=None,
 ):
     """Trains a character model on ``text``: the last ``test_fraction`` of it is the test set
     (contiguous), the rest is read as ``batch_size`` parallel streams in windows of ``window``

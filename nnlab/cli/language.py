@@ -12,7 +12,7 @@ __all__ = ["LANGUAGE_MODELS", "add_generate_parser", "run_generate", "train_text
 
 LANGUAGE_MODELS = tuple(language.MODEL_KINDS)
 # What `nnlab train --data text` trains with when a flag is not given.
-TEXT_DEFAULTS = {"model": "lstm", "epochs": 6, "batch_size": 32, "lr": 3e-3, "seed": 0}
+TEXT_DEFAULTS = {"model": "lstm", "epochs": 5, "batch_size": 32, "lr": 4e-3, "seed": 0}
 
 
 def read_text(path):
