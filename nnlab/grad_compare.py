@@ -28,8 +28,9 @@ graph ``Model`` of several inputs); their gradients come first, named ``input#1`
 ``input#2``, ...
 
 **The contract** every check verifies (each breach is named in the verdict):
-the layer gets its own copies of x and of the upstream gradient, and neither may change
-in place; backward returns a gradient of x's shape and dtype; ``params()`` pairs each
+the forward is deterministic under a fixed torch seed (one random from numpy's or
+Python's RNG cannot be judged, and fails as such); the layer gets its own copies of x
+and of the upstream gradient, and neither may change in place; backward returns a gradient of x's shape and dtype; ``params()`` pairs each
 parameter with a gradient of its shape; backward adds into those same gradient tensors
 (two forward/backward passes leave twice the gradient of one).
 
@@ -312,6 +313,24 @@ def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rt
         )
 
 
+NONDETERMINISTIC = (
+    "nondeterministic forward: two forward passes on the same input under the same torch seed gave different "
+    "outputs, so no reference can judge its backward (draw random numbers from torch's generator, e.g. "
+    "torch.rand, not from numpy's or Python's)"
+)
+
+
+def _deterministic(layer, inputs, y, seed, verdict):
+    """True when two forward passes on copies of the inputs under the same torch seed give
+    the same outputs; otherwise the verdict names the nondeterministic forward."""
+    first = _run_forward(layer, clones(inputs), y, seed)
+    second = _run_forward(layer, clones(inputs), y, seed)
+    if all(_unchanged(a, b) for a, b in zip(first, second)):
+        return True
+    verdict.add_problem(None, NONDETERMINISTIC)
+    return False
+
+
 class _OwnRun(NamedTuple):
     outputs: tuple
     douts: tuple
@@ -320,10 +339,13 @@ class _OwnRun(NamedTuple):
 
 def _own_run(layer, inputs, y, seed, verdict, rtol):
     """The layer's forward and backward on copies of the inputs and of a random upstream
-    gradient, checking the contract; then a second pass for accumulation."""
+    gradient, checking the contract; then a second pass for accumulation. None when the
+    forward is nondeterministic (a breach): nothing can judge its backward then."""
     pairs = _checked_pairs(layer, verdict)
     names = _input_names(inputs)
     verdict.tensor_names = names + [_param_name(i) for i in range(1, len(pairs) + 1)]
+    if not _deterministic(layer, inputs, y, seed, verdict):
+        return None
     for _, grad in pairs:
         if grad is not None:
             grad.zero_()
@@ -458,6 +480,12 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict):
     central, jumps = zip(*[_numeric_gradient(t, lambda: _objective(layer64, x64, y64, seed, douts), eps) for t in tensors])
     scale = _scale(central)
     kinks = [jump.abs() > KINK_RTOL * scale for jump in jumps]
+    if any(k.numel() for k in kinks) and all(bool(k.all()) for k in kinks):
+        verdict.add_problem(
+            None,
+            "finite differences judged nothing: every entry is at a kink (the one-sided differences disagree "
+            "everywhere); check at an input away from the kinks",
+        )
     return analytic, list(central), kinks
 
 
@@ -560,6 +588,8 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
         # Built in here: a module's construction draws its initial weights from torch's RNG.
         module = torch_twin(layer) if isinstance(twin, str) else twin
         run = _own_run(layer, inputs, y, seed, verdict, rtol)
+        if run is None:
+            return verdict
         names = verdict.tensor_names
         if autograd:
             reference = _autograd_gradients(layer, inputs, y, seed, run.douts, verdict)
@@ -608,8 +638,10 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
     """Runs the layer forward and its own ``backward`` with a random upstream gradient,
     then the same forward under torch autograd with the same seed; returns the norm of
     the difference ``||a - b||`` for the input gradient first, then for each parameter
-    in ``params()`` order (inf where the layer's gradient is missing or misshapen),
-    printing one line for each (``input    diff=0.000``).
+    in ``params()`` order, printing one line for each (``input    diff=0.000``). A
+    tensor that fails for another reason (the twin disagrees, a contract breach such as
+    gradients that do not accumulate or an input or dout changed in place, a missing
+    gradient) returns inf: what prints FAIL never returns a passing number.
 
     The pass/fail criterion is the floor-based error of the module docstring, checked
     against autograd, against the layer's ``torch.nn`` twin where it has one, and for
@@ -617,17 +649,27 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
     follows. The returned list's ``.verdict`` holds it. Leaves the layer, its
     gradients, its buffers, ``x`` and torch's RNG as it found them."""
     verdict = check_layer(layer, x, y, seed=seed)
-    against_autograd = verdict.comparison("autograd")
-    if against_autograd is None:
-        diffs = [math.nan] * len(verdict.tensor_names)
-    else:
-        diffs = [tensor.difference_norm for tensor in against_autograd.tensors]
+    tolerance = _default_rtol(x)
+    against_autograd = verdict.errors(("autograd",))
     errors = verdict.errors(("autograd", "torch.nn twin"))
-    for name, diff, error in zip(verdict.tensor_names, diffs, errors):
-        print(f"{name:<8} diff={diff:.3f}" + ("" if error <= _default_rtol(x) else "  FAIL"))
+    diffs = []
+    for name, autograd_error, error in zip(verdict.tensor_names, against_autograd, errors):
+        diff = _returned_difference(verdict.comparison("autograd"), name, autograd_error, error, tolerance)
+        print(f"{name:<8} diff={diff:.3f}" + ("" if error <= tolerance else "  FAIL"))
+        diffs.append(diff)
     if not verdict.passed:
         print(verdict)
     return VerdictList(diffs, verdict)
+
+
+def _returned_difference(against_autograd, name, autograd_error, error, tolerance):
+    """What ``compare_layer_to_torch`` returns for one tensor: ||a - b|| against autograd
+    when that comparison shows the tensor's failure (or it passes), inf when another
+    reference or a contract breach fails it, so that a failing part never returns a
+    passing number."""
+    if error > tolerance and not (tolerance < autograd_error and math.isfinite(error)):
+        return math.inf
+    return next(t.difference_norm for t in against_autograd.tensors if t.name == name)
 
 
 def finite_difference_errors(layer, x, y=None, eps=1e-6, seed=42):
@@ -651,8 +693,8 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     verdict = Verdict(layer)
     layer64 = _float64_copy(layer, verdict)
     with preserved(layer):
-        _own_run(layer, as_tuple(x), y, seed, verdict, _default_rtol(x))
-        result = None if layer64 is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
+        run = _own_run(layer, as_tuple(x), y, seed, verdict, _default_rtol(x))
+        result = None if layer64 is None or run is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
     if verdict.problems:
         raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
     for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result):

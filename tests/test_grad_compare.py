@@ -1,6 +1,7 @@
 """nnlab.grad_compare: it must pass correct layers, catch wrong ones, and leave
 everything it touches as it found it."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -450,3 +451,83 @@ def test_relu_commutes_with_maxpool_exactly():
 def test_equivariance_error_rejects_outputs_of_different_shapes():
     with pytest.raises(ValueError, match=r"layer\(g\(x\)\) has shape \(1, 1, 2, 2\) but g\(layer\(x\)\) \(1, 1, 3, 3\)"):
         equivariance_error(Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), MaxPool2d(2))
+
+
+# What a checker prints is what it returns ---------------------------------------------------
+
+
+class ZeroesDoutInPlace(ReLU):
+    """A ReLU whose backward zeroes dout where x < 0 and hands dout itself back: the right
+    numbers, but the caller's upstream gradient is destroyed."""
+
+    def backward(self, dout):
+        dout[self.cached("_out") <= 0] = 0
+        return dout
+
+
+@pytest.mark.parametrize(
+    "layer, failing",
+    [
+        (OverwritesGradients(4, 3), [False, True, True]),
+        (ChangesInputInPlace(), [True]),
+        (ZeroesDoutInPlace(), [True]),
+    ],
+    ids=["gradients do not accumulate", "forward edits x", "backward edits dout"],
+)
+def test_compare_layer_to_torch_returns_inf_for_every_part_it_prints_as_failing(layer, failing, capsys):
+    torch.manual_seed(17)
+    diffs = compare_layer_to_torch(layer, torch.randn(5, 4))
+    assert not diffs.verdict.passed
+    assert [d == float("inf") for d in diffs] == failing
+    lines = capsys.readouterr().out.splitlines()[: len(diffs)]
+    assert [line.endswith("FAIL") for line in lines] == failing
+    assert all("diff=inf" in line for line, fails in zip(lines, failing) if fails)
+
+
+# A nondeterministic forward ------------------------------------------------------------------
+
+
+class NumpyDropout(Dropout):
+    """A correct dropout whose mask comes from numpy's RNG, which the checkers do not seed."""
+
+    def forward(self, x, **kw):
+        keep = np.random.rand(*x.shape) >= self.p
+        self._mask = torch.from_numpy(keep).to(x.dtype) / (1 - self.p)
+        return self.finish_forward(x * self._mask)
+
+
+class NumpyDropoutWrongBackward(NumpyDropout):
+    def backward(self, dout):
+        return dout * 3.0
+
+
+@pytest.mark.parametrize("layer", [NumpyDropout(0.5), NumpyDropoutWrongBackward(0.5)], ids=["right", "wrong"])
+def test_a_forward_random_from_numpy_fails_every_checker_as_nondeterministic(layer, capsys):
+    torch.manual_seed(18)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    with pytest.raises(AssertionError, match="nondeterministic forward"):
+        gradcheck(layer, x)
+    for checker in (finite_difference_errors, gradient_errors, compare_layer_to_torch):
+        result = checker(layer, x)
+        assert result[0] == float("inf")
+        assert "nondeterministic forward" in str(result.verdict)
+    verdict = check_layer(layer, x, finite_differences=True)
+    assert not verdict.passed
+    assert "nondeterministic forward" in str(verdict) and "wrong gradient" not in str(verdict)
+
+
+class ConstantGradient(ReLU):
+    """A ReLU whose backward returns dout everywhere: wrong wherever x < 0."""
+
+    def backward(self, dout):
+        self.cached("_out")
+        return dout * 1.0
+
+
+def test_finite_differences_that_judged_no_entry_fail():
+    """ReLU at x = 0 exactly: every entry is a kink, so finite differences judge nothing."""
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    with pytest.raises(AssertionError, match="every entry is at a kink"):
+        gradcheck(ConstantGradient(), x)
+    errors = finite_difference_errors(ConstantGradient(), x)
+    assert errors[0] == float("inf") and "every entry is at a kink" in str(errors.verdict)
