@@ -418,13 +418,25 @@ def _load_into_module(layer, module):
                 f"compare_to_module: {_param_name(index)} has shape {tuple(source.shape)} in "
                 f"{layer!r} but {tuple(target.shape)} in {type(module).__name__}"
             )
-    module_buffers = [b for b in module.buffers() if b.is_floating_point()]
+    layer_buffers, module_buffers = _floating(layer.buffers()), _floating(module.buffers())
+    shapes = [tuple(b.shape) for b in layer_buffers]
+    if shapes != [tuple(b.shape) for b in module_buffers]:
+        raise ValueError(
+            f"compare_to_module: the floating-point buffers (running statistics) of {layer!r} have shapes "
+            f"{shapes} but those of {type(module).__name__} {[tuple(b.shape) for b in module_buffers]}"
+        )
     with torch.no_grad():
         for source, target in zip(layer_params, module_params):
             target.copy_(source)
-        for source, target in zip(layer.buffers(), module_buffers):
+        for source, target in zip(layer_buffers, module_buffers):
             target.copy_(source)
     module.train(layer.training)
+
+
+def _floating(buffers):
+    """The floating-point buffers (running statistics, not counters such as
+    ``num_batches_tracked``), in order: the ones to pair between a layer and a module."""
+    return [b for b in buffers if b.is_floating_point()]
 
 
 def _twin_outputs_and_gradients(module, inputs, y, seed, douts):

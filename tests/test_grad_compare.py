@@ -531,3 +531,34 @@ def test_finite_differences_that_judged_no_entry_fail():
         gradcheck(ConstantGradient(), x)
     errors = finite_difference_errors(ConstantGradient(), x)
     assert errors[0] == float("inf") and "every entry is at a kink" in str(errors.verdict)
+
+
+# No false alarms on correct layers ----------------------------------------------------------
+
+
+def test_compare_to_module_pairs_each_running_statistic_with_its_own():
+    """Two BatchNorms in eval mode: num_batches_tracked (an integer buffer) must not shift
+    the second one's running statistics onto the wrong module buffers."""
+    torch.manual_seed(19)
+    layer = Sequential(Linear(3, 4), BatchNorm1d(4), ReLU(), Linear(4, 2), BatchNorm1d(2))
+    for _ in range(3):
+        layer(torch.randn(8, 3) * 2 + 1)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2)
+    )
+    result = compare_to_module(layer.eval(), module, torch.randn(5, 3))
+    assert result.verdict.passed, str(result.verdict)
+    assert torch.equal(module[4].running_var, layer[4].running_var)
+    assert max(result.values()) <= 1e-5
+
+
+def test_compare_to_module_rejects_a_module_with_other_running_statistics():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match=r"(?s)buffers \(running statistics\).*\[\(4,\), \(4,\)\] but.*\[\]"):
+        compare_to_module(Sequential(Linear(3, 4), BatchNorm1d(4)), module, torch.randn(5, 3))
+
+
+def test_check_layer_calls_a_correct_numpy_dropout_nondeterministic_not_wrong():
+    verdict = check_layer(NumpyDropout(0.3), torch.randn(6, 5))
+    assert "nondeterministic forward" in str(verdict)
+    assert "wrong gradient" not in str(verdict)
