@@ -12,15 +12,21 @@ elementwise, with an absolute floor, as ``torch.allclose`` does::
 
     |a - b| <= atol + rtol * |b|      with atol = rtol * s
 
-where s is the scale of the check: the largest |entry| of every reference tensor of the
-check (the input gradient and every parameter gradient together; 1 if all are 0). The
-error reported is the smallest rtol that passes::
+where s is the scale of that tensor (the input's gradient, or one parameter's), judged
+on its own: the largest |entry| of its reference, but no less than the error the
+reference itself may carry, divided by rtol. For autograd and the twin that error is
+rounding: ``NOISE_ROUNDINGS`` units of rounding of the largest |entry| of every reference
+tensor of the check (a gradient that is truly 0, as a bias followed by BatchNorm has, is
+a sum that cancels and keeps the rounding of its terms). For finite differences it is
+the rounding of the differenced objective plus the largest spread between differences
+of step h and 2h. The error reported is the smallest rtol that passes::
 
     error(a, b) = max_i |a_i - b_i| / (s + |b_i|)
 
-so a reference of exactly 0 (a bias followed by BatchNorm has a true gradient of 0)
-with a rounding-level difference passes, while a gradient that is wrong by more than
-rtol of the check's scale fails. A missing or misshapen gradient has error inf.
+so a reference of exactly 0 with a rounding-level difference passes, while a gradient
+that is wrong by more than rtol of its own size fails, however small it is beside the
+other gradients of the check (a bias gradient beside the weight gradient of inputs of
+size 1e6). A missing or misshapen gradient has error inf.
 
 Every check takes ``x``, the input, or a tuple of inputs for a layer that takes several
 (``layer(*x)``, whose backward returns one gradient per input: ``Add``, ``Concat``, a
@@ -85,6 +91,9 @@ RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 FINITE_DIFFERENCE_RTOL = 1e-6
 # One-sided differences that disagree by more than this fraction of the scale mark a kink.
 KINK_RTOL = 1e-4
+# A reference is trusted to this many units of rounding (eps of its dtype) of the largest
+# quantity it was computed from.
+NOISE_ROUNDINGS = 16
 
 
 class TensorError(NamedTuple):
@@ -300,8 +309,8 @@ def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rt
     if not returned:
         return
     doubled = [None if g is None else 2 * g for g in first]
-    scale = _scale(doubled)
-    for index, ((_, grad), once) in enumerate(zip(pairs, first), start=1):
+    scales = _scales(doubled, [_rounding_noise(doubled)] * len(doubled), rtol)
+    for index, ((_, grad), once, scale) in enumerate(zip(pairs, first, scales), start=1):
         if grad is None or _tensor_error("", grad, 2 * once, scale).error <= rtol:
             continue
         dot = (once.double() * once.double()).sum().item()
@@ -475,10 +484,10 @@ def _float64_copy(layer, verdict):
 
 
 def _finite_differences(layer64, inputs, y, eps, seed, verdict):
-    """(analytic, numeric, kinks), each a list over the inputs and every parameter, for
-    the float64 copy of a layer and of the inputs: the copy's backward against central
-    differences of sum(forward * douts), and where the function has a kink (see
-    _numeric_gradient)."""
+    """(analytic, numeric, kinks, noise), each a list over the inputs and every parameter,
+    for the float64 copy of a layer and of the inputs: the copy's backward against
+    central differences of sum(forward * douts), where the function has a kink, and the
+    error each difference may carry (see _numeric_gradient)."""
     pairs = layer64.params()
     x64 = tuple(t.detach().to(torch.float64).clone() for t in inputs)
     y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
@@ -489,7 +498,8 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict):
         return None
     analytic = _input_gradients(returned, x64, verdict) + [grad.clone() for _, grad in pairs]
     tensors = list(x64) + [param for param, _ in pairs]
-    central, jumps = zip(*[_numeric_gradient(t, lambda: _objective(layer64, x64, y64, seed, douts), eps) for t in tensors])
+    objective = lambda: _objective(layer64, x64, y64, seed, douts)  # noqa: E731
+    central, jumps, spreads = zip(*[_numeric_gradient(t, objective, eps) for t in tensors])
     scale = _scale(central)
     kinks = [jump.abs() > KINK_RTOL * scale for jump in jumps]
     if any(k.numel() for k in kinks) and all(bool(k.all()) for k in kinks):
@@ -498,7 +508,18 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict):
             "finite differences judged nothing: every entry is at a kink (the one-sided differences disagree "
             "everywhere); check at an input away from the kinks",
         )
-    return analytic, list(central), kinks
+    # f = sum(outputs * douts) is rounded to about eps * sum |outputs * douts|, twice per difference.
+    magnitude = sum((o * d).abs().sum().item() for o, d in zip(_run_forward(layer64, x64, y64, seed), douts))
+    rounding = NOISE_ROUNDINGS * torch.finfo(torch.float64).eps * magnitude / eps
+    noise = [rounding + _largest_spread(spread, kink, scale) for spread, kink in zip(spreads, kinks)]
+    return analytic, list(central), kinks, noise
+
+
+def _largest_spread(spread, kinks, scale):
+    """A tensor's finite-difference error: the largest spread between its differences of
+    step h and 2h, over the entries where neither step crosses a kink."""
+    smooth = spread[~kinks & (spread <= KINK_RTOL * scale)]
+    return smooth.max().item() if smooth.numel() else 0.0
 
 
 def _objective(layer, x, y, seed, douts):
@@ -507,33 +528,64 @@ def _objective(layer, x, y, seed, douts):
 
 
 def _numeric_gradient(tensor, objective, eps):
-    """Central differences ``(f(t + h) - f(t - h)) / 2h`` of ``objective()`` w.r.t. every entry
-    of ``tensor`` (perturbed in place one entry at a time and restored), and the jumps
-    ``(f(t + h) - f(t)) / h - (f(t) - f(t - h)) / h`` between the one-sided differences,
-    which are about h * f'' where f is smooth and O(1) at a kink (ReLU at 0, tied maxima)."""
+    """Central differences ``D(h) = (f(t + h) - f(t - h)) / 2h`` of ``objective()`` w.r.t.
+    every entry of ``tensor`` (perturbed in place one entry at a time and restored); the
+    jumps ``(f(t + h) - f(t)) / h - (f(t) - f(t - h)) / h`` between the one-sided
+    differences, which are about h * f'' where f is smooth and O(1) at a kink (ReLU at
+    0, tied maxima); and the spreads ``|D(h) - D(2h)|``: three times the truncation error
+    of D(h), h^2 f''' / 6, and of the order of its rounding error."""
     flat = tensor.view(-1)
-    central = torch.empty_like(flat)
-    jumps = torch.empty_like(flat)
+    central, jumps, spreads = (torch.empty_like(flat) for _ in range(3))
     at_tensor = objective()
     for index in range(flat.numel()):
         original = flat[index].item()
-        flat[index] = original + eps
-        plus = objective()
-        flat[index] = original - eps
-        minus = objective()
+        plus, minus, plus2, minus2 = (_objective_at(flat, index, original + step, objective) for step in (eps, -eps, 2 * eps, -2 * eps))
         flat[index] = original
         central[index] = (plus - minus) / (2 * eps)
         jumps[index] = ((plus - at_tensor) - (at_tensor - minus)) / eps
-    return central.view_as(tensor), jumps.view_as(tensor)
+        spreads[index] = abs((plus - minus) / (2 * eps) - (plus2 - minus2) / (4 * eps))
+    return central.view_as(tensor), jumps.view_as(tensor), spreads.view_as(tensor)
+
+
+def _objective_at(flat, index, value, objective):
+    flat[index] = value
+    return objective()
 
 
 # The error measure ---------------------------------------------------------------------------
 
 
-def _scale(references):
-    """s of the error measure: the largest |entry| over the reference tensors, 1 if all are 0."""
+def _largest(references):
+    """The largest |entry| over the reference tensors (None for a missing one); 0 if none."""
     largest = max((r.detach().abs().max().item() for r in references if r is not None and r.numel()), default=0.0)
-    return largest if largest > 0 and math.isfinite(largest) else 1.0
+    return largest if math.isfinite(largest) else 0.0
+
+
+def _scale(references):
+    """The largest |entry| over the reference tensors, 1 if all are 0."""
+    return _largest(references) or 1.0
+
+
+def _rounding_noise(references):
+    """The rounding error a reference computed in floating point may carry in any entry:
+    NOISE_ROUNDINGS units of rounding of the largest |entry| of all the references (a sum
+    that cancels to 0, such as the gradient of a bias followed by BatchNorm, keeps the
+    rounding of its terms)."""
+    dtypes = [r.dtype for r in references if r is not None and r.is_floating_point()]
+    if not dtypes:
+        return 0.0
+    return NOISE_ROUNDINGS * torch.finfo(dtypes[0]).eps * _largest(references)
+
+
+def _scales(references, noises, tolerance):
+    """s of the error measure for each reference tensor: its largest |entry|, but no less
+    than its noise / tolerance (so that a difference within the noise passes); 1 where
+    both are 0. A noise is a number, or a tensor of one per entry (then so is s)."""
+    scales = []
+    for reference, noise in zip(references, noises):
+        scale = torch.clamp(torch.as_tensor(noise, dtype=torch.float64) / tolerance, min=_largest([reference]))
+        scales.append(torch.where(scale > 0, scale, torch.ones_like(scale)))
+    return scales
 
 
 def _tensor_error(name, actual, expected, scale, skip=None):
@@ -545,7 +597,7 @@ def _tensor_error(name, actual, expected, scale, skip=None):
     a = actual.detach().double()
     b = expected.detach().double().to(a.device)
     norm = (a - b).norm().item()
-    ratio = (a - b).abs() / (scale + b.abs())
+    ratio = (a - b).abs() / (scale.to(a.device) + b.abs())
     ratio = torch.where(ratio.isnan(), torch.full_like(ratio, math.inf), ratio)
     if skip is not None:
         ratio = torch.where(skip.to(ratio.device), torch.zeros_like(ratio), ratio)
@@ -555,10 +607,14 @@ def _tensor_error(name, actual, expected, scale, skip=None):
     return TensorError(name, ratio.reshape(-1)[worst].item(), index, *values, norm)
 
 
-def _compare(reference, names, actual, expected, tolerance, skips=None):
-    scale = _scale(expected)
+def _compare(reference, names, actual, expected, tolerance, skips=None, noises=None):
+    """The Comparison of each actual tensor with its expected one, each on its own scale;
+    ``noises``, one per tensor, the reference's error (by default, the rounding of a
+    computation in its dtype)."""
+    noises = [_rounding_noise(expected)] * len(names) if noises is None else noises
+    scales = _scales(expected, noises, tolerance)
     skips = skips if skips is not None else [None] * len(names)
-    tensors = [_tensor_error(n, a, e, scale, s) for n, a, e, s in zip(names, actual, expected, skips)]
+    tensors = [_tensor_error(n, a, e, sc, s) for n, a, e, sc, s in zip(names, actual, expected, scales, skips)]
     kinks = sum(int(s.sum()) for s in skips if s is not None)
     return Comparison(reference, tolerance, tensors, kinks)
 
@@ -615,9 +671,9 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
         if layer64 is not None:
             result = _finite_differences(layer64, inputs, y, eps, seed, verdict)
             if result is not None:
-                analytic, numeric, kinks = result
+                analytic, numeric, kinks, noise = result
                 verdict.comparisons.append(
-                    _compare("finite differences", names, analytic, numeric, FINITE_DIFFERENCE_RTOL, kinks)
+                    _compare("finite differences", names, analytic, numeric, FINITE_DIFFERENCE_RTOL, kinks, noise)
                 )
     return verdict
 
@@ -709,7 +765,7 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
         result = None if layer64 is None or run is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
     if verdict.problems:
         raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
-    for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result):
+    for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result[:3]):
         excess = (analytic - numeric).abs() - (atol + rtol * numeric.abs())
         excess = torch.where(kinks, torch.full_like(excess, -1.0), excess)
         if excess.numel() and excess.max() > 0:

@@ -338,7 +338,8 @@ def format_table(rows, details=False):
         cells = _cell(row.forward, 10) + _cell(row.backward, 10) + _cell(row.finite_differences, 13)
         lines.append(f"{row.name:<34}{cells}  {result}")
     lines.append(
-        "errors are max |nnlab - reference| / (s + |reference|), s the largest |reference| entry of the check; "
+        "errors are max |nnlab - reference| / (s + |reference|), s the largest |reference| entry of each tensor "
+        "(no less than the reference's own error / tolerance); "
         f"forward and backward against torch.nn and autograd (tolerance {RTOL[torch.float32]:g} in float32, "
         f"{RTOL[torch.float64]:g} in float64), finite diff in float64 (tolerance {FINITE_DIFFERENCE_RTOL:g})"
     )

@@ -562,3 +562,51 @@ def test_check_layer_calls_a_correct_numpy_dropout_nondeterministic_not_wrong():
     verdict = check_layer(NumpyDropout(0.3), torch.randn(6, 5))
     assert "nondeterministic forward" in str(verdict)
     assert "wrong gradient" not in str(verdict)
+
+
+# Each tensor on its own scale -----------------------------------------------------------------
+
+
+class BatchNormWithEvalBackward(BatchNorm1d):
+    """Training-mode forward, but the eval-mode input gradient dout * weight / sigma (the
+    batch statistics treated as constants): wrong by about 1 / sigma, tiny when x is large."""
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        x_hat = self._centered * self._inv_std
+        self._grads["weight"] += (dout * x_hat).sum(dim=0)
+        self._grads["bias"] += dout.sum(dim=0)
+        return dout * self.weight * self._inv_std
+
+
+class ForgetsBiasGradient(Linear):
+    def backward(self, dout):
+        x = self.cached("_x")
+        self._grads["weight"] += dout.T @ x
+        return dout @ self.weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("broken, wrong", [(BatchNormWithEvalBackward(3), "input"), (ForgetsBiasGradient(3, 2), "param#02")])
+def test_a_small_gradient_is_judged_on_its_own_scale_not_the_checks_largest(broken, wrong, dtype):
+    """x ~ 1e6: the wrong tensor is a millionth of the check's largest gradient."""
+    torch.manual_seed(20)
+    x = torch.randn(6, 3, dtype=dtype) * 1e6
+    layer = broken.to(dtype=dtype)
+    verdict = check_layer(layer, x, finite_differences=True)
+    assert not verdict.passed
+    assert verdict.comparison("finite differences").worst.name == wrong
+    assert finite_difference_errors(layer, x)[verdict.tensor_names.index(wrong)] > 1e-6
+    if dtype == torch.float64:
+        assert gradient_errors(layer, x)[verdict.tensor_names.index(wrong)] > 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [1e-6, 1e6])
+def test_correct_layers_pass_at_tiny_and_huge_input_scales(size, dtype):
+    torch.manual_seed(21)
+    # BatchNorm first: its input gradient is about 1 / size, the Linears' gradients are not.
+    model = Sequential(BatchNorm1d(3), Linear(3, 4), Tanh(), Linear(4, 2)).to(dtype=dtype)
+    for layer, shape in ((model, (6, 3)), (Linear(3, 2).to(dtype=dtype), (6, 3)), (Conv2d(2, 3, 3).to(dtype=dtype), (2, 2, 5, 5))):
+        verdict = check_layer(layer, torch.randn(shape, dtype=dtype) * size, finite_differences=True)
+        assert verdict.passed, str(verdict)
