@@ -117,6 +117,7 @@ class Comparison(NamedTuple):
     tolerance: float
     tensors: list
     kinks: int = 0  # finite-difference entries left out because the function has a kink there
+    left_out: int = 0  # entries not differenced (only a sample of each large tensor was)
 
     @property
     def worst(self):
@@ -140,6 +141,8 @@ class Comparison(NamedTuple):
             )
         if self.kinks:
             text += f"; {self.kinks} entries at kinks left to the other references"
+        if self.left_out:
+            text += f"; {self.left_out} entries not differenced (a sample of each large tensor was)"
         return text
 
 
@@ -483,11 +486,23 @@ def _float64_copy(layer, verdict):
     return layer64
 
 
-def _finite_differences(layer64, inputs, y, eps, seed, verdict):
-    """(analytic, numeric, kinks, noise), each a list over the inputs and every parameter,
-    for the float64 copy of a layer and of the inputs: the copy's backward against
-    central differences of sum(forward * douts), where the function has a kink, and the
-    error each difference may carry (see _numeric_gradient)."""
+class _FiniteDifferences(NamedTuple):
+    """Finite differences of a float64 copy, each list over the inputs and every parameter."""
+
+    analytic: list  # the copy's backward
+    numeric: list  # central differences (0 where not differenced)
+    skips: list  # bool masks: entries at a kink, or not differenced
+    noises: list  # the error each tensor's differences may carry
+    kinks: int  # how many differenced entries are at a kink
+    left_out: int  # how many entries were not differenced (a sample of each large tensor)
+
+
+def _finite_differences(layer64, inputs, y, eps, seed, verdict, entries=None, progress=None):
+    """_FiniteDifferences of the float64 copy of a layer on a float64 copy of the inputs:
+    the copy's backward against central differences of sum(forward * douts), at every
+    entry or at ``entries`` of each tensor drawn at random (seeded), with where the
+    function has a kink and the error each difference may carry (see _numeric_gradient).
+    ``progress`` is called with a line before each tensor."""
     pairs = layer64.params()
     x64 = tuple(t.detach().to(torch.float64).clone() for t in inputs)
     y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
@@ -499,10 +514,16 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict):
     analytic = _input_gradients(returned, x64, verdict) + [grad.clone() for _, grad in pairs]
     tensors = list(x64) + [param for param, _ in pairs]
     objective = lambda: _objective(layer64, x64, y64, seed, douts)  # noqa: E731
-    central, jumps, spreads = zip(*[_numeric_gradient(t, objective, eps) for t in tensors])
+    generator = torch.Generator().manual_seed(seed)
+    central, jumps, spreads, judged = [], [], [], []
+    for name, tensor in zip(verdict.tensor_names, tensors):
+        positions = _sample(tensor.numel(), entries, generator)
+        _report(progress, f"finite differences of {name}: {len(positions)} of {tensor.numel()} entries")
+        for results, result in zip((central, jumps, spreads, judged), _numeric_gradient(tensor, objective, eps, positions)):
+            results.append(result)
     scale = _scale(central)
-    kinks = [jump.abs() > KINK_RTOL * scale for jump in jumps]
-    if any(k.numel() for k in kinks) and all(bool(k.all()) for k in kinks):
+    kinks = [mask & (jump.abs() > KINK_RTOL * scale) for mask, jump in zip(judged, jumps)]
+    if any(mask.any() for mask in judged) and all(bool((k == mask).all()) for k, mask in zip(kinks, judged)):
         verdict.add_problem(
             None,
             "finite differences judged nothing: every entry is at a kink (the one-sided differences disagree "
@@ -511,8 +532,17 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict):
     # f = sum(outputs * douts) is rounded to about eps * sum |outputs * douts|, twice per difference.
     magnitude = sum((o * d).abs().sum().item() for o, d in zip(_run_forward(layer64, x64, y64, seed), douts))
     rounding = NOISE_ROUNDINGS * torch.finfo(torch.float64).eps * magnitude / eps
-    noise = [rounding + _largest_spread(spread, kink, scale) for spread, kink in zip(spreads, kinks)]
-    return analytic, list(central), kinks, noise
+    noises = [rounding + _largest_spread(spread, kink, scale) for spread, kink in zip(spreads, kinks)]
+    skips = [k | ~mask for k, mask in zip(kinks, judged)]
+    left_out = sum(int((~mask).sum()) for mask in judged)
+    return _FiniteDifferences(analytic, central, skips, noises, sum(int(k.sum()) for k in kinks), left_out)
+
+
+def _sample(count, entries, generator):
+    """Flat positions to difference: all ``count``, or ``entries`` of them at random."""
+    if entries is None or count <= entries:
+        return range(count)
+    return torch.randperm(count, generator=generator)[:entries].sort().values.tolist()
 
 
 def _largest_spread(spread, kinks, scale):
@@ -527,24 +557,27 @@ def _objective(layer, x, y, seed, douts):
     return sum((o * d).sum().item() for o, d in zip(outputs, douts))
 
 
-def _numeric_gradient(tensor, objective, eps):
-    """Central differences ``D(h) = (f(t + h) - f(t - h)) / 2h`` of ``objective()`` w.r.t.
-    every entry of ``tensor`` (perturbed in place one entry at a time and restored); the
-    jumps ``(f(t + h) - f(t)) / h - (f(t) - f(t - h)) / h`` between the one-sided
-    differences, which are about h * f'' where f is smooth and O(1) at a kink (ReLU at
-    0, tied maxima); and the spreads ``|D(h) - D(2h)|``: three times the truncation error
-    of D(h), h^2 f''' / 6, and of the order of its rounding error."""
+def _numeric_gradient(tensor, objective, eps, positions):
+    """At the flat ``positions`` of ``tensor`` (perturbed in place one entry at a time and
+    restored), central differences ``D(h) = (f(t + h) - f(t - h)) / 2h`` of
+    ``objective()``; the jumps ``(f(t + h) - f(t)) / h - (f(t) - f(t - h)) / h`` between
+    the one-sided differences, which are about h * f'' where f is smooth and O(1) at a
+    kink (ReLU at 0, tied maxima); the spreads ``|D(h) - D(2h)|``: three times the
+    truncation error of D(h), h^2 f''' / 6, and of the order of its rounding error; and
+    the mask of the positions (the other entries of the first three are 0)."""
     flat = tensor.view(-1)
-    central, jumps, spreads = (torch.empty_like(flat) for _ in range(3))
+    central, jumps, spreads = (torch.zeros_like(flat) for _ in range(3))
+    judged = torch.zeros(flat.shape, dtype=torch.bool)
     at_tensor = objective()
-    for index in range(flat.numel()):
+    for index in positions:
         original = flat[index].item()
         plus, minus, plus2, minus2 = (_objective_at(flat, index, original + step, objective) for step in (eps, -eps, 2 * eps, -2 * eps))
         flat[index] = original
         central[index] = (plus - minus) / (2 * eps)
         jumps[index] = ((plus - at_tensor) - (at_tensor - minus)) / eps
         spreads[index] = abs((plus - minus) / (2 * eps) - (plus2 - minus2) / (4 * eps))
-    return central.view_as(tensor), jumps.view_as(tensor), spreads.view_as(tensor)
+        judged[index] = True
+    return tuple(t.view(tensor.shape) for t in (central, jumps, spreads, judged))
 
 
 def _objective_at(flat, index, value, objective):
@@ -607,22 +640,23 @@ def _tensor_error(name, actual, expected, scale, skip=None):
     return TensorError(name, ratio.reshape(-1)[worst].item(), index, *values, norm)
 
 
-def _compare(reference, names, actual, expected, tolerance, skips=None, noises=None):
+def _compare(reference, names, actual, expected, tolerance, skips=None, noises=None, kinks=0, left_out=0):
     """The Comparison of each actual tensor with its expected one, each on its own scale;
     ``noises``, one per tensor, the reference's error (by default, the rounding of a
-    computation in its dtype)."""
+    computation in its dtype); ``skips`` masks the entries not judged."""
     noises = [_rounding_noise(expected)] * len(names) if noises is None else noises
     scales = _scales(expected, noises, tolerance)
     skips = skips if skips is not None else [None] * len(names)
     tensors = [_tensor_error(n, a, e, sc, s) for n, a, e, sc, s in zip(names, actual, expected, scales, skips)]
-    kinks = sum(int(s.sum()) for s in skips if s is not None)
-    return Comparison(reference, tolerance, tensors, kinks)
+    return Comparison(reference, tolerance, tensors, kinks, left_out)
 
 
 # The checks ----------------------------------------------------------------------------------
 
 
-def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_differences=False, eps=1e-6, rtol=None):
+def check_layer(
+    layer, x, y=None, seed=42, autograd=True, twin="auto", finite_differences=False, eps=1e-6, rtol=None, entries=None, progress=None
+):
     """Checks ``layer``'s backward and its contract on input x (targets y for a loss);
     returns a ``Verdict``.
 
@@ -637,12 +671,15 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
       where there is none), or pass a module, or None; its outputs are compared too
       ("torch.nn twin (forward)");
     * ``finite_differences``: central differences in float64 on a float64 copy of layer
-      and x (two forward passes per entry: use small inputs). Entries where the function
+      and x (four forward passes per entry, steps h and 2h: use small inputs, or
+      ``entries``, the number of entries of each tensor to difference, drawn at random
+      and seeded; the verdict says how many were left out). Entries where the function
       has a kink (the one-sided differences disagree, as at ReLU's 0 or tied maxima) have
       no derivative to judge and are left to the other references; the verdict counts them.
 
     Errors use the floor-based measure of the module docstring; ``rtol`` defaults to
-    1e-5 in float32 and 1e-10 in float64, finite differences to 1e-6.
+    1e-5 in float32 and 1e-10 in float64, finite differences to 1e-6. ``progress``, if
+    given, is called with a line of text before each reference's work.
     """
     inputs = as_tuple(x)
     rtol = _default_rtol(x) if rtol is None else rtol
@@ -660,22 +697,30 @@ def check_layer(layer, x, y=None, seed=42, autograd=True, twin="auto", finite_di
             return verdict
         names = verdict.tensor_names
         if autograd:
+            _report(progress, "autograd through the forward")
             reference = _autograd_gradients(layer, inputs, y, seed, run.douts, verdict)
             if reference is not None:
                 verdict.comparisons.append(_compare("autograd", names, run.gradients, reference, rtol))
         if module is not None:
+            _report(progress, f"the torch.nn twin {type(module).__name__}")
             outputs, reference = _twin_outputs_and_gradients(module, inputs, y, seed, run.douts)
             output_names = ["output"] if len(outputs) == 1 else [f"output[{i}]" for i in range(len(outputs))]
             verdict.comparisons.append(_compare("torch.nn twin (forward)", output_names, run.outputs, outputs, rtol))
             verdict.comparisons.append(_compare("torch.nn twin", names, run.gradients, reference, rtol))
         if layer64 is not None:
-            result = _finite_differences(layer64, inputs, y, eps, seed, verdict)
-            if result is not None:
-                analytic, numeric, kinks, noise = result
+            fd = _finite_differences(layer64, inputs, y, eps, seed, verdict, entries, progress)
+            if fd is not None:
                 verdict.comparisons.append(
-                    _compare("finite differences", names, analytic, numeric, FINITE_DIFFERENCE_RTOL, kinks, noise)
+                    _compare(
+                        "finite differences", names, fd.analytic, fd.numeric, FINITE_DIFFERENCE_RTOL, fd.skips, fd.noises, fd.kinks, fd.left_out
+                    )
                 )
     return verdict
+
+
+def _report(progress, line):
+    if progress is not None:
+        progress(line)
 
 
 def _default_rtol(x):
@@ -756,7 +801,7 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     or raises AssertionError naming the tensor and the worst element when
     ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere (torch.autograd.gradcheck's
     rule), or naming the contract breach found (see the module docstring). Entries at a
-    kink (see ``check_layer``) are left out. Costs two forward passes per input and
+    kink (see ``check_layer``) are left out. Costs four forward passes per input and
     parameter entry: use small inputs."""
     verdict = Verdict(layer)
     layer64 = _float64_copy(layer, verdict)
@@ -765,7 +810,7 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
         result = None if layer64 is None or run is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
     if verdict.problems:
         raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
-    for name, analytic, numeric, kinks in zip(verdict.tensor_names, *result[:3]):
+    for name, analytic, numeric, kinks in zip(verdict.tensor_names, result.analytic, result.numeric, result.skips):
         excess = (analytic - numeric).abs() - (atol + rtol * numeric.abs())
         excess = torch.where(kinks, torch.full_like(excess, -1.0), excess)
         if excess.numel() and excess.max() > 0:

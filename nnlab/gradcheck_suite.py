@@ -331,12 +331,13 @@ def _cell(value, width):
 def format_table(rows, details=False):
     """The rows as a table; below it, each failing row's verdict (every row's with
     ``details``), which names the contract breaches and the element of largest error."""
-    header = f"{'layer':<34}{'forward':>10}{'backward':>10}{'finite diff':>13}  result"
+    width = max([34] + [len(row.name) + 2 for row in rows])
+    header = f"{'layer':<{width}}{'forward':>10}{'backward':>10}{'finite diff':>13}  result"
     lines = [header, "-" * len(header)]
     for row in rows:
         result = "ok" if row.passed else "FAIL"
         cells = _cell(row.forward, 10) + _cell(row.backward, 10) + _cell(row.finite_differences, 13)
-        lines.append(f"{row.name:<34}{cells}  {result}")
+        lines.append(f"{row.name:<{width}}{cells}  {result}")
     lines.append(
         "errors are max |nnlab - reference| / (s + |reference|), s the largest |reference| entry of each tensor "
         "(no less than the reference's own error / tolerance); "
@@ -407,28 +408,77 @@ def parse_shape(text):
     return shape
 
 
-def check_user_layer(cls, args, kwargs, input_shape, dtype=torch.float32, seed=0):
+# Finite differences of a user's layer at this many entries of each tensor, drawn at random:
+# every entry of a (16, 3, 32, 32) input would take four forward passes each.
+USER_LAYER_ENTRIES = 256
+
+
+def check_user_layer(cls, args, kwargs, input_shape, dtype=torch.float32, seed=0, progress=None):
     """Rows for ``cls(*args, **kwargs)`` on a random and on a tie-heavy input of
-    ``input_shape``: autograd through its forward, finite differences in float64 and
-    the contract (the first row also checks that backward before forward raises).
+    ``input_shape``: autograd through its forward, finite differences in float64 (at
+    ``USER_LAYER_ENTRIES`` entries of each tensor drawn at random, all of a smaller one)
+    and the contract (the first row also checks that backward before forward raises).
+    In training mode, and in eval mode too when the two modes differ (in the output or
+    in the gradients, for the same input, seed and upstream gradient): those rows' names
+    end in ", eval mode". ``progress``, if given, is called with one line per step.
     UserLayerError when the class cannot be built or rejects an input of that shape."""
     layer = _build(cls, args, kwargs, dtype)
     _probe_forward(layer, torch.randn(input_shape, dtype=dtype))
+    report = progress or (lambda line: None)
+    modes = [True] + ([False] if _modes_differ(cls, args, kwargs, dtype, input_shape, seed) else [])
     rows = []
-    for ties in (False, True):
-        name = f"{cls.__name__} ({'tie-heavy' if ties else 'random'} input)"
-        torch.manual_seed(seed)
-        x = _input(input_shape, ties, seed, dtype)
-        try:
-            verdict = check_layer(_build(cls, args, kwargs, dtype), x, seed=seed, finite_differences=True)
-            breach = None if ties else backward_before_forward(_build(cls, args, kwargs, dtype), x)
-        except Exception as error:  # the user's code: what it raised is the result
-            rows.append(Row(name, None, None, None, None, f"the check stopped: {type(error).__name__}: {error}"))
-            continue
-        if breach:
-            verdict.add_problem(None, breach)
-        rows.append(_row(name, verdict))
+    for training in modes:
+        for ties in (False, True):
+            name = f"{cls.__name__} ({'tie-heavy' if ties else 'random'} input{'' if training else ', eval mode'})"
+            report(f"{name}: the contract")
+            torch.manual_seed(seed)
+            x = _input(input_shape, ties, seed, dtype)
+            rows.append(_user_row(name, cls, args, kwargs, dtype, x, seed, training, first=not ties, report=report))
     return rows
+
+
+def _user_row(name, cls, args, kwargs, dtype, x, seed, training, first, report):
+    """One row of ``check_user_layer``: the check of a fresh layer in the mode given."""
+    def fresh():
+        return _build(cls, args, kwargs, dtype).train(training)
+
+    def step(line):
+        report(f"{name}: {line}")
+
+    try:
+        verdict = check_layer(fresh(), x, seed=seed, finite_differences=True, entries=USER_LAYER_ENTRIES, progress=step)
+        breach = backward_before_forward(fresh(), x) if first else None
+    except Exception as error:  # the user's code: what it raised is the result
+        return Row(name, None, None, None, None, f"the check stopped: {type(error).__name__}: {error}")
+    if breach:
+        verdict.add_problem(None, breach)
+    return _row(name, verdict)
+
+
+def _modes_differ(cls, args, kwargs, dtype, input_shape, seed):
+    """True when a layer in eval mode gives another output or other gradients than in
+    training mode (fresh layers built alike, the same input, seed and upstream
+    gradient), or fails where the other does not."""
+    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    results = []
+    with torch.random.fork_rng(devices=[]):
+        for training in (True, False):
+            torch.manual_seed(seed)
+            try:
+                layer = _build(cls, args, kwargs, dtype).train(training)
+                out = layer(x.clone())
+                dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+                dx = layer.backward(dout)
+                results.append([out, dx] + [grad for _, grad in layer.params()])
+            except Exception:  # the user's code: the check of each mode reports what it raises
+                return True
+    return not all(_same(a, b) for a, b in zip(*results))
+
+
+def _same(a, b):
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return a is None and b is None
 
 
 def _build(cls, args, kwargs, dtype):

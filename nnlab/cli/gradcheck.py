@@ -68,6 +68,10 @@ def check_user_layer(args):
         layer_args, layer_kwargs = gradcheck_suite.parse_layer_args(args.args)
         shape = gradcheck_suite.parse_shape(args.input_shape)
         dtype = getattr(torch, args.dtype)
-        return gradcheck_suite.check_user_layer(cls, layer_args, layer_kwargs, shape, dtype, seed=args.seed)
+        return gradcheck_suite.check_user_layer(cls, layer_args, layer_kwargs, shape, dtype, args.seed, progress=print_progress)
     except gradcheck_suite.UserLayerError as error:
         raise UsageError(str(error)) from error
+
+
+def print_progress(line):
+    print(f"gradcheck: {line}", file=sys.stderr, flush=True)

@@ -1,0 +1,74 @@
+"""nnlab.gradcheck_suite's check of a user's layer: both modes where they differ, and a
+line of progress per step."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from nnlab import gradcheck_suite
+from nnlab.layers import BatchNorm1d, Linear
+
+USER_LAYERS = '''
+from nnlab.layers import BatchNorm1d
+
+
+class EvalWrongBatchNorm(BatchNorm1d):
+    """Right in training mode; in eval mode the backward halves the input gradient."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        return dx if self.training else 0.5 * dx
+'''
+
+
+class EvalWrongBatchNorm(BatchNorm1d):
+    def backward(self, dout):
+        dx = super().backward(dout)
+        return dx if self.training else 0.5 * dx
+
+
+def test_a_layer_whose_modes_differ_is_checked_in_both_and_fails_in_eval_mode():
+    lines = []
+    rows = gradcheck_suite.check_user_layer(EvalWrongBatchNorm, (3,), {}, (4, 3), progress=lines.append)
+    names = [row.name for row in rows]
+    assert names == [
+        "EvalWrongBatchNorm (random input)",
+        "EvalWrongBatchNorm (tie-heavy input)",
+        "EvalWrongBatchNorm (random input, eval mode)",
+        "EvalWrongBatchNorm (tie-heavy input, eval mode)",
+    ]
+    assert [row.passed for row in rows] == [True, True, False, False]
+    assert "wrong gradient" in rows[2].verdict.details()[0]
+    assert "EvalWrongBatchNorm (random input, eval mode): finite differences of input: 12 of 12 entries" in lines
+
+
+def test_a_layer_alike_in_both_modes_is_checked_once():
+    rows = gradcheck_suite.check_user_layer(Linear, (3, 2), {}, (4, 3))
+    assert [row.name for row in rows] == ["Linear (random input)", "Linear (tie-heavy input)"]
+    assert all(row.passed for row in rows)
+
+
+def test_finite_differences_of_a_large_tensor_take_a_sample():
+    rows = gradcheck_suite.check_user_layer(Linear, (600, 2), {}, (2, 600))
+    finite = rows[0].verdict.comparison("finite differences")
+    assert finite.passed
+    # input: 1200 entries, weight: 1200, bias: 2; each large one differenced at a sample
+    assert finite.left_out == 2 * (1200 - gradcheck_suite.USER_LAYER_ENTRIES)
+    assert "entries not differenced" in finite.describe()
+
+
+def test_the_command_shows_progress_on_stderr_and_fails_a_backward_wrong_in_eval_mode_only(tmp_path):
+    (tmp_path / "userlayers.py").write_text(USER_LAYERS)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "nnlab", "gradcheck", "--layer", "userlayers:EvalWrongBatchNorm", "--args", "3"]
+    result = subprocess.run(command + ["--input-shape", "4,3"], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "FAILED: EvalWrongBatchNorm (random input, eval mode), EvalWrongBatchNorm (tie-heavy input, eval mode)" in result.stdout
+    progress = result.stderr.splitlines()
+    assert progress and all(line.startswith("gradcheck: EvalWrongBatchNorm (") for line in progress)
+    assert "gradcheck: EvalWrongBatchNorm (random input): autograd through the forward" in progress
