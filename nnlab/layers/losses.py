@@ -215,8 +215,10 @@ class ClippedCrossEntropyLoss(ClassificationLoss):
 
     Backward: the exact gradient of that clipped formula,
     ``dp = -dout * y / (N * clip(p))`` where ``eps <= p <= 1 - eps`` and exactly 0 where
-    the clip is active (as autograd through ``torch.clamp``, which passes the gradient
-    at the bounds themselves).
+    the clip is active (p < eps or p > 1 - eps). At the bounds themselves, a kink, this
+    is nnlab's convention, not torch's (``torch.clamp``'s gradient there changed between
+    releases): p exactly eps or 1 - eps counts as inside, so a target class whose
+    probability sits exactly at eps is still pushed up.
 
     Probabilities outside [0, 1] raise ValueError: they are scores, for
     ``CrossEntropyLoss`` (the clip would silently zero their gradients).
