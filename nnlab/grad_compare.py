@@ -36,8 +36,9 @@ graph ``Model`` of several inputs); their gradients come first, named ``input#1`
 **The contract** every check verifies (each breach is named in the verdict):
 the forward is deterministic under a fixed torch seed (one random from numpy's or
 Python's RNG cannot be judged, and fails as such); the layer gets its own copies of x
-and of the upstream gradient, and neither may change in place; backward returns a gradient of x's shape and dtype; ``params()`` pairs each
-parameter with a gradient of its shape; backward adds into those same gradient tensors
+and of the upstream gradient, and neither may change in place; backward returns a
+gradient of x's shape and dtype; ``params()`` pairs each parameter with a gradient of
+its shape; backward adds into those same gradient tensors
 (two forward/backward passes leave twice the gradient of one).
 
 Every check leaves the layer (caches, parameters, gradients, buffers, ``requires_grad``
@@ -513,7 +514,10 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict, entries=None, pr
         return None
     analytic = _input_gradients(returned, x64, verdict) + [grad.clone() for _, grad in pairs]
     tensors = list(x64) + [param for param, _ in pairs]
-    objective = lambda: _objective(layer64, x64, y64, seed, douts)  # noqa: E731
+
+    def objective():
+        return _objective(layer64, x64, y64, seed, douts)
+
     generator = torch.Generator().manual_seed(seed)
     central, jumps, spreads, judged = [], [], [], []
     for name, tensor in zip(verdict.tensor_names, tensors):
@@ -613,12 +617,8 @@ def _rounding_noise(references):
 def _scales(references, noises, tolerance):
     """s of the error measure for each reference tensor: its largest |entry|, but no less
     than its noise / tolerance (so that a difference within the noise passes); 1 where
-    both are 0. A noise is a number, or a tensor of one per entry (then so is s)."""
-    scales = []
-    for reference, noise in zip(references, noises):
-        scale = torch.clamp(torch.as_tensor(noise, dtype=torch.float64) / tolerance, min=_largest([reference]))
-        scales.append(torch.where(scale > 0, scale, torch.ones_like(scale)))
-    return scales
+    both are 0."""
+    return [max(_largest([reference]), noise / tolerance) or 1.0 for reference, noise in zip(references, noises)]
 
 
 def _tensor_error(name, actual, expected, scale, skip=None):
@@ -630,7 +630,7 @@ def _tensor_error(name, actual, expected, scale, skip=None):
     a = actual.detach().double()
     b = expected.detach().double().to(a.device)
     norm = (a - b).norm().item()
-    ratio = (a - b).abs() / (scale.to(a.device) + b.abs())
+    ratio = (a - b).abs() / (scale + b.abs())
     ratio = torch.where(ratio.isnan(), torch.full_like(ratio, math.inf), ratio)
     if skip is not None:
         ratio = torch.where(skip.to(ratio.device), torch.zeros_like(ratio), ratio)
