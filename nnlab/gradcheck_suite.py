@@ -409,7 +409,7 @@ def parse_shape(text):
 
 
 # Finite differences of a user's layer at this many entries of each tensor, drawn at random:
-# every entry of a (16, 3, 32, 32) input would take four forward passes each.
+# every entry of a (16, 3, 32, 32) input would take two forward passes each.
 USER_LAYER_ENTRIES = 256
 
 
