@@ -61,6 +61,7 @@ from .jacobians import (
     jacobian_norm,
     pack,
     preserved,
+    same_values,
 )
 from .twins import torch_twin
 
@@ -209,13 +210,6 @@ def _random_douts(outputs, seed):
     return tuple(torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs)
 
 
-def _unchanged(copy_handed, original):
-    """True when the copy handed to the layer still equals the original (NaN equals NaN)."""
-    if copy_handed.shape != original.shape:
-        return False
-    return bool(((copy_handed == original) | (copy_handed.isnan() & original.isnan())).all())
-
-
 def _param_name(index):
     return f"param#{index:02d}"
 
@@ -257,7 +251,7 @@ def _own_backward(layer, douts, verdict, stage):
     except Exception as error:  # the layer's own code: its failure is the verdict
         verdict.add_problem(None, f"{stage}backward raised {type(error).__name__}: {error}")
         return None, False
-    if not all(_unchanged(h, d) for h, d in zip(handed, douts)):
+    if not all(same_values(h, d) for h, d in zip(handed, douts)):
         verdict.add_problem(None, "backward changes dout (the upstream gradient it is handed) in place")
     return returned, True
 
@@ -338,7 +332,7 @@ def _deterministic(layer, inputs, y, seed, verdict):
     the same outputs; otherwise the verdict names the nondeterministic forward."""
     first = _run_forward(layer, clones(inputs), y, seed)
     second = _run_forward(layer, clones(inputs), y, seed)
-    if all(_unchanged(a, b) for a, b in zip(first, second)):
+    if all(same_values(a, b) for a, b in zip(first, second)):
         return True
     verdict.add_problem(None, NONDETERMINISTIC)
     return False
@@ -364,7 +358,7 @@ def _own_run(layer, inputs, y, seed, verdict, rtol):
             grad.zero_()
     own = clones(inputs)
     outputs = _run_forward(layer, own, y, seed)
-    changed_by_forward = [not _unchanged(mine, x) for mine, x in zip(own, inputs)]
+    changed_by_forward = [not same_values(mine, x) for mine, x in zip(own, inputs)]
     for name, changed in zip(names, changed_by_forward):
         if changed:
             verdict.add_problem(name, f"forward changes its {name} x in place")
@@ -373,7 +367,7 @@ def _own_run(layer, inputs, y, seed, verdict, rtol):
     if not completed:
         return _OwnRun(outputs, douts, [None] * (len(inputs) + len(pairs)))
     for name, changed, mine, x in zip(names, changed_by_forward, own, inputs):
-        if not changed and not _unchanged(mine, x):
+        if not changed and not same_values(mine, x):
             verdict.add_problem(name, f"backward changes the {name} x (or what forward cached of it) in place")
     dxs = _input_gradients(returned, inputs, verdict)
     first = [None if grad is None else grad.clone() for _, grad in pairs]

@@ -86,6 +86,13 @@ def forward_outputs(layer, inputs, y=None):
     return outputs
 
 
+def same_values(a, b):
+    """True when tensors a and b have the same shape and the same values (NaN equals NaN)."""
+    if a.shape != b.shape:
+        return False
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def clones(inputs):
     """Detached copies of a tuple of tensors."""
     return tuple(x.detach().clone() for x in inputs)
