@@ -610,3 +610,17 @@ def test_correct_layers_pass_at_tiny_and_huge_input_scales(size, dtype):
     for layer, shape in ((model, (6, 3)), (Linear(3, 2).to(dtype=dtype), (6, 3)), (Conv2d(2, 3, 3).to(dtype=dtype), (2, 2, 5, 5))):
         verdict = check_layer(layer, torch.randn(shape, dtype=dtype) * size, finite_differences=True)
         assert verdict.passed, str(verdict)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exponent", [-6, -3, 0, 3, 6, 8])
+def test_a_forgotten_bias_gradient_fails_and_a_correct_linear_passes_at_every_input_scale(exponent, dtype):
+    torch.manual_seed(22)
+    x = torch.randn(4, 3, dtype=dtype) * 10.0**exponent
+    correct = Linear(3, 2).to(dtype=dtype)
+    assert check_layer(correct, x, finite_differences=True).passed
+    wrong = ForgetsBiasGradient(3, 2).to(dtype=dtype)
+    wrong.load_state_dict(correct.state_dict())
+    verdict = check_layer(wrong, x, finite_differences=True)
+    assert not verdict.passed
+    assert verdict.comparison("finite differences").worst.name == "param#02"
