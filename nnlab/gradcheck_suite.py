@@ -88,6 +88,102 @@ def _small_unet():
     return graph.Model(x, graph.Multiply()(nn.Conv2d(4, 2, 1)(joined), x))
 
 
+def _labels_some_ignored(shape):
+    """Class labels (N, d1, ...) for scores (N, C, d1, ...), with -1 (the rows' ignore_index) at the first."""
+    labels = torch.randint(0, shape[1], shape[:1] + shape[2:])
+    labels.view(-1)[0] = -1
+    return labels
+
+
+def _signs(shape):
+    """Labels +-1 for the first input's shape (a list of shapes for a layer of two inputs)."""
+    shape = shape[0] if isinstance(shape, list) else shape
+    return torch.randint(0, 2, shape) * 2.0 - 1
+
+
+def _row_signs(shapes):
+    """Labels +-1, one per row of the first input."""
+    return _signs(shapes[0][:-1])
+
+
+def _gaussian_inputs(shapes):
+    """Means, targets, and variances in [0.5, 1.5] (away from the clamp at eps)."""
+    return torch.randn(shapes[0]), torch.randn(shapes[1]), 0.5 + torch.rand(shapes[2])
+
+
+def _log_probabilities(shape):
+    return torch.log_softmax(torch.randn(shape), dim=-1)
+
+
+def _positive(shape):
+    return 0.5 + torch.rand(shape)
+
+
+def _class_weight(num_classes):
+    return 0.5 + torch.rand(num_classes)
+
+
+LOSS_OPTION_CASES = [
+    Case(
+        "CrossEntropyLoss (weight, ignore_index, label_smoothing)",
+        lambda: nn.CrossEntropyLoss(_class_weight(5), ignore_index=-1, label_smoothing=0.2),
+        None,
+        (4, 5),
+        _labels_some_ignored,
+    ),
+    Case(
+        "CrossEntropyLoss (N, C, d1, d2), sum",
+        lambda: nn.CrossEntropyLoss(reduction="sum", ignore_index=-1),
+        None,
+        (2, 3, 2, 2),
+        _labels_some_ignored,
+    ),
+    Case(
+        "CrossEntropyLoss (soft, weight, none)",
+        lambda: nn.CrossEntropyLoss(_class_weight(5), reduction="none", label_smoothing=0.1),
+        None,
+        (4, 5),
+        _probabilities,
+    ),
+    Case("NLLLoss (weight, none)", lambda: nn.NLLLoss(_class_weight(5), reduction="none"), None, (4, 5), _labels),
+    Case("ClippedCrossEntropyLoss (sum)", lambda: nn.ClippedCrossEntropyLoss(reduction="sum"), None, (4, 5), _labels, make_input=_softmax_rows),
+    Case("MSELoss (sum)", lambda: nn.MSELoss(reduction="sum"), None, (4, 3), torch.randn),
+    Case("L1Loss (none)", lambda: nn.L1Loss(reduction="none"), None, (4, 3), torch.randn),
+    Case("BCELoss (weight, none)", lambda: nn.BCELoss(_class_weight(3), reduction="none"), None, (4, 3), _uniform, make_input=_inside_0_1),
+    Case(
+        "BCEWithLogitsLoss (weight, pos_weight, sum)",
+        lambda: nn.BCEWithLogitsLoss(_class_weight(3), reduction="sum", pos_weight=_class_weight(3) * 2),
+        None,
+        (4, 3),
+        _uniform,
+    ),
+    Case("HuberLoss", lambda: nn.HuberLoss(delta=0.5), None, (4, 3), torch.randn, kinked=True),
+    Case("SmoothL1Loss (beta, none)", lambda: nn.SmoothL1Loss(reduction="none", beta=0.5), None, (4, 3), torch.randn, kinked=True),
+    Case("KLDivLoss (batchmean)", lambda: nn.KLDivLoss(reduction="batchmean"), None, (4, 3), _probabilities, make_input=_log_probabilities),
+    Case("KLDivLoss (log_target, sum)", lambda: nn.KLDivLoss(reduction="sum", log_target=True), None, (4, 3), _log_probabilities),
+    Case("PoissonNLLLoss", nn.PoissonNLLLoss, None, (4, 3), lambda shape: torch.poisson(3 * torch.rand(shape))),
+    Case(
+        "PoissonNLLLoss (rates, full)",
+        lambda: nn.PoissonNLLLoss(log_input=False, full=True),
+        None,
+        (4, 3),
+        lambda shape: torch.poisson(3 * torch.rand(shape)),
+        make_input=_positive,
+    ),
+    Case("GaussianNLLLoss (full)", lambda: nn.GaussianNLLLoss(full=True), None, [(4, 3)] * 3, make_input=_gaussian_inputs),
+    Case("GaussianNLLLoss (one var per row, none)", lambda: nn.GaussianNLLLoss(reduction="none"), None, [(4, 3), (4, 3), (4,)], make_input=_gaussian_inputs),
+    Case("SoftMarginLoss", nn.SoftMarginLoss, None, (4, 3), _signs),
+    Case("MarginRankingLoss", lambda: nn.MarginRankingLoss(0.5), None, [(5,), (5,)], _signs, kinked=True),
+    Case("HingeEmbeddingLoss", lambda: nn.HingeEmbeddingLoss(0.5, reduction="sum"), None, (4, 3), _signs, kinked=True),
+    # Not checked on tie-heavy inputs: their zero rows make the cosine singular (gradients
+    # near 1e5), where finite differences cannot judge.
+    Case("CosineEmbeddingLoss", lambda: nn.CosineEmbeddingLoss(0.1), None, [(4, 3), (4, 3)], _row_signs),
+    Case("MultiMarginLoss (p=2, weight)", lambda: nn.MultiMarginLoss(2, 0.5, _class_weight(5)), None, (4, 5), _labels, kinked=True),
+    Case("MultiMarginLoss (none)", lambda: nn.MultiMarginLoss(reduction="none"), None, (4, 5), _labels, kinked=True),
+    Case("MultiLabelSoftMarginLoss (weight)", lambda: nn.MultiLabelSoftMarginLoss(_class_weight(3)), None, (4, 3), lambda shape: torch.randint(0, 2, shape).float()),
+]
+
+
 class _SmallUNetTwin(torch.nn.Module):
     """torch twin of ``_small_unet`` (parameters in the same order)."""
 
@@ -281,6 +377,7 @@ CASES = [
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.
+CASES += LOSS_OPTION_CASES
 CASES += [case._replace(name=f"{case.name} (ties)", ties=True) for case in CASES if case.kinked]
 
 

@@ -12,6 +12,7 @@ import torch
 from . import layers as nn
 
 
+# The torch losses that take (input, target): a Chain hands them the targets.
 LOSSES = (
     torch.nn.CrossEntropyLoss,
     torch.nn.NLLLoss,
@@ -19,6 +20,14 @@ LOSSES = (
     torch.nn.L1Loss,
     torch.nn.BCELoss,
     torch.nn.BCEWithLogitsLoss,
+    torch.nn.HuberLoss,
+    torch.nn.SmoothL1Loss,
+    torch.nn.KLDivLoss,
+    torch.nn.PoissonNLLLoss,
+    torch.nn.SoftMarginLoss,
+    torch.nn.HingeEmbeddingLoss,
+    torch.nn.MultiMarginLoss,
+    torch.nn.MultiLabelSoftMarginLoss,
 )
 
 
@@ -208,12 +217,36 @@ _LEAF_TWINS = {
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
     nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),
-    nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(),
-    nn.NLLLoss: lambda layer: torch.nn.NLLLoss(),
-    nn.MSELoss: lambda layer: torch.nn.MSELoss(),
-    nn.L1Loss: lambda layer: torch.nn.L1Loss(),
-    nn.BCELoss: lambda layer: torch.nn.BCELoss(),
-    nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(),
+    nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(
+        _copy(layer.weight),
+        ignore_index=layer.ignore_index,
+        reduction=layer.reduction,
+        label_smoothing=layer.label_smoothing,
+    ),
+    nn.NLLLoss: lambda layer: torch.nn.NLLLoss(_copy(layer.weight), ignore_index=layer.ignore_index, reduction=layer.reduction),
+    nn.MSELoss: lambda layer: torch.nn.MSELoss(reduction=layer.reduction),
+    nn.L1Loss: lambda layer: torch.nn.L1Loss(reduction=layer.reduction),
+    nn.BCELoss: lambda layer: torch.nn.BCELoss(_copy(layer.weight), reduction=layer.reduction),
+    nn.BCEWithLogitsLoss: lambda layer: torch.nn.BCEWithLogitsLoss(
+        _copy(layer.weight), reduction=layer.reduction, pos_weight=_copy(layer.pos_weight)
+    ),
+    nn.HuberLoss: lambda layer: torch.nn.HuberLoss(layer.reduction, layer.delta),
+    nn.SmoothL1Loss: lambda layer: torch.nn.SmoothL1Loss(reduction=layer.reduction, beta=layer.beta),
+    nn.KLDivLoss: lambda layer: torch.nn.KLDivLoss(reduction=layer.reduction, log_target=layer.log_target),
+    nn.PoissonNLLLoss: lambda layer: torch.nn.PoissonNLLLoss(
+        layer.log_input, layer.full, eps=layer.eps, reduction=layer.reduction
+    ),
+    nn.GaussianNLLLoss: lambda layer: torch.nn.GaussianNLLLoss(full=layer.full, eps=layer.eps, reduction=layer.reduction),
+    nn.SoftMarginLoss: lambda layer: torch.nn.SoftMarginLoss(reduction=layer.reduction),
+    nn.MarginRankingLoss: lambda layer: torch.nn.MarginRankingLoss(layer.margin, reduction=layer.reduction),
+    nn.HingeEmbeddingLoss: lambda layer: torch.nn.HingeEmbeddingLoss(layer.margin, reduction=layer.reduction),
+    nn.CosineEmbeddingLoss: lambda layer: torch.nn.CosineEmbeddingLoss(layer.margin, reduction=layer.reduction),
+    nn.MultiMarginLoss: lambda layer: torch.nn.MultiMarginLoss(
+        layer.p, layer.margin, _copy(layer.weight), reduction=layer.reduction
+    ),
+    nn.MultiLabelSoftMarginLoss: lambda layer: torch.nn.MultiLabelSoftMarginLoss(
+        _copy(layer.weight), reduction=layer.reduction
+    ),
 }
 
 
@@ -249,3 +282,8 @@ def _max_pool_twin(module_class, layer):
     return module_class(
         layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.return_indices, layer.ceil_mode
     )
+
+
+def _copy(weight):
+    """A loss's weight buffer for its twin: a copy (torch keeps the tensor it is given), or None."""
+    return None if weight is None else weight.clone()

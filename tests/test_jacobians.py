@@ -21,7 +21,8 @@ def float64_case(case, seed=0):
     layer = case.make_layer().train(case.train).to(dtype=torch.float64)
     shapes = case.input_shape if isinstance(case.input_shape, list) else [case.input_shape]
     if case.make_input is not None:
-        xs = (case.make_input(case.input_shape).double(),)
+        made = case.make_input(case.input_shape)
+        xs = tuple(t.double() for t in made) if isinstance(made, tuple) else (made.double(),)
     elif case.ties:
         xs = tuple(tie_heavy(shape, seed, torch.float64) for shape in shapes)
     else:

@@ -144,8 +144,12 @@ def test_cross_entropy_label_out_of_range(bad):
 
 def test_cross_entropy_bad_shapes():
     with pytest.raises(ValueError) as info:
+        CrossEntropyLoss()(torch.zeros(()), torch.tensor(0))
+    assert "CrossEntropyLoss" in str(info.value) and "(N, C)" in str(info.value) and "()" in str(info.value)
+    # (C,) is one unbatched sample, as in torch: its label is a 0-d tensor.
+    with pytest.raises(ValueError) as info:
         CrossEntropyLoss()(torch.zeros(4), torch.tensor([0, 1, 2, 3]))
-    assert "CrossEntropyLoss" in str(info.value) and "(N, C)" in str(info.value) and "(4,)" in str(info.value)
+    assert "CrossEntropyLoss" in str(info.value) and "shape ()" in str(info.value) and "(4,)" in str(info.value)
     with pytest.raises(ValueError) as info:
         CrossEntropyLoss()(torch.zeros(4, 3), torch.tensor([0, 1, 2]))
     assert "(4,)" in str(info.value) and "(3,)" in str(info.value)

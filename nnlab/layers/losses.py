@@ -1,146 +1,230 @@
-"""Losses: layers whose forward takes predictions and targets and returns a scalar mean."""
+"""Losses: layers whose forward takes predictions and targets and returns the loss.
 
-import abc
+This module holds the classification losses on class scores (CrossEntropyLoss, NLLLoss,
+ClippedCrossEntropyLoss), the elementwise losses of the first waves (MSELoss, L1Loss,
+BCELoss, BCEWithLogitsLoss) and MultiTaskLoss; ``regression_losses`` and
+``margin_losses`` hold the others. Every loss is importable from here.
+"""
+
+import numbers
 import warnings
 
 import torch
 
 from .base import Layer, checked_real, recall_call, remember_call
 from .containers import ChildErrors
+from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight, reshape_hint
+from .margin_losses import (
+    CosineEmbeddingLoss,
+    HingeEmbeddingLoss,
+    MarginRankingLoss,
+    MultiLabelSoftMarginLoss,
+    MultiMarginLoss,
+    SoftMarginLoss,
+)
+from .regression_losses import GaussianNLLLoss, HuberLoss, KLDivLoss, PoissonNLLLoss, SmoothL1Loss
 
-
-class Loss(Layer):
-    """A layer ``forward(x, y) -> scalar`` whose ``backward(dout=1.0)`` returns d loss / d x."""
-
-    def forward(self, x, y=None, **kw):
-        if y is None:
-            raise ValueError(f"{self!r}: forward(x, y) needs targets y; got none")
-        return self.finish_forward(self.loss(x, y))
-
-    @staticmethod
-    def batch_scale(dout, count):
-        """``dout / count`` for the gradient of a mean over ``count`` terms; an empty
-        batch (count 0, whose mean is NaN as in torch) has an empty gradient anyway."""
-        return dout / max(count, 1)
-
-    @abc.abstractmethod
-    def loss(self, x, y):
-        """The scalar loss; caches what backward needs."""
-
-    def check_same_shape(self, x, y):
-        """Predictions and targets of one shape; never a broadcast (torch warns and
-        broadcasts (N, 1) against (N,); here it is a ValueError saying how to reshape)."""
-        self.check_input(x, "a tensor", True)
-        if not isinstance(y, torch.Tensor):
-            raise ValueError(f"{self!r}: expected targets y as a tensor, got {type(y).__name__}")
-        if y.shape != x.shape:
-            raise ValueError(
-                f"{self!r}: expected targets y of shape {tuple(x.shape)} (as the predictions x), "
-                f"got {tuple(y.shape)}{reshape_hint(tuple(x.shape), tuple(y.shape))}"
-            )
-
-
-def reshape_hint(x_shape, y_shape):
-    """How to give targets of ``y_shape`` the predictions' ``x_shape``, when one is the
-    other with a trailing dimension of 1 (the broadcast torch only warns about)."""
-    if x_shape == y_shape + (1,):
-        return "; reshape the targets with y.unsqueeze(-1) (or the predictions with x.squeeze(-1))"
-    if y_shape == x_shape + (1,):
-        return "; reshape the targets with y.squeeze(-1)"
-    return ""
+__all__ = [
+    "BCELoss", "BCEWithLogitsLoss", "ClassificationLoss", "ClippedCrossEntropyLoss", "CosineEmbeddingLoss",
+    "CrossEntropyLoss", "GaussianNLLLoss", "HingeEmbeddingLoss", "HuberLoss", "KLDivLoss", "L1Loss", "Loss",
+    "MSELoss", "MarginRankingLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "MultiTaskLoss", "NLLLoss",
+    "PoissonNLLLoss", "SmoothL1Loss", "SoftMarginLoss",
+]
 
 
 class ClassificationLoss(Loss):
-    """Base of the losses on (N, C) rows with class-index or probability targets."""
+    """Base of the losses on scores or log-probabilities x of shape (N, C), (C,) (one
+    sample) or (N, C, d1, ...) (a class score per position), with targets y of class
+    indices (N,), () or (N, d1, ...), or probabilities of x's shape (torch tells them
+    apart by shape too).
+
+    ``negative_log_likelihood`` and ``log_likelihood_gradient`` hold torch's arithmetic
+    for the options (class ``weight``, ``ignore_index``, ``label_smoothing``, the
+    reductions); a subclass computes the log-probabilities and their backward.
+    """
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, **legacy):
+        super().__init__(reduction, **legacy)
+        owner = type(self).__name__
+        register_weight(self, "weight", weight)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise ValueError(f"{owner}: ignore_index must be an int, got {ignore_index!r}")
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = checked_real(owner, "label_smoothing", label_smoothing, 0, 1, high_open=False)
+        self._class_labels = None
+        self._targets = None
+        self._valid = None
+        self._total = None
+        self._shape = None
+        self._unbatched = None
 
     def check_rows(self, x):
         self.check_input(x, "(N, C)", lambda x: x.dim() == 2 and x.shape[1] > 0)
 
+    def check_scores(self, x):
+        """x of shape (N, C), (C,) or (N, C, d1, ...) with C >= 1."""
+        self.check_input(x, "(N, C), (C,) or (N, C, d1, ...)", lambda x: x.dim() >= 1 and x.shape[min(1, x.dim() - 1)] > 0)
+
+    def batched(self, x):
+        """x with a batch dimension: (C,) becomes (1, C); remembers which it was."""
+        self._unbatched = x.dim() == 1
+        return x.unsqueeze(0) if self._unbatched else x
+
+    def unbatched(self, value):
+        """The inverse of ``batched`` for an output or gradient of the batched form."""
+        return value.squeeze(0) if self._unbatched and value.dim() > 0 else value
+
     def is_class_labels(self, x, y):
-        """True for class labels (N,), False for probabilities (N, C); checks shape,
+        """True for class labels, False for probabilities (y of x's shape); checks shape,
         dtype and label range (ValueError naming the layer)."""
-        num_samples, num_classes = x.shape
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"{self!r}: expected targets y as a torch.Tensor, got {type(y).__name__}")
-        if y.is_floating_point() and y.dim() == 2:
-            if y.shape != x.shape:
-                raise ValueError(
-                    f"{self!r}: expected probability targets of shape {tuple(x.shape)}, got {tuple(y.shape)}"
-                )
+        label_shape = x.shape[1:] if x.dim() == 1 else x.shape[:1] + x.shape[2:]
+        if y.shape == x.shape and y.is_floating_point():
+            if self.ignore_index >= 0:
+                raise ValueError(f"{self!r}: ignore_index is not supported with probability targets (as in torch)")
             return False
         # torch takes int64 or uint8 labels; any integer type is read exactly.
-        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex() or y.shape != (num_samples,):
-            hint = "; pass y.view(-1)" if y.numel() == num_samples and y.dim() > 1 else ""
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex() or y.shape != label_shape:
+            hint = "; pass y.view(-1)" if x.dim() == 2 and y.numel() == x.shape[0] and y.dim() > 1 else ""
             raise ValueError(
-                f"{self!r}: expected class labels (an integer tensor of shape ({num_samples},)) or "
+                f"{self!r}: expected class labels (an integer tensor of shape {tuple(label_shape)}) or "
                 f"probabilities (a float tensor of shape {tuple(x.shape)}), got {y.dtype} of shape "
                 f"{tuple(y.shape)}{hint}"
             )
-        if num_samples and (y.min() < 0 or y.max() >= num_classes):
-            bad = y[(y < 0) | (y >= num_classes)][0].item()
-            raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {bad}")
+        num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
+        wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
+        if wrong.any():
+            raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
         return True
 
-    def mean_negative_log_likelihood(self, x, log_probs, y):
-        """``-mean_n sum_c y[n, c] log_probs[n, c]`` with y as probabilities (one-hot
-        rows for class labels), which it caches as ``self._targets`` for backward."""
+    def negative_log_likelihood(self, x, log_probs, y):
+        """The reduced loss from the log-probabilities (N, C, ...) of x (batched), as torch:
+        class labels y: ``l = -w[y] log_probs[y]`` (0 where y is ignore_index), with
+        label smoothing e ``(1 - e) l - e / C sum_c w[c] log_probs[c]``; the mean divides
+        by the sum of w[y] over the labels not ignored (NaN when all are).
+        Probabilities y: ``l = -sum_c w[c] t[c] log_probs[c]`` with t = (1 - e) y + e / C;
+        the mean divides by the number of samples (positions).
+        Caches the targets (label indices or t w), the mask of labels not ignored and the
+        divisor of the mean."""
         self._class_labels = self.is_class_labels(x, y)
-        if self._class_labels:
-            labels = y.to(device=x.device, dtype=torch.long).view(-1, 1)
-            self._targets = torch.zeros_like(x).scatter_(1, labels, 1.0)
-            # Picking the target's log-probability (not summing one-hot * log_probs)
-            # keeps a -inf log-probability of another class (a mask) from making
-            # 0 * -inf = NaN.
-            return -log_probs.gather(1, labels).sum() / x.shape[0]
-        self._targets = y.to(x.dtype)
-        return -(self._targets * log_probs).sum() / x.shape[0]
+        y = y.unsqueeze(0) if self._unbatched else y
+        self._shape = log_probs.shape
+        num_classes = log_probs.shape[1]
+        weight = class_weight_for(self, log_probs, num_classes)
+        smoothing = self.label_smoothing
+        if not self._class_labels:
+            targets = y.to(log_probs.dtype)
+            if smoothing > 0:
+                targets = targets * (1 - smoothing) + smoothing / num_classes
+            self._targets = targets if weight is None else targets * weight
+            self._total = log_probs.numel() // num_classes
+            losses = -(log_probs * self._targets).sum(dim=1)
+            if self.reduction == "mean":
+                return losses.sum() / self._total
+            return self.unbatched(self.reduce(losses))
+        valid = (y != self.ignore_index).unsqueeze(1)
+        labels = torch.where(valid, y.unsqueeze(1).to(device=x.device, dtype=torch.long), 0)
+        self._targets = labels
+        self._valid = valid
+        # Picking the target's log-probability (not summing one-hot * log_probs)
+        # keeps a -inf log-probability of another class (a mask) from making 0 * -inf = NaN.
+        picked = log_probs.gather(1, labels)
+        if weight is None:
+            losses = torch.where(valid, -picked, 0)
+            self._total = valid.sum().to(log_probs.dtype)
+        else:
+            label_weights = weight.view(-1)[labels]
+            losses = torch.where(valid, -(label_weights * picked), 0)
+            self._total = torch.where(valid, label_weights, 0).sum()
+        total = self.reduce_labels(losses)
+        if smoothing > 0:
+            spread = log_probs if weight is None else log_probs * weight
+            smooth = torch.where(valid, -spread.sum(dim=1, keepdim=True), 0)
+            total = (1 - smoothing) * total + self.reduce_labels(smooth) * (smoothing / num_classes)
+        return total
+
+    def reduce_labels(self, losses):
+        """Per-position losses (N, 1, ...) of class labels reduced; the mean divides by
+        the total weight of the labels not ignored."""
+        if self.reduction == "mean":
+            return losses.sum() / self._total
+        return self.unbatched(self.reduce(losses.squeeze(1)))
 
     def log_likelihood_gradient(self, dout):
-        """``-dout * y / N``, the gradient of ``mean_negative_log_likelihood`` with
-        respect to the log-probabilities. For class labels ``-dout / N`` is written at
-        each target into zeros, as torch's nll_loss backward does, so that an infinite
-        or NaN dout leaves the other classes at 0 (not 0 * inf = NaN)."""
-        targets = self._targets
-        scale = self.batch_scale(dout, targets.shape[0])
-        if self._class_labels:
-            return torch.zeros_like(targets).masked_fill_(targets == 1, -scale)
-        return targets * -scale
+        """The gradient of ``negative_log_likelihood`` with respect to the batched
+        log-probabilities. For class labels ``-w[y] dout`` (over the mean's
+        divisor) is written at each label into zeros, as torch's nll_loss backward does,
+        so that an infinite or NaN dout leaves the other classes at 0 (not 0 * inf = NaN);
+        label smoothing adds ``-e / C w[c] dout`` to every class where the label is not
+        ignored. For probabilities ``-t w dout`` (over the number of samples)."""
+        if self.reduction == "none":
+            dout = dout.unsqueeze(0) if self._unbatched else dout
+            dout = dout.unsqueeze(1)
+        if not self._class_labels:
+            return self._targets * -self.loss_scale(dout, self._total)
+        shape = self._shape
+        num_classes = shape[1]
+        scale = dout / self._total if self.reduction == "mean" else dout
+        weight = None if self.weight is None else self.weight.view([1, -1] + [1] * (len(shape) - 2))
+        smoothing = self.label_smoothing
+        at_labels = -(scale * (1 - smoothing)) if smoothing > 0 else -scale
+        if weight is not None:
+            at_labels = weight.view(-1)[self._targets] * at_labels
+        at_labels = torch.where(self._valid, at_labels, 0)
+        grad = torch.zeros(shape, dtype=at_labels.dtype, device=at_labels.device)
+        grad.scatter_(1, self._targets, at_labels)
+        if smoothing > 0:
+            spread = torch.where(self._valid, -(scale * (smoothing / num_classes)), 0)
+            grad = grad + (spread if weight is None else spread * weight)
+        return grad
 
 
 class CrossEntropyLoss(ClassificationLoss):
-    """Mean softmax cross-entropy of scores x (N, C) against targets y.
-    Same as ``torch.nn.CrossEntropyLoss()``.
+    """Softmax cross-entropy of scores x against class labels or probabilities y.
+    Same as ``torch.nn.CrossEntropyLoss`` (every option).
 
-    Forward, with log-softmax computed stably as ``x - max - log sum exp(x - max)``:
-    class indices y (N,): ``L = -mean_n log_softmax(x)[n, y_n]``;
-    probabilities y (N, C): ``L = -mean_n sum_c y[n, c] log_softmax(x)[n, c]``.
+    Forward, with log-softmax over the class dimension computed stably as
+    ``lp = x - max - log sum exp(x - max)``, the negative log-likelihood of lp
+    (``ClassificationLoss.negative_log_likelihood``): class labels y:
+    ``l = -w[y] lp[y]`` (0 where y == ignore_index), plus with label smoothing e
+    ``L = (1 - e) l - e / C sum_c w[c] lp[c]``; probabilities y: ``l = -sum_c w[c] t[c] lp[c]``
+    with ``t = (1 - e) y + e / C``. ``reduction='mean'`` divides the sum by the total
+    weight of the labels not ignored (NaN when every label is ignored, as in torch), or
+    for probabilities by the number of samples; 'sum' sums; 'none' keeps one loss per
+    sample (and position).
 
-    Backward, through log-softmax as torch's autograd goes: ``g = -dout * y / N``
-    (``log_likelihood_gradient``), then ``dx = g - softmax(x) * sum_c g``; that is
-    ``dx = dout * (softmax(x) * sum_c y - y) / N`` with y as probabilities (one-hot for
-    indices), ``(softmax(x) - y) / N`` when rows of y sum to 1. The order matters only
-    for a non-finite dout, where it gives torch's NaN and infinities.
+    Backward, through log-softmax as torch's autograd goes: g = d loss / d lp
+    (``log_likelihood_gradient``: ``-w[y] dout / W`` at each label, 0 elsewhere, plus the
+    smoothing term; ``-t w dout / N`` for probabilities), then
+    ``dx = g - softmax(x) * sum_c g``. The order matters only for a non-finite dout,
+    where it gives torch's NaN and infinities.
 
-    Scores that look like probabilities (every row in [0, 1] summing to 1, C >= 2) get
-    a ``UserWarning``: they are legal scores, and torch takes them silently, but they
+    Scores (N, C) that look like probabilities (every row in [0, 1] summing to 1, C >= 2)
+    get a ``UserWarning``: they are legal scores, and torch takes them silently, but they
     are almost always a ``Softmax`` output, on which this loss applies softmax a second
     time; use ``ClippedCrossEntropyLoss`` on probabilities or ``NLLLoss`` on
     log-probabilities instead.
 
-    Shapes: x (N, C), y (N,) int64 or (N, C) float -> scalar.
-    Caches: softmax(x) and y as probabilities.
+    Shapes: x (N, C), (C,) or (N, C, d1, ...); y class labels (N,), () or (N, d1, ...),
+    int64 (any integer type), or probabilities of x's shape; weight (C,) ->
+    a scalar, or with 'none' (N,), () or (N, d1, ...).
+    Caches: softmax(x), the targets (labels or t w), the mask of labels not ignored and
+    the divisor of the mean.
     """
 
     SAVED_TENSORS = ("_probs", "_targets")
+    REPR_OPTIONS = (("weight", None), ("ignore_index", -100), ("reduction", "mean"), ("label_smoothing", 0.0))
 
-    def __init__(self):
-        super().__init__()
+    def __init__(
+        self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean", label_smoothing=0.0
+    ):
+        super().__init__(weight, ignore_index, reduction, label_smoothing, size_average=size_average, reduce=reduce)
         self._probs = None
-        self._targets = None
 
     def loss(self, x, y):
-        self.check_rows(x)
-        if looks_like_probabilities(x):
+        self.check_scores(x)
+        if x.dim() == 2 and looks_like_probabilities(x):
             warnings.warn(
                 f"{self!r}: the scores look like probabilities (rows in [0, 1] summing to 1); "
                 "CrossEntropyLoss applies softmax itself, so a Softmax output gets softmax twice. "
@@ -148,17 +232,18 @@ class CrossEntropyLoss(ClassificationLoss):
                 "(NLLLoss on log-probabilities)",
                 stacklevel=4,
             )
-        shifted = x - x.amax(dim=1, keepdim=True)
+        scores = self.batched(x)
+        shifted = scores - scores.amax(dim=1, keepdim=True)
         log_probs = shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
         self._probs = torch.exp(log_probs)
-        return self.mean_negative_log_likelihood(x, log_probs, y)
+        return self.negative_log_likelihood(x, log_probs, y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
         dlog_probs = self.log_likelihood_gradient(dout)
-        return dlog_probs - self._probs * dlog_probs.sum(dim=1, keepdim=True)
+        return self.unbatched(dlog_probs - self._probs * dlog_probs.sum(dim=1, keepdim=True))
 
 
 PROBABILITY_ROW_SUM_TOL = 1e-4
@@ -175,34 +260,38 @@ def looks_like_probabilities(x):
 
 
 class NLLLoss(ClassificationLoss):
-    """Mean negative log-likelihood of log-probabilities x (N, C) (a log-softmax output)
-    against targets y. Same as ``torch.nn.NLLLoss()`` for class indices.
+    """Negative log-likelihood of log-probabilities x (a log-softmax output) against
+    class labels or probabilities y. Same as ``torch.nn.NLLLoss`` (every option) for
+    class labels.
 
-    Forward: class indices y (N,): ``L = -mean_n x[n, y_n]``;
-    probabilities y (N, C): ``L = -mean_n sum_c y[n, c] x[n, c]`` (torch's NLLLoss takes
-    indices only; this is the same formula with one-hot rows replaced by y).
+    Forward: class labels y: ``l = -w[y] x[y]``, 0 where y == ignore_index; the mean
+    divides the sum by the total weight of the labels not ignored (NaN when all are).
+    Probabilities y (torch's NLLLoss takes labels only; this is the same formula with
+    one-hot rows replaced by y): ``l = -sum_c w[c] y[c] x[c]``, the mean over samples.
 
-    Backward: ``dx = -dout * y / N`` with y as probabilities (for indices ``-dout / N``
-    at each target, 0 elsewhere, whatever dout is: ``log_likelihood_gradient``).
-    Shapes: x (N, C), y (N,) int64 or (N, C) float -> scalar.
-    Caches: y as probabilities.
+    Backward: ``dx = -w[y] dout / W`` at each label, 0 elsewhere, whatever dout is
+    (``log_likelihood_gradient``); ``-w y dout / N`` for probabilities.
+    Shapes: x (N, C), (C,) or (N, C, d1, ...); y class labels (N,), () or (N, d1, ...),
+    int64 (any integer type), or probabilities of x's shape; weight (C,) ->
+    a scalar, or with 'none' (N,), () or (N, d1, ...).
+    Caches: the targets (labels or w y), the mask of labels not ignored, the divisor of the mean.
     """
 
     SAVED_TENSORS = ("_targets",)
+    REPR_OPTIONS = (("weight", None), ("ignore_index", -100), ("reduction", "mean"))
 
-    def __init__(self):
-        super().__init__()
-        self._targets = None
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+        super().__init__(weight, ignore_index, reduction, size_average=size_average, reduce=reduce)
 
     def loss(self, x, y):
-        self.check_rows(x)
-        return self.mean_negative_log_likelihood(x, x, y)
+        self.check_scores(x)
+        return self.negative_log_likelihood(x, self.batched(x), y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return self.log_likelihood_gradient(dout)
+        return self.unbatched(self.log_likelihood_gradient(dout))
 
 
 class ClippedCrossEntropyLoss(ClassificationLoss):
@@ -220,39 +309,39 @@ class ClippedCrossEntropyLoss(ClassificationLoss):
     releases): p exactly eps or 1 - eps counts as inside, so a target class whose
     probability sits exactly at eps is still pushed up.
 
+    ``reduction``: 'mean' (above), 'sum' (no 1 / N), 'none' (one loss per sample).
     Probabilities outside [0, 1] raise ValueError: they are scores, for
     ``CrossEntropyLoss`` (the clip would silently zero their gradients).
-    Shapes: p (N, C), y (N,) int64 or (N, C) float -> scalar.
-    Caches: clip(p), the mask where it is not active, y as probabilities.
+    Shapes: p (N, C), y (N,) int64 or (N, C) float -> scalar ((N,) with 'none').
+    Caches: clip(p), the mask where it is not active, the targets (labels or probabilities).
     """
 
     SAVED_TENSORS = ("_clipped", "_inside", "_targets")
 
-    def __init__(self, eps=1e-7):
-        super().__init__()
+    def __init__(self, eps=1e-7, reduction="mean"):
+        super().__init__(reduction=reduction)
         self.eps = checked_real("ClippedCrossEntropyLoss", "eps", eps, 0, 0.5, low_open=True)
         self._clipped = None
         self._inside = None
-        self._targets = None
 
     def __repr__(self):
-        return f"ClippedCrossEntropyLoss(eps={self.eps:g})"
+        reduction = "" if self.reduction == "mean" else f", reduction={self.reduction!r}"
+        return f"ClippedCrossEntropyLoss(eps={self.eps:g}{reduction})"
 
     def loss(self, x, y):
         self.check_rows(x)
+        self.batched(x)
         check_probabilities(self, x)
         low, high = self.eps, 1 - self.eps
         self._clipped = torch.clamp(x, low, high)
         self._inside = (x >= low) & (x <= high)
-        return self.mean_negative_log_likelihood(x, torch.log(self._clipped), y)
+        return self.negative_log_likelihood(x, torch.log(self._clipped), y)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        clipped = self._clipped
-        grad = torch.where(self._inside, -self._targets / clipped, torch.zeros_like(clipped))
-        return grad * self.batch_scale(dout, clipped.shape[0])
+        return torch.where(self._inside, self.log_likelihood_gradient(dout) / self._clipped, 0)
 
 
 SCORES_ADVICE = " (a Sigmoid or Softmax output); for scores use the loss on logits"
@@ -269,18 +358,19 @@ def check_probabilities(layer, p, what="probabilities", advice=SCORES_ADVICE):
 
 
 class MSELoss(Loss):
-    """Mean squared error ``L = mean((x - y)^2)``. Same as ``torch.nn.MSELoss()``.
+    """Squared error ``l = (x - y)^2``, reduced: ``L = mean(l)`` by default, ``sum(l)``
+    or l itself (``reduction``). Same as ``torch.nn.MSELoss``.
 
-    Backward: ``dx = dout * 2 (x - y) / numel(x)``.
-    Shapes: x any, y the same shape -> scalar. Targets of another floating dtype: the
-    loss has the wider dtype and dx the predictions' dtype, as in torch.
+    Backward: ``dx = dout * 2 (x - y) / numel(x)`` (no 1 / numel for 'sum' and 'none').
+    Shapes: x any, y the same shape -> scalar (x's shape with 'none'). Targets of another
+    floating dtype: the loss has the wider dtype and dx the predictions' dtype, as in torch.
     Caches: the difference x - y and x's dtype.
     """
 
     SAVED_TENSORS = ("_diff",)
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
         self._diff = None
         self._x_dtype = None
 
@@ -288,47 +378,48 @@ class MSELoss(Loss):
         self.check_same_shape(x, y)
         self._diff = x - y
         self._x_dtype = x.dtype
-        return (self._diff * self._diff).mean()
+        return self.reduce(self._diff * self._diff)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return (self._diff * self.batch_scale(2 * dout, self._diff.numel())).to(self._x_dtype)
+        return (self._diff * self.loss_scale(2 * dout, self._diff.numel())).to(self._x_dtype)
 
 
 class L1Loss(Loss):
-    """Mean absolute error ``L = mean(|x - y|)``. Same as ``torch.nn.L1Loss()``.
+    """Absolute error ``l = |x - y|``, reduced: ``L = mean(l)`` by default, ``sum(l)`` or
+    l itself (``reduction``). Same as ``torch.nn.L1Loss``.
 
-    Backward: ``dx = dout * sign(x - y) / numel(x)``, with sign(0) = 0 at the kink
-    (the subgradient torch uses).
-    Shapes: x any, y the same shape -> scalar. Targets of another floating dtype: the
-    loss has the wider dtype and dx the predictions' dtype, as in torch.
+    Backward: ``dx = dout * sign(x - y) / numel(x)`` (no 1 / numel for 'sum' and
+    'none'), with sign(0) = 0 at the kink (the subgradient torch uses).
+    Shapes: x any, y the same shape -> scalar (x's shape with 'none'). Targets of another
+    floating dtype: the loss has the wider dtype and dx the predictions' dtype, as in torch.
     Caches: sign(x - y), in x's dtype (exact: -1, 0, 1 or NaN).
     """
 
     SAVED_TENSORS = ("_sign",)
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
         self._sign = None
 
     def loss(self, x, y):
         self.check_same_shape(x, y)
         diff = x - y
         self._sign = torch.sign(diff).to(x.dtype)
-        return diff.abs().mean()
+        return self.reduce(diff.abs())
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return self._sign * self.batch_scale(dout, self._sign.numel())
+        return (self._sign * self.loss_scale(dout, self._sign.numel())).to(self._sign.dtype)
 
 
 BCE_LOG_FLOOR = -100.0
 # torch floors the gradient's denominator at its float32 constant 1e-12, in every dtype.
-BCE_GRAD_EPSILON = torch.tensor(1e-12, dtype=torch.float32).item()
+BCE_GRAD_EPSILON = TORCH_LOSS_EPSILON
 
 
 class BCELoss(Loss):
@@ -344,28 +435,36 @@ class BCELoss(Loss):
     derivative of the floored log: where the floor is active it stays large, so
     confidently wrong predictions keep a strong gradient).
 
+    ``weight`` (broadcastable to p's shape, a buffer as in torch) multiplies each
+    element's loss and gradient; ``reduction`` 'sum' and 'none' drop the 1 / numel.
     Probabilities or targets outside [0, 1] (NaN included) raise ValueError (torch
     raises too).
-    Shapes: p any, y the same shape -> scalar. Caches: p and y.
+    Shapes: p any, y the same shape -> scalar (p's shape with 'none').
+    Caches: p, y and the weight broadcast to p's shape.
     """
 
     SAVED_TENSORS = ("_p", "_y")
+    REPR_OPTIONS = (("weight", None), ("reduction", "mean"))
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        register_weight(self, "weight", weight)
         self._p = None
         self._y = None
+        self._weight = None
 
     def loss(self, x, y):
         self.check_same_shape(x, y)
         check_probabilities(self, x)
         check_probabilities(self, y, "targets y", advice="")
         y = y.to(x.dtype)
+        self._weight = element_weight(self, "weight", x)
         log_p = torch.clamp(torch.log(x), min=BCE_LOG_FLOOR)
         log_not_p = torch.clamp(torch.log(1 - x), min=BCE_LOG_FLOOR)
         self._p = x
         self._y = y
-        return -(y * log_p + (1 - y) * log_not_p).mean()
+        losses = -(y * log_p + (1 - y) * log_not_p)
+        return self.reduce(losses if self._weight is None else losses * self._weight)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
@@ -373,7 +472,8 @@ class BCELoss(Loss):
             return None
         p = self._p
         denominator = torch.clamp(p * (1 - p), min=BCE_GRAD_EPSILON)
-        return (p - self._y) / denominator * self.batch_scale(dout, p.numel())
+        grad = (p - self._y) / denominator * self.loss_scale(dout, p.numel())
+        return grad if self._weight is None else grad * self._weight
 
 
 class BCEWithLogitsLoss(Loss):
@@ -381,35 +481,57 @@ class BCEWithLogitsLoss(Loss):
     form ``L = mean((1 - y) * z + log(1 + exp(-z)))`` with ``log(1 + exp(-z)) =
     logaddexp(0, -z) = max(-z, 0) + log(1 + exp(-|z|))``, finite for any finite z, and
     grouped as torch groups it, so that an infinite z gives torch's inf (z = +inf, y < 1)
-    or NaN (z = -inf). Same as ``torch.nn.BCEWithLogitsLoss()``.
+    or NaN (z = -inf). Same as ``torch.nn.BCEWithLogitsLoss`` (every option).
 
-    Backward: ``dz = dout * (sigmoid(z) - y) / numel(z)``.
-    Shapes: z any, y the same shape -> scalar. Caches: sigmoid(z) and y.
+    ``pos_weight`` q (broadcastable to z's shape, typically one per class) weighs the
+    positive term: ``l = (1 - y) z + (1 + (q - 1) y) log(1 + exp(-z))``; ``weight`` w
+    multiplies each element's loss; ``reduction`` 'sum' and 'none' drop the 1 / numel.
+
+    Backward, in torch's order: ``dz = ((q y + 1 - y) sigmoid(z) - q y) * dout * w / numel(z)``,
+    which is ``(sigmoid(z) - y) * dout / numel(z)`` without weights.
+    Shapes: z any, y the same shape -> scalar (z's shape with 'none').
+    Caches: sigmoid(z), y and the weights broadcast to z's shape.
     """
 
     SAVED_TENSORS = ("_probs", "_y")
+    REPR_OPTIONS = (("weight", None), ("reduction", "mean"), ("pos_weight", None))
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean", pos_weight=None):
+        super().__init__(reduction, size_average, reduce)
+        register_weight(self, "weight", weight)
+        register_weight(self, "pos_weight", pos_weight)
         self._probs = None
         self._y = None
+        self._weight = None
+        self._pos_weight = None
 
     def loss(self, x, y):
         self.check_same_shape(x, y)
         y = y.to(x.dtype)
+        self._weight = element_weight(self, "weight", x)
+        self._pos_weight = element_weight(self, "pos_weight", x)
         self._probs = torch.sigmoid(x)
         self._y = y
         # logaddexp rather than max(-z, 0) + log1p(exp(-|z|)) written out: the same values,
         # but autograd through it gives sigmoid(z) - y at z = 0 too (through clamp and abs
         # it would give -y there), so checking this forward with autograd is sound.
-        losses = (1 - y) * x + torch.logaddexp(torch.zeros_like(x), -x)
-        return losses.mean()
+        softplus = torch.logaddexp(torch.zeros_like(x), -x)
+        if self._pos_weight is not None:
+            softplus = softplus * ((self._pos_weight - 1) * y + 1)
+        losses = (1 - y) * x + softplus
+        return self.reduce(losses if self._weight is None else losses * self._weight)
 
     def backward(self, dout=1.0):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return (self._probs - self._y) * self.batch_scale(dout, self._probs.numel())
+        if self._pos_weight is None:
+            grad = self._probs - self._y
+        else:
+            weighted_y = self._pos_weight * self._y
+            grad = (weighted_y + 1 - self._y) * self._probs - weighted_y
+        grad = grad * self.loss_scale(dout, self._probs.numel())
+        return grad if self._weight is None else grad * self._weight
 
 
 class MultiTaskLoss(Loss):
@@ -423,13 +545,18 @@ class MultiTaskLoss(Loss):
     Backward: ``backward(dout=1.0)`` returns the tuple ``(dx_0, ..., dx_{T-1})`` with
     ``dx_t = loss_t.backward(dout * w_t / sum_t w_t)``, the tuple ``Heads.backward``
     takes. One loss may serve several tasks (each call keeps its own cache, as in
-    Sequential). Shapes: x a tuple of T tensors, each as its loss expects -> scalar.
+    Sequential).
+
+    ``reduction='sum'`` gives ``sum_t w_t L_t`` (no division), 'none' the tensor (T,) of
+    the ``w_t L_t``, whose backward takes a dout (T,) and hands ``dout[t] * w_t`` to task
+    t. Every task loss must give a scalar (its own reduction not 'none').
+    Shapes: x a tuple of T tensors, each as its loss expects -> scalar ((T,) with 'none').
     Caches: ``task_losses``, the T scalar losses of the latest forward, and each task
     loss's call (its id and attributes; each loss caches what its own backward needs).
     """
 
-    def __init__(self, *losses, weights=None):
-        super().__init__()
+    def __init__(self, *losses, weights=None, reduction="mean"):
+        super().__init__(reduction)
         if not losses:
             raise ValueError("MultiTaskLoss: needs at least one loss, one per task")
         for index, loss in enumerate(losses):
@@ -458,9 +585,11 @@ class MultiTaskLoss(Loss):
 
     def __repr__(self):
         names = ", ".join(repr(loss) for loss in self.losses)
-        if all(w == 1.0 for w in self.weights):
-            return f"MultiTaskLoss({names})"
-        return f"MultiTaskLoss({names}, weights={self.weights})"
+        if any(w != 1.0 for w in self.weights):
+            names += f", weights={self.weights}"
+        if self.reduction != "mean":
+            names += f", reduction={self.reduction!r}"
+        return f"MultiTaskLoss({names})"
 
     def loss(self, x, y):
         num_tasks = len(self.losses)
@@ -473,11 +602,19 @@ class MultiTaskLoss(Loss):
         for index, (loss, output, target) in enumerate(zip(self.losses, x, targets)):
             with ChildErrors(f"MultiTaskLoss task {index} ({type(loss).__name__})"):
                 task_losses.append(loss(output, target))
+            if task_losses[-1].dim() != 0:
+                raise ValueError(
+                    f"{self!r}: task {index} ({loss!r}) gave a loss of shape {tuple(task_losses[-1].shape)}; "
+                    "every task loss must be a scalar (reduction 'mean' or 'sum')"
+                )
             calls.append(remember_call(loss))
         self.task_losses = tuple(task_losses)
         self._calls = calls
-        total = sum(weight * value for weight, value in zip(self.weights, task_losses))
-        return total / sum(self.weights)
+        weighted = [weight * value for weight, value in zip(self.weights, task_losses)]
+        if self.reduction == "none":
+            return torch.stack(weighted)
+        total = sum(weighted)
+        return total / sum(self.weights) if self.reduction == "mean" else total
 
     def split_targets(self, y):
         """One target per task: the tuple itself, or the columns ``y[:, t]`` of a tensor."""
@@ -498,10 +635,11 @@ class MultiTaskLoss(Loss):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        total_weight = sum(self.weights)
+        total_weight = sum(self.weights) if self.reduction == "mean" else 1.0
         douts = []
         for index, (loss, weight) in enumerate(zip(self.losses, self.weights)):
             where = f"MultiTaskLoss task {index} ({type(loss).__name__})"
+            task_dout = dout[index] if self.reduction == "none" else dout
             with recall_call(loss, self._calls[index]), ChildErrors(where):
-                douts.append(loss.backward(dout * (weight / total_weight)))
+                douts.append(loss.backward(task_dout * (weight / total_weight)))
         return tuple(douts)

@@ -1,0 +1,328 @@
+"""Margin and embedding losses: ``SoftMarginLoss``, ``MarginRankingLoss``,
+``HingeEmbeddingLoss``, ``CosineEmbeddingLoss``, ``MultiMarginLoss`` and
+``MultiLabelSoftMarginLoss``, each torch's namesake.
+
+Targets are data (labels +-1, class indices or 0/1 labels): no gradient. The two losses
+of two inputs, MarginRankingLoss and CosineEmbeddingLoss, take ``forward(x1, x2, y)`` and
+return ``(dx1, dx2)`` from backward.
+"""
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from .base import checked_real
+from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight
+
+__all__ = [
+    "CosineEmbeddingLoss",
+    "HingeEmbeddingLoss",
+    "MarginRankingLoss",
+    "MultiLabelSoftMarginLoss",
+    "MultiMarginLoss",
+    "SoftMarginLoss",
+]
+
+
+class SoftMarginLoss(Loss):
+    """Logistic loss of a two-class classification with labels y = +-1. Same as
+    ``torch.nn.SoftMarginLoss``.
+
+    Forward: ``l = log(1 + exp(-y x))``, computed as torch computes it (``log1p(exp(.))``,
+    so ``-y x`` above about 88 in float32 overflows to inf, as in torch); reduced by
+    ``reduction``.
+    Backward, torch's formula: ``dx = -y z / (1 + z) * dout`` with ``z = exp(-y x)``
+    (over numel(x) for the mean; NaN where z overflows, as in torch).
+    Shapes: x any, y the same -> scalar (x's shape with 'none'). Caches: y and z.
+    """
+
+    SAVED_TENSORS = ("_y", "_z")
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self._y = None
+        self._z = None
+
+    def loss(self, x, y):
+        self.check_same_shape(x, y)
+        self._y = y.to(x.dtype)
+        self._z = torch.exp(-self._y * x)
+        return self.reduce(torch.log1p(self._z))
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        z = self._z
+        return -(self._y * z) / (1 + z) * self.loss_scale(dout, z.numel())
+
+
+class MarginRankingLoss(Loss):
+    """Ranking loss of two scores: y = 1 says x1 should rank above x2, y = -1 below.
+    Same as ``torch.nn.MarginRankingLoss``; ``forward(x1, x2, y)``.
+
+    Forward: ``l = max(0, -y (x1 - x2) + margin)``; reduced by ``reduction``.
+    Backward returns ``(dx1, dx2)``: with m = dout where ``-y (x1 - x2) + margin >= 0`` (the
+    hinge's kink included, as torch's clamp passes the gradient there), else 0,
+    ``dx1 = -y m = -dx2`` (m over numel for the mean).
+    Shapes: x1, x2, y of one shape -> scalar (that shape with 'none').
+    Caches: -y and the mask where the hinge is active.
+    """
+
+    SAVED_TENSORS = ("_negative_y", "_active")
+    REPR_OPTIONS = (("margin", 0.0), ("reduction", "mean"))
+
+    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self.margin = checked_real("MarginRankingLoss", "margin", margin)
+        self._negative_y = None
+        self._active = None
+
+    def forward(self, x1, x2=None, y=None, **kw):
+        check_pair(self, x1, x2, y)
+        self._negative_y = -y.to(x1.dtype)
+        hinge = self._negative_y * (x1 - x2) + self.margin
+        self._active = hinge >= 0
+        return self.finish_forward(self.reduce(torch.clamp(hinge, min=0)))
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        scale = self.loss_scale(dout, self._active.numel())
+        dx1 = torch.where(self._active, scale, 0) * self._negative_y
+        return dx1, -dx1
+
+
+def check_pair(layer, x1, x2, y):
+    """Two inputs and targets, all tensors of one shape (ValueError naming the layer)."""
+    if x2 is None or y is None:
+        raise ValueError(f"{layer!r}: forward(x1, x2, y) needs both inputs and the targets y")
+    layer.check_input(x1, "a tensor", True)
+    layer.check_input(x2, f"{tuple(x1.shape)} (x1's)", lambda x2: x2.shape == x1.shape and x2.dtype == x1.dtype)
+    if not isinstance(y, torch.Tensor) or y.shape != x1.shape:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{layer!r}: expected targets y of shape {tuple(x1.shape)} (the inputs'), got {got}")
+
+
+class HingeEmbeddingLoss(Loss):
+    """Hinge loss on distances x with labels y = +-1 (similar or dissimilar pairs).
+    Same as ``torch.nn.HingeEmbeddingLoss``.
+
+    Forward, as torch computes it: ``l = [y != 1] max(0, margin - x) + [y != -1] x``, so
+    that y = 1 gives x, y = -1 gives the hinge, and any other label both (torch's rule);
+    reduced by ``reduction``.
+    Backward: ``dx = [y != -1] dout - [y != 1] [margin - x >= 0] dout`` (the hinge's kink
+    passes the gradient, as torch's clamp; dout over numel for the mean).
+    Shapes: x any, y the same -> scalar (x's shape with 'none').
+    Caches: the masks of the two terms.
+    """
+
+    SAVED_TENSORS = ("_similar", "_active")
+    REPR_OPTIONS = (("margin", 1.0), ("reduction", "mean"))
+
+    def __init__(self, margin=1.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self.margin = checked_real("HingeEmbeddingLoss", "margin", margin)
+        self._similar = None
+        self._active = None
+
+    def loss(self, x, y):
+        self.check_same_shape(x, y)
+        hinge = self.margin - x
+        dissimilar = y != 1
+        similar = y != -1
+        losses = torch.where(dissimilar, torch.clamp(hinge, min=0), 0) + torch.where(similar, x, 0)
+        self._similar = similar
+        self._active = dissimilar & (hinge >= 0)
+        return self.reduce(losses)
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        scale = self.loss_scale(dout, self._similar.numel())
+        return torch.where(self._similar, scale, 0) - torch.where(self._active, scale, 0)
+
+
+class CosineEmbeddingLoss(Loss):
+    """Embedding loss on the cosine similarity of two vectors: y = 1 pulls them
+    together, y = -1 apart. Same as ``torch.nn.CosineEmbeddingLoss``; ``forward(x1, x2, y)``.
+
+    Forward, as torch: ``cos = <x1, x2> / sqrt((|x1|^2 + e)(|x2|^2 + e))`` with e = 1e-12 as a
+    float32 number (also in float64);
+    ``l = 1 - cos`` where y = 1, ``max(0, cos - margin)`` where y = -1, 0 for any other
+    label; reduced by ``reduction``.
+    Backward returns ``(dx1, dx2)``, in autograd's order: g = d l / d cos * dout (-1 where
+    y = 1, 1 where y = -1 and ``cos >= margin``), then with p = <x1, x2>,
+    D = sqrt(m1 m2): ``dx1 = g / D * x2 + 2 x1 (-g (p / D) / D) / (2 D) * m2``, and the
+    same with 1 and 2 swapped.
+    Shapes: x1, x2 (N, D) with y (N,), or (D,) with y () -> scalar ((N,) or () with 'none').
+    Caches: x1, x2, the squared norms, D, p and d l / d cos.
+    """
+
+    SAVED_TENSORS = ("_xs",)
+    REPR_OPTIONS = (("margin", 0.0), ("reduction", "mean"))
+
+    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self.margin = checked_real("CosineEmbeddingLoss", "margin", margin)
+        self._xs = None
+        self._cache = None
+
+    def forward(self, x1, x2=None, y=None, **kw):
+        if x2 is None or y is None:
+            raise ValueError(f"{self!r}: forward(x1, x2, y) needs both inputs and the targets y")
+        self.check_input(x1, "(N, D) or (D,)", lambda x1: x1.dim() in (1, 2))
+        self.check_input(x2, f"{tuple(x1.shape)} (x1's)", lambda x2: x2.shape == x1.shape and x2.dtype == x1.dtype)
+        if not isinstance(y, torch.Tensor) or y.shape != x1.shape[:-1]:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"{self!r}: expected targets y of shape {tuple(x1.shape[:-1])}, got {got}")
+        product = (x1 * x2).sum(dim=-1)
+        squares = ((x1 * x1).sum(dim=-1) + TORCH_LOSS_EPSILON, (x2 * x2).sum(dim=-1) + TORCH_LOSS_EPSILON)
+        denominator = torch.sqrt(squares[0] * squares[1])
+        cos = product / denominator
+        similar = y == 1
+        dissimilar = y == -1
+        losses = torch.where(similar, 1 - cos, 0) + torch.where(dissimilar, torch.clamp(cos - self.margin, min=0), 0)
+        slope = torch.where(dissimilar & (cos - self.margin >= 0), 1.0, 0.0) - similar.to(x1.dtype)
+        self._xs = (x1, x2)
+        self._cache = (squares, denominator, product, slope.to(x1.dtype))
+        return self.finish_forward(self.reduce(losses))
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        x1, x2 = self._xs
+        (square1, square2), denominator, product, slope = self._cache
+        grad = torch.where(slope != 0, self.loss_scale(dout, slope.numel()), 0) * slope
+        dproduct = grad / denominator
+        dsquares = -grad * ((product / denominator) / denominator) / (2 * denominator)
+        dx1 = dproduct.unsqueeze(-1) * x2 + 2 * x1 * (dsquares * square2).unsqueeze(-1)
+        dx2 = dproduct.unsqueeze(-1) * x1 + 2 * x2 * (dsquares * square1).unsqueeze(-1)
+        return dx1, dx2
+
+
+class MultiMarginLoss(Loss):
+    """Multi-class hinge loss of scores x against class labels y. Same as ``torch.nn.MultiMarginLoss``.
+
+    Forward, per sample, with z_c = margin - x[y] + x[c]:
+    ``l = sum_{c != y, z_c > 0} w[y] z_c^p / C`` (p = 1 or 2); a NaN z_c fails ``z_c > 0``
+    and adds nothing, as in torch's kernel; reduced by ``reduction`` (the mean of an
+    empty batch is NaN here, where torch 2.13 returns an uninitialised value).
+    Backward, torch's kernel: ``h_c = w[y] (1 or 2 z_c) / C`` where ``z_c > 0`` (0 at the
+    kink z_c = 0), ``dx[c] = h_c``, ``dx[y] = -sum_c h_c``, then times dout (over N for
+    the mean), so that an infinite dout makes 0 entries NaN, as in torch.
+    Shapes: x (N, C) or (C,), y (N,) or () integer labels in [0, C); weight (C,) ->
+    scalar ((N,) or () with 'none'). Caches: the gradient for dout = 1.
+    """
+
+    SAVED_TENSORS = ("_unit_grad",)
+    REPR_OPTIONS = (("p", 1), ("margin", 1.0), ("weight", None), ("reduction", "mean"))
+
+    def __init__(self, p=1, margin=1.0, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        if p not in (1, 2) or isinstance(p, bool) or not isinstance(p, numbers.Integral):
+            raise ValueError(f"MultiMarginLoss: p must be 1 or 2 (as in torch), got {p!r}")
+        self.p = int(p)
+        self.margin = checked_real("MultiMarginLoss", "margin", margin)
+        register_weight(self, "weight", weight)
+        self._unit_grad = None
+        self._unbatched = None
+
+    def loss(self, x, y):
+        self.check_input(x, "(N, C) or (C,)", lambda x: x.dim() in (1, 2) and x.shape[-1] > 0)
+        self._unbatched = x.dim() == 1
+        scores = x.unsqueeze(0) if self._unbatched else x
+        labels = check_labels(self, y, scores.shape[1], x.shape[:-1]).view(-1, 1)
+        num_classes = scores.shape[1]
+        margins = self.margin - scores.gather(1, labels) + scores
+        others = torch.ones_like(scores, dtype=torch.bool).scatter_(1, labels, False)
+        active = others & (margins > 0)
+        slope = torch.ones_like(scores) if self.p == 1 else 2 * margins
+        powered = margins if self.p == 1 else margins * margins
+        weight = class_weight_for(self, scores, num_classes)
+        if weight is not None:
+            label_weights = weight.view(-1)[labels]
+            powered = powered * label_weights
+            slope = slope * label_weights
+        losses = torch.where(active, powered, 0).sum(dim=1) / num_classes
+        unit = torch.where(active, slope / num_classes, 0)
+        self._unit_grad = unit.scatter(1, labels, -unit.sum(dim=1, keepdim=True))
+        losses = losses.squeeze(0) if self._unbatched else losses
+        return self.reduce(losses)
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        scale = self.loss_scale(dout, self._unit_grad.shape[0])
+        if self.reduction == "none":
+            scale = scale.reshape(-1, 1)
+        grad = self._unit_grad * scale
+        return grad.squeeze(0) if self._unbatched else grad
+
+
+def check_labels(layer, y, num_classes, shape):
+    """Integer class labels y of ``shape`` in [0, num_classes) (ValueError naming the layer)."""
+    if not isinstance(y, torch.Tensor) or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        got = f"{y.dtype} tensor" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{layer!r}: expected integer class labels y of shape {tuple(shape)}, got a {got}")
+    if y.shape != shape:
+        raise ValueError(f"{layer!r}: expected class labels y of shape {tuple(shape)}, got {tuple(y.shape)}")
+    wrong = (y < 0) | (y >= num_classes)
+    if wrong.any():
+        raise ValueError(f"{layer!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
+    return y.long()
+
+
+class MultiLabelSoftMarginLoss(Loss):
+    """Binary cross-entropy of logits x with 0/1 labels y in each class, averaged over
+    the classes (the last dimension). Same as ``torch.nn.MultiLabelSoftMarginLoss``.
+
+    Forward, as torch: ``l = sum_c -w[c] (y log sigmoid(x) + (1 - y) log sigmoid(-x)) / C``
+    per sample; reduced by ``reduction``.
+    Backward, in autograd's order: with q = -w dout / C (dout over N for the mean),
+    ``dx = q y sigmoid(-x) - q (1 - y) sigmoid(x)``.
+    Shapes: x (N, C), (C,) or (N, ..., C); y the same; weight broadcastable to x's
+    shape -> scalar (x's shape without the last dimension with 'none').
+    Caches: x, y and the weight broadcast to x's shape.
+    """
+
+    SAVED_TENSORS = ("_x", "_y")
+    REPR_OPTIONS = (("weight", None), ("reduction", "mean"))
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        register_weight(self, "weight", weight)
+        self._x = None
+        self._y = None
+        self._weight = None
+
+    def loss(self, x, y):
+        self.check_input(x, "(N, C), (C,) or (N, ..., C)", lambda x: x.dim() >= 1 and x.shape[-1] > 0)
+        self.check_same_shape(x, y)
+        y = y.to(x.dtype)
+        self._weight = element_weight(self, "weight", x)
+        self._x = x
+        self._y = y
+        losses = -(y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x))
+        if self._weight is not None:
+            losses = losses * self._weight
+        return self.reduce(losses.sum(dim=-1) / x.shape[-1])
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        x, y = self._x, self._y
+        num_classes = x.shape[-1]
+        scale = self.loss_scale(dout, x.numel() // num_classes)
+        if self.reduction == "none":
+            scale = scale.unsqueeze(-1)
+        grad = -(scale / num_classes)
+        if self._weight is not None:
+            grad = grad * self._weight
+        return grad * y * torch.sigmoid(-x) - grad * (1 - y) * torch.sigmoid(x)
