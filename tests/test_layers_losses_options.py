@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import FORWARD_ATOL, GRAD_RTOL, assert_close, check_against_torch, check_finite_differences, gradient_floor
-from test_layers_parity import upstreams, values
+from test_layers_parity import upstreams, values, with_specials
 
 from nnlab import layers
 from nnlab.layers import (
@@ -55,9 +55,12 @@ TORCH_REFUSALS = (RuntimeError, ValueError, IndexError)
 
 @st.composite
 def strided(draw, x):
-    """x itself, or a non-contiguous view holding the same values."""
-    if x.dim() == 0 or not draw(st.booleans()):
+    """x itself, a non-contiguous view holding the same values, or (4-d) channels_last."""
+    layout = draw(st.sampled_from(["contiguous", "strided", "channels_last"]))
+    if x.dim() == 0 or layout == "contiguous":
         return x
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     return torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]
 
 
@@ -142,7 +145,7 @@ def classification_case(draw, dtype, allow_probabilities):
     """Scores (N, C, d...), (C,) or (N, C), targets of every form, and the options."""
     batch = draw(st.sampled_from([None, 0, 1, 3]))
     classes = draw(st.integers(1, 4))
-    spatial = draw(st.sampled_from([(), (), (2,), (2, 1)])) if batch is not None else ()
+    spatial = draw(st.sampled_from([(), (), (2,), (2, 1), (1, 2)])) if batch is not None else ()
     shape = ((classes,) if batch is None else (batch, classes)) + spatial
     x = draw(strided(draw(values(shape, dtype))))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
@@ -151,7 +154,7 @@ def classification_case(draw, dtype, allow_probabilities):
     form = draw(st.sampled_from(["int64", "uint8", "probabilities"] if allow_probabilities else ["int64", "uint8"]))
     if form == "probabilities":
         y = torch.softmax(torch.randn(shape, generator=generator, dtype=torch.float64), dim=0 if batch is None else 1)
-        y = y.to(dtype)
+        y = draw(with_specials(y.to(dtype))) if draw(st.booleans()) else y.to(dtype)
     else:
         y = labels.to(getattr(torch, form))
     options = {

@@ -95,15 +95,17 @@ class MarginRankingLoss(Loss):
         return dx1, -dx1
 
 
-def check_pair(layer, x1, x2, y):
-    """Two inputs and targets, all tensors of one shape (ValueError naming the layer)."""
+def check_pair(layer, x1, x2, y, expected="a tensor", ok=True, target_shape=lambda x1: x1.shape):
+    """Two inputs of one shape and dtype, x1 as ``expected`` says when ``ok`` (as in
+    ``Layer.check_input``), and targets y of ``target_shape(x1)`` (ValueError naming the layer)."""
     if x2 is None or y is None:
         raise ValueError(f"{layer!r}: forward(x1, x2, y) needs both inputs and the targets y")
-    layer.check_input(x1, "a tensor", True)
+    layer.check_input(x1, expected, ok)
     layer.check_input(x2, f"{tuple(x1.shape)} (x1's)", lambda x2: x2.shape == x1.shape and x2.dtype == x1.dtype)
-    if not isinstance(y, torch.Tensor) or y.shape != x1.shape:
+    shape = target_shape(x1)
+    if not isinstance(y, torch.Tensor) or y.shape != shape:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"{layer!r}: expected targets y of shape {tuple(x1.shape)} (the inputs'), got {got}")
+        raise ValueError(f"{layer!r}: expected targets y of shape {tuple(shape)}, got {got}")
 
 
 class HingeEmbeddingLoss(Loss):
@@ -172,13 +174,7 @@ class CosineEmbeddingLoss(Loss):
         self._cache = None
 
     def forward(self, x1, x2=None, y=None, **kw):
-        if x2 is None or y is None:
-            raise ValueError(f"{self!r}: forward(x1, x2, y) needs both inputs and the targets y")
-        self.check_input(x1, "(N, D) or (D,)", lambda x1: x1.dim() in (1, 2))
-        self.check_input(x2, f"{tuple(x1.shape)} (x1's)", lambda x2: x2.shape == x1.shape and x2.dtype == x1.dtype)
-        if not isinstance(y, torch.Tensor) or y.shape != x1.shape[:-1]:
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"{self!r}: expected targets y of shape {tuple(x1.shape[:-1])}, got {got}")
+        check_pair(self, x1, x2, y, "(N, D) or (D,)", lambda x1: x1.dim() in (1, 2), lambda x1: x1.shape[:-1])
         product = (x1 * x2).sum(dim=-1)
         squares = ((x1 * x1).sum(dim=-1) + TORCH_LOSS_EPSILON, (x2 * x2).sum(dim=-1) + TORCH_LOSS_EPSILON)
         denominator = torch.sqrt(squares[0] * squares[1])
