@@ -115,10 +115,6 @@ def _log_probabilities(shape):
     return torch.log_softmax(torch.randn(shape), dim=-1)
 
 
-def _positive(shape):
-    return 0.5 + torch.rand(shape)
-
-
 def _class_weight(num_classes):
     return 0.5 + torch.rand(num_classes)
 
@@ -146,10 +142,24 @@ LOSS_OPTION_CASES = [
         _probabilities,
     ),
     Case("NLLLoss (weight, none)", lambda: nn.NLLLoss(_class_weight(5), reduction="none"), None, (4, 5), _labels),
-    Case("ClippedCrossEntropyLoss (sum)", lambda: nn.ClippedCrossEntropyLoss(reduction="sum"), None, (4, 5), _labels, make_input=_softmax_rows),
+    Case(
+        "ClippedCrossEntropyLoss (sum)",
+        lambda: nn.ClippedCrossEntropyLoss(reduction="sum"),
+        None,
+        (4, 5),
+        _labels,
+        make_input=_softmax_rows,
+    ),
     Case("MSELoss (sum)", lambda: nn.MSELoss(reduction="sum"), None, (4, 3), torch.randn),
     Case("L1Loss (none)", lambda: nn.L1Loss(reduction="none"), None, (4, 3), torch.randn),
-    Case("BCELoss (weight, none)", lambda: nn.BCELoss(_class_weight(3), reduction="none"), None, (4, 3), _uniform, make_input=_inside_0_1),
+    Case(
+        "BCELoss (weight, none)",
+        lambda: nn.BCELoss(_class_weight(3), reduction="none"),
+        None,
+        (4, 3),
+        _uniform,
+        make_input=_inside_0_1,
+    ),
     Case(
         "BCEWithLogitsLoss (weight, pos_weight, sum)",
         lambda: nn.BCEWithLogitsLoss(_class_weight(3), reduction="sum", pos_weight=_class_weight(3) * 2),
@@ -158,9 +168,29 @@ LOSS_OPTION_CASES = [
         _uniform,
     ),
     Case("HuberLoss", lambda: nn.HuberLoss(delta=0.5), None, (4, 3), torch.randn, kinked=True),
-    Case("SmoothL1Loss (beta, none)", lambda: nn.SmoothL1Loss(reduction="none", beta=0.5), None, (4, 3), torch.randn, kinked=True),
-    Case("KLDivLoss (batchmean)", lambda: nn.KLDivLoss(reduction="batchmean"), None, (4, 3), _probabilities, make_input=_log_probabilities),
-    Case("KLDivLoss (log_target, sum)", lambda: nn.KLDivLoss(reduction="sum", log_target=True), None, (4, 3), _log_probabilities),
+    Case(
+        "SmoothL1Loss (beta, none)",
+        lambda: nn.SmoothL1Loss(reduction="none", beta=0.5),
+        None,
+        (4, 3),
+        torch.randn,
+        kinked=True,
+    ),
+    Case(
+        "KLDivLoss (batchmean)",
+        lambda: nn.KLDivLoss(reduction="batchmean"),
+        None,
+        (4, 3),
+        _probabilities,
+        make_input=_log_probabilities,
+    ),
+    Case(
+        "KLDivLoss (log_target, sum)",
+        lambda: nn.KLDivLoss(reduction="sum", log_target=True),
+        None,
+        (4, 3),
+        _log_probabilities,
+    ),
     Case("PoissonNLLLoss", nn.PoissonNLLLoss, None, (4, 3), lambda shape: torch.poisson(3 * torch.rand(shape))),
     Case(
         "PoissonNLLLoss (rates, full)",
@@ -170,17 +200,42 @@ LOSS_OPTION_CASES = [
         lambda shape: torch.poisson(3 * torch.rand(shape)),
         make_input=_positive,
     ),
-    Case("GaussianNLLLoss (full)", lambda: nn.GaussianNLLLoss(full=True), None, [(4, 3)] * 3, make_input=_gaussian_inputs),
-    Case("GaussianNLLLoss (one var per row, none)", lambda: nn.GaussianNLLLoss(reduction="none"), None, [(4, 3), (4, 3), (4,)], make_input=_gaussian_inputs),
+    Case(
+        "GaussianNLLLoss (full)",
+        lambda: nn.GaussianNLLLoss(full=True),
+        None,
+        [(4, 3)] * 3,
+        make_input=_gaussian_inputs,
+    ),
+    Case(
+        "GaussianNLLLoss (one var per row, none)",
+        lambda: nn.GaussianNLLLoss(reduction="none"),
+        None,
+        [(4, 3), (4, 3), (4,)],
+        make_input=_gaussian_inputs,
+    ),
     Case("SoftMarginLoss", nn.SoftMarginLoss, None, (4, 3), _signs),
     Case("MarginRankingLoss", lambda: nn.MarginRankingLoss(0.5), None, [(5,), (5,)], _signs, kinked=True),
     Case("HingeEmbeddingLoss", lambda: nn.HingeEmbeddingLoss(0.5, reduction="sum"), None, (4, 3), _signs, kinked=True),
     # Not checked on tie-heavy inputs: their zero rows make the cosine singular (gradients
     # near 1e5), where finite differences cannot judge.
     Case("CosineEmbeddingLoss", lambda: nn.CosineEmbeddingLoss(0.1), None, [(4, 3), (4, 3)], _row_signs),
-    Case("MultiMarginLoss (p=2, weight)", lambda: nn.MultiMarginLoss(2, 0.5, _class_weight(5)), None, (4, 5), _labels, kinked=True),
+    Case(
+        "MultiMarginLoss (p=2, weight)",
+        lambda: nn.MultiMarginLoss(2, 0.5, _class_weight(5)),
+        None,
+        (4, 5),
+        _labels,
+        kinked=True,
+    ),
     Case("MultiMarginLoss (none)", lambda: nn.MultiMarginLoss(reduction="none"), None, (4, 5), _labels, kinked=True),
-    Case("MultiLabelSoftMarginLoss (weight)", lambda: nn.MultiLabelSoftMarginLoss(_class_weight(3)), None, (4, 3), lambda shape: torch.randint(0, 2, shape).float()),
+    Case(
+        "MultiLabelSoftMarginLoss (weight)",
+        lambda: nn.MultiLabelSoftMarginLoss(_class_weight(3)),
+        None,
+        (4, 3),
+        lambda shape: torch.randint(0, 2, shape).float(),
+    ),
 ]
 
 

@@ -223,7 +223,9 @@ _LEAF_TWINS = {
         reduction=layer.reduction,
         label_smoothing=layer.label_smoothing,
     ),
-    nn.NLLLoss: lambda layer: torch.nn.NLLLoss(_copy(layer.weight), ignore_index=layer.ignore_index, reduction=layer.reduction),
+    nn.NLLLoss: lambda layer: torch.nn.NLLLoss(
+        _copy(layer.weight), ignore_index=layer.ignore_index, reduction=layer.reduction
+    ),
     nn.MSELoss: lambda layer: torch.nn.MSELoss(reduction=layer.reduction),
     nn.L1Loss: lambda layer: torch.nn.L1Loss(reduction=layer.reduction),
     nn.BCELoss: lambda layer: torch.nn.BCELoss(_copy(layer.weight), reduction=layer.reduction),
@@ -236,7 +238,9 @@ _LEAF_TWINS = {
     nn.PoissonNLLLoss: lambda layer: torch.nn.PoissonNLLLoss(
         layer.log_input, layer.full, eps=layer.eps, reduction=layer.reduction
     ),
-    nn.GaussianNLLLoss: lambda layer: torch.nn.GaussianNLLLoss(full=layer.full, eps=layer.eps, reduction=layer.reduction),
+    nn.GaussianNLLLoss: lambda layer: torch.nn.GaussianNLLLoss(
+        full=layer.full, eps=layer.eps, reduction=layer.reduction
+    ),
     nn.SoftMarginLoss: lambda layer: torch.nn.SoftMarginLoss(reduction=layer.reduction),
     nn.MarginRankingLoss: lambda layer: torch.nn.MarginRankingLoss(layer.margin, reduction=layer.reduction),
     nn.HingeEmbeddingLoss: lambda layer: torch.nn.HingeEmbeddingLoss(layer.margin, reduction=layer.reduction),

@@ -69,8 +69,9 @@ def test_nnlab_memory_counts_each_cached_storage_once():
     model = MLP(4, 3, (5,))
     x, y = torch.randn(2, 4), torch.tensor([0, 2])
     # Linear 1 caches x (2x4), ReLU its output (2x5), which Linear 2 caches too (counted
-    # once), cross-entropy its probabilities and one-hot targets (2x3 each): float32.
-    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6 + 6)
+    # once), cross-entropy its probabilities (2x3): float32; and its labels (2x1 int64),
+    # the mask of labels not ignored (2x1 bool) and the mean's divisor (one float32).
+    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 2 + 4
 
 
 def test_torch_memory_counts_what_autograd_saves():

@@ -18,7 +18,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import FORWARD_ATOL, GRAD_RTOL, assert_close, check_against_torch, check_finite_differences, gradient_floor
+from reference import (
+    FORWARD_ATOL,
+    GRAD_RTOL,
+    assert_close,
+    check_against_torch,
+    check_finite_differences,
+    gradient_floor,
+)
 from test_layers_parity import upstreams, values, with_specials
 
 from nnlab import layers
@@ -244,7 +251,8 @@ def elementwise_losses(draw, dtype):
         reduction = draw(st.sampled_from(["mean", "sum", "none", "batchmean"]))
         return KLDivLoss(reduction=reduction, log_target=draw(st.booleans()))
     if kind == "poisson":
-        return PoissonNLLLoss(draw(st.booleans()), draw(st.booleans()), eps=draw(st.sampled_from([1e-8, 0.5])), reduction=reduction)
+        eps = draw(st.sampled_from([1e-8, 0.5]))
+        return PoissonNLLLoss(draw(st.booleans()), draw(st.booleans()), eps=eps, reduction=reduction)
     if kind == "soft_margin":
         return SoftMarginLoss(reduction=reduction)
     if kind == "hinge":
@@ -280,7 +288,13 @@ def test_elementwise_losses_options(dtype, shape, dout, data):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=30)
-@given(shape=st.lists(st.integers(0, 3), min_size=1, max_size=3), reduction=REDUCTIONS, weighted=st.booleans(), dout=upstreams, data=st.data())
+@given(
+    shape=st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    reduction=REDUCTIONS,
+    weighted=st.booleans(),
+    dout=upstreams,
+    data=st.data(),
+)
 def test_bce_options(dtype, shape, reduction, weighted, dout, data):
     p = torch.clamp(data.draw(values(tuple(shape), dtype)).abs() / 2, max=1)
     y = data.draw(values(tuple(shape), dtype)).abs() / 3
@@ -306,7 +320,8 @@ def test_hinge_losses_at_the_margin():
     assert hinge.backward().tolist() == [-1.0, -1.0, 0.0]
     check_against_torch(hinge, torch_twin(hinge), x, y, dout=torch.tensor(1.0, dtype=torch.float64))
     ranking = MarginRankingLoss(0.5, reduction="sum")
-    compare_several(ranking, torch.float64, (torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0])), torch.tensor([1.0, 1.0]), lambda out: torch.tensor(1.0, dtype=out.dtype))
+    inputs = (torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0]))
+    compare_several(ranking, torch.float64, inputs, torch.tensor([1.0, 1.0]), lambda out: torch.ones_like(out))
     ranking(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.0]))
     assert ranking.backward() == (torch.tensor([-1.0]), torch.tensor([1.0]))
     multi = MultiMarginLoss(reduction="sum")
@@ -361,9 +376,9 @@ def test_cosine_embedding(dtype, batch, features, margin, reduction, dout, data)
     shape = (features,) if batch is None else (batch, features)
     x1 = data.draw(strided(data.draw(values(shape, dtype))))
     x2 = data.draw(values(shape, dtype))
-    labels = data.draw(st.lists(st.sampled_from([1, -1, 1, -1, 0]), min_size=max(batch or 1, 1), max_size=max(batch or 1, 1)))
-    y = torch.tensor(labels[: batch if batch is not None else 1], dtype=dtype)
-    y = y.reshape(()) if batch is None else y
+    count = 1 if batch is None else batch
+    labels = data.draw(st.lists(st.sampled_from([1, -1, 1, -1, 0]), min_size=count, max_size=count))
+    y = torch.tensor(labels, dtype=dtype).reshape(shape[:-1])
     compare_several(CosineEmbeddingLoss(margin, reduction=reduction), dtype, (x1, x2), y, dout)
 
 
@@ -479,16 +494,26 @@ FINITE_DIFFERENCE_CASES = {
     "soft_margin": (lambda: SoftMarginLoss(reduction="none"), (3, 4), "signs"),
     "hinge_embedding": (lambda: HingeEmbeddingLoss(0.3), (3, 4), "signs"),
     "multi_margin_p2": (lambda: MultiMarginLoss(2, 0.7, torch.rand(4, dtype=torch.float64) + 0.5), (3, 4), "labels"),
-    "multi_label_soft_margin": (lambda: MultiLabelSoftMarginLoss(torch.rand(4, dtype=torch.float64), reduction="none"), (3, 4), "binary"),
+    "multi_label_soft_margin": (
+        lambda: MultiLabelSoftMarginLoss(torch.rand(4, dtype=torch.float64), reduction="none"),
+        (3, 4),
+        "binary",
+    ),
     "cross_entropy_spatial_options": (
         lambda: CrossEntropyLoss(torch.rand(4, dtype=torch.float64) + 0.5, ignore_index=1, label_smoothing=0.3),
         (2, 4, 3),
         "spatial_labels",
     ),
-    "cross_entropy_soft_none": (lambda: CrossEntropyLoss(reduction="none", label_smoothing=0.2), (3, 4), "probabilities"),
+    "cross_entropy_soft_none": (
+        lambda: CrossEntropyLoss(reduction="none", label_smoothing=0.2),
+        (3, 4),
+        "probabilities",
+    ),
     "nll_weighted_sum": (lambda: NLLLoss(torch.rand(4, dtype=torch.float64) + 0.5, reduction="sum"), (3, 4), "labels"),
     "bce_logits_weights": (
-        lambda: BCEWithLogitsLoss(torch.rand(4, dtype=torch.float64), pos_weight=torch.rand(4, dtype=torch.float64) * 3),
+        lambda: BCEWithLogitsLoss(
+            torch.rand(4, dtype=torch.float64), pos_weight=torch.rand(4, dtype=torch.float64) * 3
+        ),
         (3, 4),
         "binary",
     ),
@@ -555,8 +580,10 @@ def test_several_inputs_finite_differences(reduction):
     several_input_finite_differences(MarginRankingLoss(0.3, reduction=reduction), (randn(5), randn(5)), signs)
     several_input_finite_differences(CosineEmbeddingLoss(-0.9, reduction=reduction), (randn(5, 3), randn(5, 3)), signs)
     variances = torch.rand(4, 3, generator=generator, dtype=torch.float64) + 0.5
-    several_input_finite_differences(GaussianNLLLoss(full=True, reduction=reduction), (randn(4, 3), randn(4, 3), variances), None)
-    several_input_finite_differences(GaussianNLLLoss(reduction=reduction), (randn(4, 3), randn(4, 3), variances[:, 0]), None)
+    heteroscedastic = (randn(4, 3), randn(4, 3), variances)
+    several_input_finite_differences(GaussianNLLLoss(full=True, reduction=reduction), heteroscedastic, None)
+    one_per_row = (randn(4, 3), randn(4, 3), variances[:, 0])
+    several_input_finite_differences(GaussianNLLLoss(reduction=reduction), one_per_row, None)
 
 
 # The contract -----------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ class ClassificationLoss(Loss):
 
     def check_scores(self, x):
         """x of shape (N, C), (C,) or (N, C, d1, ...) with C >= 1."""
-        self.check_input(x, "(N, C), (C,) or (N, C, d1, ...)", lambda x: x.dim() >= 1 and x.shape[min(1, x.dim() - 1)] > 0)
+        expected = "(N, C), (C,) or (N, C, d1, ...)"
+        self.check_input(x, expected, lambda x: x.dim() >= 1 and x.shape[min(1, x.dim() - 1)] > 0)
 
     def batched(self, x):
         """x with a batch dimension: (C,) becomes (1, C); remembers which it was."""
@@ -105,7 +106,7 @@ class ClassificationLoss(Loss):
         by the sum of w[y] over the labels not ignored (NaN when all are).
         Probabilities y: ``l = -sum_c w[c] t[c] log_probs[c]`` with t = (1 - e) y + e / C;
         the mean divides by the number of samples (positions).
-        Caches the targets (label indices or t w), the mask of labels not ignored and the
+        Caches the targets (label indices or t), the mask of labels not ignored and the
         divisor of the mean."""
         self._class_labels = self.is_class_labels(x, y)
         y = y.unsqueeze(0) if self._unbatched else y
@@ -117,12 +118,14 @@ class ClassificationLoss(Loss):
             targets = y.to(log_probs.dtype)
             if smoothing > 0:
                 targets = targets * (1 - smoothing) + smoothing / num_classes
-            self._targets = targets if weight is None else targets * weight
+            self._targets = targets
             self._total = log_probs.numel() // num_classes
-            losses = -(log_probs * self._targets).sum(dim=1)
-            if self.reduction == "mean":
-                return losses.sum() / self._total
-            return self.unbatched(self.reduce(losses))
+            # torch's order: (lp t) w, summed over everything at once for a scalar.
+            products = log_probs * targets if weight is None else log_probs * targets * weight
+            if self.reduction == "none":
+                return self.unbatched(-products.sum(dim=1))
+            total = -products.sum()
+            return total / self._total if self.reduction == "mean" else total
         valid = (y != self.ignore_index).unsqueeze(1)
         labels = torch.where(valid, y.unsqueeze(1).to(device=x.device, dtype=torch.long), 0)
         self._targets = labels
@@ -157,16 +160,17 @@ class ClassificationLoss(Loss):
         divisor) is written at each label into zeros, as torch's nll_loss backward does,
         so that an infinite or NaN dout leaves the other classes at 0 (not 0 * inf = NaN);
         label smoothing adds ``-e / C w[c] dout`` to every class where the label is not
-        ignored. For probabilities ``-t w dout`` (over the number of samples)."""
+        ignored. For probabilities ``-dout w t`` (dout over the number of samples)."""
         if self.reduction == "none":
             dout = dout.unsqueeze(0) if self._unbatched else dout
             dout = dout.unsqueeze(1)
-        if not self._class_labels:
-            return self._targets * -self.loss_scale(dout, self._total)
         shape = self._shape
+        weight = None if self.weight is None else self.weight.view([1, -1] + [1] * (len(shape) - 2))
+        if not self._class_labels:
+            scale = -self.loss_scale(dout, self._total)
+            return (scale if weight is None else scale * weight) * self._targets
         num_classes = shape[1]
         scale = dout / self._total if self.reduction == "mean" else dout
-        weight = None if self.weight is None else self.weight.view([1, -1] + [1] * (len(shape) - 2))
         smoothing = self.label_smoothing
         at_labels = -(scale * (1 - smoothing)) if smoothing > 0 else -scale
         if weight is not None:
@@ -209,7 +213,7 @@ class CrossEntropyLoss(ClassificationLoss):
     Shapes: x (N, C), (C,) or (N, C, d1, ...); y class labels (N,), () or (N, d1, ...),
     int64 (any integer type), or probabilities of x's shape; weight (C,) ->
     a scalar, or with 'none' (N,), () or (N, d1, ...).
-    Caches: softmax(x), the targets (labels or t w), the mask of labels not ignored and
+    Caches: softmax(x), the targets (labels or t), the mask of labels not ignored and
     the divisor of the mean.
     """
 
@@ -274,7 +278,7 @@ class NLLLoss(ClassificationLoss):
     Shapes: x (N, C), (C,) or (N, C, d1, ...); y class labels (N,), () or (N, d1, ...),
     int64 (any integer type), or probabilities of x's shape; weight (C,) ->
     a scalar, or with 'none' (N,), () or (N, d1, ...).
-    Caches: the targets (labels or w y), the mask of labels not ignored, the divisor of the mean.
+    Caches: the targets (labels or y), the mask of labels not ignored, the divisor of the mean.
     """
 
     SAVED_TENSORS = ("_targets",)
