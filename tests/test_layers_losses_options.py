@@ -83,16 +83,18 @@ def refused_by_torch(module, *args):
 
 
 class Int64Labels(torch.nn.Module):
-    """A torch loss given its integer targets as int64. nnlab reads class labels of every
-    integer dtype exactly; torch takes uint8 in some paths only (not for spatial
-    targets, nor with class weights and label smoothing)."""
+    """A torch loss given its integer targets as int64 and its input contiguous. nnlab
+    reads class labels of every integer dtype exactly; torch takes uint8 in some paths
+    only (not for spatial targets, nor with class weights and label smoothing). And
+    torch 2.13's NLLLoss backward on a channels_last input raises "grad_input must be
+    contiguous"; the same values in the default layout give the reference."""
 
     def __init__(self, loss):
         super().__init__()
         self.loss = loss
 
     def forward(self, x, y):
-        return self.loss(x, y if y.is_floating_point() else y.long())
+        return self.loss(x.contiguous(), y if y.is_floating_point() else y.long())
 
 
 def compare(layer, dtype, x, y, dout):
