@@ -21,7 +21,7 @@ import operator
 import os
 import pickle
 import zlib
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -710,3 +710,154 @@ def load_split(name, root=None, seed=0):
     if dataset.needs_root and root is None:
         raise DataError(f"load_split: {name} needs root, the folder that holds its files")
     return dataset.load(root, seed)
+
+
+# The user's own data -----------------------------------------------------------------
+
+DATA_FILE_EXTENSIONS = (".npz", ".csv")
+MAX_CLASSES = 100
+
+
+class OwnData(NamedTuple):
+    """A data file split 80/20 for training: ``y`` holds class indices (int64 (N,), the
+    ``classes`` in sorted order) for a classification, targets (float32 (N, 1)) for a
+    regression (``classes`` None)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str
+    classes: Optional[list]
+
+
+def is_data_file(name):
+    """Whether ``name`` is meant as a data file (ends in .npz or .csv), not a data set's name."""
+    return os.path.splitext(str(name))[1].lower() in DATA_FILE_EXTENSIONS
+
+
+def read_data_file(path):
+    """``(x, labels)`` of a data file: ``x`` float32 (N, ...), ``labels`` a 1-d numpy array
+    (numbers, or strings for a CSV label column that is not all numbers).
+
+    ``.npz``: the arrays ``x`` (N, ...) and ``y`` (N,) or (N, 1). ``.csv``: one sample a
+    row, the features, then the label in the last column; a first row whose features are
+    not all numbers is a header. Raises ``DataError`` naming the file and the problem:
+    another extension, an unreadable or empty file, a missing array, ragged rows, a
+    feature that is not a finite number, a label that is NaN or infinite."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in DATA_FILE_EXTENSIONS:
+        raise DataError(f"{path}: expected a .npz file (arrays x and y) or a .csv file (features, then the label)")
+    if not os.path.isfile(path):
+        raise DataNotFoundError(f"{path}: no such file")
+    x, labels = _read_npz(path) if extension == ".npz" else _read_csv(path)
+    if len(x) == 0:
+        raise DataError(f"{path}: holds no samples")
+    if not torch.isfinite(x).all():
+        row = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
+        raise DataError(f"{path}: sample {row} has a feature that is NaN or infinite")
+    if labels.dtype.kind in "fc" and not np.isfinite(labels).all():
+        row = int(np.flatnonzero(~np.isfinite(labels))[0])
+        raise DataError(f"{path}: the label of sample {row} is {labels[row]}, not a finite number")
+    return x, labels
+
+
+def _read_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [name for name in ("x", "y") if name not in arrays.files]
+            if missing:
+                raise DataError(f"{path}: has no array {' or '.join(missing)} (it holds {arrays.files}); expected x (N, ...) and y (N,)")
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError, zlib.error, EOFError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz archive of plain arrays ({error})") from None
+    if x.dtype.kind not in "biuf" or x.ndim < 2:
+        raise DataError(f"{path}: x must be numbers of shape (N, features...), got {x.dtype} of shape {x.shape}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "biufU":
+        raise DataError(f"{path}: y must be {x.shape[0]} numbers or strings, one per sample of x (N,), got {y.dtype} of shape {y.shape}")
+    return torch.from_numpy(x.astype(np.float32)), y
+
+
+def _read_csv(path):
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = [(number, row) for number, row in enumerate(csv.reader(file), 1) if any(field.strip() for field in row)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a CSV text file ({error})") from None
+    if not rows:
+        raise DataError(f"{path}: is empty; expected one sample a row: features, then the label")
+    width = len(rows[0][1])
+    if width < 2:
+        raise DataError(f"{path}: line {rows[0][0]} has {width} column; expected features, then the label (2 columns or more)")
+    if not any(_is_number(field) for field in rows[0][1][:-1]):
+        rows = rows[1:]  # a header: names, not numbers
+    features = []
+    for number, row in rows:
+        if len(row) != width:
+            raise DataError(f"{path}: line {number} has {len(row)} columns, the first line {width}")
+        for column, field in enumerate(row[:-1], 1):
+            if not (_is_number(field) and math.isfinite(float(field))):
+                raise DataError(f"{path}: line {number}, column {column}: {field.strip()!r} is not a finite number")
+        features.append([float(field) for field in row[:-1]])
+    labels = [row[-1].strip() for _, row in rows]
+    numeric = all(_is_number(label) for label in labels)
+    labels = np.array([float(label) for label in labels] if numeric else labels)
+    return torch.tensor(features, dtype=torch.float32).reshape(len(rows), width - 1), labels
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def infer_task(labels):
+    """'classification' for strings, booleans or integers (whole numbers) with at most
+    ``MAX_CLASSES`` distinct values, else 'regression'."""
+    if labels.dtype.kind in "bU":
+        return "classification"
+    whole = labels.dtype.kind in "iu" or bool(np.all(labels == np.round(labels)))
+    return "classification" if whole and len(np.unique(labels)) <= MAX_CLASSES else "regression"
+
+
+def encode_labels(labels, task, source):
+    """``(y, classes)`` for ``task``: class indices into the sorted distinct labels, or
+    float32 targets (N, 1) for a regression; ``DataError`` naming ``source`` when the
+    labels cannot be the task's (strings as targets, fractions as classes)."""
+    if task == "regression":
+        if labels.dtype.kind == "U":
+            raise DataError(f"{source}: the labels are strings ({labels[0].item()!r}, ...); a regression needs numbers")
+        return torch.from_numpy(labels.astype(np.float32)).unsqueeze(1), None
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        raise DataError(f"{source}: the labels are fractions ({labels[labels != np.round(labels)][0].item()}, ...); classes must be whole numbers or strings")
+    classes, indices = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"{source}: every label is {labels[0].item()!r}; a classification needs 2 classes or more")
+    classes = [label.item() if labels.dtype.kind == "U" else _whole(label) for label in classes]
+    return torch.from_numpy(indices.reshape(-1).astype(np.int64)), classes
+
+
+def _whole(number):
+    return bool(number) if isinstance(number, np.bool_) else int(number)
+
+
+def load_data_file(path, seed=0, task=None):
+    """The data file ``path`` (``read_data_file``) as an ``OwnData``: its task (``task``,
+    'classification' or 'regression', else ``infer_task``'s) and an 80/20 split drawn with
+    ``seed`` (``split``)."""
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"load_data_file: task must be 'classification', 'regression' or None, got {task!r}")
+    x, labels = read_data_file(path)
+    task = infer_task(labels) if task is None else task
+    y, classes = encode_labels(labels, task, path)
+    if len(x) < 3:
+        raise DataError(f"{path}: holds {len(x)} samples; an 80/20 training/test split needs 3 or more")
+    return OwnData(*split(x, y, 0.8, seed), task, classes)

@@ -4,6 +4,7 @@ the model, model, loss, final report), and the gradient self-check done before t
 """
 
 import copy
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "build_model",
     "load_dataset",
     "make_problem",
+    "own_data_problem",
     "model_input",
     "verify_gradients",
 ]
@@ -39,11 +41,11 @@ class TaskError(ValueError):
 
 
 def build_model(kind, in_size, num_classes):
-    """The default ``kind`` model ('mlp' or 'cnn') for images of ``in_size`` (C, H, W)."""
-    channels, height, width = in_size
+    """The default ``kind`` model ('mlp' or 'cnn') for samples of ``in_size``: (C, H, W)
+    images, or (for an MLP) any shape, flattened."""
     if kind == "mlp":
         # Dropout keeps test accuracy >= 97% on the digits across seeds (96-98.6% without).
-        return MLP(channels * height * width, num_classes, hidden_features=(256, 128), dropout=0.3)
+        return MLP(math.prod(in_size), num_classes, hidden_features=(256, 128), dropout=0.3)
     # Two conv -> pool stages halve the image twice; an 8x8 digit ends as 2x2.
     return CNN(in_size, num_classes, channels=[16, 32], pool_every=1, hidden_dims=[64])
 
@@ -86,8 +88,9 @@ class Problem(NamedTuple):
     summary: Callable
 
 
-def classification_problem(kind, name, x_train, y_train, x_test, y_test):
-    """An MLP or CNN classifier over 10 classes with CrossEntropyLoss."""
+def classification_problem(kind, name, x_train, y_train, x_test, y_test, classes=range(10)):
+    """An MLP or CNN classifier over ``classes`` with CrossEntropyLoss."""
+    check_model_input(kind, name, x_train)
     x_train, x_test = data.standardize(x_train, x_test)
 
     def summary(fit):
@@ -98,21 +101,45 @@ def classification_problem(kind, name, x_train, y_train, x_test, y_test):
         y_train,
         model_input(kind, x_test),
         y_test,
-        build_model(kind, tuple(x_train.shape[1:]), 10),
+        build_model(kind, tuple(x_train.shape[1:]), len(classes)),
         CrossEntropyLoss(),
-        f"{name}: {len(x_train)} training and {len(x_test)} test samples",
+        f"{name}: {len(x_train)} training and {len(x_test)} test samples{class_names(classes)}",
         summary,
     )
 
 
+def check_model_input(kind, name, x):
+    """TaskError unless a ``kind`` model takes samples shaped as ``x``'s."""
+    if kind == "cnn" and x.dim() != 4:
+        raise TaskError(f"{name}: a cnn takes images (N, C, H, W); the samples have shape {tuple(x.shape[1:])}")
+
+
+def class_names(classes):
+    """', 3 classes (a, b, c)' for a file's classes (the first few named); '' for the data
+    sets' digits."""
+    if isinstance(classes, range):
+        return ""
+    shown = ", ".join(str(label) for label in classes[:10])
+    return f", {len(classes)} classes ({shown}{', ...' if len(classes) > 10 else ''})"
+
+
 def diabetes_problem(kind, name, x_train, y_train, x_test, y_test):
-    """A regression MLP with MSELoss. Features and targets are standardized with the
-    training statistics; the summary gives MAE and MSE in the target's own units, next
-    to those of predicting the training mean."""
+    """The diabetes regression: an MLP (``regression_problem``) on its patients."""
     if kind != "mlp":
         raise TaskError(f"{name} trains an MLP (its samples are 10 measurements, not images)")
-    x_train, x_test = data.standardize(x_train, x_test)
+    return regression_problem(kind, name, x_train, y_train, x_test, y_test, "patients, 10 features")
+
+
+def regression_problem(kind, name, x_train, y_train, x_test, y_test, samples="samples"):
+    """A regression MLP with MSELoss on flattened samples. Features and targets are
+    standardized with the training statistics; the summary gives MAE and MSE in the
+    target's own units, next to those of predicting the training mean."""
+    if kind != "mlp":
+        raise TaskError(f"{name}: a regression trains an MLP")
+    x_train, x_test = data.standardize(model_input(kind, x_train), model_input(kind, x_test))
     mean, std = y_train.mean(), y_train.std(unbiased=False)
+    if std == 0:  # every training target the same: only centred, as standardize does
+        std = torch.ones_like(std)
     baseline_error = y_test - mean
 
     def summary(fit):
@@ -132,7 +159,7 @@ def diabetes_problem(kind, name, x_train, y_train, x_test, y_test):
         (y_test - mean) / std,
         MLP(x_train.shape[1], 1, hidden_features=(64,)),
         MSELoss(),
-        f"{name}: {len(x_train)} training and {len(x_test)} test patients, 10 features, regression",
+        f"{name}: {len(x_train)} training and {len(x_test)} test {samples}, regression",
         summary,
     )
 
@@ -168,6 +195,15 @@ def multi_digits_problem(kind, name, x_train, y_train, x_test, y_test):
 
 
 PROBLEMS = {"diabetes": diabetes_problem, "multi-digits": multi_digits_problem}
+
+
+def own_data_problem(kind, name, own):
+    """The Problem of a data file (``data.load_data_file``'s ``OwnData``): a classifier over
+    its classes, or a regression MLP."""
+    split = own[:4]
+    if own.task == "classification":
+        return classification_problem(kind, name, *split, classes=own.classes)
+    return regression_problem(kind, name, *split)
 
 
 def make_problem(kind, name, x_train, y_train, x_test, y_test):

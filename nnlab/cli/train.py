@@ -10,7 +10,7 @@ from .. import data, distributed, training
 from ..checkpoints import content_digest
 from ..data import DATASETS
 from ..optimizers import OPTIMIZERS, make_optimizer
-from ..tasks import DEFAULT_LEARNING_RATES, MODEL_KINDS, VERIFY_TOLERANCE, TaskError, make_problem, verify_gradients
+from ..tasks import DEFAULT_LEARNING_RATES, MODEL_KINDS, VERIFY_TOLERANCE, TaskError, make_problem, own_data_problem, verify_gradients
 from .checks import UsageError, check_output_file, check_plot_file, learning_rate, positive_int, seed
 from .language import LANGUAGE_MODELS, train_text
 from .parallel import add_distributed_options, run_data_parallel
@@ -32,6 +32,15 @@ checkpoints and resuming:
 """
 
 
+def data_source(text):
+    """A data set's name, or a data file's path (.npz or .csv)."""
+    if text in DATASETS or text == "text" or data.is_data_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected one of {', '.join(DATASETS)}, text, or a data file ending in .npz or .csv, got {text!r}"
+    )
+
+
 def add_parser(commands):
     train = commands.add_parser(
         "train",
@@ -46,14 +55,23 @@ def add_parser(commands):
     )
     train.add_argument(
         "--data",
-        choices=tuple(DATASETS) + ("text",),
+        type=data_source,
+        metavar="{" + ",".join(DATASETS) + ",text} or FILE.npz|FILE.csv",
         help="dataset (default digits; digits, diabetes and multi-digits are bundled, offline; "
-        "text: a character-level language model, see --text)",
+        "text: a character-level language model, see --text), or your own file: .npz with arrays "
+        "x (N, ...) and y (N,), or .csv with the features, then the label, one sample a line (a header "
+        "line allowed); split 80/20 with --seed",
     )
     train.add_argument(
         "--text",
         metavar="FILE",
         help="with --data text: the UTF-8 text to model (default: the Python documentation that ships with CPython)",
+    )
+    train.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="what a data file's labels are (default: classification when they are strings, or whole "
+        f"numbers with at most {data.MAX_CLASSES} values; else regression)",
     )
     train.add_argument("--root", help="folder holding the MNIST / Fashion-MNIST / CIFAR-10 files")
     train.add_argument(
@@ -134,6 +152,8 @@ def continues(target, resume):
 
 
 def run_train(args):
+    if args.data == "text" and args.task is not None:
+        raise UsageError(f"--task {args.task}: for a data file (--data FILE.npz or FILE.csv); --data text models text")
     if args.data == "text":
         return train_text(args)
     if args.text is not None:
@@ -164,8 +184,11 @@ def train_model(args, world):
         check_not_the_checkpoint(args, target)
 
     torch.manual_seed(settings["seed"])
-    x_train, y_train, x_test, y_test = load_split(settings["data"], settings["root"], settings["seed"])
-    config = dict(settings, data_fingerprint=content_digest([x_train, y_train, x_test, y_test]))
+    task = args.task if args.task is not None or saved is None else saved["config"].get("task")
+    split, own = load_split(settings["data"], settings["root"], settings["seed"], task)
+    config = dict(settings, data_fingerprint=content_digest(list(split)))
+    if own is not None:
+        config["task"] = own.task
     if settings["root"] is not None:
         config["root"] = os.path.abspath(settings["root"])
     if saved is not None and config["data_fingerprint"] != saved["config"]["data_fingerprint"]:
@@ -173,7 +196,7 @@ def train_model(args, world):
             f"--resume {args.resume}: the {settings['data']} data differ from the ones the run trained on "
             "(other files, or another split); a resumed run must see the same data"
         )
-    problem = problem_for(settings["model"], settings["data"], (x_train, y_train, x_test, y_test))
+    problem = problem_for(settings["model"], settings["data"], split, own)
     model, loss_fn = problem.model, problem.loss_fn
     learn_rate = DEFAULT_LEARNING_RATES[settings["optimizer"]] if args.lr is None else args.lr
     optimizer = make_optimizer(settings["optimizer"], model.params(), learn_rate=learn_rate)
@@ -217,20 +240,29 @@ def train_model(args, world):
     return 0
 
 
-def load_split(name, root, seed):
-    """The data set's split (``data.load_split``), its --root checked first."""
+def load_split(name, root, seed, task):
+    """``(split, own)``: the data set's split (``data.load_split``), its --root checked
+    first, and None; or a data file's (``data.load_data_file``) and its ``OwnData``."""
+    if data.is_data_file(name):
+        if root is not None:
+            raise UsageError(f"--root {root}: --data {name} is a file; --root is for MNIST, Fashion-MNIST and CIFAR-10")
+        own = data.load_data_file(name, seed, task)
+        return own[:4], own
+    if task is not None:
+        raise UsageError(f"--task {task}: for a data file (--data FILE.npz or FILE.csv); --data {name} has its own task")
     if DATASETS[name].needs_root:
         if root is None:
             raise UsageError(f"--data {name} needs --root DIR, the folder that holds its files")
         if not os.path.isdir(root):
             raise UsageError(f"--root {root}: no such folder")
-    return data.load_split(name, root, seed)
+    return data.load_split(name, root, seed), None
 
 
-def problem_for(kind, name, split):
-    """The data set's Problem for a ``kind`` model; UsageError if it cannot use one."""
+def problem_for(kind, name, split, own):
+    """The data set's (or file's ``own`` data's) Problem for a ``kind`` model; UsageError
+    if it cannot use one."""
     try:
-        return make_problem(kind, name, *split)
+        return own_data_problem(kind, name, own) if own is not None else make_problem(kind, name, *split)
     except TaskError as error:
         raise UsageError(f"--data {error}; drop --model {kind}") from None
 
