@@ -8,6 +8,7 @@ import tempfile
 
 __all__ = [
     "UsageError",
+    "add_alias",
     "check_output_file",
     "check_plot_file",
     "learning_rate",
@@ -21,6 +22,12 @@ __all__ = [
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed on one line with the usage, exit 2."""
+
+
+def add_alias(parser, flag, dest, **settings):
+    """An option's old spelling ``flag``: parsed into the same ``dest`` as the one that
+    replaced it, so old commands keep working, and left out of --help."""
+    parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **settings)
 
 
 def positive_int(text):

@@ -17,6 +17,7 @@ from .. import distributed, experiments
 from ..optimizers import OPTIMIZERS
 from .checks import (
     UsageError,
+    add_alias,
     check_output_file,
     check_plot_file,
     learning_rate,
@@ -31,9 +32,9 @@ __all__ = ["add_parser", "run_experiment_command"]
 
 EXPERIMENT_EPILOG = """\
 result files:
-  {out_dir}/{name}_L{L}_K{K joined by '-'}.json: every argument of the run (defaults
-  resolved, the seed drawn when --seed is not given), the nnlab and torch versions,
-  and the FitResult. Written atomically; an existing one is never replaced silently.
+  {out}/{name}_L{L}_K{K joined by '-'}.json: every argument of the run (defaults
+  resolved), the nnlab and torch versions, and the FitResult. Written atomically; an
+  existing one is never replaced silently.
 
 examples (the course's experiment 1.1, on the bundled digits):
   nnlab experiment run -n demo -K 16 32 -L 1 -P 1 -H 64
@@ -45,13 +46,14 @@ examples (the course's experiment 1.1, on the bundled digits):
 
 # The options that configure one run besides K, L, P, H and M: (flags, argparse settings).
 # The dest is cnn_experiment's argument (or a model keyword argument); the default is
-# cnn_experiment's, so only the options given are passed on (and to a sweep's runs).
+# cnn_experiment's (the seed's is 0, as in every subcommand), so only the options given
+# are passed on (and to a sweep's runs).
 RUN_OPTIONS = (
-    (("-o", "--out-dir"), dict(metavar="DIR", help="folder of the result files")),
-    (("-s", "--seed"), dict(type=seed, help="random seed (default: drawn, and recorded in the result)")),
+    (("-o", "--out"), dict(dest="out_dir", metavar="DIR", help="folder of the result files")),
+    (("-s", "--seed"), dict(type=seed, default=0, help="random seed (default 0)")),
     (("-d", "--device"), dict(help="torch device, e.g. cpu or cuda (default: cuda if available)")),
-    (("--bs-train",), dict(type=positive_int, metavar="N", help="training batch size")),
-    (("--bs-test",), dict(type=positive_int, metavar="N", help="test batch size (default: bs-train // 4)")),
+    (("--batch-size",), dict(dest="bs_train", type=positive_int, metavar="N", help="training batch size")),
+    (("--bs-test",), dict(type=positive_int, metavar="N", help="test batch size (default: --batch-size // 4)")),
     (("--batches",), dict(type=positive_int, metavar="N", help="batches per epoch and phase (default: all)")),
     (("--epochs",), dict(type=positive_int, metavar="N", help="maximal number of epochs")),
     (("--early-stopping",), dict(type=non_negative_int, metavar="N", help="stop after N epochs without a lower test loss; 0: never")),
@@ -82,12 +84,13 @@ def add_parser(commands):
     run = actions.add_parser(
         "run",
         help="train one configuration and write its result file",
-        description="Trains one configuration and writes {out_dir}/{name}_L{L}_K{K}.json.",
+        description="Trains one configuration and writes {out}/{name}_L{L}_K{K}.json.",
         epilog=EXPERIMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_configuration_options(run, sweep=False)
-    run.add_argument("--checkpoints", metavar="FILE", help="save the best model and training state here")
+    run.add_argument("--checkpoint", dest="checkpoints", metavar="FILE", help="save the best model and training state here")
+    add_alias(run, "--checkpoints", dest="checkpoints")
     run.add_argument("--overwrite", action="store_true", help="replace an existing result (and checkpoint) file")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_distributed_options(run)
@@ -96,7 +99,7 @@ def add_parser(commands):
         "sweep",
         help="run the cross product of configurations, each in its own process",
         description="Runs every combination of the -K, -L, -P, -H and -M values, each configuration in its "
-        "own process (its output in {out_dir}/logs/), --jobs at a time. A configuration whose result "
+        "own process (its output in {out}/logs/), --jobs at a time. A configuration whose result "
         "file holds its run is skipped, so an interrupted sweep resumes where it stopped; a result file "
         "run with other options (another --epochs, --lr, ...) stops the sweep before it runs anything, "
         "naming the options, unless --overwrite, which reruns those configurations. One that cannot "
@@ -182,6 +185,8 @@ def add_configuration_options(parser, sweep):
         if defaults.get(dest) is not None and "(default" not in settings["help"]:
             settings["help"] += f" (default {defaults[dest]})"
         parser.add_argument(*flags, **settings)
+    add_alias(parser, "--out-dir", dest="out_dir")
+    add_alias(parser, "--bs-train", dest="bs_train", type=positive_int)
 
 
 class GivenOnce(argparse.Action):
@@ -225,7 +230,7 @@ def experiment_run(args):
     given = ("filters_per_layer", "layers_per_block", "pool_every", "hidden_dims", "model_type", "checkpoints")
     arguments.update({key: getattr(args, key) for key in given if getattr(args, key) is not None})
     if args.checkpoints is not None:
-        check_output_file("--checkpoints", args.checkpoints)
+        check_output_file("--checkpoint", args.checkpoints)
     threads = run_threads(args, torch.get_num_threads())
     torch.set_num_threads(threads)
     path = experiments.cnn_experiment(args.run_name, **arguments, overwrite=args.overwrite, verbose=not args.quiet)
@@ -365,7 +370,7 @@ def recorded_otherwise(item):
     """Why the result file of ``item`` is not its run: the options it was run with
     otherwise, or why it is no result; '' when it holds the run."""
     try:
-        return ", ".join(experiments.recorded_differences(item.path, item.config, item.ignored))
+        return ", ".join(experiments.recorded_differences(item.path, item.config))
     except experiments.ExperimentError as error:
         return str(error).removeprefix(f"{item.path}: ")
 
@@ -381,7 +386,6 @@ class SweepItem(NamedTuple):
     log: str
     problem: Optional[str]  # why the configuration cannot work; None if it can
     config: dict  # the configuration its result file must record
-    ignored: tuple  # configuration keys each run picks itself (the seed, drawn when -s is not given)
 
 
 def sweep_configurations(args):
@@ -405,7 +409,7 @@ def sweep_configurations(args):
         for key in ("model_type", "pool_every", "hidden_dims"):
             if len(dimensions[key]) > 1:
                 run_name += f"_{experiments.LETTERS.get(key, '')}{experiments.show(values[key])}"
-        arguments = dict(options, run_name=run_name, seed=options.get("seed", 0), **values)
+        arguments = dict(options, run_name=run_name, **values)
         config = experiments.resolve_config({**defaults, **arguments}, model_options(options))
         name = experiments.config_name(config)
         if any(item.name == name for item in items):
@@ -420,8 +424,7 @@ def sweep_configurations(args):
         argv += ["-P", str(values["pool_every"]), "-H", *map(str, values["hidden_dims"])]
         argv += option_arguments(args) + ["--threads", str(threads), "--quiet"]
         log = os.path.join(config["out_dir"], "logs", name + ".log")
-        ignored = ("seed",) if args.seed is None else ()
-        items.append(SweepItem(name, experiments.result_path(config), argv, log, problem, config, ignored))
+        items.append(SweepItem(name, experiments.result_path(config), argv, log, problem, config))
     return items
 
 

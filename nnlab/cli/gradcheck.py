@@ -33,6 +33,8 @@ def add_parser(commands):
     check.add_argument(
         "--dtype", choices=("float32", "float64"), default="float32", help="dtype of the layer and input (default float32)"
     )
+    check.add_argument("-q", "--quiet", action="store_true", help="print only the final line (what passed, or what failed)")
+    check.add_argument("-v", "--verbose", action="store_true", help="below the table, every check's verdict, not only the failures'")
     check.set_defaults(run=run_gradcheck)
 
 
@@ -42,12 +44,12 @@ def run_gradcheck(args):
     torch.set_num_threads(1)
     if args.layer is None and args.input_shape is None:
         rows = gradcheck_suite.run_all(seed=args.seed)
-        print(gradcheck_suite.format_table(rows))
         what = f"{len(rows)} checks"
     else:
         rows = check_user_layer(args)
-        print(gradcheck_suite.format_table(rows, details=True))
         what = f"{len(rows)} checks of {args.layer}"
+    if not args.quiet:
+        print(gradcheck_suite.format_table(rows, details=args.verbose or args.layer is not None))
     failed = [row.name for row in rows if not row.passed]
     if failed:
         print(f"FAILED: {', '.join(failed)}")

@@ -22,6 +22,7 @@ def add_parser(commands):
     overfit.add_argument("--samples", type=positive_int, default=20, help="number of samples (default 20)")
     overfit.add_argument("--max-epochs", type=positive_int, default=20, help="epochs allowed (default 20)")
     overfit.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    overfit.add_argument("-v", "--verbose", action="store_true", help="a progress bar per epoch")
     overfit.set_defaults(run=run_overfit)
 
 
@@ -34,7 +35,7 @@ def run_overfit(args):
     model = build_model(args.model, in_size, num_classes)
     optimizer = make_optimizer("adam", model.params(), learn_rate=1e-2)
     batches = data.Batches(model_input(args.model, x), y, batch_size=args.samples)
-    result = training.overfit(model, CrossEntropyLoss(), optimizer, batches, max_epochs=args.max_epochs)
+    result = training.overfit(model, CrossEntropyLoss(), optimizer, batches, max_epochs=args.max_epochs, verbose=args.verbose)
     if result.accuracy < 100.0:
         print(f"overfit: {args.model} reached only {result.accuracy:.1f}% on {args.samples} samples in {args.max_epochs} epochs")
         return 1

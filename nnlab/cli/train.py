@@ -87,7 +87,7 @@ def add_parser(commands):
     train.add_argument("--resume", metavar="FILE", help="continue the run saved in this checkpoint")
     train.add_argument("--overwrite", action="store_true", help="let --checkpoint replace an existing file")
     train.add_argument("--no-verify", action="store_true", help="skip the gradient check before training")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_distributed_options(train)
     train.set_defaults(run=run_train)
 
@@ -185,7 +185,7 @@ def train_model(args, world):
 
     torch.manual_seed(settings["seed"])
     task = args.task if args.task is not None or saved is None else saved["config"].get("task")
-    split, own = load_split(settings["data"], settings["root"], settings["seed"], task)
+    split, own = checked_split(settings["data"], settings["root"], settings["seed"], task)
     config = dict(settings, data_fingerprint=content_digest(list(split)))
     if own is not None:
         config["task"] = own.task
@@ -240,7 +240,7 @@ def train_model(args, world):
     return 0
 
 
-def load_split(name, root, seed, task):
+def checked_split(name, root, seed, task):
     """``(split, own)``: the data set's split (``data.load_split``), its --root checked
     first, and None; or a data file's (``data.load_data_file``) and its ``OwnData``."""
     if data.is_data_file(name):
