@@ -54,7 +54,7 @@ def test_help_shows_only_the_new_spellings(action):
 
 @pytest.mark.parametrize(
     "argv",
-    [["train"], ["overfit"], ["gradcheck"], ["binary"], EXPERIMENT, ["experiment", "sweep", "-n", "s"]],
+    [["train"], ["overfit"], ["gradcheck"], ["binary"], ["generate", "--checkpoint", "m.pt"], EXPERIMENT, ["experiment", "sweep", "-n", "s"]],
 )
 def test_the_seed_is_0_unless_given(argv):
     args = parsed(*argv)
