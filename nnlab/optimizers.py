@@ -600,12 +600,16 @@ def clip_grad_value_(params, clip_value):
 
 # By name ------------------------------------------------------------------------
 
-OPTIMIZERS = {"sgd": VanillaSGD, "momentum": MomentumSGD, "rmsprop": RMSProp, "adam": Adam}
+OPTIMIZERS = {"sgd": VanillaSGD, "momentum": MomentumSGD, "rmsprop": RMSProp, "adam": Adam, "adamw": AdamW}
 
 
 def make_optimizer(name, params, **options):
     """The optimizer ``OPTIMIZERS[name]`` over ``params``, built with ``options``
-    (``learn_rate``, ``reg``, ...; the class's defaults for the others)."""
+    (``learn_rate``, ``reg``, ...; the class's defaults for the others). AdamW has no L2
+    term: its ``reg`` is its decoupled ``weight_decay`` (torch's ``weight_decay=``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"make_optimizer: unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+    if OPTIMIZERS[name] is AdamW and "reg" in options:
+        options = dict(options)
+        options["weight_decay"] = options.pop("reg")
     return OPTIMIZERS[name](params, **options)

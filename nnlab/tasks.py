@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("mlp", "cnn")
-DEFAULT_LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "rmsprop": 1e-3, "adam": 1e-3}
+DEFAULT_LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
 MULTI_DIGIT_TASKS = ("top-left digit", "bottom-right digit")
 VERIFY_TOLERANCE = 1e-10
 

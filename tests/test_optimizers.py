@@ -707,3 +707,24 @@ def test_a_step_whose_numbers_overflow_the_parameters_dtype_is_refused_and_chang
     for before_entry, after_entry in zip(state["state"], after["state"]):
         for key, value in before_entry.items():
             assert torch.equal(torch.as_tensor(after_entry[key]), torch.as_tensor(value))
+
+
+def test_adamw_is_in_the_registry_with_reg_as_its_weight_decay():
+    from nnlab.optimizers import OPTIMIZERS as REGISTRY
+    from nnlab.optimizers import make_optimizer
+
+    assert REGISTRY["adamw"] is AdamW
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, dtype=torch.float64)
+    grad = torch.zeros_like(weight)
+    reference = weight.clone().requires_grad_(True)
+    optimizer = make_optimizer("adamw", [(weight, grad)], learn_rate=0.1, reg=0.05)
+    twin = torch.optim.AdamW([reference], lr=0.1, weight_decay=0.05)
+    for _ in range(5):
+        step_grad = torch.randn(4, 3, dtype=torch.float64)
+        grad.copy_(step_grad)
+        reference.grad = step_grad.clone()
+        optimizer.step()
+        twin.step()
+        torch.testing.assert_close(weight, reference.detach(), rtol=0, atol=1e-12)
+    assert optimizer.weight_decay == 0.05
