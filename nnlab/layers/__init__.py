@@ -6,6 +6,7 @@ this package; they are importable from here too, looked up on first use so that 
 package never imports the modules built on it.
 """
 
+from .attention import MultiheadAttention, ScaledDotProductAttention
 from .base import Layer
 from .containers import ACTIVATIONS, Builder, Sequential, make_activation
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
@@ -60,6 +61,15 @@ from .sample_norm import (
 )
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock
+from .transformer import (
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    generate_square_subsequent_mask,
+)
 from .upsample import Upsample
 
 _MODEL_NAMES = ("MLP", "CNN", "ResNet", "count_params")
@@ -86,4 +96,7 @@ __all__ = [
     "RMSNorm", "RNN", "RNNCell", "ReLU", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
     "Sequential", "Sigmoid", "SmoothL1Loss", "SoftMarginLoss", "Softmax", "TanH", "Tanh", "Upsample",
     "count_params", "make_activation",
+    "LearnedPositionalEncoding", "MultiheadAttention", "ScaledDotProductAttention", "SinusoidalPositionalEncoding",
+    "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer",
+    "generate_square_subsequent_mask",
 ]

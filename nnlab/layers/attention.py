@@ -23,6 +23,7 @@ import torch
 
 from .base import Layer, checked_bool, checked_int, checked_real, describe
 from .dense import Linear, dropout_mask
+from .norm import place
 
 __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
 
@@ -286,10 +287,9 @@ class MultiheadAttention(Layer):
         self.packed = self.kdim == self.embed_dim and self.vdim == self.embed_dim
         self._init_params()
         self.out_proj = Linear(self.embed_dim, self.embed_dim, bias=self.has_bias)
-        self.out_proj.to(device=device, dtype=dtype)
         if self.has_bias:
             self.out_proj.bias.zero_()
-        self.to(device=device, dtype=dtype)
+        place(self, device, dtype)
         self._cache = None
         self._saved = ()
 
