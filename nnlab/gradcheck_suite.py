@@ -409,6 +409,49 @@ CASES = [
     Case("Concat", nn.Concat, lambda: Elementwise(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
     Case("Model (graph)", _small_unet, _SmallUNetTwin, (2, 2, 4, 4)),
     Case(
+        "ScaledDotProductAttention",
+        nn.ScaledDotProductAttention,
+        lambda: Elementwise(torch.nn.functional.scaled_dot_product_attention),
+        [(2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 3)],
+    ),
+    Case("MultiheadAttention", lambda: nn.MultiheadAttention(4, 2), None, [(3, 2, 4), (5, 2, 4), (5, 2, 4)]),
+    Case(
+        "MultiheadAttention (kdim, vdim)",
+        lambda: nn.MultiheadAttention(4, 2, kdim=3, vdim=5, batch_first=True),
+        None,
+        [(2, 3, 4), (2, 5, 3), (2, 5, 5)],
+    ),
+    Case(
+        "TransformerEncoderLayer",
+        lambda: nn.TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0),
+        None,
+        (3, 2, 4),
+        kinked=True,
+    ),
+    Case(
+        "TransformerEncoder (gelu, norm)",
+        lambda: nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(4, 2, 6, 0.0, "gelu", norm_first=True), 1, norm=nn.LayerNorm(4)
+        ),
+        None,
+        (3, 2, 4),
+    ),
+    Case(
+        "TransformerDecoderLayer",
+        lambda: nn.TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.0),
+        None,
+        [(3, 2, 4), (5, 2, 4)],
+        kinked=True,
+    ),
+    Case(
+        "TransformerDecoder",
+        lambda: nn.TransformerDecoder(nn.TransformerDecoderLayer(4, 2, 6, 0.0, batch_first=True), 1),
+        None,
+        [(2, 3, 4), (2, 5, 4)],
+    ),
+    Case("SinusoidalPositionalEncoding", lambda: nn.SinusoidalPositionalEncoding(4, max_len=8), None, (3, 2, 4)),
+    Case("LearnedPositionalEncoding", lambda: nn.LearnedPositionalEncoding(8, 4), None, (3, 2, 4)),
+    Case(
         "Conv2d -> ReLU -> MaxPool2d",
         lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
         lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)),

@@ -153,6 +153,52 @@ def _cell_twin(module_class, layer):
         return module_class(layer.input_size, layer.hidden_size, layer.bias, layer.nonlinearity)
     return module_class(layer.input_size, layer.hidden_size, layer.bias)
 
+def _drops(layer):
+    """Whether a layer of the attention family draws dropout masks now (torch would draw others)."""
+    p = layer.dropout if isinstance(layer, (nn.MultiheadAttention, nn.ScaledDotProductAttention)) else layer.dropout_p
+    return layer.training and p > 0
+
+
+def _attention_twin(layer):
+    if _drops(layer):
+        return None
+    return torch.nn.MultiheadAttention(
+        layer.embed_dim,
+        layer.num_heads,
+        dropout=layer.dropout,
+        bias=layer.has_bias,
+        kdim=layer.kdim,
+        vdim=layer.vdim,
+        batch_first=layer.batch_first,
+    )
+
+
+def _transformer_layer_twin(module_class, layer):
+    """The torch encoder or decoder layer with the layer's options; None for an
+    activation torch's layers do not name, or while dropout draws masks."""
+    activation = layer.activation_name
+    if activation is None or _drops(layer):
+        return None
+    return module_class(
+        layer.d_model,
+        layer.nhead,
+        dim_feedforward=layer.dim_feedforward,
+        dropout=layer.dropout_p,
+        activation=activation,
+        layer_norm_eps=layer.layer_norm_eps,
+        batch_first=layer.batch_first,
+        norm_first=layer.norm_first,
+        bias=layer.has_bias,
+    )
+
+
+def _transformer_stack_twin(module_class, layer, **options):
+    block = _twin_structure(layer.layers[0])
+    norm = None if layer.norm is None else _twin_structure(layer.norm)
+    if block is None or (layer.norm is not None and norm is None):
+        return None
+    return module_class(block, layer.num_layers, norm=norm, **options)
+
 
 _LEAF_TWINS = {
     nn.Linear: lambda layer: torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None),
@@ -217,6 +263,16 @@ _LEAF_TWINS = {
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
     nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),
+    nn.ScaledDotProductAttention: lambda layer: None if _drops(layer) else Elementwise(
+        torch.nn.functional.scaled_dot_product_attention
+    ),
+    nn.MultiheadAttention: _attention_twin,
+    nn.TransformerEncoderLayer: lambda layer: _transformer_layer_twin(torch.nn.TransformerEncoderLayer, layer),
+    nn.TransformerDecoderLayer: lambda layer: _transformer_layer_twin(torch.nn.TransformerDecoderLayer, layer),
+    nn.TransformerEncoder: lambda layer: _transformer_stack_twin(
+        torch.nn.TransformerEncoder, layer, enable_nested_tensor=False
+    ),
+    nn.TransformerDecoder: lambda layer: _transformer_stack_twin(torch.nn.TransformerDecoder, layer),
     nn.CrossEntropyLoss: lambda layer: torch.nn.CrossEntropyLoss(
         _copy(layer.weight),
         ignore_index=layer.ignore_index,

@@ -75,15 +75,18 @@ class _GELU(Layer):
         return dout * (cdf + x * pdf)
 
 
-def _activation(owner, activation):
-    """The feed-forward activation layer: 'relu' or 'gelu' (or torch.nn.functional's
-    relu / gelu, torch's default spelling), or an nnlab Layer (copied)."""
-    if activation in ("relu", torch.nn.functional.relu):
-        return ReLU()
-    if activation in ("gelu", torch.nn.functional.gelu):
-        return _GELU()
+_ACTIVATIONS = {"relu": ReLU, "gelu": _GELU}
+
+
+def _activation_name(owner, activation):
+    """'relu' or 'gelu' for those names or torch.nn.functional's relu and gelu (torch's
+    default spelling); None for an nnlab Layer."""
+    if activation in (torch.nn.functional.relu, torch.nn.functional.gelu):
+        return activation.__name__
+    if isinstance(activation, str) and activation in _ACTIVATIONS:
+        return activation
     if isinstance(activation, Layer):
-        return copy.deepcopy(activation)
+        return None
     raise ValueError(f"{owner}: activation must be 'relu', 'gelu' or an nnlab Layer, got {activation!r}")
 
 
@@ -124,7 +127,11 @@ class _Block(Layer, _FeedForward):
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.activation = _activation(owner, activation)
+        self.activation_name = _activation_name(owner, activation)
+        if self.activation_name is None:
+            self.activation = copy.deepcopy(activation)
+        else:
+            self.activation = _ACTIVATIONS[self.activation_name]()
 
     def attention(self):
         return MultiheadAttention(self.d_model, self.nhead, dropout=self.dropout_p, bias=self.has_bias, batch_first=self.batch_first)
