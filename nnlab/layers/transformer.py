@@ -92,13 +92,21 @@ def _activation_name(owner, activation):
 
 class _FeedForward:
     """``linear2(dropout(activation(linear1(x))))`` and its backward, over a layer that
-    has those four children (torch's names)."""
+    has those four children (torch's names). An idle dropout (eval mode or p = 0) is
+    skipped, so that linear2 keeps the activation's output rather than a copy of it."""
 
     def feed_forward(self, x):
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        hidden = self.activation(self.linear1(x))
+        self._feed_forward_drops = self.dropout.training and self.dropout.p > 0
+        if self._feed_forward_drops:
+            hidden = self.dropout(hidden)
+        return self.linear2(hidden)
 
     def feed_forward_vjp(self, dout):
-        return self.linear1.backward(self.activation.backward(self.dropout.backward(self.linear2.backward(dout))))
+        dhidden = self.linear2.backward(dout)
+        if self._feed_forward_drops:
+            dhidden = self.dropout.backward(dhidden)
+        return self.linear1.backward(self.activation.backward(dhidden))
 
 
 def _self_attention_vjp(attention, dout):
@@ -437,36 +445,45 @@ class TransformerDecoder(_Stack):
         return dx, dmemory
 
 
+def sinusoids(length, d_model, dtype, device=None):
+    """(length, d_model) table: ``[pos, 2i] = sin(pos / 10000^(2i / d_model))``,
+    ``[pos, 2i + 1] = cos(pos / 10000^(2i / d_model))``, computed in float64."""
+    position = torch.arange(length, dtype=torch.float64, device=device).unsqueeze(1)
+    exponents = torch.arange(0, d_model, 2, dtype=torch.float64, device=device) / d_model
+    angles = position / torch.pow(10000.0, exponents)
+    table = torch.zeros(length, d_model, dtype=torch.float64, device=device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
+    return table.to(dtype)
+
+
 class SinusoidalPositionalEncoding(Layer):
     """Adds the fixed sinusoidal position code of "Attention is all you need":
     ``out[pos] = x[pos] + pe[pos]`` with ``pe[pos, 2i] = sin(pos / 10000^(2i / d_model))``,
     ``pe[pos, 2i + 1] = cos(pos / 10000^(2i / d_model))``. (torch.nn has no such module; this
-    is the code of PyTorch's Transformer tutorial, without its dropout.)
+    is the code of PyTorch's Transformer tutorial, without its dropout and its buffer: the
+    table is formed in float64 at each call, so it is exact in any dtype.)
 
     Backward: ``dx = dout``. Shapes: (L, N, d_model) (``batch_first``: (N, L, d_model);
-    unbatched (L, d_model)) -> same, L <= max_len.
-    Buffer: ``pe`` (max_len, d_model). Caches: nothing.
+    unbatched (L, d_model)) -> same, L <= max_len. No parameters. Caches: nothing.
     """
 
-    def __init__(self, d_model, max_len=5000, batch_first=False, device=None, dtype=None):
+    def __init__(self, d_model, max_len=5000, batch_first=False):
         super().__init__()
         self.d_model = checked_int("SinusoidalPositionalEncoding", "d_model", d_model, 1)
         self.max_len = checked_int("SinusoidalPositionalEncoding", "max_len", max_len, 1)
         self.batch_first = checked_bool("SinusoidalPositionalEncoding", "batch_first", batch_first)
-        position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
-        frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
-        pe = torch.zeros(max_len, d_model, dtype=torch.float64)
-        pe[:, 0::2] = torch.sin(position * frequency)
-        pe[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
-        self.add_buffer("pe", pe.to(torch.get_default_dtype()))
-        place(self, device, dtype)
 
     def __repr__(self):
         return f"SinusoidalPositionalEncoding({self.d_model}, max_len={self.max_len})"
 
     def forward(self, x, **kw):
         positions = _positions(self, x)
-        return self.finish_forward(x + positions(self.pe.to(x.dtype)))
+        length = self._length(x)
+        return self.finish_forward(x + positions(sinusoids(length, self.d_model, x.dtype, x.device)))
+
+    def _length(self, x):
+        return x.shape[1] if self.batch_first and x.dim() == 3 else x.shape[0]
 
     def backward(self, dout):
         self.start_backward(dout)
