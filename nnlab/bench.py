@@ -48,10 +48,13 @@ from nnlab.layers import (
     LayerNorm,
     Linear,
     MaxPool2d,
+    MSELoss,
+    MultiheadAttention,
     ReLU,
     ResidualBlock,
     Sequential,
     Tanh,
+    TransformerEncoderLayer,
 )
 from nnlab.layers.windows import add_into_windows, window_view
 from nnlab.models import MLP
@@ -80,6 +83,7 @@ class Sizes(NamedTuple):
     sequence: tuple  # (batch, steps, input_size, hidden_size, vocabulary)
     grouped_convs: list  # (batch, in_channels, size, out_channels, kernel, padding, groups)
     transposed_convs: list  # (batch, in_channels, size, out_channels, kernel, stride, padding, output_padding)
+    attention: tuple  # (batch, tokens, embed_dim, heads)
 
 
 FULL = Sizes(
@@ -93,6 +97,7 @@ FULL = Sizes(
     sequence=(32, 64, 64, 256, 100),
     grouped_convs=[(64, 32, 16, 64, 3, 1, 4), (64, 32, 32, 32, 3, 1, 32), (64, 64, 16, 128, 3, 1, 64)],
     transposed_convs=[(64, 64, 8, 32, 4, 2, 1, 0), (64, 32, 16, 16, 3, 2, 1, 1)],
+    attention=(32, 128, 128, 4),
 )
 QUICK = Sizes(
     convs=[(2, 3, 8, 8, 4, 3, 1), (2, 1, 7, 7, 2, 3, 0)],
@@ -105,6 +110,7 @@ QUICK = Sizes(
     sequence=(2, 3, 4, 5, 7),
     grouped_convs=[(2, 4, 6, 8, 3, 1, 2), (2, 4, 6, 4, 3, 1, 4)],
     transposed_convs=[(2, 4, 3, 2, 4, 2, 1, 0)],
+    attention=(2, 4, 8, 2),
 )
 CLASSES = 10
 LEARN_RATE = 1e-2
@@ -288,6 +294,101 @@ def sequence_cases(batch, steps, input_size, hidden_size, vocabulary):
     ]
 
 
+def attention_pairs(batch, tokens, embed_dim, heads, encoder_dropout=0.1):
+    """(name, nnlab layer, torch twin, input) for self-attention (MultiheadAttention,
+    without and with the weights returned) and a TransformerEncoderLayer (feed-forward
+    width 4 * embed_dim, dropout torch's default), weights copied; inputs (L, N, E)."""
+    x = torch.randn(tokens, batch, embed_dim)
+    pairs = []
+    for need_weights in (False, True):
+        layer = MultiheadAttention(embed_dim, heads)
+        twin = torch.nn.MultiheadAttention(embed_dim, heads)
+        copy_weights(layer, twin)
+        pairs.append((f"MultiheadAttention need_weights={need_weights}", layer, twin, x))
+    encoder = TransformerEncoderLayer(embed_dim, heads, 4 * embed_dim, dropout=encoder_dropout)
+    encoder_twin = torch.nn.TransformerEncoderLayer(embed_dim, heads, 4 * embed_dim, dropout=encoder_dropout)
+    copy_weights(encoder, encoder_twin)
+    pairs.append(("TransformerEncoderLayer", encoder, encoder_twin, x))
+    return pairs
+
+
+def _attention_call(name):
+    """How the layer or module of ``attention_pairs`` named ``name`` is called on x."""
+    if name == "TransformerEncoderLayer":
+        return lambda module, x: module(x)
+    need_weights = name.endswith("True")
+    return lambda module, x: module(x, x, x, need_weights=need_weights)
+
+
+def attention_cases(batch, tokens, embed_dim, heads):
+    """MultiheadAttention self-attention forward + backward (the input's gradient is the
+    sum of dquery, dkey and dvalue on nnlab's side; autograd sums them on torch's), and a
+    TransformerEncoderLayer training step (forward, MSE against a target, backward, SGD)."""
+    shape = f"{batch}x{tokens}x{embed_dim}, {heads} heads"
+    pairs = attention_pairs(batch, tokens, embed_dim, heads)
+    cases = [self_attention_case(f"{name} {shape}", layer, twin, x) for name, layer, twin, x in pairs[:2]]
+    _, encoder, encoder_twin, x = pairs[2]
+    cases.append(encoder_step_case(f"train step TransformerEncoderLayer {shape}", encoder, encoder_twin, x))
+    return cases
+
+
+def self_attention_case(name, layer, twin, x):
+    need_weights = name.split()[1] == "need_weights=True"
+    x_ref = x.clone().requires_grad_(True)
+    dout = torch.randn(x.shape)
+
+    def run_nnlab():
+        layer(x, x, x, need_weights=need_weights)
+        dquery, dkey, dvalue = layer.backward((dout, None))
+        return dquery + dkey + dvalue
+
+    def run_torch():
+        x_ref.grad = None
+        twin(x_ref, x_ref, x_ref, need_weights=need_weights)[0].backward(dout)
+
+    return Case(name, run_nnlab, run_torch)
+
+
+def encoder_step_case(name, layer, twin, x):
+    """One SGD step on the mean squared error against a fixed target, both sides in
+    training mode (dropout drawing its own masks on each side)."""
+    target = torch.randn(x.shape)
+    loss_fn = MSELoss()
+    optimizer = VanillaSGD(layer.params(), learn_rate=LEARN_RATE, reg=REG)
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=LEARN_RATE, weight_decay=REG)
+
+    def run_nnlab():
+        optimizer.zero_grad()
+        loss_fn(layer(x), target)
+        layer.backward(loss_fn.backward())
+        optimizer.step()
+
+    def run_torch():
+        twin_optimizer.zero_grad()
+        torch.nn.functional.mse_loss(twin(x), target).backward()
+        twin_optimizer.step()
+
+    return Case(name, run_nnlab, run_torch)
+
+
+def attention_memory(sizes):
+    """(name, nnlab bytes, torch bytes) kept between forward and backward by the layers of
+    the attention cases (the encoder layer without dropout here, whose masks each side
+    draws and keeps in its own form)."""
+    results = []
+    for name, layer, twin, x in attention_pairs(*sizes.attention, encoder_dropout=0.0):
+        call = _attention_call(name)
+        call(layer, x)
+        state = [param for param, _ in layer.params()] + [grad for _, grad in layer.params()]
+        ours = _storage_bytes(_held_tensors(layer), _state_storages(state))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+            call(twin, x.clone().requires_grad_(True))
+        theirs = _storage_bytes(saved, _state_storages(list(twin.parameters())))
+        results.append((name, ours, theirs))
+    return results
+
+
 def copy_weights(model, twin):
     """The nnlab model's parameters into its torch twin, matched in order (params() and
     parameters() list them alike for the models here)."""
@@ -397,6 +498,7 @@ def build_cases(sizes=FULL):
     cases.extend(norm_cases(*sizes.batchnorm))
     cases.extend(sequence_cases(*sizes.sequence))
     cases += [forward_backward_case(name, layer, module, x) for name, layer, module, x in layer_pairs(sizes)]
+    cases.extend(attention_cases(*sizes.attention))
     for name, model, twin, x in model_sets(sizes):
         y = torch.randint(0, CLASSES, (x.shape[0],))
         cases.append(train_step_case(f"train step {name}", model, twin, x, y))
@@ -566,7 +668,7 @@ def measure_memory(sizes=FULL):
         ours = nnlab_saved_bytes(model, CrossEntropyLoss(), x, y)
         theirs = torch_saved_bytes(twin, torch.nn.CrossEntropyLoss(), x, y)
         results.append((name, ours, theirs))
-    return results + [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)]
+    return results + [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)] + attention_memory(sizes)
 
 
 # Command line -------------------------------------------------------------------------------

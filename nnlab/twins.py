@@ -153,6 +153,7 @@ def _cell_twin(module_class, layer):
         return module_class(layer.input_size, layer.hidden_size, layer.bias, layer.nonlinearity)
     return module_class(layer.input_size, layer.hidden_size, layer.bias)
 
+
 def _drops(layer):
     """Whether a layer of the attention family draws dropout masks now (torch would draw others)."""
     p = layer.dropout if isinstance(layer, (nn.MultiheadAttention, nn.ScaledDotProductAttention)) else layer.dropout_p

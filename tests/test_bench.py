@@ -22,7 +22,8 @@ def one_thread():
 def test_bench_runs_quick(capsys, one_thread):
     assert bench.main(["--quick", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    for name in ("Conv2d", "MaxPool2d", "BatchNorm2d", "train step MLP", "train step CNN", "train step ResNet block"):
+    names = ("Conv2d", "MaxPool2d", "BatchNorm2d", "train step MLP", "train step CNN", "train step ResNet block")
+    for name in names + ("MultiheadAttention need_weights=False", "train step TransformerEncoderLayer"):
         assert name in printed
     assert len(re.findall(r"geometric mean\s+\d+\.\d\d", printed)) == 3
     rows = [line for line in printed.splitlines() if re.search(r"\d+\.\d{2,3}\s+\d+\.\d{2,3}\s+\d+\.\d\d$", line)]
@@ -39,7 +40,7 @@ def test_bench_json_is_valid_and_cases_select(capsys, one_thread):
     assert report["threads"] == 1 and report["repeats"] == 1
     for entry in report["cases"] + report["graph"]:
         assert entry["ratio"] == pytest.approx(entry["ours_ms"] / entry["theirs_ms"])
-    assert len(report["memory"]) == 3 + len(bench.QUICK.grouped_convs) + len(bench.QUICK.transposed_convs)
+    assert len(report["memory"]) == len(bench.measure_memory(bench.QUICK))
 
 
 def test_bench_profile_names_operations_and_times_the_parts_of_conv2d(capsys, one_thread):

@@ -8,7 +8,16 @@ from nnlab.layers import CrossEntropyLoss, Dropout, Dropout2d, Linear, ReLU, Seq
 from nnlab.twins import torch_twin
 
 # torch.nn has no module for these (or, for Dropout, none drawing nnlab's mask).
-TWINLESS = ("Dropout", "Dropout2d", "Model (graph)", "ClippedCrossEntropyLoss", "ClippedCrossEntropyLoss (sum)", "MultiTaskLoss")
+TWINLESS = (
+    "Dropout",
+    "Dropout2d",
+    "Model (graph)",
+    "ClippedCrossEntropyLoss",
+    "ClippedCrossEntropyLoss (sum)",
+    "MultiTaskLoss",
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEncoding",
+)
 TWINNED = [case for case in CASES if not case.ties and case.name not in TWINLESS]
 
 

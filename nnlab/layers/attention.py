@@ -2,9 +2,9 @@
 backward passes.
 
 Both rest on one pair of functions: ``attend`` (scores, softmax, dropout, weighted sum)
-and ``attend_vjp`` (its vector-Jacobian product). ``attend`` keeps the log-sum-exp of
-each row of scores rather than the (L, S) matrix of weights; ``attend_vjp`` forms the
-weights again from q, k and it, as torch's own CPU attention kernel does, so that the
+and ``attend_vjp`` (its vector-Jacobian product). ``attend`` keeps q, k, v and the mask,
+not the (L, S) matrix of weights; ``attend_vjp`` forms the weights again from them (one
+matrix product and a softmax), as torch's own CPU attention kernel does, so that the
 memory kept between forward and backward grows with L + S, not L * S (without dropout).
 
 Fully masked rows (a query whose keys are all masked): torch 2.13 answers them in two
@@ -30,58 +30,69 @@ __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
 
 class AttentionCache:
     """What ``attend`` keeps for ``attend_vjp``: the inputs q, k, v, the additive bias
-    (or None), the scale, the log-sum-exp of each row of scores (B, L, 1) and the scaled
-    dropout mask (or None)."""
+    (or None), the scale, where whole rows are masked and set to 0 (a bool tensor
+    broadcastable to the weights, or None) and the scaled dropout mask (or None)."""
 
-    def __init__(self, q, k, v, bias, scale, log_sums, drop):
+    def __init__(self, q, k, v, bias, scale, zeroed_rows, drop, weights=None):
+        self.weights = weights
         self.q = q
         self.k = k
         self.v = v
         self.bias = bias
         self.scale = scale
-        self.log_sums = log_sums
+        self.zeroed_rows = zeroed_rows
         self.drop = drop
 
     def tensors(self):
-        return tuple(t for t in (self.q, self.k, self.v, self.bias, self.log_sums, self.drop) if t is not None)
+        tensors = (self.q, self.k, self.v, self.bias, self.zeroed_rows, self.drop, self.weights)
+        return tuple(t for t in tensors if t is not None)
+
+    def softmax(self):
+        """The weights before dropout, ``softmax(scale * q @ k^T + bias)``, with the rows
+        in ``zeroed_rows`` set to 0: the kept ones, or formed again."""
+        if self.weights is not None:
+            return self.weights
+        scores = torch.matmul(self.q * self.scale, self.k.transpose(-2, -1))
+        if self.bias is not None:
+            # In place on the product's fresh output, which autograd does not keep.
+            scores += self.bias
+        weights = torch.softmax(scores, dim=-1)
+        if self.zeroed_rows is not None:
+            weights = weights.masked_fill(self.zeroed_rows, 0.0)
+        return weights
 
 
-def attention_scores(q, k, bias, scale):
-    """``scale * q @ k^T + bias`` over the last two dims."""
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if bias is not None:
-        scores = scores + bias
-    return scores
-
-
-def attend(q, k, v, bias, scale, dropout_p, zero_masked_rows):
+def attend(q, k, v, bias, scale, dropout_p, zero_masked_rows, keep_weights=False):
     """``(out, weights, cache)`` with ``weights = dropout(softmax(scale * q @ k^T + bias))``
     and ``out = weights @ v``; q (*, L, E), k (*, S, E), v (*, S, Ev), bias broadcastable
-    to (*, L, S) (0 where allowed, -inf where masked) or None. A row whose scores are
-    all -inf gets weights 0 with ``zero_masked_rows``, NaN without (see the module
-    docstring)."""
-    scores = attention_scores(q, k, bias, scale)
-    log_sums = torch.logsumexp(scores, dim=-1, keepdim=True)
-    if zero_masked_rows:
-        # exp(-inf - inf) = 0 for every entry of such a row, where -inf - (-inf) is NaN.
-        log_sums = log_sums.masked_fill(log_sums == -math.inf, math.inf)
-    weights = torch.exp(scores - log_sums)
-    drop = None
+    to (*, L, S) (0 where allowed, -inf where masked) or None. A row whose bias is -inf
+    throughout gets weights 0 with ``zero_masked_rows``, NaN without (see the module
+    docstring). ``keep_weights``: the cache keeps the weights before dropout (for a
+    caller that returns them anyway, as autograd would keep them) rather than forming
+    them again in backward."""
+    zeroed_rows = None
+    if zero_masked_rows and bias is not None:
+        masked = (bias == -math.inf).all(dim=-1, keepdim=True)
+        zeroed_rows = masked if masked.any() else None
+    cache = AttentionCache(q, k, v, bias, scale, zeroed_rows, None)
+    weights = cache.softmax()
+    if keep_weights:
+        cache.weights = weights
     if dropout_p > 0:
-        drop = dropout_mask(weights.shape, dropout_p, weights)
-        weights = weights * drop
+        cache.drop = dropout_mask(weights.shape, dropout_p, weights)
+        weights = weights * cache.drop
     out = torch.matmul(weights, v)
-    return out, weights, AttentionCache(q, k, v, bias, scale, log_sums, drop)
+    return out, weights, cache
 
 
 def attend_vjp(cache, dout, dweights=None):
     """(dq, dk, dv) of ``attend`` given dout (*, L, Ev) and, when the caller handed the
     weights on, their gradient dweights (broadcastable to (*, L, S)) or None. With P the
-    softmax (formed again from q, k and the log-sum-exp), D the dropout mask and
-    ``W = P * D``: ``dv = W^T @ dout``, ``dW = dout @ v^T + dweights``, ``dP = dW * D``,
-    ``dscores = P * (dP - rowsum(dP * P))``, ``dq = scale * dscores @ k``,
-    ``dk = scale * dscores^T @ q``."""
-    weights = torch.exp(attention_scores(cache.q, cache.k, cache.bias, cache.scale) - cache.log_sums)
+    softmax (formed again), D the dropout mask and ``W = P * D``: ``dv = W^T @ dout``,
+    ``dW = dout @ v^T + dweights``, ``dP = dW * D``, ``dscores = P * dP - P * rowsum(P * dP)``,
+    ``dq = scale * dscores @ k``, ``dk = scale * dscores^T @ q``. A zeroed row has P = 0
+    and so no gradient."""
+    weights = cache.softmax()
     dropped = weights if cache.drop is None else weights * cache.drop
     dv = torch.matmul(dropped.transpose(-2, -1), dout)
     dweights_total = torch.matmul(dout, cache.v.transpose(-2, -1))
@@ -89,10 +100,10 @@ def attend_vjp(cache, dout, dweights=None):
         dweights_total = dweights_total + dweights
     if cache.drop is not None:
         dweights_total = dweights_total * cache.drop
-    dscores = weights * (dweights_total - (dweights_total * weights).sum(dim=-1, keepdim=True))
-    dscores = dscores * cache.scale
-    dq = torch.matmul(dscores, cache.k)
-    dk = torch.matmul(dscores.transpose(-2, -1), cache.q)
+    weighted = weights * dweights_total
+    dscores = torch.addcmul(weighted, weights, weighted.sum(dim=-1, keepdim=True), value=-1)
+    dq = torch.matmul(dscores, cache.k) * cache.scale
+    dk = torch.matmul(dscores.transpose(-2, -1), cache.q) * cache.scale
     return dq, dk, dv
 
 
@@ -140,9 +151,9 @@ class ScaledDotProductAttention(Layer):
     dropout mask, W = P * D: ``dvalue = W^T dout``, ``dP = (dout value^T) * D``,
     ``dscores = P * (dP - rowsum(dP * P))``, ``dquery = scale * dscores key``,
     ``dkey = scale * dscores^T query``. The mask gets no gradient.
-    Caches: query, key, value, the mask (as an additive float tensor), the log-sum-exp of
-    each row of scores and the dropout mask (training with dropout > 0); the weights are
-    formed again in backward.
+    Caches: query, key, value, the mask (as an additive float tensor), which rows are
+    fully masked and the dropout mask (training with dropout > 0); the weights are formed
+    again in backward.
     """
 
     SAVED_TENSORS = ("_saved",)
@@ -249,8 +260,10 @@ class MultiheadAttention(Layer):
     ``in_proj_bias`` (3E) (bias=True); ``out_proj.weight``, ``out_proj.bias``. Init as
     torch: Xavier-uniform projections, zero biases, out_proj weight U(+-1/sqrt(E)).
     ``add_bias_kv`` and ``add_zero_attn`` are refused (NotImplementedError).
-    Caches: query, key, value; the projected q, k, v, the mask, each row's log-sum-exp and
-    the dropout mask (see ``attend``); out_proj caches its input.
+    Caches: query, key, value; the projected q, k, v (one head after another), the mask,
+    which rows are fully masked and the dropout mask (see ``attend``), and with
+    ``need_weights=True`` the weights before dropout (formed again in backward otherwise);
+    out_proj caches its input.
     """
 
     SAVED_TENSORS = ("_saved",)
@@ -315,9 +328,10 @@ class MultiheadAttention(Layer):
 
     def projection(self, index):
         """(weight, bias or None, weight's gradient, bias's gradient or None) of q (0), k (1)
-        or v (2): rows of the packed tensors, or the separate weights."""
+        or v (2): rows of the packed tensors, or the separate weights; None: all three
+        packed rows."""
         e = self.embed_dim
-        rows = slice(index * e, (index + 1) * e)
+        rows = slice(None) if index is None else slice(index * e, (index + 1) * e)
         if self.packed:
             weight, dweight = self.in_proj_weight[rows], self._grads["in_proj_weight"][rows]
         else:
@@ -332,30 +346,50 @@ class MultiheadAttention(Layer):
         out = x @ weight.T
         return out if bias is None else out + bias
 
-    def project_vjp(self, x, d, index):
-        """Adds the projection's parameter gradients; returns dx = d W (None after
-        ``requires_input_grad(False)``)."""
-        weight, _, dweight, dbias = self.projection(index)
+    def add_projection_grads(self, x, d, index):
+        """dW += d^T x and db += sum(d) for projection ``index`` (see ``projection``)."""
+        _, _, dweight, dbias = self.projection(index)
         x_rows = x.reshape(-1, x.shape[-1])
         d_rows = d.reshape(-1, d.shape[-1])
         dweight.addmm_(d_rows.T, x_rows)
         if dbias is not None:
             dbias.add_(d_rows.sum(dim=0))
-        return d @ weight if self.needs_input_grad else None
 
-    def split_heads(self, x):
-        """(L, N, E) (or (N, L, E) with batch_first) -> (N, heads, L, head_dim), a view."""
+    def project_vjp(self, x, d, index):
+        """Adds the projection's parameter gradients; returns dx = d W (None after
+        ``requires_input_grad(False)``)."""
+        self.add_projection_grads(x, d, index)
+        return d @ self.projection(index)[0] if self.needs_input_grad else None
+
+    def fused_projection_vjp(self, x, d):
+        """``project_vjp`` of the three packed projections of one input x, given their
+        gradients side by side, d (..., 3E): one product for the weight's gradient;
+        returns (dquery, dkey, dvalue), each ``d_i W_i`` (None after
+        ``requires_input_grad(False)``)."""
+        self.add_projection_grads(x, d, None)
+        if not self.needs_input_grad:
+            return None
+        e = self.embed_dim
+        return tuple(d[..., i * e : (i + 1) * e] @ self.in_proj_weight[i * e : (i + 1) * e] for i in range(3))
+
+    def split_heads(self, x, parts=1):
+        """(L, N, parts * E) (or (N, L, parts * E) with batch_first) -> (parts, N, heads,
+        L, head_dim), contiguous: one copy, after which every product over the heads
+        reads memory in order."""
         if self.batch_first:
             n, length = x.shape[0], x.shape[1]
-            return x.view(n, length, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
-        length, n = x.shape[0], x.shape[1]
-        return x.view(length, n, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+            order = (2, 0, 3, 1, 4)
+        else:
+            length, n = x.shape[0], x.shape[1]
+            order = (2, 1, 3, 0, 4)
+        return x.reshape(x.shape[0], x.shape[1], parts, self.num_heads, self.head_dim).permute(*order).contiguous()
 
     def merge_heads(self, x):
-        """(N, heads, L, head_dim) -> (L, N, E) (or (N, L, E) with batch_first)."""
-        order = (0, 2, 1, 3) if self.batch_first else (2, 0, 1, 3)
+        """(parts, N, heads, L, head_dim) -> (L, N, parts * E) (or (N, L, parts * E) with
+        batch_first): ``split_heads`` undone."""
+        order = (1, 3, 0, 2, 4) if self.batch_first else (3, 1, 0, 2, 4)
         x = x.permute(*order)
-        return x.reshape(x.shape[0], x.shape[1], self.embed_dim)
+        return x.reshape(x.shape[0], x.shape[1], -1)
 
     # Forward -------------------------------------------------------------------------
 
@@ -385,12 +419,17 @@ class MultiheadAttention(Layer):
         bias = self._bias(query, key, key_padding_mask, attn_mask, is_causal, need_weights)
 
         self._inputs = (query, key, value)
-        q, k, v = (self.project(x, index) for index, x in enumerate(self._inputs))
+        # Self-attention with the packed weight: one product for q, k and v, as torch's.
+        self._fused = self.packed and query is key and key is value
+        if self._fused:
+            heads = self.split_heads(self.project(query, None), parts=3).unbind(0)
+        else:
+            heads = (self.split_heads(self.project(x, index))[0] for index, x in enumerate(self._inputs))
         dropout_p = self.dropout if self.training else 0.0
         scale = 1.0 / math.sqrt(self.head_dim)
-        heads = (self.split_heads(t) for t in (q, k, v))
-        out, weights, self._cache = attend(*heads, bias, scale, dropout_p, zero_masked_rows=not need_weights)
-        out = self.out_proj(self.merge_heads(out))
+        # With the weights returned, keep them, as autograd does: faster, still no more memory.
+        out, weights, self._cache = attend(*heads, bias, scale, dropout_p, not need_weights, keep_weights=need_weights)
+        out = self.out_proj(self.merge_heads(out.unsqueeze(0)))
         self._saved = self._inputs + self._cache.tensors()
         self._need_weights = need_weights
         self._average = average_attn_weights
@@ -486,9 +525,13 @@ class MultiheadAttention(Layer):
                 dweights = dweights.unsqueeze(0)
             if self._average:
                 dweights = (dweights / self.num_heads).unsqueeze(1)
-        dheads = self.split_heads(self.out_proj.backward(dout))
-        dq, dk, dv = (self.merge_heads(d) for d in attend_vjp(self._cache, dheads, dweights))
-        grads = tuple(self.project_vjp(x, d, index) for index, (x, d) in enumerate(zip(self._inputs, (dq, dk, dv))))
+        dheads = self.split_heads(self.out_proj.backward(dout))[0]
+        dq, dk, dv = attend_vjp(self._cache, dheads, dweights)
+        if self._fused:
+            grads = self.fused_projection_vjp(self._inputs[0], self.merge_heads(torch.stack((dq, dk, dv))))
+        else:
+            dprojected = (self.merge_heads(d.unsqueeze(0)) for d in (dq, dk, dv))
+            grads = tuple(self.project_vjp(x, d, index) for index, (x, d) in enumerate(zip(self._inputs, dprojected)))
         if not self.needs_input_grad:
             return None
         if not self._batched:
