@@ -30,32 +30,40 @@ __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
 
 class AttentionCache:
     """What ``attend`` keeps for ``attend_vjp``: the inputs q, k, v, the additive bias
-    (or None), the scale, where whole rows are masked and set to 0 (a bool tensor
-    broadcastable to the weights, or None) and the scaled dropout mask (or None)."""
+    (or None), the scale, the rows whose scores are all -inf, set to 0 (a bool tensor
+    (*, L, 1), or None), the scaled dropout mask (or None) and, when kept, the weights."""
 
-    def __init__(self, q, k, v, bias, scale, zeroed_rows, drop, weights=None):
-        self.weights = weights
+    def __init__(self, q, k, v, bias, scale, zero_masked_rows):
         self.q = q
         self.k = k
         self.v = v
         self.bias = bias
         self.scale = scale
-        self.zeroed_rows = zeroed_rows
-        self.drop = drop
+        self.zero_masked_rows = zero_masked_rows
+        self.zeroed_rows = None
+        self.drop = None
+        self.weights = None
 
     def tensors(self):
         tensors = (self.q, self.k, self.v, self.bias, self.zeroed_rows, self.drop, self.weights)
         return tuple(t for t in tensors if t is not None)
 
     def softmax(self):
-        """The weights before dropout, ``softmax(scale * q @ k^T + bias)``, with the rows
-        in ``zeroed_rows`` set to 0: the kept ones, or formed again."""
+        """The weights before dropout, ``softmax(scale * q @ k^T + bias)``, with each row
+        whose scores are all -inf set to 0 (with ``zero_masked_rows``; NaN, the softmax of
+        such a row, without): the kept weights, or formed again (the zeroed rows, found
+        in forward, are kept)."""
         if self.weights is not None:
             return self.weights
         scores = torch.matmul(self.q * self.scale, self.k.transpose(-2, -1))
         if self.bias is not None:
             # In place on the product's fresh output, which autograd does not keep.
             scores += self.bias
+        if self.zero_masked_rows:
+            # A row's max is -inf exactly when all its scores are (NaN gives NaN).
+            rows = scores.amax(dim=-1, keepdim=True) == -math.inf if scores.numel() else None
+            self.zeroed_rows = rows if rows is not None and rows.any() else None
+            self.zero_masked_rows = False
         weights = torch.softmax(scores, dim=-1)
         if self.zeroed_rows is not None:
             weights = weights.masked_fill(self.zeroed_rows, 0.0)
@@ -65,16 +73,12 @@ class AttentionCache:
 def attend(q, k, v, bias, scale, dropout_p, zero_masked_rows, keep_weights=False):
     """``(out, weights, cache)`` with ``weights = dropout(softmax(scale * q @ k^T + bias))``
     and ``out = weights @ v``; q (*, L, E), k (*, S, E), v (*, S, Ev), bias broadcastable
-    to (*, L, S) (0 where allowed, -inf where masked) or None. A row whose bias is -inf
-    throughout gets weights 0 with ``zero_masked_rows``, NaN without (see the module
-    docstring). ``keep_weights``: the cache keeps the weights before dropout (for a
-    caller that returns them anyway, as autograd would keep them) rather than forming
-    them again in backward."""
-    zeroed_rows = None
-    if zero_masked_rows and bias is not None:
-        masked = (bias == -math.inf).all(dim=-1, keepdim=True)
-        zeroed_rows = masked if masked.any() else None
-    cache = AttentionCache(q, k, v, bias, scale, zeroed_rows, None)
+    to (*, L, S) (0 where allowed, -inf where masked) or None. A row whose scores are all
+    -inf (a fully masked query) gets weights 0 with ``zero_masked_rows``, NaN without
+    (see the module docstring). ``keep_weights``: the cache keeps the weights before
+    dropout (for a caller that returns them anyway, as autograd would keep them) rather
+    than forming them again in backward."""
+    cache = AttentionCache(q, k, v, bias, scale, zero_masked_rows)
     weights = cache.softmax()
     if keep_weights:
         cache.weights = weights
@@ -389,7 +393,7 @@ class MultiheadAttention(Layer):
         batch_first): ``split_heads`` undone."""
         order = (1, 3, 0, 2, 4) if self.batch_first else (3, 1, 0, 2, 4)
         x = x.permute(*order)
-        return x.reshape(x.shape[0], x.shape[1], -1)
+        return x.reshape(x.shape[0], x.shape[1], x.shape[2] * self.embed_dim)
 
     # Forward -------------------------------------------------------------------------
 
