@@ -490,3 +490,22 @@ def test_memory_kept_for_backward_is_within_1_2x_of_autograds(need_weights):
     ours = held_bytes(layer)
     theirs = autograd_saved_bytes(module, *(x.requires_grad_(True),) * 3, need_weights=need_weights)
     assert ours <= 1.2 * theirs + 1024, (ours, theirs)
+
+
+def test_backward_with_the_weights_gradient_alone():
+    """dout None means zero: only the weights' gradient flows back."""
+    torch.manual_seed(0)
+    layer = MultiheadAttention(4, 2).double()
+    randomize(layer, 0)
+    module = torch.nn.MultiheadAttention(4, 2)
+    copy_into(module, layer)
+    q, k = torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(5, 2, 4, dtype=torch.float64)
+    _, weights = layer(q, k, k)
+    dweights = torch.randn(weights.shape, dtype=torch.float64)
+    dquery, dkey, dvalue = layer.backward((None, dweights))
+    leaves = [q.clone().requires_grad_(True), k.clone().requires_grad_(True)]
+    _, ref_weights = module(leaves[0], leaves[1], leaves[1])
+    ref_query, ref_key = torch.autograd.grad(ref_weights, leaves, dweights)
+    assert_close("dquery", dquery, ref_query, rtol=1e-10)
+    assert_close("dkey + dvalue", dkey + dvalue, ref_key, rtol=1e-10)
+    assert not dvalue.any()

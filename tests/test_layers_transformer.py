@@ -257,3 +257,14 @@ def test_memory_kept_for_backward_is_within_1_2x_of_autograds():
     layer(x)
     theirs = autograd_saved_bytes(module, x.requires_grad_(True))
     assert held_bytes(layer) <= 1.2 * theirs + 1024, (held_bytes(layer), theirs)
+
+
+def test_save_and_load_rebuild_the_stacks(tmp_path):
+    import nnlab
+
+    torch.manual_seed(0)
+    encoder = nl.TransformerEncoder(nl.TransformerEncoderLayer(4, 2, 6, activation="gelu"), 2, norm=nl.LayerNorm(4))
+    nnlab.save(encoder, tmp_path / "encoder.pt")
+    loaded = nnlab.load(tmp_path / "encoder.pt").eval()
+    x = torch.randn(3, 2, 4)
+    assert torch.equal(loaded(x), encoder.eval()(x))
