@@ -116,13 +116,31 @@ def _self_attention_vjp(attention, dout):
 
 
 class _Block(Layer, _FeedForward):
-    """What the encoder and decoder layers share: options, the feed-forward part, the
-    norms, and their children in torch's order."""
+    """What the encoder and decoder layers share: torch's constructor ``(d_model, nhead,
+    dim_feedforward=2048, dropout=0.1, activation='relu', layer_norm_eps=1e-5,
+    batch_first=False, norm_first=False, bias=True, device=None, dtype=None)``, the
+    feed-forward part, one LayerNorm and one Dropout per residual step (``STEPS``), and
+    the children in torch's order (``CHILDREN``)."""
 
     CHILDREN = ()
+    STEPS = 0
 
-    def __init__(self, owner, d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias):
+    def __init__(
+        self,
+        d_model,
+        nhead,
+        dim_feedforward=2048,
+        dropout=0.1,
+        activation="relu",
+        layer_norm_eps=1e-5,
+        batch_first=False,
+        norm_first=False,
+        bias=True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
+        owner = type(self).__name__
         self.d_model = checked_int(owner, "d_model", d_model, 1)
         self.nhead = checked_int(owner, "nhead", nhead, 1)
         self.dim_feedforward = checked_int(owner, "dim_feedforward", dim_feedforward, 1)
@@ -131,15 +149,21 @@ class _Block(Layer, _FeedForward):
         self.batch_first = checked_bool(owner, "batch_first", batch_first)
         self.norm_first = checked_bool(owner, "norm_first", norm_first)
         self.has_bias = checked_bool(owner, "bias", bias)
+        self.activation_name = _activation_name(owner, activation)
         self.self_attn = self.attention()
+        if "multihead_attn" in self.CHILDREN:
+            self.multihead_attn = self.attention()
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.activation_name = _activation_name(owner, activation)
         if self.activation_name is None:
             self.activation = copy.deepcopy(activation)
         else:
             self.activation = _ACTIVATIONS[self.activation_name]()
+        for step in range(1, self.STEPS + 1):
+            setattr(self, f"norm{step}", self.layer_norm())
+            setattr(self, f"dropout{step}", Dropout(dropout))
+        place(self, device, dtype)
 
     def attention(self):
         return MultiheadAttention(self.d_model, self.nhead, dropout=self.dropout_p, bias=self.has_bias, batch_first=self.batch_first)
@@ -179,7 +203,9 @@ class _Block(Layer, _FeedForward):
 
 class TransformerEncoderLayer(_Block):
     """Self-attention and a feed-forward network, each in a residual step with a
-    LayerNorm. Same as ``torch.nn.TransformerEncoderLayer``.
+    LayerNorm. Same as ``torch.nn.TransformerEncoderLayer``, with its constructor
+    ``(d_model, nhead, dim_feedforward=2048, dropout=0.1, activation='relu', layer_norm_eps=1e-5,
+    batch_first=False, norm_first=False, bias=True, device=None, dtype=None)``.
 
     Forward ``(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``, with
     ``sa(x) = self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=..., need_weights=False,
@@ -200,29 +226,7 @@ class TransformerEncoderLayer(_Block):
     """
 
     CHILDREN = ("self_attn", "linear1", "dropout", "linear2", "norm1", "norm2", "dropout1", "dropout2", "activation")
-
-    def __init__(
-        self,
-        d_model,
-        nhead,
-        dim_feedforward=2048,
-        dropout=0.1,
-        activation="relu",
-        layer_norm_eps=1e-5,
-        batch_first=False,
-        norm_first=False,
-        bias=True,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            "TransformerEncoderLayer", d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias
-        )
-        self.norm1 = self.layer_norm()
-        self.norm2 = self.layer_norm()
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        place(self, device, dtype)
+    STEPS = 2
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, **kw):
         self.check_model_input("src", src)
@@ -241,7 +245,7 @@ class TransformerEncoderLayer(_Block):
 class TransformerDecoderLayer(_Block):
     """Self-attention, attention over the encoder's output (memory) and a feed-forward
     network, each in a residual step with a LayerNorm. Same as
-    ``torch.nn.TransformerDecoderLayer``.
+    ``torch.nn.TransformerDecoderLayer``; its constructor is ``TransformerEncoderLayer``'s.
 
     Forward ``(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
     memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False)``, with sa and
@@ -263,33 +267,7 @@ class TransformerDecoderLayer(_Block):
         "self_attn", "multihead_attn", "linear1", "dropout", "linear2",
         "norm1", "norm2", "norm3", "dropout1", "dropout2", "dropout3", "activation",
     )
-
-    def __init__(
-        self,
-        d_model,
-        nhead,
-        dim_feedforward=2048,
-        dropout=0.1,
-        activation="relu",
-        layer_norm_eps=1e-5,
-        batch_first=False,
-        norm_first=False,
-        bias=True,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            "TransformerDecoderLayer", d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias
-        )
-        self.multihead_attn = self.attention()
-        self.norm1 = self.layer_norm()
-        self.norm2 = self.layer_norm()
-        self.norm3 = self.layer_norm()
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.dropout3 = Dropout(dropout)
-        place(self, device, dtype)
-        self._dmemory = None
+    STEPS = 3
 
     def forward(
         self,
