@@ -63,10 +63,14 @@ def autograd_parameter_jacobians(layer, x, y, seed):
 
 
 def assert_jacobians_equal(ours, theirs):
+    """Equal to 1e-12; nested like autograd's (per output, then per input)."""
     ours = ours if isinstance(ours, tuple) else (ours,)
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     assert len(ours) == len(theirs)
     for mine, reference in zip(ours, theirs):
+        if isinstance(mine, tuple):
+            assert_jacobians_equal(mine, reference)
+            continue
         assert mine.shape == reference.shape and mine.dtype == reference.dtype
         assert (mine - reference).abs().max().item() <= 1e-12
 
