@@ -660,7 +660,7 @@ def layer_saved_bytes(layer, module, x):
 
 def measure_memory(sizes=FULL):
     """(name, nnlab bytes, torch bytes) for each model of the training steps, then for
-    each grouped and transposed convolution alone."""
+    each grouped and transposed convolution alone, then for the attention layers."""
     results = []
     for name, model, twin, x in model_sets(sizes):
         copy_weights(model, twin)
@@ -668,7 +668,8 @@ def measure_memory(sizes=FULL):
         ours = nnlab_saved_bytes(model, CrossEntropyLoss(), x, y)
         theirs = torch_saved_bytes(twin, torch.nn.CrossEntropyLoss(), x, y)
         results.append((name, ours, theirs))
-    return results + [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)] + attention_memory(sizes)
+    results += [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)]
+    return results + attention_memory(sizes)
 
 
 # Command line -------------------------------------------------------------------------------

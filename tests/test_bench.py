@@ -86,8 +86,9 @@ def test_torch_memory_counts_what_autograd_saves():
 def test_grouped_and_transposed_convolutions_keep_what_autograd_saves():
     # Their input: both re-unfold in backward rather than keep the columns.
     layers = bench.layer_pairs(bench.QUICK)
-    assert [name for name, _, _ in bench.measure_memory(bench.QUICK)[3:]] == [name for name, *_ in layers]
-    for name, ours, theirs in bench.measure_memory(bench.QUICK)[3:]:
+    rows = bench.measure_memory(bench.QUICK)[3 : 3 + len(layers)]
+    assert [name for name, _, _ in rows] == [name for name, *_ in layers]
+    for name, ours, theirs in rows:
         assert ours == theirs, name
 
 
