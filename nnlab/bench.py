@@ -15,6 +15,13 @@ backward. nnlab's: every tensor the model's layers and the loss hold after forwa
 backward during the same forward (``torch.autograd.graph.saved_tensors_hooks``), each
 storage counted once. Parameters, gradients and buffers are left out on both sides.
 
+``--course`` times instead the workloads of the courses, where per-call overhead decides:
+a full training step (forward, cross-entropy, backward, Adam; nnlab's model told its input
+needs no gradient) of a digits MLP, a digits CNN and a CIFAR-size CNN at batch 64 on one
+thread, the CIFAR-size CNN at batch 256 on two, each against the same torch.nn model with
+torch.optim.Adam; and the wall time of ``nnlab train`` against a plain PyTorch script
+training the same model on the same data with the same settings (each a fresh process).
+
 A third table times the same layers as a graph ``Model`` against a ``Sequential`` (the
 cost of the graph machinery). ``--profile`` adds, per case, the operations that take
 the most time on each side (torch.profiler, self CPU time), and a table of Conv2d's
@@ -23,12 +30,16 @@ convolution.
 
     python -m nnlab.bench --repeats 30 --threads 2
     python -m nnlab bench --cases conv,mlp --json
+    python -m nnlab bench --course
 """
 
 import argparse
 import json
+import contextlib
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -58,7 +69,7 @@ from nnlab.layers import (
 )
 from nnlab.layers.windows import add_into_windows, window_view
 from nnlab.models import MLP
-from nnlab.optimizers import VanillaSGD
+from nnlab.optimizers import Adam, VanillaSGD
 from nnlab.training import LayerTrainer, TorchTrainer
 
 
@@ -84,6 +95,8 @@ class Sizes(NamedTuple):
     grouped_convs: list  # (batch, in_channels, size, out_channels, kernel, padding, groups)
     transposed_convs: list  # (batch, in_channels, size, out_channels, kernel, stride, padding, output_padding)
     attention: tuple  # (batch, tokens, embed_dim, heads)
+    course: list  # (threads, "mlp", (batch, in, hidden, hidden, classes)) or (threads, "cnn", (batch, size, channels))
+    train_runs: tuple  # (epochs, timed pairs, models) of `nnlab train` on the digits against plain PyTorch
 
 
 FULL = Sizes(
@@ -98,6 +111,8 @@ FULL = Sizes(
     grouped_convs=[(64, 32, 16, 64, 3, 1, 4), (64, 32, 32, 32, 3, 1, 32), (64, 64, 16, 128, 3, 1, 64)],
     transposed_convs=[(64, 64, 8, 32, 4, 2, 1, 0), (64, 32, 16, 16, 3, 2, 1, 1)],
     attention=(32, 128, 128, 4),
+    course=[(1, "mlp", (32, 64, 256, 128, 10)), (1, "cnn", (32, 8, 1)), (1, "cnn", (64, 32, 3)), (2, "cnn", (256, 32, 3))],
+    train_runs=(10, 3, ("mlp", "cnn")),
 )
 QUICK = Sizes(
     convs=[(2, 3, 8, 8, 4, 3, 1), (2, 1, 7, 7, 2, 3, 0)],
@@ -111,6 +126,8 @@ QUICK = Sizes(
     grouped_convs=[(2, 4, 6, 8, 3, 1, 2), (2, 4, 6, 4, 3, 1, 4)],
     transposed_convs=[(2, 4, 3, 2, 4, 2, 1, 0)],
     attention=(2, 4, 8, 2),
+    course=[(1, "mlp", (4, 16, 8, 8, 10)), (1, "cnn", (2, 8, 1)), (1, "cnn", (2, 8, 3)), (2, "cnn", (4, 8, 3))],
+    train_runs=(1, 1, ("mlp",)),
 )
 CLASSES = 10
 LEARN_RATE = 1e-2
@@ -441,11 +458,11 @@ def mlp_models(batch, in_features, hidden_1, hidden_2, classes):
     return name, model, twin, torch.randn(batch, in_features)
 
 
-def small_cnn_layers(size, classes=CLASSES):
-    """conv-relu-pool-conv-relu-pool-flatten-linear for 3 x size x size images."""
+def small_cnn_layers(size, classes=CLASSES, channels=3):
+    """conv-relu-pool-conv-relu-pool-flatten-linear for channels x size x size images."""
     features = 32 * (size // 4) * (size // 4)
     return [
-        Conv2d(3, 16, 3, padding=1),
+        Conv2d(channels, 16, 3, padding=1),
         ReLU(),
         MaxPool2d(2),
         Conv2d(16, 32, 3, padding=1),
@@ -456,10 +473,10 @@ def small_cnn_layers(size, classes=CLASSES):
     ]
 
 
-def cnn_models(batch, size):
-    model = Sequential(*small_cnn_layers(size))
+def cnn_models(batch, size, channels=3):
+    model = Sequential(*small_cnn_layers(size, channels=channels))
     twin = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.Conv2d(channels, 16, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(16, 32, 3, padding=1),
@@ -468,7 +485,7 @@ def cnn_models(batch, size):
         torch.nn.Flatten(),
         torch.nn.Linear(32 * (size // 4) * (size // 4), CLASSES),
     )
-    return f"CNN {batch}x3x{size}x{size}", model, twin, torch.randn(batch, 3, size, size)
+    return f"CNN {batch}x{channels}x{size}x{size}", model, twin, torch.randn(batch, channels, size, size)
 
 
 def resnet_models(batch, channels, size):
@@ -539,6 +556,121 @@ def build_graph_cases(sizes=FULL):
         ),
         graph_against_sequential_case(f"MLP 16 layers {batch}x{width}", mlp, torch.randn(batch, width)),
     ]
+
+
+# The courses' workloads ---------------------------------------------------------------------
+
+
+def adam_step_case(name, model, twin, x, y):
+    """One training step (forward, cross-entropy, backward, Adam) written out on each side,
+    nnlab's model told that its input needs no gradient, torch's data needing none."""
+    copy_weights(model, twin)
+    model.requires_input_grad(False)
+    loss_fn, optimizer = CrossEntropyLoss(), Adam(model.params(), learn_rate=1e-3)
+    twin_loss, twin_optimizer = torch.nn.CrossEntropyLoss(), torch.optim.Adam(twin.parameters(), lr=1e-3)
+
+    def run_nnlab():
+        loss_fn(model(x), y)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward())
+        optimizer.step()
+
+    def run_torch():
+        twin_optimizer.zero_grad()
+        twin_loss(twin(x), y).backward()
+        twin_optimizer.step()
+
+    return Case(name, run_nnlab, run_torch)
+
+
+def build_course_cases(sizes=FULL):
+    """{threads: [Case]}: the training steps of the courses' models, by thread count."""
+    groups = {}
+    for threads, kind, shape in sizes.course:
+        name, model, twin, x = mlp_models(*shape) if kind == "mlp" else cnn_models(*shape)
+        y = torch.randint(0, CLASSES, (x.shape[0],))
+        case = adam_step_case(f"Adam step {name}, {threads} thread{'s' * (threads > 1)}", model, twin, x, y)
+        groups.setdefault(threads, []).append(case)
+    return groups
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """torch's intra-op thread count set to ``count`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# A plain PyTorch training script: the digits split, model and settings of `nnlab train`
+# (the model is nnlab's torch twin), the usual loop, the test metrics after each epoch.
+PLAIN_TORCH_TRAIN = """
+import sys
+import torch
+from nnlab import data
+from nnlab.tasks import make_problem
+from nnlab.twins import torch_twin
+
+kind, epochs, batch_size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(seed)
+problem = make_problem(kind, "digits", *data.load_split("digits", None, seed))
+model = torch_twin(problem.model.eval()).train()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+loss_fn = torch.nn.CrossEntropyLoss()
+for epoch in range(epochs):
+    model.train()
+    order = torch.randperm(len(problem.x_train))
+    total, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        optimizer.zero_grad()
+        outputs = model(problem.x_train[index])
+        loss = loss_fn(outputs, problem.y_train[index])
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(index)
+        correct += (outputs.argmax(1) == problem.y_train[index]).sum().item()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(problem.x_test)
+        accuracy = (outputs.argmax(1) == problem.y_test).float().mean().item()
+    print(epoch, total / len(order), correct / len(order), loss_fn(outputs, problem.y_test).item(), accuracy)
+"""
+
+
+def train_commands(kind, epochs, batch_size=32, seed=0):
+    """(nnlab's command, the plain PyTorch script's) training a ``kind`` model on the digits."""
+    settings = ["--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
+    nnlab = [sys.executable, "-m", "nnlab", "train", "--data", "digits", "--model", kind, "--optimizer", "adam"]
+    nnlab += settings + ["--no-verify", "--quiet"]
+    plain = [sys.executable, "-c", PLAIN_TORCH_TRAIN, kind, str(epochs), str(batch_size), str(seed)]
+    return nnlab, plain
+
+
+def _process_seconds(command, threads):
+    """Wall seconds of ``command`` in a fresh process with ``threads`` torch threads, run
+    from the folder holding this nnlab (so that it is the one imported)."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    start = time.perf_counter()
+    subprocess.run(command, cwd=folder, env=environment, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def time_train_runs(sizes, threads=1):
+    """[(name, nnlab train median seconds, plain script median seconds)], the two run
+    alternately, one fresh process each."""
+    epochs, pairs, kinds = sizes.train_runs
+    results = []
+    for kind in kinds:
+        commands = train_commands(kind, epochs)
+        seconds = [[_process_seconds(command, threads) for command in commands] for _ in range(pairs)]
+        name = f"train --data digits --model {kind} --epochs {epochs}, {threads} thread{'s' * (threads > 1)}"
+        results.append((name, statistics.median(s[0] for s in seconds), statistics.median(s[1] for s in seconds)))
+    return results
 
 
 # Timing -------------------------------------------------------------------------------------
@@ -692,6 +824,9 @@ def parse_args(argv):
     parser.add_argument("--cases", default=None, help="comma-separated parts of case names to run, e.g. conv,mlp")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--profile", action="store_true", help="add each side's top operations per case")
+    parser.add_argument(
+        "--course", action="store_true", help="the courses' workloads instead: small models' Adam steps, nnlab train"
+    )
     parser.add_argument("--quick", "--tiny", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -715,6 +850,8 @@ def run(args):
     """The results as a dict (what --json prints)."""
     sizes = QUICK if args.quick else FULL
     torch.manual_seed(args.seed)
+    if args.course:
+        return run_course(args, sizes)
     all_cases = build_cases(sizes)
     all_graph_cases = build_graph_cases(sizes)
     cases = selected(all_cases, args.cases)
@@ -745,6 +882,34 @@ def run(args):
     return report
 
 
+def run_course(args, sizes):
+    """The --course results as a dict: the Adam steps, each thread count's cases timed
+    together, then the `nnlab train` runs (one thread, or --threads)."""
+    groups = {threads: selected(cases, args.cases) for threads, cases in build_course_cases(sizes).items()}
+    if not any(groups.values()):
+        names = [case.name for cases in build_course_cases(sizes).values() for case in cases]
+        args.usage_error(f"--cases {','.join(args.cases)} matches no case; the course cases are: {'; '.join(names)}")
+    entries = []
+    for threads, cases in groups.items():
+        with torch_threads(threads):
+            entries += _timed(cases, args)
+    train = [
+        {"name": name, "ours_ms": ours * 1e3, "theirs_ms": theirs * 1e3, "ratio": ours / theirs}
+        for name, ours, theirs in time_train_runs(sizes, args.threads or 1)
+    ]
+    report = {
+        "torch": torch.__version__,
+        "threads": "per case (in its name)",
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d"),
+        "course": entries,
+        "train": train,
+    }
+    for part in ("course", "train"):
+        report[f"{part}_geometric_mean"] = geometric_mean([entry["ratio"] for entry in report[part]])
+    return report
+
+
 def _timed(cases, args, profile=None):
     profile = args.profile if profile is None else profile
     results = time_cases(cases, args.repeats, args.warmup) if cases else []
@@ -759,9 +924,10 @@ def _timed(cases, args, profile=None):
 
 
 def print_report(report, print_fn=print):
-    print_fn(f"torch {report['torch']}, {report['threads']} threads, median of {report['repeats']} runs, {report['date']}")
+    print_fn(f"torch {report['torch']}, threads: {report['threads']}, median of {report['repeats']} runs, {report['date']}")
     tables = [
         ("nnlab against torch, forward + backward (training steps: fit's step):", "cases", ("nnlab", "torch")),
+        ("The courses' training steps, nnlab against torch.nn + torch.optim.Adam:", "course", ("nnlab", "torch")),
         ("The same layers as a graph Model and as a Sequential, forward + backward:", "graph", ("Model", "Sequential")),
         ("Parts of nnlab's Conv2d alone against torch's whole Conv2d, forward + backward:", "conv_parts", ("part", "torch")),
     ]
@@ -777,6 +943,12 @@ def print_report(report, print_fn=print):
                 print_fn(f"    {sides[0]}: {entry['ours_profile']}")
                 print_fn(f"    {sides[1]}: {entry['theirs_profile']}")
         print_fn("")
+    if report.get("train"):
+        print_fn("Wall time of `nnlab train` against a plain PyTorch script (same data, model, settings):")
+        rows = [(entry["name"], entry["ours_ms"] / 1e3, entry["theirs_ms"] / 1e3) for entry in report["train"]]
+        print_fn(format_table(rows, sides=("nnlab", "script"), unit=("s", 1, 2)))
+    if "memory" not in report:
+        return
     print_fn("Bytes kept between forward and backward (layer caches against autograd's saved tensors):")
     rows = [(entry["model"], entry["nnlab_bytes"], entry["torch_bytes"]) for entry in report["memory"]]
     print_fn(format_table(rows, unit=("MB", 1e-6, 2)))

@@ -2,7 +2,9 @@
 and its memory count is right (no timing assertions anywhere)."""
 
 import json
+import os
 import re
+import subprocess
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ import torch
 from nnlab import bench
 from nnlab.layers import CrossEntropyLoss
 from nnlab.models import MLP
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
 
 
 @pytest.fixture
@@ -97,3 +101,37 @@ def test_memory_ratios_of_the_models_stay_at_most_1_2():
     # made the CNN 2.2x and the ResNet block 5.2x at the full sizes.
     for name, ours, theirs in bench.measure_memory(bench.QUICK):
         assert ours <= 1.2 * theirs, name
+
+
+def test_bench_course_quick_prints_the_four_steps_and_the_train_runs(capsys, one_thread):
+    assert bench.main(["--course", "--quick"]) == 0
+    printed = capsys.readouterr().out
+    steps = [line for line in printed.splitlines() if line.startswith("Adam step")]
+    assert [line.split(",")[0] for line in steps] == [
+        "Adam step MLP 16-8-8-10 batch 4", "Adam step CNN 2x1x8x8", "Adam step CNN 2x3x8x8", "Adam step CNN 4x3x8x8"
+    ]
+    assert [line.split(",")[1].split()[:2] for line in steps] == [["1", "thread"]] * 3 + [["2", "threads"]]
+    assert all(re.search(r"\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d\d$", line) for line in steps)
+    assert re.search(r"train --data digits --model mlp --epochs 1, 1 thread\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d$", printed, re.M)
+    assert len(re.findall(r"geometric mean\s+\d+\.\d\d", printed)) == 2
+    assert "Bytes kept" not in printed and torch.get_num_threads() == 1
+
+
+def test_course_steps_train_the_same_model_on_both_sides():
+    # One Adam step from copied weights leaves both models with the same parameters.
+    torch.manual_seed(0)
+    name, model, twin, x = bench.cnn_models(2, 8, channels=1)
+    y = torch.tensor([1, 3])
+    case = bench.adam_step_case(name, model, twin, x, y)
+    case.ours()
+    case.theirs()
+    for (param, _), twin_param in zip(model.params(), twin.parameters()):
+        torch.testing.assert_close(param, twin_param.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_plain_torch_script_trains_the_digits():
+    # The script the `nnlab train` wall time is compared with runs and learns.
+    _, plain = bench.train_commands("mlp", epochs=1)
+    done = subprocess.run(plain, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    epoch, train_loss, train_acc, test_loss, test_acc = done.stdout.split()
+    assert epoch == "0" and float(test_acc) > 0.5
