@@ -177,21 +177,34 @@ class Optimizer(abc.ABC):
         return [(param, param.grad if grad is None else grad) for param, grad in self._entries]
 
     def live(self):
-        """[(param, grad, state)] for each parameter that has a gradient now. Every
-        gradient, and every number the step multiplies into a parameter
-        (``step_scalars``), is checked before any update, so a bad one changes nothing."""
+        """(params, grads, states): three lists over the parameters that have a gradient
+        now. Every gradient, and every number the step multiplies into a parameter
+        (``step_scalars``), is checked before any update, so a bad one changes nothing.
+        The numbers are worked out and checked once per distinct (dtype, ``scalars_key``)
+        (all parameters share one in the usual model), still naming the first parameter
+        that a bad one would reach."""
         owner = type(self).__name__
-        found = []
+        params, grads, states, checked = [], [], [], set()
         for index, ((param, grad), state) in enumerate(zip(self._entries, self.state)):
             if grad is None:
                 grad = param.grad
                 if grad is None:
                     continue
                 _check_grad(owner, index, param, grad)
-            _check_scalars(owner, index, param, self.step_scalars(state))
+            key = (param.dtype, self.scalars_key(state))
+            if key not in checked:
+                _check_scalars(owner, index, param, self.step_scalars(state))
+                checked.add(key)
             _follow(param, state)
-            found.append((param, grad, state))
-        return found
+            params.append(param)
+            grads.append(grad)
+            states.append(state)
+        return params, grads, states
+
+    def scalars_key(self, state):
+        """What ``step_scalars(state)`` depends on beyond the hyperparameters: nothing
+        here; a rule whose numbers change with the state returns that part of it."""
+        return None
 
     def step_scalars(self, state):
         """``{name: number}``: the numbers the next step hands torch's in-place kernels
@@ -200,16 +213,17 @@ class Optimizer(abc.ABC):
         values = self.hyperparameters().items()
         return {name: value for name, value in values if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
-    def regularized(self, param, grad):
-        """``g = grad + reg * param`` (a new tensor), or ``grad`` itself when reg == 0."""
-        return grad.add(param, alpha=self.reg) if self.reg != 0 else grad
+    def regularized(self, params, grads):
+        """``g = grad + reg * param`` for each pair (new tensors), or ``grads`` itself when
+        reg == 0."""
+        return torch._foreach_add(grads, params, alpha=self.reg) if self.reg != 0 else grads
 
     def zero_grad(self):
         """Sets every gradient to zero in place (a plain tensor's None grad stays None)."""
-        with torch.no_grad():
-            for _, grad in self.params:
-                if grad is not None:
-                    grad.zero_()
+        grads = [grad for _, grad in self.params if grad is not None]
+        if grads:
+            with torch.no_grad():
+                torch._foreach_zero_(grads)
 
     @abc.abstractmethod
     def step(self):
@@ -301,10 +315,10 @@ class VanillaSGD(Optimizer):
         }
 
     def step(self):
-        with torch.no_grad():
-            for param, grad, _ in self.live():
-                g = self.regularized(param, grad)
-                param.add_(g, alpha=-self.learn_rate)
+        params, grads, _ = self.live()
+        if params:
+            with torch.no_grad():
+                torch._foreach_add_(params, self.regularized(params, grads), alpha=-self.learn_rate)
 
 
 class MomentumSGD(Optimizer):
@@ -346,15 +360,20 @@ class MomentumSGD(Optimizer):
         }
 
     def step(self):
+        params, grads, states = self.live()
+        if not params:
+            return
         with torch.no_grad():
-            for param, grad, state in self.live():
-                g = self.regularized(param, grad)
-                velocity = state["velocity"]
-                velocity.mul_(self.momentum).add_(g, alpha=-self.learn_rate)
-                if self.nesterov:
-                    param.add_(torch.mul(velocity, self.momentum).add_(g, alpha=-self.learn_rate))
-                else:
-                    param.add_(velocity)
+            g = self.regularized(params, grads)
+            velocities = [state["velocity"] for state in states]
+            torch._foreach_mul_(velocities, self.momentum)
+            torch._foreach_add_(velocities, g, alpha=-self.learn_rate)
+            if self.nesterov:
+                ahead = torch._foreach_mul(velocities, self.momentum)
+                torch._foreach_add_(ahead, g, alpha=-self.learn_rate)
+                torch._foreach_add_(params, ahead)
+            else:
+                torch._foreach_add_(params, velocities)
 
 
 class RMSProp(Optimizer):
@@ -394,12 +413,17 @@ class RMSProp(Optimizer):
         }
 
     def step(self):
+        params, grads, states = self.live()
+        if not params:
+            return
         with torch.no_grad():
-            for param, grad, state in self.live():
-                g = self.regularized(param, grad)
-                square_avg = state["square_avg"]
-                square_avg.mul_(self.decay).addcmul_(g, g, value=1 - self.decay)
-                param.addcdiv_(g, square_avg.add(self.eps).sqrt_(), value=-self.learn_rate)
+            g = self.regularized(params, grads)
+            square_avgs = [state["square_avg"] for state in states]
+            torch._foreach_mul_(square_avgs, self.decay)
+            torch._foreach_addcmul_(square_avgs, g, g, value=1 - self.decay)
+            denominators = torch._foreach_add(square_avgs, self.eps)
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, g, denominators, value=-self.learn_rate)
 
 
 class Adam(Optimizer):
@@ -412,7 +436,8 @@ class Adam(Optimizer):
         p = p - (learn_rate / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
     Exactly ``torch.optim.Adam(params, lr=learn_rate, betas=betas, eps=eps,
-    weight_decay=reg)`` (its single-tensor path, operation for operation, so float64
+    weight_decay=reg)`` (its single-tensor path, operation for operation, each applied to all
+    parameters at once as its foreach path does, so float64
     trajectories agree to the last bit): eps is added outside the square root of the
     bias-corrected second moment, and reg is L2 added to the gradient (Adam, not AdamW).
     eps must be > 0, for the reason given in RMSProp.
@@ -439,10 +464,14 @@ class Adam(Optimizer):
     def step_scalars(self, state):
         return _adam_step_scalars(self, state)
 
+    def scalars_key(self, state):
+        return state["step"]
+
     def step(self):
-        with torch.no_grad():
-            for param, grad, state in self.live():
-                _adam_update(param, self.regularized(param, grad), state, self.learn_rate, self.betas, self.eps)
+        params, grads, states = self.live()
+        if params:
+            with torch.no_grad():
+                _adam_update(params, self.regularized(params, grads), states, self.learn_rate, self.betas, self.eps)
 
 
 def _adam_state(entries, states):
@@ -459,19 +488,23 @@ def _checked_betas(owner, betas):
     return (checked_real(owner, "betas[0]", betas[0], 0.0, 1.0), checked_real(owner, "betas[1]", betas[1], 0.0, 1.0))
 
 
-def _adam_update(param, g, state, learn_rate, betas, eps):
-    """One Adam step of ``param`` with gradient ``g``: moments, bias corrections and the
-    update, in the operations of torch's single-tensor Adam (see Adam)."""
+def _adam_update(params, grads, states, learn_rate, betas, eps):
+    """One Adam step of every parameter in ``params`` with the gradients ``grads``:
+    moments, bias corrections and the update, the operations of torch's single-tensor
+    Adam (see Adam) each applied to all parameters at once, as its foreach path does."""
     beta1, beta2 = betas
-    state["step"] += 1
-    t = float(state["step"])
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    step_size = _adam_step_size(learn_rate, beta1, t)
-    bias_correction2_sqrt = (1 - beta2**t) ** 0.5
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-step_size)
+    for state in states:
+        state["step"] += 1
+    steps = [float(state["step"]) for state in states]
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denominators, [(1 - beta2**t) ** 0.5 for t in steps])
+    torch._foreach_add_(denominators, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denominators, [-_adam_step_size(learn_rate, beta1, t) for t in steps])
 
 
 def _adam_step_size(learn_rate, beta1, t):
@@ -523,12 +556,17 @@ class AdamW(Optimizer):
     def step_scalars(self, state):
         return _adam_step_scalars(self, state)
 
+    def scalars_key(self, state):
+        return state["step"]
+
     def step(self):
+        params, grads, states = self.live()
+        if not params:
+            return
         with torch.no_grad():
-            for param, grad, state in self.live():
-                if self.weight_decay != 0:
-                    param.mul_(1 - self.learn_rate * self.weight_decay)
-                _adam_update(param, grad, state, self.learn_rate, self.betas, self.eps)
+            if self.weight_decay != 0:
+                torch._foreach_mul_(params, 1 - self.learn_rate * self.weight_decay)
+            _adam_update(params, grads, states, self.learn_rate, self.betas, self.eps)
 
 
 # Gradient clipping ------------------------------------------------------------------------
