@@ -95,7 +95,7 @@ from .checkpoints import check_rng_state, rng_state, set_rng_state
 from .data import Batches
 from .layers import Layer
 from .layers.base import recall_call, remember_call
-from .training import EpochResult, LayerTrainer, _num_samples, metric_values
+from .training import EpochResult, LayerTrainer, metric_values, num_samples
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT = 120.0
@@ -777,11 +777,11 @@ class DistributedTrainer(LayerTrainer):
         return self._global_epoch(super().test_epoch, dl_test, kw)
 
     def train_batch(self, batch):
-        self._batch_sizes.append(_num_samples(batch[1]))
+        self._batch_sizes.append(num_samples(batch[1]))
         return super().train_batch(batch)
 
     def test_batch(self, batch):
-        self._batch_sizes.append(_num_samples(batch[1]))
+        self._batch_sizes.append(num_samples(batch[1]))
         return super().test_batch(batch)
 
     def _check_same_steps(self, loader, max_batches):

@@ -1,0 +1,138 @@
+"""The trainers: ``LayerTrainer`` for nnlab layers (hand-written backward passes),
+``TorchTrainer`` for ``torch.nn`` modules (autograd, for side-by-side comparison), and
+the ``overfit`` sanity check."""
+
+import contextlib
+
+import torch
+
+from ..layers import MultiTaskLoss
+from .base import Trainer, check_count
+from .metrics import grad_norm, task_of
+from .records import OverfitResult
+
+__all__ = ["LayerTrainer", "TorchTrainer", "overfit"]
+
+
+@contextlib.contextmanager
+def _without_input_grad(model):
+    """The model's backward inside skips the gradient w.r.t. its input (the data, which
+    nobody needs); afterwards the model returns it again, as by default."""
+    model.requires_input_grad(False)
+    try:
+        yield
+    finally:
+        model.requires_input_grad(True)
+
+
+class LayerTrainer(Trainer):
+    """Trains an nnlab ``Layer`` model with a hand-written backward pass:
+    ``outputs = model(x)``, ``loss = loss_fn(outputs, y)``, ``optimizer.zero_grad()``,
+    ``model.backward(loss_fn.backward())``, ``optimizer.step()``; each step records the
+    gradient norm (``grad_norm(model)``) before the update.
+
+    ``task`` (default: ``task_of(loss_fn)``) picks the metrics; for classification the
+    predictions are ``outputs.argmax(dim=1)``, or the model's ``classify_scores`` (see
+    ``count_correct``). The gradient w.r.t. the data is not computed: the backward runs
+    with ``model.requires_input_grad(False)``, and the model gets
+    ``requires_input_grad(True)`` back afterwards. With ``device`` the model is moved there
+    (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
+    before the move keeps working) and every batch too.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+        super().__init__(model, device, _loss_task(loss_fn, task))
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        if self.device is not None:
+            model.to(self.device)
+
+    def train_batch(self, batch):
+        x, y = self.to_device(batch)
+        outputs = self.model(x)
+        loss = self.check_loss(self.loss_fn(outputs, y))
+        self.optimizer.zero_grad()
+        dout = self.loss_fn.backward()
+        with _without_input_grad(self.model):
+            self.model.backward(dout)
+        norm = grad_norm(self.model)
+        self.optimizer.step()
+        return self.batch_result(loss, outputs, y, norm)
+
+    def test_batch(self, batch):
+        x, y = self.to_device(batch)
+        outputs = self.model(x)
+        loss = self.check_loss(self.loss_fn(outputs, y))
+        return self.batch_result(loss, outputs, y)
+
+
+def _loss_task(loss_fn, task):
+    """``task``, or the loss's; a per-head tuple needs a MultiTaskLoss to split the targets."""
+    task = task_of(loss_fn) if task is None else task
+    if isinstance(task, tuple) and not isinstance(loss_fn, MultiTaskLoss):
+        raise ValueError(f"a task per head {task!r} needs a MultiTaskLoss, got {type(loss_fn).__name__}")
+    return task
+
+
+class TorchTrainer(Trainer):
+    """Trains a ``torch.nn.Module`` with autograd, the same way ``LayerTrainer`` trains
+    nnlab layers, for side-by-side comparison: ``optimizer.zero_grad()``,
+    ``loss_fn(model(x), y).backward()``, ``optimizer.step()``, recording the same
+    metrics and gradient norms.
+
+    ``optimizer``: any ``torch.optim`` optimizer, or an nnlab optimizer over
+    ``model.parameters()``. ``loss_fn``: a callable such as ``torch.nn.CrossEntropyLoss()``;
+    ``task`` as for ``LayerTrainer``.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+        super().__init__(model, device, _loss_task(loss_fn, task))
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        if self.device is not None:
+            model.to(self.device)
+
+    def train_batch(self, batch):
+        x, y = self.to_device(batch)
+        self.optimizer.zero_grad()
+        outputs = self.model(x)
+        loss_tensor = self.loss_fn(outputs, y)
+        loss = self.check_loss(loss_tensor.item())
+        loss_tensor.backward()
+        norm = grad_norm(self.model)
+        with torch.no_grad():
+            self.optimizer.step()
+        return self.batch_result(loss, outputs.detach(), y, norm)
+
+    def test_batch(self, batch):
+        x, y = self.to_device(batch)
+        with torch.no_grad():
+            outputs = self.model(x)
+            loss = self.check_loss(self.loss_fn(outputs, y).item())
+        return self.batch_result(loss, outputs, y)
+
+
+def overfit(model, loss_fn, optimizer, batches, max_epochs=100, device=None, verbose=False):
+    """The overfitting sanity check: trains on ``batches`` (a few, e.g. 20 samples)
+    epoch after epoch until the training accuracy reaches 100% or ``max_epochs``.
+
+    Accuracy is that of the training pass (predictions made before each step).
+    Dispatches to ``TorchTrainer`` for a ``torch.nn.Module``, else ``LayerTrainer``.
+
+    Returns:
+        an ``OverfitResult``: the last epoch's ``EpochResult`` (losses, accuracy) with
+        ``num_epochs``, the number of epochs trained.
+    """
+    check_count("overfit", "max_epochs", max_epochs, allow_none=False)
+    trainer_class = TorchTrainer if isinstance(model, torch.nn.Module) else LayerTrainer
+    trainer = trainer_class(model, loss_fn, optimizer, device=device)
+    result = None
+    for epoch in range(1, max_epochs + 1):
+        trainer.epoch = epoch
+        try:
+            result = trainer.train_epoch(batches, verbose=verbose)
+        finally:
+            trainer.epoch = None
+        if result.accuracy >= 100.0:
+            break
+    return OverfitResult(result.losses, result.accuracy, epoch)
