@@ -72,6 +72,21 @@ from nnlab.models import MLP
 from nnlab.optimizers import Adam, VanillaSGD
 from nnlab.training import LayerTrainer, TorchTrainer
 
+__all__ = [
+    "QUICK",
+    "Case",
+    "build_cases",
+    "build_graph_cases",
+    "format_table",
+    "main",
+    "measure_memory",
+    "nnlab_saved_bytes",
+    "parse_args",
+    "run",
+    "time_cases",
+    "torch_saved_bytes",
+]
+
 
 class Case(NamedTuple):
     """Two callables doing the same work: nnlab's (``ours``) and the reference's."""

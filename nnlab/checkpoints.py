@@ -23,6 +23,20 @@ import tempfile
 
 import torch
 
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "check_checkpoint",
+    "check_rng_state",
+    "check_state_fits",
+    "content_digest",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "write_atomically",
+]
+
 CHECKPOINT_FORMAT = "nnlab-checkpoint-2"
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")

@@ -26,6 +26,26 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 
+__all__ = [
+    "DATASETS",
+    "Batches",
+    "DataError",
+    "DataNotFoundError",
+    "Dataset",
+    "load_cifar10",
+    "load_diabetes",
+    "load_digits",
+    "load_mnist",
+    "load_moons",
+    "load_split",
+    "multi_digit",
+    "one_hot",
+    "permute_pixels",
+    "rotated_moons",
+    "split",
+    "standardize",
+]
+
 
 class DataError(ValueError):
     """A dataset file is corrupt, truncated, or not the file that was expected."""

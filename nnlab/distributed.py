@@ -97,6 +97,27 @@ from .layers import Layer
 from .layers.base import recall_call, remember_call
 from .training import EpochResult, LayerTrainer, metric_values, num_samples
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TORCHRUN_VARIABLES",
+    "DataParallel",
+    "DistributedError",
+    "DistributedTrainer",
+    "ShardedBatches",
+    "TorchrunEnvironmentError",
+    "Traffic",
+    "World",
+    "check_same",
+    "current_world",
+    "failures_reported",
+    "from_rank_0",
+    "launched_by_torchrun",
+    "setup",
+    "shutdown",
+    "sum_across_processes",
+    "synchronize",
+]
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT = 120.0
 DIAGNOSIS_SECONDS = 2.0

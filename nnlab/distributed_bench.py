@@ -24,6 +24,14 @@ from .layers import CrossEntropyLoss
 from .optimizers import make_optimizer
 from .tasks import build_model, load_dataset, model_input
 
+__all__ = [
+    "ALL_REDUCE_MEGABYTES",
+    "all_reduce_cost",
+    "main",
+    "measure_all_reduce",
+    "measure_training",
+]
+
 ALL_REDUCE_MEGABYTES = (4 / 2**20, 0.25, 1, 4, 16)  # one float first: the fixed cost
 
 

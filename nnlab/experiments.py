@@ -81,6 +81,41 @@ try:
 except ImportError:  # not POSIX: runs of one configuration are not locked against each other
     fcntl = None
 
+__all__ = [
+    "DATASETS",
+    "DIGITS_SPLIT_SEED",
+    "EXPERIMENT_DEFAULTS",
+    "EXPERIMENT_KEYS",
+    "LETTERS",
+    "MODEL_TYPES",
+    "RESULT_FORMAT",
+    "ExperimentError",
+    "channels",
+    "cnn_experiment",
+    "config_name",
+    "configuration_lock",
+    "data_parallel_training",
+    "differences",
+    "environment",
+    "experiment_model",
+    "fit_differences",
+    "load_data",
+    "load_experiment",
+    "model_options",
+    "num_params",
+    "plot_exp_results",
+    "read_result",
+    "rerun_experiment",
+    "resolve_config",
+    "resolve_device",
+    "result_path",
+    "run_experiment",
+    "save_result",
+    "short",
+    "show",
+    "stem",
+]
+
 RESULT_FORMAT = "nnlab-experiment-1"
 MODEL_TYPES = ("cnn", "resnet", "resnet_bottleneck")
 # The data sets experiments train on, with their image sizes, so that a model is checked

@@ -21,6 +21,20 @@ from .grad_compare import FINITE_DIFFERENCE_RTOL, RTOL, backward_before_forward,
 from .jacobians import same_values
 from .twins import Elementwise, SumOfPaths, TupleOfHeads
 
+__all__ = [
+    "CASES",
+    "Case",
+    "Row",
+    "UserLayerError",
+    "check",
+    "check_user_layer",
+    "format_table",
+    "load_layer_class",
+    "parse_layer_args",
+    "parse_shape",
+    "run_all",
+]
+
 
 class Case(NamedTuple):
     name: str

@@ -19,6 +19,19 @@ import torch
 
 from .layers import Layer
 
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "as_tuple",
+    "clones",
+    "forward_outputs",
+    "gradient_norm",
+    "is_tensor_pair",
+    "jacobian",
+    "jacobian_norm",
+    "pack",
+    "preserved",
+]
+
 # The batched VJPs feed K copies of the input at once, K * x.numel() <= this many elements.
 CHUNK_ELEMENTS = 1 << 22
 

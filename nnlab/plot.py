@@ -21,6 +21,17 @@ from matplotlib.ticker import MaxNLocator
 from .grad_compare import equivariance_difference, jacobian, rotate90, shift
 from .jacobians import preserved
 
+__all__ = [
+    "new_figure",
+    "plot_equivariance",
+    "plot_fit",
+    "plot_images",
+    "plot_jacobian",
+    "plot_steps",
+    "save",
+    "smoothed",
+]
+
 PHASES = ("train", "test")
 METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "mae": "mean absolute error", "mse": "mean squared error"}
 METRIC_UNITS = {"acc": "accuracy (%)", "mae": "MAE", "mse": "MSE"}

@@ -11,6 +11,15 @@ import torch
 
 from . import layers as nn
 
+__all__ = [
+    "LOSSES",
+    "Chain",
+    "Elementwise",
+    "SumOfPaths",
+    "TupleOfHeads",
+    "torch_twin",
+]
+
 
 # The torch losses that take (input, target): a Chain hands them the targets.
 LOSSES = (

@@ -1,11 +1,11 @@
 """nnlab layers: every layer, loss and container, with hand-written backward passes.
 
 The layers live in modules by family; every public name is importable from here. The
-model builders (``MLP``, ``CNN``, ``ResNet``) live in ``nnlab.models``, a module above
-this package; they are importable from here too, looked up on first use so that this
-package never imports the modules built on it.
+model builders (``MLP``, ``CNN``, ``ResNet``, public as ``nnlab.models``) are importable
+from here too.
 """
 
+from ._builders import CNN, MLP, ResNet, count_params
 from .attention import MultiheadAttention, ScaledDotProductAttention
 from .base import Layer
 from .containers import ACTIVATIONS, Builder, Sequential, make_activation
@@ -71,17 +71,6 @@ from .transformer import (
     generate_square_subsequent_mask,
 )
 from .upsample import Upsample
-
-_MODEL_NAMES = ("MLP", "CNN", "ResNet", "count_params")
-
-
-def __getattr__(name):
-    if name in _MODEL_NAMES:
-        from .. import models
-
-        return getattr(models, name)
-    raise AttributeError(f"module 'nnlab.layers' has no attribute '{name}'")
-
 
 __all__ = [
     "ACTIVATIONS", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Add",

@@ -9,6 +9,16 @@ import numbers
 
 import torch
 
+__all__ = [
+    "Layer",
+    "Symbolic",
+    "checked_int",
+    "checked_real",
+    "describe",
+    "recall_call",
+    "remember_call",
+]
+
 # Every call of a layer gets a new number, so a container can tell whether a child has
 # been called again (it is used at another place too) since the call it remembers.
 _CALL_IDS = itertools.count(1)

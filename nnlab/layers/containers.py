@@ -6,6 +6,16 @@ import copy
 from .base import Layer, check_input_gradient, recall_call, remember_call
 from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 
+__all__ = [
+    "ACTIVATIONS",
+    "Builder",
+    "ChildErrors",
+    "LayerList",
+    "Sequential",
+    "indented",
+    "make_activation",
+]
+
 ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
 

@@ -6,6 +6,19 @@ import torch
 
 from .base import Layer, checked_int, checked_real
 
+__all__ = [
+    "Dropout",
+    "Flatten",
+    "LeakyReLU",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "TanH",
+    "Tanh",
+    "dropout_mask",
+]
+
 
 class Linear(Layer):
     """Affine map ``out = x @ W.T + b``. Same as ``torch.nn.Linear``.

@@ -26,6 +26,13 @@ import torch
 
 from .base import Layer
 
+__all__ = [
+    "Add",
+    "Concat",
+    "Merge",
+    "Multiply",
+]
+
 
 class Merge(Layer):
     """Base of the layers that combine two or more tensors of one dtype and device."""

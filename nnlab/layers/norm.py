@@ -5,6 +5,12 @@ import torch
 from .base import Layer, checked_bool, checked_int, checked_real
 from .dense import dropout_mask
 
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Dropout2d",
+]
+
 
 def add_affine_params(layer, shape, weight, bias):
     """Registers the affine ``weight`` (ones) and ``bias`` (zeros) of a normalisation

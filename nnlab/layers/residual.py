@@ -16,6 +16,13 @@ from .containers import (
 from .conv import Conv2d
 from .norm import BatchNorm2d, Dropout2d
 
+__all__ = [
+    "Heads",
+    "Residual",
+    "ResidualBlock",
+    "ResidualBottleneckBlock",
+]
+
 
 class Residual(Layer):
     """A skip connection: ``out = main(x) + shortcut(x)``, with ``shortcut(x) = x`` when

@@ -3,6 +3,10 @@
 from .base import Layer
 from .windows import pair
 
+__all__ = [
+    "Upsample",
+]
+
 
 class Upsample(Layer):
     """Repeats every pixel ``scale_factor`` times along H and W:

@@ -5,7 +5,6 @@ windows themselves as a strided view (unfold) with its adjoint (fold)."""
 
 import torch
 
-
 __all__ = [
     "add_into_windows", "as_plane_pair", "as_planes", "check_2d_input", "check_windows_fit", "from_planes",
     "ntuple", "pair", "pool_output_size", "to_planes", "window_output_size", "window_view",
