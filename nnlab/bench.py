@@ -31,6 +31,10 @@ convolution.
     python -m nnlab.bench --repeats 30 --threads 2
     python -m nnlab bench --cases conv,mlp --json
     python -m nnlab bench --course
+    python -m nnlab bench --json > bench.json && python -m nnlab bench --from-json bench.json --markdown
+
+``--markdown`` writes the tables with the date and setting they were measured on, for a
+page of the documentation: measured figures live there, not in comments or the README.
 """
 
 import argparse
@@ -838,6 +842,10 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--cases", default=None, help="comma-separated parts of case names to run, e.g. conv,mlp")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--markdown", action="store_true", help="print the results as dated Markdown tables, for a documentation page")
+    parser.add_argument(
+        "--from-json", metavar="FILE", help="print the results saved by --json in FILE (with --markdown: as Markdown) instead of measuring"
+    )
     parser.add_argument("--profile", action="store_true", help="add each side's top operations per case")
     parser.add_argument(
         "--course", action="store_true", help="the courses' workloads instead: small models' Adam steps, nnlab train"
@@ -857,6 +865,8 @@ def parse_args(argv):
         args.cases = [pattern.strip().lower() for pattern in args.cases.split(",") if pattern.strip()]
         if not args.cases:
             parser.error("--cases needs at least one part of a case name, e.g. --cases conv,mlp")
+    if args.json and args.markdown:
+        parser.error("--json and --markdown are two formats of one report; choose one")
     args.usage_error = parser.error
     return args
 
@@ -938,15 +948,19 @@ def _timed(cases, args, profile=None):
     return entries
 
 
+# The time tables of a report: (title, part of the report, names of the two sides).
+TIME_TABLES = (
+    ("nnlab against torch, forward + backward (training steps: fit's step):", "cases", ("nnlab", "torch")),
+    ("The courses' training steps, nnlab against torch.nn + torch.optim.Adam:", "course", ("nnlab", "torch")),
+    ("The same layers as a graph Model and as a Sequential, forward + backward:", "graph", ("Model", "Sequential")),
+    ("Parts of nnlab's Conv2d alone against torch's whole Conv2d, forward + backward:", "conv_parts", ("part", "torch")),
+)
+MEMORY_TITLE = "Bytes kept between forward and backward (layer caches against autograd's saved tensors):"
+
+
 def print_report(report, print_fn=print):
     print_fn(f"torch {report['torch']}, threads: {report['threads']}, median of {report['repeats']} runs, {report['date']}")
-    tables = [
-        ("nnlab against torch, forward + backward (training steps: fit's step):", "cases", ("nnlab", "torch")),
-        ("The courses' training steps, nnlab against torch.nn + torch.optim.Adam:", "course", ("nnlab", "torch")),
-        ("The same layers as a graph Model and as a Sequential, forward + backward:", "graph", ("Model", "Sequential")),
-        ("Parts of nnlab's Conv2d alone against torch's whole Conv2d, forward + backward:", "conv_parts", ("part", "torch")),
-    ]
-    for title, part, sides in tables:
+    for title, part, sides in TIME_TABLES:
         if not report.get(part):
             continue
         rows = [(entry["name"], entry["ours_ms"] / 1e3, entry["theirs_ms"] / 1e3) for entry in report[part]]
@@ -964,22 +978,64 @@ def print_report(report, print_fn=print):
         print_fn(format_table(rows, sides=("nnlab", "script"), unit=("s", 1, 2)))
     if "memory" not in report:
         return
-    print_fn("Bytes kept between forward and backward (layer caches against autograd's saved tensors):")
+    print_fn(MEMORY_TITLE)
     rows = [(entry["model"], entry["nnlab_bytes"], entry["torch_bytes"]) for entry in report["memory"]]
     print_fn(format_table(rows, unit=("MB", 1e-6, 2)))
+
+
+def markdown_report(report):
+    """The report (what --json prints) as Markdown: the date, torch version, threads and
+    repeats it was measured with, then each table with its ratio column and geometric
+    mean; the profiles are left out."""
+    lines = [
+        f"Measured on {report['date']}: torch {report['torch']}, {report['threads']} threads, median of "
+        f"{report['repeats']} runs. The ratio is the first side's time (or bytes) over the second's.",
+    ]
+    for title, part, sides in TIME_TABLES:
+        rows = [(entry["name"], entry["ours_ms"], entry["theirs_ms"], entry["ratio"]) for entry in report.get(part) or []]
+        lines += _markdown_table(title, ("case", f"{sides[0]} ms", f"{sides[1]} ms"), rows, report.get(f"{part}_geometric_mean"))
+    rows = [(entry["model"], entry["nnlab_bytes"] / 1e6, entry["torch_bytes"] / 1e6, entry["ratio"]) for entry in report["memory"]]
+    lines += _markdown_table(MEMORY_TITLE, ("model", "nnlab MB", "torch MB"), rows, report.get("memory_geometric_mean"))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(title, header, rows, geometric_mean=None):
+    if not rows:
+        return []
+    lines = ["", title, "", f"| {' | '.join(header)} | ratio |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {ours:.3f} | {theirs:.3f} | {ratio:.2f} |" for name, ours, theirs, ratio in rows]
+    if geometric_mean is not None:
+        lines.append(f"| geometric mean | | | {geometric_mean:.2f} |")
+    return lines
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run(args)
+    report = read_report(args.from_json, args.usage_error) if args.from_json is not None else run(args)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
         print()
+    elif args.markdown:
+        print(markdown_report(report), end="")
     else:
         print_report(report)
     return 0
+
+
+def read_report(path, usage_error):
+    """The report that --json wrote to ``path``; a usage error for a file that is not one."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            report = json.load(file)
+    except (OSError, ValueError) as error:
+        usage_error(f"--from-json {path}: cannot read a report ({error})")
+    keys = ("torch", "threads", "repeats", "date", "cases", "memory")
+    missing = [key for key in keys if key not in report] if isinstance(report, dict) else list(keys)
+    if missing:
+        usage_error(f"--from-json {path}: not a report of nnlab bench --json (no {', '.join(missing)})")
+    return report
 
 
 if __name__ == "__main__":

@@ -135,3 +135,52 @@ def test_plain_torch_script_trains_the_digits():
     done = subprocess.run(plain, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     epoch, train_loss, train_acc, test_loss, test_acc = done.stdout.split()
     assert epoch == "0" and float(test_acc) > 0.5
+
+
+REPORT = {
+    "torch": "2.13.0",
+    "threads": 2,
+    "repeats": 30,
+    "date": "2026-11-30",
+    "cases": [
+        {"name": "Conv2d a", "ours_ms": 2.0, "theirs_ms": 1.0, "ratio": 2.0},
+        {"name": "MLP b", "ours_ms": 1.0, "theirs_ms": 2.0, "ratio": 0.5},
+    ],
+    "memory": [{"model": "MLP b", "nnlab_bytes": 2_000_000, "torch_bytes": 1_000_000, "ratio": 2.0}],
+    "graph": [],
+    "cases_geometric_mean": 1.0,
+    "memory_geometric_mean": 2.0,
+}
+
+
+def test_markdown_tables_of_a_report():
+    assert bench.markdown_report(REPORT).splitlines() == [
+        "Measured on 2026-11-30: torch 2.13.0, 2 threads, median of 30 runs. "
+        "The ratio is the first side's time (or bytes) over the second's.",
+        "",
+        "nnlab against torch, forward + backward (training steps: fit's step):",
+        "",
+        "| case | nnlab ms | torch ms | ratio |",
+        "|---|---:|---:|---:|",
+        "| Conv2d a | 2.000 | 1.000 | 2.00 |",
+        "| MLP b | 1.000 | 2.000 | 0.50 |",
+        "| geometric mean | | | 1.00 |",
+        "",
+        "Bytes kept between forward and backward (layer caches against autograd's saved tensors):",
+        "",
+        "| model | nnlab MB | torch MB | ratio |",
+        "|---|---:|---:|---:|",
+        "| MLP b | 2.000 | 1.000 | 2.00 |",
+        "| geometric mean | | | 2.00 |",
+    ]
+
+
+def test_markdown_from_a_saved_json_report(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(REPORT))
+    assert bench.main(["--from-json", str(path), "--markdown"]) == 0
+    assert capsys.readouterr().out == bench.markdown_report(REPORT)
+    path.write_text(json.dumps({"torch": "2.13.0"}))
+    with pytest.raises(SystemExit):
+        bench.main(["--from-json", str(path), "--markdown"])
+    assert "not a report of nnlab bench --json" in capsys.readouterr().err

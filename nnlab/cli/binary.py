@@ -44,8 +44,7 @@ def run_binary(args):
         check_output_file("--plot", best_plot_path(args.plot))
     threads = torch.get_num_threads()
     # The study's tensors are tiny (64 points by at most 128 units): a second thread costs
-    # more than it saves (one depth-4 width-128 model, 5 epochs, on 2 busy cores: 5 s on
-    # one thread, 30 s on two).
+    # more than it saves.
     torch.set_num_threads(1)
     try:
         return run_study(args)

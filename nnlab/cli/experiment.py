@@ -241,8 +241,7 @@ def experiment_run(args):
 
 def run_threads(args, otherwise):
     """torch threads for a run: --threads, else 1 on the digits (8x8 images: every
-    operation is so small that threads cost more than they save, several times more
-    on a busy machine), else ``otherwise``."""
+    operation is so small that threads cost more than they save), else ``otherwise``."""
     if args.threads is not None:
         return args.threads
     return 1 if (args.data or experiments.EXPERIMENT_DEFAULTS["data"]) == "digits" else otherwise

@@ -40,7 +40,7 @@ def add_parser(commands):
 
 def run_gradcheck(args):
     # Every check works on tensors of a few dozen entries, where torch's threads cost more
-    # than they save (several-fold on a busy 2-core machine).
+    # than they save.
     torch.set_num_threads(1)
     if args.layer is None and args.input_shape is None:
         rows = gradcheck_suite.run_all(seed=args.seed)

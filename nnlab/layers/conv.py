@@ -24,8 +24,8 @@ __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 
 # From this many multiply-adds in each sample's product (C_out x C*kH*kW) @ (C*kH*kW x L),
 # a batched matmul over the samples beats one large matmul over all of them, whose result
-# must then be transposed (measured with MKL on the benchmark's shapes; a smaller product
-# pays the per-sample call overhead).
+# must then be transposed; a smaller product pays the per-sample call overhead
+# (`nnlab bench --cases Conv2d`).
 PER_SAMPLE_GEMM = 2**18
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -182,7 +182,7 @@ class _ConvNd(_ConvBase):
         return self.finish_forward(from_planes(out, form))
 
     def _dense_forward(self, patches, positions):
-        """out (N, C_out, L) = W_2d @ cols + b, in the GEMM layout measured faster."""
+        """out (N, C_out, L) = W_2d @ cols + b, in the GEMM layout faster for the size (``PER_SAMPLE_GEMM``)."""
         batch = patches.shape[0]
         weight_2d = self.weight.reshape(self.out_channels, -1)
         if self._per_sample_gemm(positions):
@@ -201,7 +201,7 @@ class _ConvNd(_ConvBase):
         """out_g = W_g @ cols_g + b_g for each group g: cols in the 2-D layout (C*kH*kW, N*L),
         whose rows split by group for free, and one matmul batched over the groups
         (batching over samples and groups instead makes N*G small products: slower,
-        measured)."""
+        ``nnlab bench --cases groups``)."""
         batch, _, _, _, out_h, out_w = patches.shape
         groups, positions = self.groups, out_h * out_w
         cols = _as_columns(patches).reshape(groups, self.patch_size(), batch * positions)
@@ -225,7 +225,7 @@ class _ConvNd(_ConvBase):
     def _depthwise_forward(self, patches):
         """out[n, c*m + j] = b[c*m + j] + sum_k window_k[n, c] * W[c*m + j, 0, k]: one
         multiply-add over every window per kernel offset k, reading the window view (no
-        columns copied; measured several times faster than the grouped matmul here)."""
+        columns copied; faster than the grouped matmul here: ``nnlab bench --cases depthwise``)."""
         weight = self._depthwise_weight()
         windows = self._multiplier_windows(patches, weight.shape[1])
         out = windows(0) * self._multiplier_weight(weight, 0)
@@ -237,8 +237,8 @@ class _ConvNd(_ConvBase):
 
     def _multiplier_windows(self, patches, multiplier):
         """Offset k's windows, (N, C, H_out, W_out), or (N, C, 1, H_out, W_out) to meet m > 1
-        filters per channel (4-d where it can: elementwise passes on the 5-d form were
-        several times slower, measured)."""
+        filters per channel (4-d where it can: elementwise passes on the 5-d form are
+        slower, ``nnlab bench --cases depthwise``)."""
         offsets = self._offsets()
 
         def window(k):
@@ -431,7 +431,7 @@ class _ConvNd(_ConvBase):
         """True when dx is better computed as a correlation of dout (see below) than by
         fold: zero padding of at most the dilated kernel's reach d(k - 1) on each side,
         stride 1, and C_out <= C_in, so that dout's unfolded windows are no larger than the
-        columns fold would add up (measured: faster there, and no better elsewhere)."""
+        columns fold would add up (faster there, no better elsewhere: ``nnlab bench --cases Conv2d``)."""
         small_padding = all(max(sides) <= reach for sides, reach in zip(self._pads, self._reach()))
         zero_padding = self.padding_mode == "zeros"
         unit_stride = self._stride2 == (1, 1)
@@ -485,7 +485,7 @@ class Conv2d(_ConvNd):
     sample. ``out = W_2d @ cols + b`` with W_2d = weight viewed as (C_out, C*kH*kW): one
     batched matmul over the samples, cols (N, C*kH*kW, L), when each sample's product is
     large enough (``PER_SAMPLE_GEMM``), else one matmul over cols (C*kH*kW, N*L) whose
-    (C_out, N*L) result is transposed to (N, C_out, L); whichever was measured faster.
+    (C_out, N*L) result is transposed to (N, C_out, L); whichever is faster for the size.
     With ``groups`` G > 1 the channels split into G groups, each convolved with its own
     C_out/G filters of C_in/G channels: cols in the (C*kH*kW, N*L) layout, whose rows
     split by group, and one matmul batched over the groups, ``out_g = W_g @ cols_g + b_g``.
@@ -521,8 +521,8 @@ class Conv2d(_ConvNd):
     Init: both from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in/G * kH * kW, as PyTorch.
     ``device`` and ``dtype``: torch's factory arguments, where and how the parameters are made.
     Caches: the input x, as torch's autograd saves it, and its layout; not the columns,
-    kH*kW times larger than x: backward unfolds x again, one more copy of the columns, 5
-    to 10% of the layer's time (measured).
+    kH*kW times larger than x: backward unfolds x again, one more copy of the columns (its
+    share of the time: ``nnlab bench --profile --cases Conv2d``).
     """
 
     SPATIAL = 2
@@ -645,7 +645,7 @@ class _ConvTransposeNd(_ConvBase):
 
         # cols_g = W_g.T @ x_g: what each input entry sends to each kernel offset, in the 2-D
         # layout (C_out*kH*kW, N*H*W), one matmul batched over the groups (per sample and
-        # group it makes N*G small products: slower, measured).
+        # group it makes N*G small products: slower, `nnlab bench --cases ConvTranspose2d`).
         weight_t = self.weight.reshape(groups, in_per_group, -1).transpose(1, 2)
         cols = torch.bmm(weight_t, self._input_rows(x4))
         patches = cols.reshape(self.out_channels, *self._kernel2, batch, height, width).permute(3, 0, 1, 2, 4, 5)

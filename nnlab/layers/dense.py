@@ -117,7 +117,7 @@ class ReLU(Layer):
         if not self.needs_input_grad:
             return None
         # out >= 0, so dout * sign(out) is dout where out > 0 and 0 where out = 0, in two
-        # fast passes (masked_fill and where on a bool mask take ten times longer, measured).
+        # fast passes (masked_fill and where on a bool mask are slower: `nnlab bench --cases MLP`).
         # It differs from torch in two places: 0 * inf = NaN for dout = inf at out = 0, and
         # a NaN output, where sign(NaN) is 0 (on torch 2.13), not NaN, so dx shows nothing.
         # A NaN anywhere in dx or in out makes the sum NaN; then masked_fill gives torch's
