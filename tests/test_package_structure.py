@@ -1,7 +1,8 @@
 """The package's structure, read from its source with ``ast`` (nothing is imported):
 no import cycle between nnlab modules, no library module importing the command line
 (``nnlab.cli``), ``__all__`` in every public module (one whose dotted name has no part
-starting with an underscore), and no module over ``MAX_LINES`` lines."""
+starting with an underscore) naming only what the module has, and no module over
+``MAX_LINES`` lines."""
 
 import ast
 from pathlib import Path
@@ -96,6 +97,31 @@ def without_all(modules):
     return missing
 
 
+def undefined_in_all(modules):
+    """{module: the names its ``__all__`` lists but it neither defines nor imports}; a
+    module with a ``__getattr__`` provides names on demand and is left out."""
+    found = {}
+    for name, tree in modules.items():
+        listed, bound = [], set()
+        if any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        bound.add(target.id)
+                        if target.id == "__all__":
+                            listed = [element.value for element in node.value.elts]
+        missing = [entry for entry in listed if entry not in bound]
+        if missing:
+            found[name] = missing
+    return found
+
+
 MODULES, PACKAGES = read_package()
 GRAPH = import_graph(MODULES, PACKAGES)
 
@@ -111,6 +137,10 @@ def test_no_library_module_imports_the_command_line():
 
 def test_every_public_module_declares_all():
     assert without_all(MODULES) == []
+
+
+def test_every_name_in_all_exists():
+    assert undefined_in_all(MODULES) == {}
 
 
 def test_no_module_is_over_max_lines():
@@ -138,11 +168,12 @@ def test_the_checks_fail_where_they_must(tmp_path):
             "pkg/sub/__init__.py": "from .b import x\n__all__ = ['x']\n",
             "pkg/sub/b.py": "from ..a import f\nx = 1\n",
             "pkg/_private.py": "import pkg.cli\n",
-            "pkg/cli/__init__.py": "__all__ = []\n",
+            "pkg/cli/__init__.py": "__all__ = ['gone']\n",
         },
     )
     graph = import_graph(modules, packages)
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     assert find_cycle({name: targets - {"pkg.sub.b"} for name, targets in graph.items()}) is None
     assert without_all(modules) == ["pkg.sub.b"]
+    assert undefined_in_all(modules) == {"pkg.cli": ["gone"]}
     assert {name: targets for name, targets in graph.items() if "pkg.cli" in targets} == {"pkg._private": {"pkg.cli"}}

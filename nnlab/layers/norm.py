@@ -8,6 +8,7 @@ from .dense import dropout_mask
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "Dropout2d",
 ]
 
