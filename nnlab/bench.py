@@ -71,7 +71,7 @@ from nnlab.layers import (
     Tanh,
     TransformerEncoderLayer,
 )
-from nnlab.layers.windows import add_into_windows, window_view
+from nnlab.layers._windows import add_into_windows, window_view
 from nnlab.models import MLP
 from nnlab.optimizers import Adam, VanillaSGD
 from nnlab.training import LayerTrainer, TorchTrainer

@@ -63,7 +63,7 @@ from .jacobians import (
     preserved,
     same_values,
 )
-from .twins import torch_twin
+from ._twins import torch_twin
 
 __all__ = [
     "Comparison",
@@ -84,6 +84,7 @@ __all__ = [
     "rotate90",
     "shift",
     "tie_heavy",
+    "torch_twin",
 ]
 
 # The project's gradient tolerances (rtol in the measure above) for the autograd and
@@ -676,7 +677,7 @@ def check_layer(
 
     * ``autograd``: torch autograd through the layer's own forward;
     * ``twin``: an independent ``torch.nn`` module under autograd, with the layer's
-      parameters copied in: ``"auto"`` builds it with ``nnlab.twins.torch_twin`` (None
+      parameters copied in: ``"auto"`` builds it with ``nnlab.grad_compare.torch_twin`` (None
       where there is none), or pass a module, or None; its outputs are compared too
       ("torch.nn twin (forward)");
     * ``finite_differences``: central differences in float64 on a float64 copy of layer

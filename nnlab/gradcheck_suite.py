@@ -19,7 +19,7 @@ from . import graph, models
 from . import layers as nn
 from .grad_compare import FINITE_DIFFERENCE_RTOL, RTOL, backward_before_forward, check_layer, tie_heavy
 from .jacobians import same_values
-from .twins import Elementwise, SumOfPaths, TupleOfHeads
+from ._twins import Elementwise, SumOfPaths, TupleOfHeads
 
 __all__ = [
     "CASES",

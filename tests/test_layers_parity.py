@@ -57,7 +57,7 @@ from nnlab.layers import (
     Tanh,
     Upsample,
 )
-from nnlab.layers.windows import window_output_size
+from nnlab.layers._windows import window_output_size
 
 DTYPES = [torch.float32, torch.float64]
 SPECIALS = [math.nan, math.inf, -math.inf]

@@ -30,7 +30,7 @@ from reference import (
 from test_layers_parity import BATCHES_OR_UNBATCHED, DTYPES, TORCH_REFUSALS, upstreams, values
 
 from nnlab import layers as nl
-from nnlab.layers.windows import pool_output_size
+from nnlab.layers._windows import pool_output_size
 
 CONVS = {1: (nl.Conv1d, torch.nn.Conv1d), 2: (nl.Conv2d, torch.nn.Conv2d)}
 TRANSPOSED = {1: (nl.ConvTranspose1d, torch.nn.ConvTranspose1d), 2: (nl.ConvTranspose2d, torch.nn.ConvTranspose2d)}

@@ -9,7 +9,7 @@ import nnlab
 from nnlab.graph import Add, Concat, Input, Model
 from nnlab.layers import BatchNorm1d, Conv2d, Flatten, Linear, ReLU, Sequential, Tanh
 from nnlab.models import CNN, MLP, ResNet
-from nnlab.twins import torch_twin
+from nnlab.grad_compare import torch_twin
 
 
 def twin_leaf_shapes(model, input_shape, batch_size):

@@ -1,11 +1,11 @@
-"""nnlab.twins.torch_twin: the torch.nn module that computes what an nnlab layer does."""
+"""nnlab.grad_compare.torch_twin: the torch.nn module that computes what an nnlab layer does."""
 
 import pytest
 import torch
 
 from nnlab.gradcheck_suite import CASES
 from nnlab.layers import CrossEntropyLoss, Dropout, Dropout2d, Linear, ReLU, Sequential
-from nnlab.twins import torch_twin
+from nnlab.grad_compare import torch_twin
 
 # torch.nn has no module for these (or, for Dropout, none drawing nnlab's mask).
 TWINLESS = (

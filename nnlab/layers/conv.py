@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .base import Layer, checked_int
 from .norm import place
-from .windows import (
+from ._windows import (
     add_into_windows,
     as_plane_pair,
     as_planes,

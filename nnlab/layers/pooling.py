@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, checked_int, describe
-from .windows import (
+from ._windows import (
     as_plane_pair,
     as_planes,
     check_windows_fit,

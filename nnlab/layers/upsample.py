@@ -1,7 +1,7 @@
 """2-D nearest-neighbour upsampling, the "up" step of U-Net-style models."""
 
 from .base import Layer
-from .windows import pair
+from ._windows import pair
 
 __all__ = [
     "Upsample",
