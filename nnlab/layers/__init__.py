@@ -47,9 +47,8 @@ from .pooling import (
     LPPool2d,
     MaxPool1d,
     MaxPool2d,
-    MaxUnpool1d,
-    MaxUnpool2d,
 )
+from .unpooling import MaxUnpool1d, MaxUnpool2d
 from .sample_norm import (
     GroupNorm,
     InstanceNorm1d,
