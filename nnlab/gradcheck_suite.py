@@ -39,7 +39,7 @@ __all__ = [
 class Case(NamedTuple):
     name: str
     make_layer: Callable
-    make_twin: Optional[Callable]  # an independent torch.nn module, or None for nnlab.twins' (if any)
+    make_twin: Optional[Callable]  # an independent torch.nn module, or None for nnlab.grad_compare.torch_twin's (if any)
     input_shape: tuple  # a list of shapes for a layer of several inputs
     make_target: Optional[Callable] = None  # targets for losses, from the input shape
     train: bool = True
