@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nnlab.bench import _held_tensors, _storage_bytes
+from nnlab._bench_report import held_tensors, storage_bytes
 from nnlab.layers import MultiheadAttention, ScaledDotProductAttention
 from reference import FORWARD_ATOL, GRAD_RTOL, assert_close, gradient_floor
 
@@ -466,7 +466,7 @@ def test_scaled_dot_product_attention_refuses_mask_with_causal_and_bad_shapes():
 def held_bytes(layer):
     """Bytes of the tensors the layer and its children hold after forward, besides state."""
     state = [p for p, _ in layer.params()] + [g for _, g in layer.params()] + layer.buffers()
-    return _storage_bytes(_held_tensors(layer), {t.untyped_storage().data_ptr() for t in state})
+    return storage_bytes(held_tensors(layer), {t.untyped_storage().data_ptr() for t in state})
 
 
 def autograd_saved_bytes(module, *inputs, **kwargs):
@@ -474,7 +474,7 @@ def autograd_saved_bytes(module, *inputs, **kwargs):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         module(*inputs, **kwargs)
     state = list(module.parameters()) + list(module.buffers())
-    return _storage_bytes(saved, {t.untyped_storage().data_ptr() for t in state})
+    return storage_bytes(saved, {t.untyped_storage().data_ptr() for t in state})
 
 
 @pytest.mark.parametrize("need_weights", [False, True])

@@ -50,7 +50,7 @@ from nnlab.layers import (
     SmoothL1Loss,
     SoftMarginLoss,
 )
-from nnlab.twins import torch_twin
+from nnlab.grad_compare import torch_twin
 
 DTYPES = [torch.float32, torch.float64]
 REDUCTIONS = st.sampled_from(["mean", "sum", "none"])
