@@ -210,6 +210,14 @@ def _transformer_stack_twin(module_class, layer, **options):
     return module_class(block, layer.num_layers, norm=norm, **options)
 
 
+def _padding_twin(kind, layer):
+    """The torch.nn padding module of the same name (a constant one with the layer's value)."""
+    module = getattr(torch.nn, kind.__name__)
+    if kind.__name__.startswith("ConstantPad"):
+        return module(layer.padding, layer.value)
+    return module(layer.padding)
+
+
 _LEAF_TWINS = {
     nn.Linear: lambda layer: torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None),
     nn.ReLU: lambda layer: torch.nn.ReLU(),
@@ -217,6 +225,33 @@ _LEAF_TWINS = {
     nn.Sigmoid: lambda layer: torch.nn.Sigmoid(),
     nn.Tanh: lambda layer: torch.nn.Tanh(),
     nn.Softmax: lambda layer: torch.nn.Softmax(dim=layer.dim),
+    nn.LogSoftmax: lambda layer: torch.nn.LogSoftmax(dim=layer.dim),
+    nn.Softmin: lambda layer: torch.nn.Softmin(dim=layer.dim),
+    nn.Softmax2d: lambda layer: torch.nn.Softmax2d(),
+    nn.GLU: lambda layer: torch.nn.GLU(layer.dim),
+    nn.PReLU: lambda layer: torch.nn.PReLU(layer.num_parameters),
+    nn.ELU: lambda layer: torch.nn.ELU(layer.alpha),
+    nn.CELU: lambda layer: torch.nn.CELU(layer.alpha),
+    nn.SELU: lambda layer: torch.nn.SELU(),
+    nn.GELU: lambda layer: torch.nn.GELU(layer.approximate),
+    nn.SiLU: lambda layer: torch.nn.SiLU(),
+    nn.Mish: lambda layer: torch.nn.Mish(),
+    nn.Softplus: lambda layer: torch.nn.Softplus(layer.beta, layer.threshold),
+    nn.Softsign: lambda layer: torch.nn.Softsign(),
+    nn.Hardtanh: lambda layer: torch.nn.Hardtanh(layer.min_val, layer.max_val),
+    nn.ReLU6: lambda layer: torch.nn.ReLU6(),
+    nn.Hardswish: lambda layer: torch.nn.Hardswish(),
+    nn.Hardsigmoid: lambda layer: torch.nn.Hardsigmoid(),
+    nn.Hardshrink: lambda layer: torch.nn.Hardshrink(layer.lambd),
+    nn.Softshrink: lambda layer: torch.nn.Softshrink(layer.lambd),
+    nn.Tanhshrink: lambda layer: torch.nn.Tanhshrink(),
+    nn.Threshold: lambda layer: torch.nn.Threshold(layer.threshold, layer.value),
+    nn.LogSigmoid: lambda layer: torch.nn.LogSigmoid(),
+    nn.Identity: lambda layer: torch.nn.Identity(),
+    nn.Unflatten: lambda layer: torch.nn.Unflatten(layer.dim, layer.unflattened_size),
+    nn.Bilinear: lambda layer: torch.nn.Bilinear(
+        layer.in1_features, layer.in2_features, layer.out_features, bias=layer.bias is not None
+    ),
     nn.Flatten: lambda layer: torch.nn.Flatten(layer.start_dim, layer.end_dim),
     nn.Conv1d: lambda layer: _conv_twin(torch.nn.Conv1d, layer),
     nn.Conv2d: lambda layer: _conv_twin(torch.nn.Conv2d, layer),
@@ -317,6 +352,11 @@ _LEAF_TWINS = {
     nn.MultiLabelSoftMarginLoss: lambda layer: torch.nn.MultiLabelSoftMarginLoss(
         _copy(layer.weight), reduction=layer.reduction
     ),
+    **{kind: functools.partial(_padding_twin, kind) for kind in (
+        nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+        nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+        nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
+    )},
 }
 
 

@@ -487,6 +487,67 @@ CASES = [
         kinked=True,
     ),
 ]
+
+
+def _namesake(label, name, args, input_shape, kinked=False, kwargs=None):
+    """A row for the nnlab layer ``name`` against the torch.nn module of the same name,
+    both built from the same arguments."""
+    kwargs = kwargs or {}
+    return Case(
+        label,
+        lambda: getattr(nn, name)(*args, **kwargs),
+        lambda: getattr(torch.nn, name)(*args, **kwargs),
+        input_shape,
+        kinked=kinked,
+    )
+
+
+CASES += [
+    _namesake("ELU", "ELU", (0.5,), (2, 3, 4), kinked=True),
+    _namesake("CELU", "CELU", (2.0,), (2, 3, 4), kinked=True),
+    _namesake("SELU", "SELU", (), (2, 3, 4), kinked=True),
+    _namesake("GELU", "GELU", (), (2, 3, 4)),
+    _namesake("GELU (tanh)", "GELU", ("tanh",), (2, 3, 4)),
+    _namesake("SiLU", "SiLU", (), (2, 3, 4)),
+    _namesake("Mish", "Mish", (), (2, 3, 4)),
+    _namesake("Softplus", "Softplus", (2.0, 1.0), (2, 3, 4)),
+    _namesake("Softsign", "Softsign", (), (2, 3, 4)),
+    _namesake("Hardtanh", "Hardtanh", (-0.5, 1.0), (2, 3, 4), kinked=True),
+    _namesake("ReLU6", "ReLU6", (), (2, 3, 4), kinked=True),
+    _namesake("Hardswish", "Hardswish", (), (2, 3, 4), kinked=True),
+    _namesake("Hardsigmoid", "Hardsigmoid", (), (2, 3, 4), kinked=True),
+    _namesake("Hardshrink", "Hardshrink", (0.5,), (2, 3, 4), kinked=True),
+    _namesake("Softshrink", "Softshrink", (1.0,), (2, 3, 4), kinked=True),
+    _namesake("Tanhshrink", "Tanhshrink", (), (2, 3, 4)),
+    _namesake("Threshold", "Threshold", (0.1, -2.0), (2, 3, 4), kinked=True),
+    _namesake("LogSigmoid", "LogSigmoid", (), (2, 3, 4)),
+    _namesake("LogSoftmax", "LogSoftmax", (1,), (2, 3, 4), kinked=True),
+    _namesake("Softmin", "Softmin", (0,), (2, 3, 4), kinked=True),
+    _namesake("Softmax (dim 2)", "Softmax", (2,), (2, 3, 4), kinked=True),
+    _namesake("Softmax2d", "Softmax2d", (), (2, 3, 2, 2), kinked=True),
+    _namesake("PReLU", "PReLU", (), (2, 3, 4), kinked=True),
+    _namesake("PReLU (per channel)", "PReLU", (3, 0.1), (2, 3, 4), kinked=True),
+    _namesake("GLU", "GLU", (1,), (2, 4, 3)),
+    _namesake("LeakyReLU (negative_slope)", "LeakyReLU", (-0.2,), (2, 3, 4), kinked=True),
+    _namesake("ZeroPad1d", "ZeroPad1d", ((2, -1),), (2, 3, 4)),
+    _namesake("ZeroPad2d", "ZeroPad2d", ((1, 0, 2, 1),), (2, 2, 3, 3)),
+    _namesake("ZeroPad3d", "ZeroPad3d", (1,), (1, 2, 2, 2)),
+    _namesake("ConstantPad1d", "ConstantPad1d", (2, 1.5), (2, 3, 4)),
+    _namesake("ConstantPad2d", "ConstantPad2d", ((1, -1, 0, 2), -0.5), (2, 2, 3, 3)),
+    _namesake("ConstantPad3d", "ConstantPad3d", ((1, 0, 0, 1, 1, 0), 2.0), (1, 2, 2, 2)),
+    _namesake("ReflectionPad1d", "ReflectionPad1d", ((3, 1),), (2, 3, 4)),
+    _namesake("ReflectionPad2d", "ReflectionPad2d", ((2, 0, 1, 2),), (2, 2, 3, 3)),
+    _namesake("ReflectionPad3d", "ReflectionPad3d", (1,), (1, 2, 2, 2, 3)),
+    _namesake("ReplicationPad1d", "ReplicationPad1d", ((3, 1),), (2, 3, 4)),
+    _namesake("ReplicationPad2d", "ReplicationPad2d", ((2, 0, -1, 2),), (2, 2, 3, 3)),
+    _namesake("ReplicationPad3d", "ReplicationPad3d", (1,), (1, 2, 2, 2, 3)),
+    _namesake("CircularPad1d", "CircularPad1d", ((3, 1),), (2, 3, 4)),
+    _namesake("CircularPad2d", "CircularPad2d", ((2, -1, 1, 3),), (2, 2, 3, 3)),
+    _namesake("CircularPad3d", "CircularPad3d", (1,), (1, 2, 2, 2, 3)),
+    _namesake("Bilinear", "Bilinear", (3, 4, 2), [(5, 3), (5, 4)]),
+    _namesake("Identity", "Identity", (), (2, 3)),
+    _namesake("Unflatten", "Unflatten", (1, (2, -1)), (2, 6, 2)),
+]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.
 CASES += LOSS_OPTION_CASES

@@ -324,6 +324,9 @@ def _twin_leaf(nl, layer):
         return torch.nn.LeakyReLU(layer.alpha)
     if isinstance(layer, nl.Softmax):
         return torch.nn.Softmax(layer.dim)
+    if isinstance(layer, (nl.ELU, nl.GELU, nl.Softplus)):
+        options = {"ELU": ("alpha",), "GELU": ("approximate",), "Softplus": ("beta", "threshold")}[type(layer).__name__]
+        return getattr(torch.nn, type(layer).__name__)(*[getattr(layer, name) for name in options])
     if isinstance(layer, nl.Flatten):
         return torch.nn.Flatten(layer.start_dim, layer.end_dim)
     if isinstance(layer, nl.Upsample):
@@ -331,7 +334,7 @@ def _twin_leaf(nl, layer):
     # Layers without arguments whose torch.nn module has the same name.
     simple = (
         nl.ReLU, nl.Tanh, nl.Sigmoid, nl.CrossEntropyLoss, nl.NLLLoss, nl.MSELoss, nl.L1Loss, nl.BCELoss,
-        nl.BCEWithLogitsLoss,
+        nl.BCEWithLogitsLoss, nl.SELU, nl.SiLU, nl.Mish,
     )
     if type(layer) in simple:
         return getattr(torch.nn, type(layer).__name__)()

@@ -7,10 +7,47 @@ from here too.
 
 from ._builders import CNN, MLP, ResNet, count_params
 from .attention import MultiheadAttention, ScaledDotProductAttention
+from .activations import (
+    CELU,
+    ELU,
+    GELU,
+    GLU,
+    SELU,
+    Hardshrink,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LogSigmoid,
+    LogSoftmax,
+    Mish,
+    PReLU,
+    ReLU6,
+    SiLU,
+    Softmax2d,
+    Softmin,
+    Softplus,
+    Softshrink,
+    Softsign,
+    Tanhshrink,
+    Threshold,
+)
 from .base import Layer
 from .containers import ACTIVATIONS, Builder, Sequential, make_activation
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
-from .dense import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh, TanH
+from .dense import (
+    Bilinear,
+    Dropout,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    TanH,
+    Unflatten,
+)
 from .losses import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -36,6 +73,23 @@ from .losses import (
 from .embedding import Embedding
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout2d
+from .padding import (
+    CircularPad1d,
+    CircularPad2d,
+    CircularPad3d,
+    ConstantPad1d,
+    ConstantPad2d,
+    ConstantPad3d,
+    ReflectionPad1d,
+    ReflectionPad2d,
+    ReflectionPad3d,
+    ReplicationPad1d,
+    ReplicationPad2d,
+    ReplicationPad3d,
+    ZeroPad1d,
+    ZeroPad2d,
+    ZeroPad3d,
+)
 from .pooling import (
     AdaptiveAvgPool1d,
     AdaptiveAvgPool2d,
@@ -74,17 +128,21 @@ from .upsample import Upsample
 __all__ = [
     "ACTIVATIONS", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Add",
     "AvgPool1d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-    "Builder", "CNN", "ClippedCrossEntropyLoss", "Concat", "Conv1d", "Conv2d", "ConvTranspose1d",
-    "ConvTranspose2d", "CosineEmbeddingLoss", "CrossEntropyLoss", "Dropout", "Dropout2d", "Embedding",
-    "Flatten", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm", "Heads", "HingeEmbeddingLoss", "HuberLoss",
-    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d", "LPPool2d", "LSTM",
-    "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "Linear", "LocalResponseNorm", "Loss", "MLP", "MSELoss",
-    "MarginRankingLoss", "MaxPool1d", "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge",
-    "MultiLabelSoftMarginLoss", "MultiMarginLoss", "MultiTaskLoss", "Multiply", "NLLLoss", "PoissonNLLLoss",
-    "RMSNorm", "RNN", "RNNCell", "ReLU", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
-    "Sequential", "Sigmoid", "SmoothL1Loss", "SoftMarginLoss", "Softmax", "TanH", "Tanh", "Upsample",
-    "count_params", "make_activation",
-    "LearnedPositionalEncoding", "MultiheadAttention", "ScaledDotProductAttention", "SinusoidalPositionalEncoding",
-    "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer",
-    "generate_square_subsequent_mask",
+    "Bilinear", "Builder", "CELU", "CNN", "CircularPad1d", "CircularPad2d", "CircularPad3d",
+    "ClippedCrossEntropyLoss", "Concat", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d",
+    "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CrossEntropyLoss", "Dropout", "Dropout2d",
+    "ELU", "Embedding", "Flatten", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
+    "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "Heads", "HingeEmbeddingLoss", "HuberLoss",
+    "Identity", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d",
+    "LPPool2d", "LSTM", "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "LearnedPositionalEncoding", "Linear",
+    "LocalResponseNorm", "LogSigmoid", "LogSoftmax", "Loss", "MLP", "MSELoss", "MarginRankingLoss", "MaxPool1d",
+    "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge", "Mish", "MultiLabelSoftMarginLoss", "MultiMarginLoss",
+    "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PoissonNLLLoss", "RMSNorm", "RNN",
+    "RNNCell", "ReLU", "ReLU6", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
+    "ReplicationPad2d", "ReplicationPad3d", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
+    "SELU", "ScaledDotProductAttention", "Sequential", "SiLU", "Sigmoid", "SinusoidalPositionalEncoding",
+    "SmoothL1Loss", "SoftMarginLoss", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
+    "TanH", "Tanh", "Tanhshrink", "Threshold", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "Upsample", "ZeroPad1d", "ZeroPad2d",
+    "ZeroPad3d", "count_params", "generate_square_subsequent_mask", "make_activation",
 ]

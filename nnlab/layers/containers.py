@@ -3,6 +3,7 @@ activation names builders accept."""
 
 import copy
 
+from .activations import ELU, GELU, SELU, Mish, SiLU, Softplus
 from .base import Layer, check_input_gradient, recall_call, remember_call
 from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
 
@@ -16,7 +17,10 @@ __all__ = [
     "make_activation",
 ]
 
-ACTIVATIONS = {"relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+ACTIVATIONS = {
+    "relu": ReLU, "lrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh,
+    "elu": ELU, "gelu": GELU, "selu": SELU, "silu": SiLU, "mish": Mish, "softplus": Softplus,
+}
 
 
 class DefaultString(str):

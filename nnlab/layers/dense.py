@@ -1,22 +1,17 @@
-"""Fully connected layer, elementwise activations, Softmax, Dropout and Flatten."""
+"""Fully connected and bilinear layers, the course's activations (ReLU, LeakyReLU, Sigmoid,
+Tanh; Softmax lives with the other activations in ``activations`` and is importable from
+here too), Dropout, Flatten, Unflatten and Identity."""
 
 import math
 
 import torch
 
+from .activations import Softmax, checked_flag
 from .base import Layer, checked_int, checked_real
 
 __all__ = [
-    "Dropout",
-    "Flatten",
-    "LeakyReLU",
-    "Linear",
-    "ReLU",
-    "Sigmoid",
-    "Softmax",
-    "TanH",
-    "Tanh",
-    "dropout_mask",
+    "Bilinear", "Dropout", "Flatten", "Identity", "LeakyReLU", "Linear", "ReLU", "Sigmoid", "Softmax", "TanH",
+    "Tanh", "Unflatten", "dropout_mask",
 ]
 
 
@@ -95,14 +90,16 @@ class ReLU(Layer):
     Backward: ``dx = dout`` where ``out > 0`` or out is NaN, else 0 (the subgradient at
     exactly 0 is 0; a NaN input passes dout; dout = inf where x <= 0 gives 0, not NaN:
     all as PyTorch's ``threshold_backward``), computed as ``dout * sign(out)`` unless
-    that makes a NaN.
+    that makes a NaN. ``inplace=True`` is accepted and computed out of place (the same
+    values; the input is left unchanged).
     Shapes: any -> same. Caches: the output.
     """
 
     SAVED_TENSORS = ("_out",)
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = checked_flag("ReLU", "inplace", inplace)
         self._out = None
 
     def forward(self, x, **kw):
@@ -129,18 +126,32 @@ class ReLU(Layer):
 
 
 class LeakyReLU(Layer):
-    """``out = x if x > 0 else alpha * x``. Same as ``torch.nn.LeakyReLU(alpha)``.
+    """``out = x if x > 0 else alpha * x``, alpha the negative slope.
+    Same as ``torch.nn.LeakyReLU(negative_slope)``.
 
-    Backward: ``dx = dout if x > 0 else alpha * dout`` (slope alpha at exactly 0,
-    as in PyTorch). Shapes: any -> same. Caches: the boolean mask x > 0.
+    ``alpha`` (the course's name) is a keyword alias of ``negative_slope``; give one of
+    them. ``inplace=True`` is accepted and computed out of place (the same values; the
+    input is left unchanged).
+    Backward: ``dx = dout if x > 0 else alpha * dout`` (slope alpha at exactly 0 and at a
+    NaN x, as in PyTorch). Shapes: any -> same. Caches: the boolean mask x > 0.
     """
 
     SAVED_TENSORS = ("_mask",)
 
-    def __init__(self, alpha=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False, *, alpha=None):
         super().__init__()
-        self.alpha = checked_real("LeakyReLU", "alpha", alpha, 0.0, 1.0)
+        if alpha is None:
+            self.alpha = checked_real("LeakyReLU", "negative_slope", negative_slope)
+        elif negative_slope != 0.01:
+            raise ValueError(
+                f"LeakyReLU: give negative_slope or its alias alpha, not both (got {negative_slope!r} and {alpha!r})"
+            )
+        else:
+            self.alpha = checked_real("LeakyReLU", "alpha", alpha)
+        self.inplace = checked_flag("LeakyReLU", "inplace", inplace)
         self._mask = None
+
+    negative_slope = property(lambda self: self.alpha)
 
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
@@ -212,50 +223,6 @@ class Tanh(Layer):
 TanH = Tanh
 
 
-class Softmax(Layer):
-    """``out_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim``.
-    Same as ``torch.nn.Softmax(dim)``.
-
-    Backward: ``dx = out * (dout - sum(dout * out, dim))``.
-    Shapes: any -> same. Caches: the output.
-    """
-
-    SAVED_TENSORS = ("_out",)
-
-    def __init__(self, dim=-1):
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise ValueError(f"Softmax: dim must be an int, got {dim!r}")
-        self.dim = dim
-        self._out = None
-
-    def __repr__(self):
-        return f"Softmax(dim={self.dim})"
-
-    def forward(self, x, **kw):
-        self.check_input(x, f"a tensor with dimension {self.dim}", self._has_dim)
-        if x.numel() == 0:
-            # amax has no value on an empty dimension; the softmax of nothing is empty.
-            self._out = x.clone()
-            return self.finish_forward(self._out)
-        shifted = x - x.amax(dim=self.dim, keepdim=True)
-        exps = torch.exp(shifted)
-        self._out = exps / exps.sum(dim=self.dim, keepdim=True)
-        return self.finish_forward(self._out)
-
-    def _has_dim(self, x):
-        """Whether x has dimension ``dim`` (a 0-d tensor has 0 and -1, as in torch)."""
-        ndim = max(x.dim(), 1)
-        return -ndim <= self.dim < ndim
-
-    def backward(self, dout):
-        self.start_backward(dout)
-        if not self.needs_input_grad:
-            return None
-        out = self._out
-        return out * (dout - (dout * out).sum(dim=self.dim, keepdim=True))
-
-
 def dropout_mask(shape, p, like):
     """A mask of ``shape`` (broadcastable to ``like``) whose entries are 1 / (1 - p)
     with probability 1 - p and 0 otherwise, drawn from torch's global RNG."""
@@ -268,7 +235,8 @@ def dropout_mask(shape, p, like):
 class Dropout(Layer):
     """Inverted dropout: ``out = x * mask / (1 - p)`` in training mode, with each mask
     entry 0 with probability p (drawn from torch's global RNG), and ``out = x`` in eval
-    mode. Distributionally the same as ``torch.nn.Dropout(p)``.
+    mode. Distributionally the same as ``torch.nn.Dropout(p)``. ``inplace=True`` is accepted
+    and computed out of place (the same values; the input is left unchanged).
 
     Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
     Shapes: any -> same. Caches: the scaled mask (the number 1.0 in eval mode).
@@ -276,9 +244,10 @@ class Dropout(Layer):
 
     SAVED_TENSORS = ("_mask",)
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         self.p = checked_real("Dropout", "p", p, 0.0, 1.0, high_open=False)
+        self.inplace = checked_flag("Dropout", "inplace", inplace)
         self._mask = None
 
     def __repr__(self):
@@ -332,3 +301,149 @@ class Flatten(Layer):
         if not self.needs_input_grad:
             return None
         return dout.reshape(self._shape)
+
+
+class Unflatten(Layer):
+    """Splits dimension ``dim`` into ``unflattened_size`` (one entry may be -1, inferred).
+    Same as ``torch.nn.Unflatten`` (on tensors; named tensors are not supported).
+
+    Backward: ``dx = dout.reshape(x.shape)``.
+    Shapes: (*, S, *) -> (*, *unflattened_size, *) at ``dim``, the product of the sizes
+    being S. Caches: the input shape.
+    """
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"Unflatten: dim must be an int (named tensors are not supported), got {dim!r}")
+        sizes = unflattened_size
+        if not isinstance(sizes, (tuple, list)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and (s >= 0 or s == -1) for s in sizes
+        ):
+            raise ValueError(f"Unflatten: unflattened_size must be a tuple of ints >= 0 or -1, got {sizes!r}")
+        if not sizes or list(sizes).count(-1) > 1:
+            raise ValueError(f"Unflatten: unflattened_size must be non-empty with at most one -1, got {sizes!r}")
+        self.dim = dim
+        self.unflattened_size = tuple(sizes)
+        self._shape = None
+
+    def __repr__(self):
+        return f"Unflatten(dim={self.dim}, unflattened_size={self.unflattened_size})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, f"a dimension {self.dim} that splits into {self.unflattened_size}", self._splits)
+        self._shape = x.shape
+        return self.finish_forward(x.unflatten(self.dim, self.unflattened_size))
+
+    def _splits(self, x):
+        """Whether x has dimension ``dim`` and its size factors into ``unflattened_size``."""
+        if not -x.dim() <= self.dim < max(x.dim(), 1) or x.dim() == 0:
+            return False
+        size = x.shape[self.dim]
+        known = math.prod(s for s in self.unflattened_size if s != -1)
+        if -1 not in self.unflattened_size:
+            return known == size
+        return known > 0 and size % known == 0
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout.reshape(self._shape)
+
+
+class Identity(Layer):
+    """``out = x``: the input itself, as torch returns it. Same as ``torch.nn.Identity``,
+    whose constructor accepts and ignores any arguments.
+
+    Backward: ``dx = dout``. Shapes: any -> same. Caches: nothing.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        return self.finish_forward(x)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout
+
+
+class Bilinear(Layer):
+    """Bilinear map of two inputs, ``out_k = x1 @ W_k @ x2 + b_k`` for each output k.
+    Same as ``torch.nn.Bilinear``.
+
+    Backward (leading dimensions flattened into one batch dimension n):
+    ``dx1[n, i] = sum_kj dout[n, k] W[k, i, j] x2[n, j]``,
+    ``dx2[n, j] = sum_ki dout[n, k] W[k, i, j] x1[n, i]``,
+    ``dW[k, i, j] += sum_n dout[n, k] x1[n, i] x2[n, j]``, ``db += dout.sum(0)``;
+    ``backward`` returns ``(dx1, dx2)``.
+    Shapes: x1 (*, in1_features), x2 (*, in2_features) with the same leading dimensions ->
+    (*, out_features). Parameters: ``weight`` (out, in1, in2), ``bias`` (out), both drawn
+    from U(-1/sqrt(in1), 1/sqrt(in1)) as in torch. Caches: both inputs.
+    """
+
+    SAVED_TENSORS = ("_xs", "weight")
+
+    def __init__(self, in1_features, in2_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in1_features = checked_int("Bilinear", "in1_features", in1_features, 1)
+        self.in2_features = checked_int("Bilinear", "in2_features", in2_features, 1)
+        self.out_features = checked_int("Bilinear", "out_features", out_features, 1)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        bound = 1.0 / math.sqrt(self.in1_features)
+        shape = (self.out_features, self.in1_features, self.in2_features)
+        self.add_param("weight", torch.empty(shape, device=device, dtype=dtype).uniform_(-bound, bound))
+        if bias:
+            self.add_param("bias", torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.bias = None
+        self._xs = None
+
+    def __repr__(self):
+        bias = "" if self.bias is not None else ", bias=False"
+        return f"Bilinear({self.in1_features}, {self.in2_features}, {self.out_features}{bias})"
+
+    def forward(self, x1, x2, **kw):
+        self.check_input(x1, f"(*, {self.in1_features})", lambda x: x.dim() >= 1 and x.shape[-1] == self.in1_features)
+        expected = f"{tuple(x1.shape[:-1]) + (self.in2_features,)} (x1's leading dimensions)"
+        self.check_input(x2, expected, lambda x: x.shape == x1.shape[:-1] + (self.in2_features,))
+        self.check_dtype(x1)
+        self.check_dtype(x2)
+        self._xs = (x1, x2)
+        rows1 = x1.reshape(-1, self.in1_features)
+        rows2 = x2.reshape(-1, self.in2_features)
+        # (n, i) @ (i, k*j) -> (n, k, j), then the sum over j with x2.
+        left = (rows1 @ self.weight.transpose(0, 1).reshape(self.in1_features, -1)).reshape(
+            -1, self.out_features, self.in2_features
+        )
+        out = (left * rows2.unsqueeze(1)).sum(dim=2)
+        if self.bias is not None:
+            out = out + self.bias
+        return self.finish_forward(out.reshape(x1.shape[:-1] + (self.out_features,)))
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        x1, x2 = self._xs
+        rows1 = x1.reshape(-1, self.in1_features)
+        rows2 = x2.reshape(-1, self.in2_features)
+        dout_rows = dout.reshape(-1, self.out_features)
+        # dW[k, i, j] = sum_n dout[n, k] x1[n, i] x2[n, j]: (k, n) @ (n, i*j).
+        outer = (rows1.unsqueeze(2) * rows2.unsqueeze(1)).reshape(rows1.shape[0], -1)
+        self._grads["weight"].add_((dout_rows.T @ outer).reshape(self.weight.shape))
+        if self.bias is not None:
+            self._grads["bias"].add_(dout_rows.sum(dim=0))
+
+        if not self.needs_input_grad:
+            return None
+        # dout_W[n, i, j] = sum_k dout[n, k] W[k, i, j]: (n, k) @ (k, i*j).
+        dout_weight = (dout_rows @ self.weight.reshape(self.out_features, -1)).reshape(
+            -1, self.in1_features, self.in2_features
+        )
+        dx1 = (dout_weight * rows2.unsqueeze(1)).sum(dim=2)
+        dx2 = (dout_weight * rows1.unsqueeze(2)).sum(dim=1)
+        return dx1.reshape(x1.shape), dx2.reshape(x2.shape)

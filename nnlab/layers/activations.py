@@ -1,0 +1,714 @@
+"""The activations of ``torch.nn`` beyond ReLU, LeakyReLU, Sigmoid, Tanh and Softmax (those
+live in ``dense``): the elementwise ones, the ones along a dimension (LogSoftmax, Softmin,
+Softmax2d, GLU) and PReLU with its parameter.
+
+Every backward is written out as torch 2.13's derivative kernel computes it, branch for
+branch, so that kinks (the value at a boundary belongs to the side torch gives it) and
+non-finite values (NaN and infinities in x and in dout) come out as torch's. A layer
+taking ``inplace=True`` computes out of place: the same values, the input left unchanged.
+"""
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .base import Layer, checked_int, checked_real
+
+__all__ = [
+    "CELU", "ELU", "GELU", "GLU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "LogSoftmax",
+    "Mish", "PReLU", "ReLU6", "SELU", "SiLU", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
+    "Tanhshrink", "Threshold",
+]
+
+# SELU's constants, as torch.nn.SELU has them.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TANH_KAPPA = 0.044715
+
+
+def checked_flag(owner, name, value):
+    """``value`` if it is a bool; ValueError naming ``owner`` and ``name`` otherwise."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be a bool, got {value!r}")
+    return value
+
+
+def checked_dim(owner, value):
+    """``value`` if it is an int (not a bool): the dimension a layer works along."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}: dim must be an int, got {value!r}")
+    return value
+
+
+class Pointwise(Layer):
+    """Base of the elementwise activations: ``out = f(x)`` entry by entry, and
+    ``dx = dout * f'(x)`` as torch's derivative kernel writes it (``gradient``).
+
+    Shapes: any -> same. Caches: the input x (what torch's autograd saves too).
+    Subclasses define ``function(x)`` and ``gradient(x, dout)``, and list their
+    constructor options in ``OPTIONS`` for the repr.
+    """
+
+    SAVED_TENSORS = ("_x",)
+    OPTIONS = ()
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def __repr__(self):
+        options = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.OPTIONS)
+        return f"{type(self).__name__}({options})" if options else type(self).__name__
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        self._x = x
+        return self.finish_forward(self.function(x))
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return self.gradient(self.cached("_x"), dout)
+
+    def function(self, x):
+        raise NotImplementedError
+
+    def gradient(self, x, dout):
+        raise NotImplementedError
+
+
+class ELU(Pointwise):
+    """``out = x if x > 0 else alpha * (exp(x) - 1)``. Same as ``torch.nn.ELU``.
+
+    Backward: ``dx = dout if x > 0 else dout * alpha * exp(x)`` (the second branch at
+    exactly 0, and at NaN, where it gives NaN, as in torch). ``inplace=True`` is accepted and computed
+    out of place. Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("alpha",)
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = checked_real("ELU", "alpha", alpha)
+        self.inplace = checked_flag("ELU", "inplace", inplace)
+
+    def function(self, x):
+        return torch.where(x <= 0, torch.expm1(x) * self.alpha, x)
+
+    def gradient(self, x, dout):
+        return torch.where(x > 0, dout, dout * self.alpha * torch.exp(x))
+
+
+class CELU(Pointwise):
+    """``out = x if x > 0 else alpha * (exp(x / alpha) - 1)``. Same as ``torch.nn.CELU``.
+
+    Backward: ``dx = dout if x > 0 else dout * exp(x / alpha)`` (the second branch at
+    exactly 0 and at NaN). ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("alpha",)
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = checked_real("CELU", "alpha", alpha)
+        if self.alpha == 0:
+            raise ValueError("CELU: alpha cannot be 0 (it divides x)")
+        self.inplace = checked_flag("CELU", "inplace", inplace)
+
+    def function(self, x):
+        return torch.where(x <= 0, torch.expm1(x / self.alpha) * self.alpha, x)
+
+    def gradient(self, x, dout):
+        return torch.where(x > 0, dout, dout * torch.exp(x / self.alpha))
+
+
+class SELU(Pointwise):
+    """``out = scale * (x if x > 0 else alpha * (exp(x) - 1))`` with torch's constants
+    alpha = 1.6733 and scale = 1.0507. Same as ``torch.nn.SELU``.
+
+    Backward: ``dx = dout * scale if x > 0 else dout * alpha * scale * exp(x)`` (the second
+    branch at exactly 0 and at NaN). ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag("SELU", "inplace", inplace)
+
+    def function(self, x):
+        return torch.where(x <= 0, torch.expm1(x) * (SELU_ALPHA * SELU_SCALE), x * SELU_SCALE)
+
+    def gradient(self, x, dout):
+        return torch.where(x > 0, dout * SELU_SCALE, dout * (SELU_ALPHA * SELU_SCALE) * torch.exp(x))
+
+
+class GELU(Pointwise):
+    """Gaussian error linear unit, ``out = x * Phi(x)`` with Phi the standard normal CDF
+    (``approximate='none'``), or ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
+    (``approximate='tanh'``). Same as ``torch.nn.GELU``.
+
+    At x = +inf the output is +inf, as torch gives it in float64 (nnlab's convention:
+    torch 2.13 gives NaN there in float32).
+    Backward: 'none': ``dx = dout * (Phi(x) + x * phi(x))``, phi the normal density;
+    'tanh': with ``u = sqrt(2/pi) (x + 0.044715 x^3)`` and ``t = tanh(u)``,
+    ``dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))``.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("approximate",)
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def function(self, x):
+        if self.approximate == "tanh":
+            inner = (x + x * x * x * _GELU_TANH_KAPPA) * _SQRT_2_OVER_PI
+            return 0.5 * x * (1 + torch.tanh(inner))
+        return x * 0.5 * (1 + torch.erf(x * _SQRT_HALF))
+
+    def gradient(self, x, dout):
+        if self.approximate == "tanh":
+            x_squared = x * x
+            tanh_inner = torch.tanh((x + x_squared * x * _GELU_TANH_KAPPA) * _SQRT_2_OVER_PI)
+            inner_derivative = (1 + x_squared * (3 * _GELU_TANH_KAPPA)) * _SQRT_2_OVER_PI
+            slope = 0.5 * (1 + tanh_inner) + 0.5 * x * (1 - tanh_inner * tanh_inner) * inner_derivative
+            return dout * slope
+        cdf = 0.5 * (1 + torch.erf(x * _SQRT_HALF))
+        pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+        return dout * (cdf + x * pdf)
+
+
+class SiLU(Pointwise):
+    """Sigmoid linear unit (swish), ``out = x * sigmoid(x)``. Same as ``torch.nn.SiLU``.
+
+    Backward: ``dx = dout * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``.
+    ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag("SiLU", "inplace", inplace)
+
+    def function(self, x):
+        return x * torch.sigmoid(x)
+
+    def gradient(self, x, dout):
+        sigmoid = torch.sigmoid(x)
+        return dout * sigmoid * (1 + x * (1 - sigmoid))
+
+
+class Mish(Pointwise):
+    """``out = x * tanh(softplus(x))``, softplus(x) = log(1 + exp(x)). Same as ``torch.nn.Mish``.
+
+    Backward: ``dx = dout * (t + x * sigmoid(x) * (1 - t^2))`` with ``t = tanh(softplus(x))``.
+    ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag("Mish", "inplace", inplace)
+
+    def function(self, x):
+        return x * torch.tanh(F.softplus(x))
+
+    def gradient(self, x, dout):
+        tanh_softplus = torch.tanh(torch.log1p(torch.exp(x)))
+        return dout * (tanh_softplus + x * torch.sigmoid(x) * (1 - tanh_softplus * tanh_softplus))
+
+
+class Softplus(Pointwise):
+    """``out = log(1 + exp(beta x)) / beta``, and ``out = x`` where ``beta x > threshold``
+    (for numerical stability). Same as ``torch.nn.Softplus``.
+
+    Backward: ``dx = dout`` where ``beta x > threshold``, else ``dout * z / (z + 1)`` with
+    ``z = exp(beta x)``. Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("beta", "threshold")
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta = checked_real("Softplus", "beta", beta)
+        if self.beta == 0:
+            raise ValueError("Softplus: beta cannot be 0 (it divides the output)")
+        self.threshold = checked_real("Softplus", "threshold", threshold)
+
+    def function(self, x):
+        scaled = x * self.beta
+        return torch.where(scaled > self.threshold, x, torch.log1p(torch.exp(scaled)) / self.beta)
+
+    def gradient(self, x, dout):
+        scaled = x * self.beta
+        z = torch.exp(scaled)
+        return torch.where(scaled > self.threshold, dout, dout * z / (z + 1))
+
+
+class Softsign(Pointwise):
+    """``out = x / (1 + |x|)``. Same as ``torch.nn.Softsign``.
+
+    Backward: ``dx = dout / (1 + |x|) - dout * x / (1 + |x|)^2 * sign(x)``, the two terms
+    autograd adds for torch's ``x / (1 + x.abs())`` (NaN at x = +-inf, as torch's).
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def function(self, x):
+        return x / (1 + x.abs())
+
+    def gradient(self, x, dout):
+        denominator = 1 + x.abs()
+        return dout / denominator + (-dout * x / (denominator * denominator)) * torch.sign(x)
+
+
+class Hardtanh(Pointwise):
+    """``out = clamp(x, min_val, max_val)``. Same as ``torch.nn.Hardtanh`` (``min_value``
+    and ``max_value`` are its deprecated spellings, accepted with a warning, as torch does).
+
+    Backward: ``dx = dout`` where ``min_val < x < max_val``, else 0 (0 at both bounds and at
+    a NaN x, as in torch). ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("min_val", "max_val")
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False, min_value=None, max_value=None):
+        super().__init__()
+        name = type(self).__name__
+        if min_value is not None:
+            warnings.warn(f"{name}: keyword argument min_value is deprecated; use min_val", DeprecationWarning, 2)
+            min_val = min_value
+        if max_value is not None:
+            warnings.warn(f"{name}: keyword argument max_value is deprecated; use max_val", DeprecationWarning, 2)
+            max_val = max_value
+        self.min_val = checked_real(name, "min_val", min_val)
+        self.max_val = checked_real(name, "max_val", max_val)
+        if self.max_val <= self.min_val:
+            raise ValueError(f"{name}: max_val ({self.max_val}) must be greater than min_val ({self.min_val})")
+        self.inplace = checked_flag(name, "inplace", inplace)
+
+    def function(self, x):
+        # F.hardtanh rather than clamp: autograd of clamp passes dout at the bounds, torch's
+        # Hardtanh does not (autograd through forward is one of the judges of backward).
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+    def gradient(self, x, dout):
+        inside = (x > self.min_val) & (x < self.max_val)
+        return torch.where(inside, dout, torch.zeros_like(dout))
+
+
+class ReLU6(Hardtanh):
+    """``out = min(max(x, 0), 6)``: Hardtanh(0, 6). Same as ``torch.nn.ReLU6``.
+
+    Backward: ``dx = dout`` where ``0 < x < 6``, else 0 (also at a NaN x).
+    ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ()
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+
+class Hardswish(Pointwise):
+    """``out = x * min(max(x + 3, 0), 6) / 6``. Same as ``torch.nn.Hardswish``.
+
+    Backward: ``dx = 0`` where ``x <= -3``, ``dout * (x / 3 + 0.5)`` where ``-3 < x < 3``, else
+    ``dout``: torch 2.13's open interval (0 at exactly -3 and ``dout`` at exactly 3; torch 1.x
+    had ``dout * -0.5`` and ``dout * 1.5`` there). nnlab's convention at a NaN x: NaN. torch
+    2.13 gives NaN there in its vectorised loop and ``dout`` in the scalar loop that finishes
+    a tensor whose size is not a multiple of the vector width, so its answer depends on
+    the NaN's position.
+    ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag("Hardswish", "inplace", inplace)
+
+    def function(self, x):
+        # F.hardswish rather than clamp, whose autograd passes dout at the bounds.
+        return F.hardswish(x)
+
+    def gradient(self, x, dout):
+        upper = torch.where(x < 3, dout * (x / 3 + 0.5), dout)
+        gradient = torch.where(x <= -3, torch.zeros_like(dout), upper)
+        return torch.where(x.isnan(), x, gradient)
+
+
+class Hardsigmoid(Pointwise):
+    """``out = min(max(x + 3, 0), 6) / 6``. Same as ``torch.nn.Hardsigmoid``.
+
+    Backward: ``dx = dout / 6`` where ``-3 < x < 3``, else 0 (0 at both bounds and at NaN,
+    as in torch). ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag("Hardsigmoid", "inplace", inplace)
+
+    def function(self, x):
+        # F.hardsigmoid rather than clamp, whose autograd passes dout at the bounds.
+        return F.hardsigmoid(x)
+
+    def gradient(self, x, dout):
+        inside = (x > -3) & (x < 3)
+        return torch.where(inside, dout / 6, torch.zeros_like(dout))
+
+
+def shrink_gradient(x, dout, lambd):
+    """Hardshrink's and Softshrink's VJP: dout outside [-lambd, lambd], 0 inside and at NaN."""
+    alive = (x < -lambd) | (x > lambd)
+    return torch.where(alive, dout, torch.zeros_like(dout))
+
+
+class Hardshrink(Pointwise):
+    """``out = 0`` where ``-lambd <= x <= lambd``, else ``x``. Same as ``torch.nn.Hardshrink``.
+
+    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds
+    and at a NaN x, as in torch). Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("lambd",)
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = checked_real("Hardshrink", "lambd", lambd)
+
+    def function(self, x):
+        dead = (x >= -self.lambd) & (x <= self.lambd)
+        return torch.where(dead, torch.zeros_like(x), x)
+
+    def gradient(self, x, dout):
+        return shrink_gradient(x, dout, self.lambd)
+
+
+class Softshrink(Pointwise):
+    """``out = x - lambd`` where ``x > lambd``, ``x + lambd`` where ``x < -lambd``, else 0.
+    Same as ``torch.nn.Softshrink`` (lambd >= 0).
+
+    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds
+    and at a NaN x, as in torch). Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("lambd",)
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = checked_real("Softshrink", "lambd", lambd, 0.0)
+
+    def function(self, x):
+        dead = (x >= -self.lambd) & (x <= self.lambd)
+        shrunk = torch.where(x > 0, x - self.lambd, x + self.lambd)
+        return torch.where(dead, torch.zeros_like(x), shrunk)
+
+    def gradient(self, x, dout):
+        return shrink_gradient(x, dout, self.lambd)
+
+
+class Tanhshrink(Pointwise):
+    """``out = x - tanh(x)``. Same as ``torch.nn.Tanhshrink``.
+
+    Backward: ``dx = dout - dout * (1 - tanh(x)^2)``, the two terms autograd adds for
+    torch's ``x - x.tanh()``. Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def function(self, x):
+        return x - torch.tanh(x)
+
+    def gradient(self, x, dout):
+        tanh = torch.tanh(x)
+        return dout - dout * (1 - tanh * tanh)
+
+
+class Threshold(Pointwise):
+    """``out = value`` where ``x <= threshold``, else ``x``. Same as ``torch.nn.Threshold``.
+
+    Backward: ``dx = 0`` where ``x <= threshold``, else ``dout``.
+    ``inplace=True`` is accepted and computed out of place.
+    Shapes: any -> same. Caches: the input.
+    """
+
+    OPTIONS = ("threshold", "value")
+
+    def __init__(self, threshold, value, inplace=False):
+        super().__init__()
+        self.threshold = checked_real("Threshold", "threshold", threshold)
+        self.value = checked_real("Threshold", "value", value)
+        self.inplace = checked_flag("Threshold", "inplace", inplace)
+
+    def function(self, x):
+        return torch.where(x <= self.threshold, torch.full_like(x, self.value), x)
+
+    def gradient(self, x, dout):
+        return torch.where(x <= self.threshold, torch.zeros_like(dout), dout)
+
+
+class LogSigmoid(Pointwise):
+    """``out = log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))``, finite for any finite x.
+    Same as ``torch.nn.LogSigmoid``.
+
+    Backward: with ``z = exp(-|x|)``, ``dx = dout * (1 - z / (1 + z))`` where ``x < 0``, else
+    ``dout * z / (1 + z)``. Shapes: any -> same. Caches: the input.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def function(self, x):
+        # F.logsigmoid rather than min(x, 0) - log1p(exp(-|x|)) written out, whose autograd
+        # gives slope 1 at x = 0 (clamp's and abs' subgradients) instead of 1/2.
+        return F.logsigmoid(x)
+
+    def gradient(self, x, dout):
+        z = torch.exp(-x.abs())
+        fraction = z / (1 + z)
+        return torch.where(x < 0, dout * (1 - fraction), dout * fraction)
+
+
+# Along a dimension -----------------------------------------------------------------------
+
+
+def softmax_along(x, dim):
+    """``exp(x - max x) / sum(exp(x - max x))`` along ``dim``, as torch computes it."""
+    if x.numel() == 0:
+        # amax has no value on an empty dimension; the softmax of nothing is empty.
+        return x.clone()
+    exps = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return exps / exps.sum(dim=dim, keepdim=True)
+
+
+def softmax_gradient(out, dout, dim):
+    """The VJP of softmax along ``dim`` from its output: ``out * (dout - sum(dout * out))``."""
+    return out * (dout - (dout * out).sum(dim=dim, keepdim=True))
+
+
+class AlongDim(Layer):
+    """Base of the layers that work along one dimension ``dim`` of any input: the check of
+    ``dim`` (0 and -1 are the dimensions of a 0-d tensor, as in torch) and the repr.
+    Caches: the output (every subclass's backward needs it)."""
+
+    SAVED_TENSORS = ("_out",)
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = checked_dim(type(self).__name__, dim)
+        self._out = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}(dim={self.dim})"
+
+    def check_dim(self, x):
+        """TypeError unless x is a tensor, ValueError unless it has dimension ``dim``."""
+        self.check_input(x, f"a tensor with dimension {self.dim}", self._has_dim)
+
+    def _has_dim(self, x):
+        ndim = max(x.dim(), 1)
+        return -ndim <= self.dim < ndim
+
+
+class Softmax(AlongDim):
+    """``out_i = exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``dim``.
+    Same as ``torch.nn.Softmax(dim)``; the default ``dim=-1`` replaces torch's deprecated
+    implicit choice, and ``dim=None`` is refused.
+
+    Backward: ``dx = out * (dout - sum(dout * out, dim))``.
+    Shapes: any -> same. Caches: the output.
+    """
+
+    def forward(self, x, **kw):
+        self.check_dim(x)
+        self._out = softmax_along(x, self.dim)
+        return self.finish_forward(self._out)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return softmax_gradient(self._out, dout, self.dim)
+
+
+class Softmin(AlongDim):
+    """``out = softmax(-x)`` along ``dim``. Same as ``torch.nn.Softmin(dim)``, with nnlab's
+    default ``dim=-1`` as for Softmax (``dim=None`` is refused).
+
+    Backward: ``dx = -out * (dout - sum(dout * out, dim))``.
+    Shapes: any -> same. Caches: the output.
+    """
+
+    def forward(self, x, **kw):
+        self.check_dim(x)
+        self._out = softmax_along(-x, self.dim)
+        return self.finish_forward(self._out)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return -softmax_gradient(self._out, dout, self.dim)
+
+
+class Softmax2d(AlongDim):
+    """Softmax over the channels of every pixel: along dim -3 of (N, C, H, W) or (C, H, W).
+    Same as ``torch.nn.Softmax2d``.
+
+    Backward: ``dx = out * (dout - sum(dout * out, -3))``.
+    Shapes: (N, C, H, W) or (C, H, W) -> same. Caches: the output.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(-3)
+
+    def __repr__(self):
+        return "Softmax2d"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "(N, C, H, W) or (C, H, W)", lambda x: x.dim() in (3, 4))
+        self._out = softmax_along(x, self.dim)
+        return self.finish_forward(self._out)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return softmax_gradient(self._out, dout, self.dim)
+
+
+class LogSoftmax(AlongDim):
+    """``out = x - max x - log(sum(exp(x - max x)))`` along ``dim``.
+    Same as ``torch.nn.LogSoftmax(dim)``, with nnlab's default ``dim=-1`` as for Softmax
+    (``dim=None`` is refused).
+
+    Backward: ``dx = dout - exp(out) * sum(dout, dim)``.
+    Shapes: any -> same. Caches: the output.
+    """
+
+    def forward(self, x, **kw):
+        self.check_dim(x)
+        if x.numel() == 0:
+            self._out = x.clone()
+        else:
+            shifted = x - x.amax(dim=self.dim, keepdim=True)
+            self._out = shifted - torch.log(torch.exp(shifted).sum(dim=self.dim, keepdim=True))
+        return self.finish_forward(self._out)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout - torch.exp(self._out) * dout.sum(dim=self.dim, keepdim=True)
+
+
+class GLU(Layer):
+    """Gated linear unit: x split in halves a, b along ``dim``, ``out = a * sigmoid(b)``.
+    Same as ``torch.nn.GLU``.
+
+    Backward: with ``s = sigmoid(b)``, ``da = dout * s`` and ``db = (1 - s) * s * a * dout``,
+    joined along ``dim``. Shapes: (*, 2M, *) -> (*, M, *) along ``dim``. Caches: the input.
+    """
+
+    SAVED_TENSORS = ("_x",)
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = checked_dim("GLU", dim)
+        self._x = None
+
+    def __repr__(self):
+        return f"GLU(dim={self.dim})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, f"a tensor of at least one dimension with dimension {self.dim}", self._has_dim)
+        if x.shape[self.dim] % 2:
+            raise ValueError(
+                f"{self!r}: expected an even size along dim {self.dim} (halved into a and b), got shape {tuple(x.shape)}"
+            )
+        self._x = x
+        first, second = x.chunk(2, dim=self.dim)
+        return self.finish_forward(first * torch.sigmoid(second))
+
+    def _has_dim(self, x):
+        return x.dim() >= 1 and -x.dim() <= self.dim < x.dim()
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        first, second = self._x.chunk(2, dim=self.dim)
+        sigmoid = torch.sigmoid(second)
+        dfirst = dout * sigmoid
+        dsecond = (1 - sigmoid) * sigmoid * first * dout
+        return torch.cat([dfirst, dsecond], dim=self.dim)
+
+
+class PReLU(Layer):
+    """``out = x if x > 0 else a_c * x``, with a learned slope a_c per channel (dim 1 of an
+    input of 2 or more dimensions) or one slope for all. Same as ``torch.nn.PReLU``.
+
+    Backward: ``dx = dout if x > 0 else a_c * dout`` (slope a_c at exactly 0, as in torch);
+    ``da_c += sum of x * dout where x <= 0 (or NaN)`` over every dimension but the channel's.
+    Shapes: any -> same; num_parameters > 1 needs (N, C, *) or (C, *) ... with C =
+    num_parameters at dim 1 (torch's channel dimension, also for an unbatched input).
+    Parameter: ``weight`` (num_parameters,), initialised to ``init``. Caches: the input.
+    """
+
+    SAVED_TENSORS = ("_x", "weight")
+
+    def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
+        super().__init__()
+        self.num_parameters = checked_int("PReLU", "num_parameters", num_parameters, 1)
+        init = checked_real("PReLU", "init", init)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        self.add_param("weight", torch.full((self.num_parameters,), init, device=device, dtype=dtype))
+        self._x = None
+
+    def __repr__(self):
+        return f"PReLU(num_parameters={self.num_parameters})"
+
+    def forward(self, x, **kw):
+        channels = self.num_parameters
+        self.check_input(x, f"(N, {channels}, *)", lambda x: channels == 1 or (x.dim() >= 2 and x.shape[1] == channels))
+        self.check_dtype(x)
+        self._x = x
+        return self.finish_forward(torch.where(x > 0, x, self._slopes(x) * x))
+
+    def _slopes(self, x):
+        """The weight shaped to broadcast against x along its channel dimension."""
+        if self.num_parameters == 1:
+            return self.weight.reshape(())
+        return self.weight.reshape((1, self.num_parameters) + (1,) * (x.dim() - 2))
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        x = self._x
+        positive = x > 0
+        dslopes = torch.where(positive, torch.zeros_like(dout), x * dout)
+        if self.num_parameters == 1:
+            self._grads["weight"].add_(dslopes.sum().reshape(1))
+        else:
+            other_dims = [d for d in range(x.dim()) if d != 1]
+            self._grads["weight"].add_(dslopes.sum(dim=other_dims))
+
+        if not self.needs_input_grad:
+            return None
+        return torch.where(positive, dout, self._slopes(x) * dout)
