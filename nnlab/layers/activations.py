@@ -6,6 +6,14 @@ Every backward is written out as torch 2.13's derivative kernel computes it, bra
 branch, so that kinks (the value at a boundary belongs to the side torch gives it) and
 non-finite values (NaN and infinities in x and in dout) come out as torch's. A layer
 taking ``inplace=True`` computes out of place: the same values, the input left unchanged.
+
+nnlab's convention where torch 2.13 disagrees with itself: at a NaN input, the gradients
+of ELU, CELU, SELU, Hardtanh, ReLU6, Hardswish, Hardshrink and Softshrink depend in torch
+on the NaN's position. Its vectorised loop gives NaN (the ELUs, Hardswish) or 0 (the
+others), and the scalar loop that finishes a tensor whose size is not a multiple of the
+vector width gives dout (SELU: dout * scale). nnlab gives the vectorised loop's answer at
+every position. GELU's output at +inf is +inf (torch: +inf in float64; in float32 NaN, or
++inf in the scalar loop).
 """
 
 import math
@@ -88,7 +96,7 @@ class ELU(Pointwise):
     """``out = x if x > 0 else alpha * (exp(x) - 1)``. Same as ``torch.nn.ELU``.
 
     Backward: ``dx = dout if x > 0 else dout * alpha * exp(x)`` (the second branch at
-    exactly 0, and at NaN, where it gives NaN, as in torch). ``inplace=True`` is accepted and computed
+    exactly 0, and at NaN, where it gives NaN: see the module docstring). ``inplace=True`` is accepted and computed
     out of place. Shapes: any -> same. Caches: the input.
     """
 
@@ -155,8 +163,7 @@ class GELU(Pointwise):
     (``approximate='none'``), or ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
     (``approximate='tanh'``). Same as ``torch.nn.GELU``.
 
-    At x = +inf the output is +inf, as torch gives it in float64 (nnlab's convention:
-    torch 2.13 gives NaN there in float32).
+    At x = +inf the output is +inf, as torch gives it in float64 (see the module docstring).
     Backward: 'none': ``dx = dout * (Phi(x) + x * phi(x))``, phi the normal density;
     'tanh': with ``u = sqrt(2/pi) (x + 0.044715 x^3)`` and ``t = tanh(u)``,
     ``dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))``.
@@ -279,8 +286,8 @@ class Hardtanh(Pointwise):
     """``out = clamp(x, min_val, max_val)``. Same as ``torch.nn.Hardtanh`` (``min_value``
     and ``max_value`` are its deprecated spellings, accepted with a warning, as torch does).
 
-    Backward: ``dx = dout`` where ``min_val < x < max_val``, else 0 (0 at both bounds and at
-    a NaN x, as in torch). ``inplace=True`` is accepted and computed out of place.
+    Backward: ``dx = dout`` where ``min_val < x < max_val``, else 0 (0 at both bounds, as in
+    torch, and at a NaN x: see the module docstring). ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
 
@@ -330,10 +337,7 @@ class Hardswish(Pointwise):
 
     Backward: ``dx = 0`` where ``x <= -3``, ``dout * (x / 3 + 0.5)`` where ``-3 < x < 3``, else
     ``dout``: torch 2.13's open interval (0 at exactly -3 and ``dout`` at exactly 3; torch 1.x
-    had ``dout * -0.5`` and ``dout * 1.5`` there). nnlab's convention at a NaN x: NaN. torch
-    2.13 gives NaN there in its vectorised loop and ``dout`` in the scalar loop that finishes
-    a tensor whose size is not a multiple of the vector width, so its answer depends on
-    the NaN's position.
+    had ``dout * -0.5`` and ``dout * 1.5`` there); NaN at a NaN x (see the module docstring).
     ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
@@ -356,7 +360,8 @@ class Hardsigmoid(Pointwise):
     """``out = min(max(x + 3, 0), 6) / 6``. Same as ``torch.nn.Hardsigmoid``.
 
     Backward: ``dx = dout / 6`` where ``-3 < x < 3``, else 0 (0 at both bounds and at NaN,
-    as in torch). ``inplace=True`` is accepted and computed out of place.
+    as in torch). The slope is exactly 1/6; torch 2.13's float64 kernel multiplies by 1/6
+    rounded to float32 (a relative difference of 3e-8). ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
 
@@ -382,8 +387,9 @@ def shrink_gradient(x, dout, lambd):
 class Hardshrink(Pointwise):
     """``out = 0`` where ``-lambd <= x <= lambd``, else ``x``. Same as ``torch.nn.Hardshrink``.
 
-    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds
-    and at a NaN x, as in torch). Shapes: any -> same. Caches: the input.
+    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds,
+    as in torch, and at a NaN x: see the module docstring).
+    Shapes: any -> same. Caches: the input.
     """
 
     OPTIONS = ("lambd",)
@@ -404,8 +410,9 @@ class Softshrink(Pointwise):
     """``out = x - lambd`` where ``x > lambd``, ``x + lambd`` where ``x < -lambd``, else 0.
     Same as ``torch.nn.Softshrink`` (lambd >= 0).
 
-    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds
-    and at a NaN x, as in torch). Shapes: any -> same. Caches: the input.
+    Backward: ``dx = dout`` where ``x < -lambd`` or ``x > lambd``, else 0 (0 at the bounds,
+    as in torch, and at a NaN x: see the module docstring).
+    Shapes: any -> same. Caches: the input.
     """
 
     OPTIONS = ("lambd",)

@@ -1,0 +1,67 @@
+"""Hypothesis strategies for layer inputs that reach the values where layers go wrong:
+NaN, +inf, -inf, signed zeros and a layer's own kinks, written at drawn positions of a
+tensor that is rarely empty, so that most examples hold some of them (the shapes and
+values of test_layers_parity.values leave a third of the tensors empty and a NaN in few).
+"""
+
+import math
+
+import torch
+from hypothesis import strategies as st
+
+SPECIALS = [math.nan, math.inf, -math.inf, 0.0, -0.0]
+
+
+@st.composite
+def shapes(draw, min_dims=0, max_dims=4, max_size=4, batch=True):
+    """A shape of min_dims to max_dims sizes in 1..max_size; with ``batch``, the first size
+    is drawn from 0, 1, 2, 3 instead (batches of 0 and 1 on purpose)."""
+    sizes = draw(st.lists(st.integers(1, max_size), min_size=min_dims, max_size=max_dims))
+    if batch and sizes:
+        sizes[0] = draw(st.sampled_from([2, 0, 1, 3]))
+    return tuple(sizes)
+
+
+@st.composite
+def tensors(draw, shape, dtype, points=()):
+    """A tensor of ``shape``: uniform in [-3, 3] or small integers (ties); then either one
+    to five entries set to NaN (drawn twice as often), +-inf, +-0 or one of ``points`` (the
+    layer's kinks), or
+    about a third of all entries (rows and windows of them). Positions, values and the
+    choices between the kinds come from a drawn seed, not from hypothesis' choices, which
+    it steers towards the first alternative: every kind is reached at a known rate."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+
+    def chance(count):
+        return int(torch.randint(0, count, (), generator=generator))
+
+    if chance(2):
+        x = torch.rand(shape, generator=generator, dtype=torch.float64) * 6 - 3
+    else:
+        x = torch.randint(-2, 3, shape, generator=generator).to(torch.float64)
+    chosen = torch.tensor([math.nan] + SPECIALS + list(points), dtype=torch.float64)
+    flat = x.view(-1)
+    if chance(3) == 0:
+        replace = torch.rand(shape, generator=generator) < 0.35
+        flat[replace.view(-1)] = chosen[torch.randint(0, len(chosen), (int(replace.sum()),), generator=generator)]
+    elif flat.numel():
+        count = 1 + chance(5)
+        flat[torch.randint(0, flat.numel(), (count,), generator=generator)] = chosen[
+            torch.randint(0, len(chosen), (count,), generator=generator)
+        ]
+    return draw(layouts)(x.to(dtype))
+
+
+def strided(x):
+    """A non-contiguous tensor with x's values (every other entry of a wider buffer)."""
+    buffer = torch.zeros((*x.shape, 2), dtype=x.dtype)
+    view = buffer[..., 0]
+    view.copy_(x)
+    return view
+
+
+def contiguous(x):
+    return x
+
+
+layouts = st.sampled_from([strided, contiguous])
