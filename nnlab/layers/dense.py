@@ -378,10 +378,13 @@ class Bilinear(Layer):
     Same as ``torch.nn.Bilinear``.
 
     Backward (leading dimensions flattened into one batch dimension n):
-    ``dx1[n, i] = sum_kj dout[n, k] W[k, i, j] x2[n, j]``,
-    ``dx2[n, j] = sum_ki dout[n, k] W[k, i, j] x1[n, i]``,
+    ``dx1[n, i] = sum_k dout[n, k] * (sum_j W[k, i, j] x2[n, j])``,
+    ``dx2[n, j] = sum_k dout[n, k] * (sum_i x1[n, i] W[k, i, j])``,
     ``dW[k, i, j] += sum_n dout[n, k] x1[n, i] x2[n, j]``, ``db += dout.sum(0)``;
-    ``backward`` returns ``(dx1, dx2)``.
+    ``backward`` returns ``(dx1, dx2)``. The sums are grouped as torch's ``_trilinear``
+    groups them, so that NaN and infinities land where torch's do; where dout holds a NaN
+    or an infinity, dx1 is the sum of the products ``dout[n, k] W[k, i, j] x2[n, j]`` over
+    k and j, as in torch (a tensor of N * out * in1 * in2 entries, for that case only).
     Shapes: x1 (*, in1_features), x2 (*, in2_features) with the same leading dimensions ->
     (*, out_features). Parameters: ``weight`` (out, in1, in2), ``bias`` (out), both drawn
     from U(-1/sqrt(in1), 1/sqrt(in1)) as in torch. Caches: both inputs.
@@ -415,35 +418,44 @@ class Bilinear(Layer):
         self.check_dtype(x1)
         self.check_dtype(x2)
         self._xs = (x1, x2)
-        rows1 = x1.reshape(-1, self.in1_features)
-        rows2 = x2.reshape(-1, self.in2_features)
-        # (n, i) @ (i, k*j) -> (n, k, j), then the sum over j with x2.
-        left = (rows1 @ self.weight.transpose(0, 1).reshape(self.in1_features, -1)).reshape(
-            -1, self.out_features, self.in2_features
-        )
-        out = (left * rows2.unsqueeze(1)).sum(dim=2)
+        rows1, rows2 = self._rows()
+        out = (self._x1_weight(rows1) * rows2.unsqueeze(1)).sum(dim=2)
         if self.bias is not None:
             out = out + self.bias
         return self.finish_forward(out.reshape(x1.shape[:-1] + (self.out_features,)))
 
+    def _rows(self):
+        x1, x2 = self._xs
+        return x1.reshape(-1, self.in1_features), x2.reshape(-1, self.in2_features)
+
+    def _x1_weight(self, rows1):
+        """(n, out, in2): ``sum_i x1[n, i] W[k, i, j]``, one GEMM (n, i) @ (i, k*j)."""
+        by_input = self.weight.transpose(0, 1).reshape(self.in1_features, -1)
+        return (rows1 @ by_input).reshape(rows1.shape[0], self.out_features, self.in2_features)
+
+    def _weight_x2(self, rows2):
+        """(n, out, in1): ``sum_j W[k, i, j] x2[n, j]``, one GEMM (n, j) @ (j, k*i)."""
+        by_input = self.weight.reshape(-1, self.in2_features).T
+        return (rows2 @ by_input).reshape(rows2.shape[0], self.out_features, self.in1_features)
+
     def backward(self, dout):
         self.start_backward(dout)
         x1, x2 = self._xs
-        rows1 = x1.reshape(-1, self.in1_features)
-        rows2 = x2.reshape(-1, self.in2_features)
+        rows1, rows2 = self._rows()
         dout_rows = dout.reshape(-1, self.out_features)
         # dW[k, i, j] = sum_n dout[n, k] x1[n, i] x2[n, j]: (k, n) @ (n, i*j).
-        outer = (rows1.unsqueeze(2) * rows2.unsqueeze(1)).reshape(rows1.shape[0], -1)
+        outer = (rows1.unsqueeze(2) * rows2.unsqueeze(1)).reshape(rows1.shape[0], self.in1_features * self.in2_features)
         self._grads["weight"].add_((dout_rows.T @ outer).reshape(self.weight.shape))
         if self.bias is not None:
             self._grads["bias"].add_(dout_rows.sum(dim=0))
 
         if not self.needs_input_grad:
             return None
-        # dout_W[n, i, j] = sum_k dout[n, k] W[k, i, j]: (n, k) @ (k, i*j).
-        dout_weight = (dout_rows @ self.weight.reshape(self.out_features, -1)).reshape(
-            -1, self.in1_features, self.in2_features
-        )
-        dx1 = (dout_weight * rows2.unsqueeze(1)).sum(dim=2)
-        dx2 = (dout_weight * rows1.unsqueeze(2)).sum(dim=1)
+        dx2 = (dout_rows.unsqueeze(2) * self._x1_weight(rows1)).sum(dim=1)
+        if dout_rows.isfinite().all():
+            # A finite dout[n, k] factors out of the sum over j without moving a NaN.
+            dx1 = (dout_rows.unsqueeze(2) * self._weight_x2(rows2)).sum(dim=1)
+        else:
+            products = (dout_rows[:, :, None, None] * self.weight) * rows2[:, None, None, :]
+            dx1 = products.sum(dim=(1, 3))
         return dx1.reshape(x1.shape), dx2.reshape(x2.shape)
