@@ -92,6 +92,15 @@ class Pointwise(Layer):
         raise NotImplementedError
 
 
+class PointwiseInplace(Pointwise):
+    """Base of the elementwise activations whose only option is torch's ``inplace``: it is
+    accepted and computed out of place (the same values; the input left unchanged)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = checked_flag(type(self).__name__, "inplace", inplace)
+
+
 class ELU(Pointwise):
     """``out = x if x > 0 else alpha * (exp(x) - 1)``. Same as ``torch.nn.ELU``.
 
@@ -138,7 +147,7 @@ class CELU(Pointwise):
         return torch.where(x > 0, dout, dout * torch.exp(x / self.alpha))
 
 
-class SELU(Pointwise):
+class SELU(PointwiseInplace):
     """``out = scale * (x if x > 0 else alpha * (exp(x) - 1))`` with torch's constants
     alpha = 1.6733 and scale = 1.0507. Same as ``torch.nn.SELU``.
 
@@ -146,10 +155,6 @@ class SELU(Pointwise):
     branch at exactly 0 and at NaN). ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = checked_flag("SELU", "inplace", inplace)
 
     def function(self, x):
         return torch.where(x <= 0, torch.expm1(x) * (SELU_ALPHA * SELU_SCALE), x * SELU_SCALE)
@@ -196,17 +201,13 @@ class GELU(Pointwise):
         return dout * (cdf + x * pdf)
 
 
-class SiLU(Pointwise):
+class SiLU(PointwiseInplace):
     """Sigmoid linear unit (swish), ``out = x * sigmoid(x)``. Same as ``torch.nn.SiLU``.
 
     Backward: ``dx = dout * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``.
     ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = checked_flag("SiLU", "inplace", inplace)
 
     def function(self, x):
         return x * torch.sigmoid(x)
@@ -216,17 +217,13 @@ class SiLU(Pointwise):
         return dout * sigmoid * (1 + x * (1 - sigmoid))
 
 
-class Mish(Pointwise):
+class Mish(PointwiseInplace):
     """``out = x * tanh(softplus(x))``, softplus(x) = log(1 + exp(x)). Same as ``torch.nn.Mish``.
 
     Backward: ``dx = dout * (t + x * sigmoid(x) * (1 - t^2))`` with ``t = tanh(softplus(x))``.
     ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = checked_flag("Mish", "inplace", inplace)
 
     def function(self, x):
         return x * torch.tanh(F.softplus(x))
@@ -332,7 +329,7 @@ class ReLU6(Hardtanh):
         super().__init__(0.0, 6.0, inplace)
 
 
-class Hardswish(Pointwise):
+class Hardswish(PointwiseInplace):
     """``out = x * min(max(x + 3, 0), 6) / 6``. Same as ``torch.nn.Hardswish``.
 
     Backward: ``dx = 0`` where ``x <= -3``, ``dout * (x / 3 + 0.5)`` where ``-3 < x < 3``, else
@@ -341,10 +338,6 @@ class Hardswish(Pointwise):
     ``inplace=True`` is accepted and computed out of place.
     Shapes: any -> same. Caches: the input.
     """
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = checked_flag("Hardswish", "inplace", inplace)
 
     def function(self, x):
         # F.hardswish rather than clamp, whose autograd passes dout at the bounds.
@@ -356,18 +349,15 @@ class Hardswish(Pointwise):
         return torch.where(x.isnan(), x, gradient)
 
 
-class Hardsigmoid(Pointwise):
+class Hardsigmoid(PointwiseInplace):
     """``out = min(max(x + 3, 0), 6) / 6``. Same as ``torch.nn.Hardsigmoid``.
 
     Backward: ``dx = dout / 6`` where ``-3 < x < 3``, else 0 (0 at both bounds and at NaN,
     as in torch). The slope is exactly 1/6; torch 2.13's float64 kernel multiplies by 1/6
-    rounded to float32 (a relative difference of 3e-8). ``inplace=True`` is accepted and computed out of place.
+    rounded to float32 (a relative difference of 3e-8). ``inplace=True`` is accepted and
+    computed out of place.
     Shapes: any -> same. Caches: the input.
     """
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = checked_flag("Hardsigmoid", "inplace", inplace)
 
     def function(self, x):
         # F.hardsigmoid rather than clamp, whose autograd passes dout at the bounds.
