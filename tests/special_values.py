@@ -1,6 +1,6 @@
 """Hypothesis strategies for layer inputs that reach the values where layers go wrong:
 NaN, +inf, -inf, signed zeros and a layer's own kinks, written at drawn positions of a
-tensor that is rarely empty, so that most examples hold some of them (the shapes and
+tensor that is rarely empty (and often non-contiguous or channels-last), so that most examples hold some of them (the shapes and
 values of test_layers_parity.values leave a third of the tensors empty and a NaN in few).
 """
 
@@ -64,4 +64,9 @@ def contiguous(x):
     return x
 
 
-layouts = st.sampled_from([strided, contiguous])
+def channels_last(x):
+    """x in channels-last memory order where it has 4 dimensions (as is, otherwise)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+layouts = st.sampled_from([strided, contiguous, channels_last])

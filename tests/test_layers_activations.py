@@ -178,6 +178,14 @@ def test_elementwise_finite_differences(name):
     check_finite_differences(layer, x)
 
 
+def test_dropouts_accept_inplace_and_leave_the_input_unchanged():
+    x = torch.randn(4, 3, 2, 2)
+    before = x.clone()
+    for layer in (nl.Dropout(0.5, inplace=True), nl.Dropout2d(0.5, True), nl.ReLU(inplace=True)):
+        out = layer(x)
+        assert torch.equal(x, before) and out.shape == x.shape and layer.inplace
+
+
 @pytest.mark.parametrize("name", INPLACE)
 def test_inplace_true_is_computed_out_of_place(name):
     args = {"Threshold": (0.5, -2.0)}.get(name, ())
@@ -294,7 +302,9 @@ SIGNATURE_EXTRAS = {"LeakyReLU": {"alpha"}}
 DIM_DEFAULT = ("Softmax", "LogSoftmax", "Softmin")
 
 
-@pytest.mark.parametrize("name", NAMES + ["PReLU", "GLU", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "ReLU", "Dropout"])
+@pytest.mark.parametrize(
+    "name", NAMES + ["PReLU", "GLU", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "ReLU", "Dropout", "Dropout2d"]
+)
 def test_constructor_takes_torchs_arguments_in_torchs_positions(name):
     ours = inspect.signature(getattr(nl, name)).parameters
     theirs = inspect.signature(getattr(torch.nn, name)).parameters
@@ -323,12 +333,13 @@ def test_constructor_takes_torchs_arguments_in_torchs_positions(name):
         (lambda: nl.PReLU(0), "PReLU", "num_parameters"),
         (lambda: nl.PReLU(init=math.inf), "PReLU", "init"),
         (lambda: nl.Threshold(0.5, "x"), "Threshold", "value"),
-        (lambda: nl.SELU(inplace=1), "SELU", "inplace"),
+        (lambda: nl.SELU(inplace="no"), "SELU", "inplace"),
+        (lambda: nl.Dropout2d(inplace=None), "Dropout2d", "inplace"),
         (lambda: nl.LeakyReLU(0.2, alpha=0.3), "LeakyReLU", "alpha"),
     ],
 )
 def test_bad_options_raise_naming_the_layer_and_option(make, name, argument):
-    with pytest.raises(ValueError, match=f"{name}.*{argument}"):
+    with pytest.raises((ValueError, TypeError), match=f"{name}.*{argument}"):
         make()
 
 

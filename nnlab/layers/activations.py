@@ -22,7 +22,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import Layer, checked_int, checked_real
+from .base import Layer, checked_bool, checked_int, checked_real
 
 __all__ = [
     "CELU", "ELU", "GELU", "GLU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "LogSoftmax",
@@ -38,13 +38,6 @@ _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_KAPPA = 0.044715
-
-
-def checked_flag(owner, name, value):
-    """``value`` if it is a bool; ValueError naming ``owner`` and ``name`` otherwise."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{owner}: {name} must be a bool, got {value!r}")
-    return value
 
 
 def checked_dim(owner, value):
@@ -98,7 +91,7 @@ class PointwiseInplace(Pointwise):
 
     def __init__(self, inplace=False):
         super().__init__()
-        self.inplace = checked_flag(type(self).__name__, "inplace", inplace)
+        self.inplace = checked_bool(type(self).__name__, "inplace", inplace)
 
 
 class ELU(Pointwise):
@@ -114,7 +107,7 @@ class ELU(Pointwise):
     def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
         self.alpha = checked_real("ELU", "alpha", alpha)
-        self.inplace = checked_flag("ELU", "inplace", inplace)
+        self.inplace = checked_bool("ELU", "inplace", inplace)
 
     def function(self, x):
         return torch.where(x <= 0, torch.expm1(x) * self.alpha, x)
@@ -138,7 +131,7 @@ class CELU(Pointwise):
         self.alpha = checked_real("CELU", "alpha", alpha)
         if self.alpha == 0:
             raise ValueError("CELU: alpha cannot be 0 (it divides x)")
-        self.inplace = checked_flag("CELU", "inplace", inplace)
+        self.inplace = checked_bool("CELU", "inplace", inplace)
 
     def function(self, x):
         return torch.where(x <= 0, torch.expm1(x / self.alpha) * self.alpha, x)
@@ -303,7 +296,7 @@ class Hardtanh(Pointwise):
         self.max_val = checked_real(name, "max_val", max_val)
         if self.max_val <= self.min_val:
             raise ValueError(f"{name}: max_val ({self.max_val}) must be greater than min_val ({self.min_val})")
-        self.inplace = checked_flag(name, "inplace", inplace)
+        self.inplace = checked_bool(name, "inplace", inplace)
 
     def function(self, x):
         # F.hardtanh rather than clamp: autograd of clamp passes dout at the bounds, torch's
@@ -452,7 +445,7 @@ class Threshold(Pointwise):
         super().__init__()
         self.threshold = checked_real("Threshold", "threshold", threshold)
         self.value = checked_real("Threshold", "value", value)
-        self.inplace = checked_flag("Threshold", "inplace", inplace)
+        self.inplace = checked_bool("Threshold", "inplace", inplace)
 
     def function(self, x):
         return torch.where(x <= self.threshold, torch.full_like(x, self.value), x)
@@ -659,13 +652,14 @@ class GLU(Layer):
 
 
 class PReLU(Layer):
-    """``out = x if x > 0 else a_c * x``, with a learned slope a_c per channel (dim 1 of an
-    input of 2 or more dimensions) or one slope for all. Same as ``torch.nn.PReLU``.
+    """``out = x if x > 0 else a_c * x``, with a learned slope a_c per channel or one slope
+    for all. Same as ``torch.nn.PReLU``.
 
     Backward: ``dx = dout if x > 0 else a_c * dout`` (slope a_c at exactly 0, as in torch);
     ``da_c += sum of x * dout where x <= 0 (or NaN)`` over every dimension but the channel's.
-    Shapes: any -> same; num_parameters > 1 needs (N, C, *) or (C, *) ... with C =
-    num_parameters at dim 1 (torch's channel dimension, also for an unbatched input).
+    Shapes: any -> same with one slope; with num_parameters = C > 1, an input of 2 or more
+    dimensions whose dim 1 has size C (torch's channel dimension, dim 1 whatever the number
+    of dimensions, so an unbatched (C, L) input does not fit, as in torch).
     Parameter: ``weight`` (num_parameters,), initialised to ``init``. Caches: the input.
     """
 

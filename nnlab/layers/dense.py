@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .activations import Softmax, checked_flag
-from .base import Layer, checked_int, checked_real
+from .activations import Softmax
+from .base import Layer, checked_bool, checked_int, checked_real
 
 __all__ = [
     "Bilinear", "Dropout", "Flatten", "Identity", "LeakyReLU", "Linear", "ReLU", "Sigmoid", "Softmax", "TanH",
@@ -99,7 +99,7 @@ class ReLU(Layer):
 
     def __init__(self, inplace=False):
         super().__init__()
-        self.inplace = checked_flag("ReLU", "inplace", inplace)
+        self.inplace = checked_bool("ReLU", "inplace", inplace)
         self._out = None
 
     def forward(self, x, **kw):
@@ -148,7 +148,7 @@ class LeakyReLU(Layer):
             )
         else:
             self.alpha = checked_real("LeakyReLU", "alpha", alpha)
-        self.inplace = checked_flag("LeakyReLU", "inplace", inplace)
+        self.inplace = checked_bool("LeakyReLU", "inplace", inplace)
         self._mask = None
 
     negative_slope = property(lambda self: self.alpha)
@@ -247,7 +247,7 @@ class Dropout(Layer):
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
         self.p = checked_real("Dropout", "p", p, 0.0, 1.0, high_open=False)
-        self.inplace = checked_flag("Dropout", "inplace", inplace)
+        self.inplace = checked_bool("Dropout", "inplace", inplace)
         self._mask = None
 
     def __repr__(self):

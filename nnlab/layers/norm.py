@@ -282,14 +282,17 @@ class Dropout2d(Layer):
     mask (C, 1, 1), i.e. channels are dropped, as torch.nn documents it. (torch 2.x
     itself still treats a 3-D input as (N, C, L) and drops rows of each channel, with a
     warning that this will change; nnlab follows the documented meaning.)
+    ``inplace=True`` is accepted and computed out of place (the same values; the input is
+    left unchanged).
     Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
     """
 
     SAVED_TENSORS = ("_mask",)
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         self.p = checked_real("Dropout2d", "p", p, 0.0, 1.0, high_open=False)
+        self.inplace = checked_bool("Dropout2d", "inplace", inplace)
         self._mask = None
 
     def __repr__(self):
