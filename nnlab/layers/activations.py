@@ -1,6 +1,6 @@
-"""The activations of ``torch.nn`` beyond ReLU, LeakyReLU, Sigmoid, Tanh and Softmax (those
-live in ``dense``): the elementwise ones, the ones along a dimension (LogSoftmax, Softmin,
-Softmax2d, GLU) and PReLU with its parameter.
+"""The activations of ``torch.nn`` beyond the course's ReLU, LeakyReLU, Sigmoid and Tanh
+(those live in ``dense``): the elementwise ones, the ones along a dimension (Softmax,
+LogSoftmax, Softmin, Softmax2d, GLU) and PReLU with its parameter.
 
 Every backward is written out as torch 2.13's derivative kernel computes it, branch for
 branch, so that kinks (the value at a boundary belongs to the side torch gives it) and
@@ -76,7 +76,7 @@ class Pointwise(Layer):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return self.gradient(self.cached("_x"), dout)
+        return self.gradient(self._x, dout)
 
     def function(self, x):
         raise NotImplementedError
