@@ -175,22 +175,31 @@ class ConstantPad(Pad):
 
 
 class ConstantPad1d(ConstantPad):
-    """Pads the last dimension with ``value``: (*, W) -> (*, W + left + right).
-    Same as ``torch.nn.ConstantPad1d``. See ``Pad`` for forward, backward and cache."""
+    """Constant padding of the last dimension. Same as ``torch.nn.ConstantPad1d``.
+
+    Shapes: (*, W) -> (*, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 1
 
 
 class ConstantPad2d(ConstantPad):
-    """Pads the last two dimensions with ``value``: (*, H, W) -> (*, H + top + bottom,
-    W + left + right). Same as ``torch.nn.ConstantPad2d``. See ``Pad``."""
+    """Constant padding of the last two dimensions. Same as ``torch.nn.ConstantPad2d``.
+
+    Shapes: (*, H, W) -> (*, H + top + bottom, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 2
 
 
 class ConstantPad3d(ConstantPad):
-    """Pads the last three dimensions with ``value``. Same as ``torch.nn.ConstantPad3d``.
-    See ``Pad``."""
+    """Constant padding of the last three dimensions. Same as ``torch.nn.ConstantPad3d``.
+
+    Shapes: (*, D, H, W) -> (*, D + front + back, H + top + bottom, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 3
 
@@ -206,19 +215,31 @@ class ZeroPad(Pad):
 
 
 class ZeroPad1d(ZeroPad):
-    """Pads the last dimension with zeros. Same as ``torch.nn.ZeroPad1d``. See ``Pad``."""
+    """Zero padding of the last dimension. Same as ``torch.nn.ZeroPad1d``.
+
+    Shapes: (*, W) -> (*, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 1
 
 
 class ZeroPad2d(ZeroPad):
-    """Pads the last two dimensions with zeros. Same as ``torch.nn.ZeroPad2d``. See ``Pad``."""
+    """Zero padding of the last two dimensions. Same as ``torch.nn.ZeroPad2d``.
+
+    Shapes: (*, H, W) -> (*, H + top + bottom, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 2
 
 
 class ZeroPad3d(ZeroPad):
-    """Pads the last three dimensions with zeros. Same as ``torch.nn.ZeroPad3d``. See ``Pad``."""
+    """Zero padding of the last three dimensions. Same as ``torch.nn.ZeroPad3d``.
+
+    Shapes: (*, D, H, W) -> (*, D + front + back, H + top + bottom, W + left + right).
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 3
 
@@ -259,20 +280,31 @@ class ReflectionPad(GatherPad):
 
 
 class ReflectionPad1d(ReflectionPad):
-    """Reflection padding of the last dimension: (C, W) or (N, C, W) -> W + left + right.
-    Same as ``torch.nn.ReflectionPad1d``. See ``Pad`` for forward, backward and cache."""
+    """Reflection padding of the last dimension. Same as ``torch.nn.ReflectionPad1d``.
+
+    Shapes: (N, C, W) or (C, W) -> the same with W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 1
 
 
 class ReflectionPad2d(ReflectionPad):
-    """Reflection padding of the last two dimensions. Same as ``torch.nn.ReflectionPad2d``."""
+    """Reflection padding of the last two dimensions. Same as ``torch.nn.ReflectionPad2d``.
+
+    Shapes: (N, C, H, W) or (C, H, W) -> the same with H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 2
 
 
 class ReflectionPad3d(ReflectionPad):
-    """Reflection padding of the last three dimensions. Same as ``torch.nn.ReflectionPad3d``."""
+    """Reflection padding of the last three dimensions. Same as ``torch.nn.ReflectionPad3d``.
+
+    Shapes: (N, C, D, H, W) or (C, D, H, W) -> the same with D + front + back, H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 3
 
@@ -288,20 +320,31 @@ class ReplicationPad(GatherPad):
 
 
 class ReplicationPad1d(ReplicationPad):
-    """Replication padding of the last dimension: (C, W) or (N, C, W) -> W + left + right.
-    Same as ``torch.nn.ReplicationPad1d``. See ``Pad``."""
+    """Replication padding of the last dimension. Same as ``torch.nn.ReplicationPad1d``.
+
+    Shapes: (N, C, W) or (C, W) -> the same with W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 1
 
 
 class ReplicationPad2d(ReplicationPad):
-    """Replication padding of the last two dimensions. Same as ``torch.nn.ReplicationPad2d``."""
+    """Replication padding of the last two dimensions. Same as ``torch.nn.ReplicationPad2d``.
+
+    Shapes: (N, C, H, W) or (C, H, W) -> the same with H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 2
 
 
 class ReplicationPad3d(ReplicationPad):
-    """Replication padding of the last three dimensions. Same as ``torch.nn.ReplicationPad3d``."""
+    """Replication padding of the last three dimensions. Same as ``torch.nn.ReplicationPad3d``.
+
+    Shapes: (N, C, D, H, W) or (C, D, H, W) -> the same with D + front + back, H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 3
 
@@ -320,19 +363,30 @@ class CircularPad(GatherPad):
 
 
 class CircularPad1d(CircularPad):
-    """Circular padding of the last dimension: (C, W) or (N, C, W) -> W + left + right.
-    Same as ``torch.nn.CircularPad1d``. See ``Pad``."""
+    """Circular padding of the last dimension. Same as ``torch.nn.CircularPad1d``.
+
+    Shapes: (N, C, W) or (C, W) -> the same with W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 1
 
 
 class CircularPad2d(CircularPad):
-    """Circular padding of the last two dimensions. Same as ``torch.nn.CircularPad2d``."""
+    """Circular padding of the last two dimensions. Same as ``torch.nn.CircularPad2d``.
+
+    Shapes: (N, C, H, W) or (C, H, W) -> the same with H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 2
 
 
 class CircularPad3d(CircularPad):
-    """Circular padding of the last three dimensions. Same as ``torch.nn.CircularPad3d``."""
+    """Circular padding of the last three dimensions. Same as ``torch.nn.CircularPad3d``.
+
+    Shapes: (N, C, D, H, W) or (C, D, H, W) -> the same with D + front + back, H + top + bottom, W + left + right.
+    Forward, backward and cache: see ``Pad``.
+    """
 
     DIMS = 3
