@@ -560,9 +560,9 @@ class Softmin(AlongDim):
         return -softmax_gradient(self._out, dout, self.dim)
 
 
-class Softmax2d(AlongDim):
-    """Softmax over the channels of every pixel: along dim -3 of (N, C, H, W) or (C, H, W).
-    Same as ``torch.nn.Softmax2d``.
+class Softmax2d(Softmax):
+    """Softmax over the channels of every pixel: Softmax along dim -3 of (N, C, H, W) or
+    (C, H, W). Same as ``torch.nn.Softmax2d``.
 
     Backward: ``dx = out * (dout - sum(dout * out, -3))``.
     Shapes: (N, C, H, W) or (C, H, W) -> same. Caches: the output.
@@ -576,14 +576,7 @@ class Softmax2d(AlongDim):
 
     def forward(self, x, **kw):
         self.check_input(x, "(N, C, H, W) or (C, H, W)", lambda x: x.dim() in (3, 4))
-        self._out = softmax_along(x, self.dim)
-        return self.finish_forward(self._out)
-
-    def backward(self, dout):
-        self.start_backward(dout)
-        if not self.needs_input_grad:
-            return None
-        return softmax_gradient(self._out, dout, self.dim)
+        return super().forward(x)
 
 
 class LogSoftmax(AlongDim):
