@@ -233,7 +233,7 @@ class Trainer(abc.ABC):
                 return BatchResult(loss, None, self._multi_task_sums(outputs, y), grad_norm)
             sums = self._task_sums(self.task, outputs, y)
         if self.task == "classification":
-            return BatchResult(loss, sums["acc"][0], None, grad_norm)
+            return BatchResult(loss, sums["acc"][0], sums, grad_norm)
         return BatchResult(loss, sums["acc"][0] if "acc" in sums else None, sums, grad_norm)
 
     def _task_sums(self, task, outputs, y):

@@ -4,6 +4,8 @@ it runs (what callbacks read, and what a checkpoint saves and a resumed fit cont
 
 from typing import NamedTuple, Optional
 
+from .metrics import metric_values
+
 __all__ = [
     "STEP_RECORDS",
     "BatchResult",
@@ -24,12 +26,22 @@ class BatchResult(NamedTuple):
     the task has no accuracy, as in regression); further metrics as sums and counts,
     ``{name: (sum, count)}`` (``{"mae": (sum of |error|, number of errors)}``; an
     ``"acc"`` entry here overrides ``num_correct`` out of the batch size); and for a
-    training step, the norm of the parameter gradients before the update."""
+    training step, the norm of the parameter gradients before the update.
+
+    ``averages``: the batch's figures as numbers, ``{"loss": ..., "acc": percent, "mae":
+    mean |error|, ...}`` (each sum over its count), beside the sums and counts that
+    epochs and data-parallel processes add up."""
 
     loss: float
     num_correct: Optional[int]
     metrics: Optional[dict] = None
     grad_norm: Optional[float] = None
+
+    @property
+    def averages(self):
+        values = {"loss": float(self.loss)}
+        values.update(metric_values(self.metrics or {}))
+        return values
 
 
 class _EpochFields(NamedTuple):

@@ -3,10 +3,12 @@
 the ``overfit`` sanity check."""
 
 import contextlib
+import math
 
 import torch
 
-from ..layers import MultiTaskLoss
+from ..layers import MLP, Linear, MultiTaskLoss
+from ..optimizers import clip_grad_norm_
 from .base import Trainer, check_count
 from .metrics import grad_norm, task_of
 from .records import OverfitResult
@@ -40,30 +42,57 @@ class LayerTrainer(Trainer):
     before the move keeps working) and every batch too.
     """
 
-    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
         super().__init__(model, device, _loss_task(loss_fn, task))
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.clip_grad_norm = _checked_clip(clip_grad_norm)
         if self.device is not None:
             model.to(self.device)
 
     def train_batch(self, batch):
         x, y = self.to_device(batch)
-        outputs = self.model(x)
+        outputs = self.model(_check_flat_input(self.model, x))
         loss = self.check_loss(self.loss_fn(outputs, y))
         self.optimizer.zero_grad()
         dout = self.loss_fn.backward()
         with _without_input_grad(self.model):
             self.model.backward(dout)
         norm = grad_norm(self.model)
+        if self.clip_grad_norm is not None:
+            clip_grad_norm_(self.model, self.clip_grad_norm)
         self.optimizer.step()
         return self.batch_result(loss, outputs, y, norm)
 
     def test_batch(self, batch):
         x, y = self.to_device(batch)
-        outputs = self.model(x)
+        outputs = self.model(_check_flat_input(self.model, x))
         loss = self.check_loss(self.loss_fn(outputs, y))
         return self.batch_result(loss, outputs, y)
+
+
+def _checked_clip(max_norm):
+    """``max_norm`` as a float (None: no clipping); ValueError unless a number >= 0."""
+    if max_norm is None:
+        return None
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm >= 0:
+        raise ValueError(f"clip_grad_norm must be a number >= 0 or None, got {max_norm!r}")
+    return float(max_norm)
+
+
+def _check_flat_input(model, x):
+    """``x``, unless ``model`` is an ``MLP`` that takes flat vectors and ``x`` holds
+    samples of several dimensions with as many numbers (images for ``MLP(3*32*32, ...)``):
+    then a ValueError that says how to build the MLP that flattens them."""
+    layers = getattr(model, "sequence", None)
+    first = layers[0] if isinstance(model, MLP) and len(layers) else None
+    if isinstance(first, Linear) and x.dim() > 2 and math.prod(x.shape[1:]) == first.in_features:
+        sample = tuple(x.shape[1:])
+        raise ValueError(
+            f"LayerTrainer: the batches hold samples of shape {sample}, and MLP({first.in_features}, ...) takes "
+            f"flat vectors (N, {first.in_features}); build MLP({sample}, ...) to flatten them, or flatten the batches"
+        )
+    return x
 
 
 def _loss_task(loss_fn, task):
@@ -82,13 +111,15 @@ class TorchTrainer(Trainer):
 
     ``optimizer``: any ``torch.optim`` optimizer, or an nnlab optimizer over
     ``model.parameters()``. ``loss_fn``: a callable such as ``torch.nn.CrossEntropyLoss()``;
-    ``task`` as for ``LayerTrainer``.
+    ``task`` and ``clip_grad_norm`` (with ``torch.nn.utils.clip_grad_norm_``) as for
+    ``LayerTrainer``.
     """
 
-    def __init__(self, model, loss_fn, optimizer, device=None, task=None):
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
         super().__init__(model, device, _loss_task(loss_fn, task))
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.clip_grad_norm = _checked_clip(clip_grad_norm)
         if self.device is not None:
             model.to(self.device)
 
@@ -100,6 +131,8 @@ class TorchTrainer(Trainer):
         loss = self.check_loss(loss_tensor.item())
         loss_tensor.backward()
         norm = grad_norm(self.model)
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         with torch.no_grad():
             self.optimizer.step()
         return self.batch_result(loss, outputs.detach(), y, norm)
