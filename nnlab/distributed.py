@@ -741,8 +741,8 @@ class DistributedTrainer(LayerTrainer):
     ``LayerTrainer`` does.
     """
 
-    def __init__(self, model, loss_fn, optimizer, device=None, task=None, sync_batchnorm=True):
-        super().__init__(model, loss_fn, optimizer, device, task)
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None, sync_batchnorm=True, clip_grad_norm=None):
+        super().__init__(model, loss_fn, optimizer, device, task, clip_grad_norm)
         self.world = current_world()
         self.world_size = self.world.world_size
         if not isinstance(self.model, DataParallel):
@@ -753,7 +753,7 @@ class DistributedTrainer(LayerTrainer):
         """``LayerTrainer.fit``, once every process is found to run the same
         configuration (``run_settings``): a DistributedError on every process names
         each setting that differs, before any training."""
-        kw["verbose"] = kw.get("verbose", True) and self.world.is_main
+        kw["verbose"] = kw.get("verbose", 1) if self.world.is_main else 0
         fit_arguments = inspect.signature(super().fit).bind(*args, **kw)
         fit_arguments.apply_defaults()
         with failures_reported():
@@ -821,7 +821,7 @@ class DistributedTrainer(LayerTrainer):
         """Runs one pass on this process's shard, then returns its global EpochResult:
         every sum and count added up across processes, the loss of each step the
         batch-size-weighted mean of the processes' batch losses."""
-        kw = dict(kw, verbose=kw.get("verbose", True) and self.world.is_main)
+        kw = dict(kw, verbose=kw.get("verbose", 1) if self.world.is_main else 0)
         self._batch_sizes = []
         local = run_epoch(loader, **kw)
         if self.world_size == 1:

@@ -166,3 +166,32 @@ def test_csv_logger_of_a_resumed_run_holds_every_epoch(tmp_path):
     rows = read_csv(path)
     assert len(rows) == 6
     assert [float(row[1]) for row in rows[1:]] == fit.train_loss
+
+
+@pytest.mark.parametrize(
+    "name, make_torch, per_step",
+    [
+        ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6), False),
+        ("step", lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 4], gamma=0.1), False),
+        ("onecycle", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=6 * NUM_BATCHES + 1), True),
+    ],
+)
+def test_the_named_schedules_of_nnlab_train_give_torchs_rates(name, make_torch, per_step):
+    from nnlab.training.scheduling import make_schedule
+
+    model_trainer = trainer()
+    used = RatesUsed()
+    callback = make_schedule(name, model_trainer.optimizer, 6, NUM_BATCHES)
+    model_trainer.fit(batches(), batches(1), 6, callbacks=[used, callback], verbose=0)
+    torch.testing.assert_close(used.rates, torch_rates(make_torch, 6, per_step), rtol=0, atol=1e-15)
+
+
+def test_the_plateau_schedule_waits_3_epochs_on_the_test_loss():
+    from nnlab.training.scheduling import make_schedule
+
+    losses = [1.0, 0.9, 0.95, 0.97, 0.96, 0.99, 0.5, 0.6]
+    model_trainer = ScriptedTest(losses)
+    used = RatesUsed()
+    model_trainer.fit(batches(), batches(1), len(losses), callbacks=[used, make_schedule("plateau", model_trainer.optimizer, 8, 3)], verbose=0)
+    expected = torch_rates(lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=3), len(losses), False, losses)
+    assert used.rates == expected and expected[-1] == pytest.approx(0.01)

@@ -105,19 +105,53 @@ def test_verbose_false_prints_nothing(digits, capfd):
     assert err == ""
 
 
-def test_verbose_shows_headers_and_one_bar_per_epoch_on_stderr(digits, capfd):
+def test_verbose_1_off_a_terminal_prints_one_plain_line_per_epoch_and_the_best(digits, capfd):
     x, y, x_test, y_test = digits
     trainer = make_layer_trainer(seed=0)
-    trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=3, print_every=2)
+    fit = trainer.fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=3, print_every=2)
     out, err = capfd.readouterr()
-    assert out == ""
-    assert "--- EPOCH 1/3 ---" not in err
-    assert "--- EPOCH 2/3 ---" in err
-    assert "--- EPOCH 3/3 ---" in err  # the last epoch always gets a header
-    for epoch in (1, 2, 3):
-        assert f"train {epoch}" in err
-        assert f"test {epoch}" in err
-    assert "loss=" in err and "acc=" in err and "100%" in err
+    assert out == "" and "\r" not in err
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 2/3", "epoch 3/3", lines[2].split(":")[0]]
+    assert lines[2].startswith("best epoch ")
+    assert lines[0].startswith(f"epoch 2/3: train loss {fit.train_loss[1]:.4f}, acc {fit.train_acc[1]:.2f}% | test loss {fit.test_loss[1]:.4f}")
+    best = fit.test_acc.index(max(fit.test_acc)) + 1
+    assert lines[2] == (
+        f"best epoch {best}/3 by test acc: train loss {fit.train_loss[best - 1]:.4f}, acc {fit.train_acc[best - 1]:.2f}% "
+        f"| test loss {fit.test_loss[best - 1]:.4f}, acc {fit.test_acc[best - 1]:.2f}%"
+    )
+
+
+def test_verbose_2_prints_a_line_per_epoch_even_on_a_terminal(digits, capfd, monkeypatch):
+    from nnlab.training import progress
+
+    monkeypatch.setattr(progress, "shows_bars", lambda: True)
+    x, y, x_test, y_test = digits
+    make_layer_trainer(seed=0).fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=2, verbose=2)
+    _, err = capfd.readouterr()
+    assert "\r" not in err and len(err.splitlines()) == 3
+
+
+def test_verbose_1_on_a_terminal_draws_one_bar_per_epoch_that_ends_as_its_line(digits, capfd, monkeypatch):
+    from nnlab.training import progress
+
+    monkeypatch.setattr(progress, "shows_bars", lambda: True)
+    x, y, x_test, y_test = digits
+    make_layer_trainer(seed=0).fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=2)
+    _, err = capfd.readouterr()
+    batches = len(Batches(x, y, 64)) + len(Batches(x_test, y_test, 64))
+    assert "\repoch 1/2:   0%" in err and "\repoch 2/2:   0%" in err and f"0/{batches}" in err
+    # What stays when the bars are gone: one line per epoch and the best.
+    kept = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+    assert [line.split(":")[0] for line in kept[:2]] == ["epoch 1/2", "epoch 2/2"]
+    assert len(kept) == 3 and kept[2].startswith("best epoch ")
+
+
+@pytest.mark.parametrize("verbose", [3, -1, "yes", 1.5])
+def test_verbose_must_be_a_level(digits, verbose):
+    x, y, x_test, y_test = digits
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        make_layer_trainer(seed=0).fit(Batches(x, y, 64), Batches(x_test, y_test, 64), num_epochs=1, verbose=verbose)
 
 
 # divergence --------------------------------------------------------------------------
@@ -727,7 +761,7 @@ def test_regression_records_mae_and_mse_and_never_an_accuracy(regression, capfd)
     assert all(len(values) == 3 for values in result.metrics.values())
     assert result.metrics["train_loss"] is result.train_loss
     _, err = capfd.readouterr()
-    assert "mae=" in err and "mse=" in err and "acc" not in err and "%|" in err  # bars, no accuracy
+    assert "mae " in err and "mse " in err and "acc" not in err  # the epoch lines, no accuracy
     # The last epoch's test metrics, computed here from the model's predictions.
     error = trainer.model.eval()(x_test) - y_test
     assert result.metrics["test_mae"][-1] == pytest.approx(error.abs().mean().item(), rel=1e-6)

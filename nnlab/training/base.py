@@ -18,7 +18,7 @@ from ..checkpoints import (
 )
 from .callbacks import call_each, callback_states, fit_callbacks, resume_callbacks
 from .metrics import check_task, metric_values
-from .progress import bar_postfix, epoch_bar, say
+from .progress import FitProgress, bar_postfix, checked_verbose, epoch_bar, say
 from .records import BatchResult, EpochResult, History, add_sums, batch_sums, num_samples
 
 __all__ = ["Trainer", "TrainingDiverged", "check_count"]
@@ -56,9 +56,9 @@ class Trainer(abc.ABC):
     (a ``torch.utils.data.DataLoader`` or ``nnlab.data.Batches``); y may be a tuple
     (one target per task).
 
-    Progress (epoch headers and one tqdm bar per epoch and phase, showing the running
-    loss and the task's metrics) goes to ``sys.stderr``, so that stdout holds only
-    results; ``verbose=False`` prints nothing at all.
+    Progress (``fit``'s ``verbose``: one tqdm bar per epoch that ends as the epoch's
+    line, or plain lines; see ``nnlab.training.progress``) goes to ``sys.stderr``, so
+    that stdout holds only results; ``verbose=0`` prints nothing at all.
 
     ``task`` ("classification" by default; see the module docstring) says which metrics
     ``batch_result`` measures.
@@ -83,6 +83,7 @@ class Trainer(abc.ABC):
         self._batch = 0
         self._restored = None  # the checkpoint load_checkpoint restored last, for fit(resume=...)
         self._callbacks = []
+        self._progress = None  # the running fit's FitProgress, which draws its epochs' bars
 
     # Whole runs ---------------------------------------------------------------------
 
@@ -115,8 +116,8 @@ class Trainer(abc.ABC):
                 (``monitor=monitor`` with ``restore_best``).
             early_stopping: k: stop after k epochs in a row without a lower test
                 loss. Short for ``EarlyStopping("test_loss", patience=k)``.
-            print_every: print an epoch header every this many epochs (and for the
-                last); None: never.
+            print_every: print the line of every this many epochs (and of the
+                last); None: none.
             resume: a checkpoint path: restore the model, optimizer, RNG state and
                 records saved there and continue from the epoch after it. Or the
                 dict that this trainer's ``load_checkpoint`` just returned, to change
@@ -138,8 +139,12 @@ class Trainer(abc.ABC):
             callbacks: a ``nnlab.callbacks.Callback`` or a list of them, called at the
                 start and end of the fit and after every batch and epoch; they run
                 after the shorthands' EarlyStopping and before every ModelCheckpoint.
-            kw: ``max_batches`` (per epoch and phase) and ``verbose`` (default True),
-                passed to ``train_epoch`` and ``test_epoch``.
+            kw: ``max_batches`` (per epoch and phase), passed to ``train_epoch`` and
+                ``test_epoch``, and ``verbose``: 0 prints nothing; 1 (default) one
+                progress bar per epoch that ends as one line with the epoch's train and
+                test figures (the lines alone where stderr is not a terminal or a
+                notebook); 2 one plain line per epoch, for logs. Both end with a line
+                naming the best epoch. False and True are 0 and 1.
 
         Raises:
             TrainingDiverged: a loss became NaN or infinite (names epoch and batch).
@@ -152,13 +157,15 @@ class Trainer(abc.ABC):
         if not isinstance(monitor, str):
             raise ValueError(f"fit: monitor must be the name of a recorded metric, such as 'test_loss', got {monitor!r}")
         callbacks = fit_callbacks(callbacks, checkpoints, early_stopping, restore_best, monitor)
-        verbose = kw.get("verbose", True)
+        verbose = kw["verbose"] = checked_verbose(kw.get("verbose", 1))
+        progress = FitProgress(verbose, num_epochs, print_every)
         checkpoint = self._checkpoint_to_resume(resume) if resume is not None else None
         self.history = History.from_fit_result(checkpoint["fit_result"]) if checkpoint is not None else History()
         self.config = config
         self.stop_training = False
         self.stop_reason = None
         self._callbacks = callbacks
+        self._progress = progress
         try:
             call_each(callbacks, "on_fit_start", self)
             if checkpoint is not None:
@@ -168,19 +175,22 @@ class Trainer(abc.ABC):
                     say(verbose, self.stop_reason or f"Stopped by a callback after epoch {epoch - 1}")
                     break
                 self.epoch = epoch
-                if print_every is not None and (epoch % print_every == 0 or epoch == num_epochs):
-                    say(verbose, f"--- EPOCH {epoch}/{num_epochs} ---")
+                progress.start_epoch(epoch, _batches_per_pass(dl_train, kw) + _batches_per_pass(dl_test, kw))
                 train = self.train_epoch(dl_train, **kw)
                 test = self.test_epoch(dl_test, **kw)
                 values = self.history.record_epoch(train, test)
+                progress.end_epoch(epoch, values)
                 if call_each(callbacks, "on_epoch_end", self, epoch, values):
                     self.stop_training = True
             self.epoch = None
             result = self.history.fit_result()
             call_each(callbacks, "on_fit_end", self, result)
+            progress.end_fit(self.history, monitor if restore_best else None)
         finally:
+            progress.close()
             self.epoch = None
             self._callbacks = []
+            self._progress = None
         return result
 
     def train_epoch(self, dl_train, **kw):
@@ -399,7 +409,8 @@ class Trainer(abc.ABC):
         samples_seen = 0
         self._phase = phase
         description = phase if self.epoch is None else f"{phase} {self.epoch}"
-        with epoch_bar(num_batches, description, verbose) as bar:
+        # Inside fit, the fit's progress shows the epoch; a pass run alone has its own bar.
+        with epoch_bar(num_batches, description, verbose and self._progress is None) as bar:
             # range first: zip stops without drawing a batch past max_batches.
             for index, batch in zip(range(num_batches), dl):
                 self._batch = index + 1
@@ -411,13 +422,22 @@ class Trainer(abc.ABC):
                 batch_size = num_samples(batch[1])
                 samples_seen += batch_size
                 add_sums(totals, batch_sums(result, loss, batch_size))
-                bar.set_postfix(bar_postfix(metric_values(totals)), refresh=False)
+                running = metric_values(totals)
+                bar.set_postfix(bar_postfix(running), refresh=False)
                 bar.update()
+                if self._progress is not None:
+                    self._progress.batch(phase, running)
                 call_each(self._callbacks, "on_batch_end", self, phase, index + 1, result)
         if samples_seen == 0:
             raise ValueError(f"{phase}_epoch: the data loader yielded no samples")
         metrics = metric_values(totals)
         return EpochResult(losses, metrics.get("acc"), metrics=metrics, totals=totals, grad_norms=grad_norms)
+
+
+def _batches_per_pass(dl, kw):
+    """How many batches a pass over ``dl`` runs, with fit's ``max_batches``."""
+    max_batches = kw.get("max_batches")
+    return len(dl) if max_batches is None else min(len(dl), max_batches)
 
 
 def _processes(count):

@@ -1,10 +1,10 @@
 """``LearningRateScheduler``: a callback that steps an ``nnlab.schedulers`` scheduler
 during ``fit``, after every epoch or every training step."""
 
-from ..schedulers import ReduceLROnPlateau
+from ..schedulers import CosineAnnealingLR, MultiStepLR, OneCycleLR, ReduceLROnPlateau
 from .callbacks import Callback
 
-__all__ = ["LearningRateScheduler"]
+__all__ = ["LR_SCHEDULES", "LearningRateScheduler", "make_schedule"]
 
 INTERVALS = ("epoch", "step")
 
@@ -59,3 +59,29 @@ class LearningRateScheduler(Callback):
 
     def load_state_dict(self, state):
         self.scheduler.load_state_dict(state)
+
+
+LR_SCHEDULES = ("cosine", "step", "onecycle", "plateau")
+
+
+def make_schedule(name, optimizer, num_epochs, steps_per_epoch):
+    """The ``LearningRateScheduler`` of a named schedule over a run of ``num_epochs``
+    epochs of ``steps_per_epoch`` training steps (``nnlab train --lr-schedule``), from
+    the optimizer's current rate: 'cosine': ``CosineAnnealingLR`` over the run's epochs,
+    down to 0; 'step': x0.1 after each third of the run (``MultiStepLR``); 'onecycle':
+    ``OneCycleLR`` peaking at that rate, stepped after every training step (cycling the
+    momentum of optimizers that have one, as torch does); 'plateau':
+    ``ReduceLROnPlateau`` (x0.1) after 3 epochs without a lower test loss."""
+    if name == "cosine":
+        return LearningRateScheduler(CosineAnnealingLR(optimizer, T_max=num_epochs))
+    if name == "step":
+        thirds = sorted({max(1, round(num_epochs * k / 3)) for k in (1, 2)})
+        return LearningRateScheduler(MultiStepLR(optimizer, milestones=thirds, gamma=0.1))
+    if name == "onecycle":
+        total_steps = num_epochs * steps_per_epoch + 1  # the callback steps after the last step too
+        cycles_momentum = any(name in optimizer.HYPERPARAMETERS for name in ("momentum", "betas"))
+        scheduler = OneCycleLR(optimizer, max_lr=optimizer.learn_rate, total_steps=total_steps, cycle_momentum=cycles_momentum)
+        return LearningRateScheduler(scheduler, interval="step")
+    if name == "plateau":
+        return LearningRateScheduler(ReduceLROnPlateau(optimizer, patience=3), monitor="test_loss")
+    raise ValueError(f"make_schedule: unknown schedule {name!r}; expected one of {LR_SCHEDULES}")
