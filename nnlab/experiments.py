@@ -183,7 +183,7 @@ def cnn_experiment(
         optimizer: 'adam', 'sgd', 'momentum' or 'rmsprop' (nnlab's).
         overwrite: replace an existing result (and checkpoint) file; otherwise one is
             refused before training. Not recorded (it says nothing about the run).
-        verbose: progress bars on stderr. Not recorded.
+        verbose: fit's progress level on stderr (0, 1 or 2; True is 1). Not recorded.
         kw: keyword arguments of the model builder (``activation_type``,
             ``pooling_type``, ``pooling_params``, ``batchnorm``, ``dropout``,
             ``conv_params``, ...), recorded with the configuration; they must be JSON

@@ -69,8 +69,9 @@ def test_the_seed_is_0_unless_given(argv):
     "argv, flags",
     [
         (["train"], ("-q", "--quiet")),
-        (EXPERIMENT, ("-q", "--quiet")),
-        (["experiment", "rerun", "f.json"], ("-q", "--quiet")),
+        (["train"], ("-v", "--verbose")),
+        (EXPERIMENT, ("-q", "--quiet", "-v", "--verbose")),
+        (["experiment", "rerun", "f.json"], ("-q", "--quiet", "-v", "--verbose")),
         (["gradcheck"], ("-q", "--quiet", "-v", "--verbose")),
         (["overfit"], ("-v", "--verbose")),
     ],

@@ -92,7 +92,7 @@ def add_parser(commands):
     run.add_argument("--checkpoint", dest="checkpoints", metavar="FILE", help="save the best model and training state here")
     add_alias(run, "--checkpoints", dest="checkpoints")
     run.add_argument("--overwrite", action="store_true", help="replace an existing result (and checkpoint) file")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_verbosity_options(run)
     add_distributed_options(run)
 
     sweep = actions.add_parser(
@@ -137,11 +137,21 @@ def add_parser(commands):
     rerun.add_argument("file", metavar="FILE", help="a result file")
     rerun.add_argument("--root", metavar="DIR", help="the data's folder, if it moved (the data must be the same)")
     rerun.add_argument("--out", metavar="FILE.json", help="also write the rerun's result here")
-    rerun.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_verbosity_options(rerun)
     add_distributed_options(rerun)
     for parser in actions.choices.values():
         parser.set_defaults(usage=parser.format_usage, reject=parser.error)
     experiment.set_defaults(run=run_experiment_command)
+
+
+def add_verbosity_options(parser):
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress, only the result")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one plain line per epoch even on a terminal")
+
+
+def verbosity(args):
+    """fit's verbose level of -q and -v: 0, 2, else the default 1."""
+    return 0 if args.quiet else 2 if args.verbose else 1
 
 
 def add_configuration_options(parser, sweep):
@@ -233,7 +243,7 @@ def experiment_run(args):
         check_output_file("--checkpoint", args.checkpoints)
     threads = run_threads(args, torch.get_num_threads())
     torch.set_num_threads(threads)
-    path = experiments.cnn_experiment(args.run_name, **arguments, overwrite=args.overwrite, verbose=not args.quiet)
+    path = experiments.cnn_experiment(args.run_name, **arguments, overwrite=args.overwrite, verbose=verbosity(args))
     if distributed.current_world().is_main:  # the process that wrote it
         print(f"{path}: {run_summary(experiments.read_result(path))}")
     return 0
@@ -270,7 +280,7 @@ def experiment_rerun(args):
         if os.path.exists(args.out):
             raise UsageError(f"--out {args.out}: the file exists; choose another name")
     record = experiments.read_result(args.file)
-    new = experiments.rerun_experiment(args.file, root=args.root, verbose=not args.quiet)
+    new = experiments.rerun_experiment(args.file, root=args.root, verbose=verbosity(args))
     for key in ("nnlab", "torch", "threads", "platform"):
         then, now = record["environment"].get(key), new["environment"].get(key)
         if then != now:

@@ -10,6 +10,7 @@ from .. import data, distributed, training
 from ..checkpoints import content_digest
 from ..data import DATASETS
 from ..optimizers import OPTIMIZERS, make_optimizer
+from ..training.scheduling import LR_SCHEDULES, make_schedule
 from ..tasks import DEFAULT_LEARNING_RATES, MODEL_KINDS, VERIFY_TOLERANCE, TaskError, make_problem, own_data_problem, verify_gradients
 from .checks import UsageError, check_output_file, check_plot_file, learning_rate, positive_int, seed
 from .language import LANGUAGE_MODELS, train_text
@@ -23,11 +24,13 @@ checkpoints and resuming:
                      an existing FILE is refused unless --resume FILE or --overwrite.
   --resume FILE      continues the run exactly where it stopped (bit for bit). The
                      checkpoint records the run; a flag not given comes from it.
-    kept:            --data, --model, --optimizer, --batch-size, --seed and the data
-                     themselves (the files, the split): a different value is refused.
+    kept:            --data, --model, --optimizer, --batch-size, --seed, --lr-schedule
+                     and the data themselves (the files, the split): a different value
+                     is refused.
     may change:      --lr (applied from the next step, and said), --epochs (the whole
-                     run's count, at least the epochs done), --root (same data only).
-    free:            --plot, --checkpoint (default: FILE itself), --no-verify, --quiet.
+                     run's count, at least the epochs done), --root (same data only),
+                     --clip-grad-norm; with --lr-schedule, --lr and --epochs are kept.
+    free:            --plot, --checkpoint (default: FILE itself), --no-verify, -q, -v.
     data parallel:   a run of N processes resumes on N processes only.
 """
 
@@ -87,7 +90,20 @@ def add_parser(commands):
     train.add_argument("--resume", metavar="FILE", help="continue the run saved in this checkpoint")
     train.add_argument("--overwrite", action="store_true", help="let --checkpoint replace an existing file")
     train.add_argument("--no-verify", action="store_true", help="skip the gradient check before training")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="learning-rate schedule: cosine (down to 0 over the run's epochs), step (x0.1 after each third "
+        "of the run), onecycle (up to --lr and down, per step), plateau (x0.1 after 3 epochs without a lower "
+        "test loss); default: a constant rate",
+    )
+    train.add_argument(
+        "--clip-grad-norm", type=max_norm, metavar="X", help="clip the gradients to this total 2-norm before every step"
+    )
+    train.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
+    train.add_argument(
+        "-v", "--verbose", action="store_true", help="one plain line per epoch even on a terminal, and every layer of the model"
+    )
     add_distributed_options(train)
     train.set_defaults(run=run_train)
 
@@ -96,6 +112,34 @@ def add_parser(commands):
 RUN_DEFAULTS = {"data": "digits", "root": None, "model": "mlp", "optimizer": "adam", "batch_size": 32, "seed": 0, "epochs": 30}
 # What a resumed run may not change: it decides what the run has trained on and with.
 FIXED_ON_RESUME = ("data", "model", "optimizer", "batch_size", "seed")
+# Settings later versions added, absent from older checkpoints' configurations (None).
+LATER_SETTINGS = ("lr_schedule", "clip_grad_norm")
+
+
+def silent(*args):
+    pass
+
+
+def model_line(model):
+    """'model: MLP, 7 layers, 50,890 parameters (-v lists them)'."""
+    layers = len(getattr(model, "sequence", ()))
+    count = sum(param.numel() for param, _ in model.params())
+    size = f", {layers} layers" if layers else ""
+    return f"model: {type(model).__name__}{size}, {count:,} parameters (-v lists them)"
+
+
+def max_norm(text):
+    value = learning_rate(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def schedule_of(config, optimizer, steps_per_epoch):
+    """The --lr-schedule's LearningRateScheduler callback over the run, or None."""
+    if config["lr_schedule"] is None:
+        return None
+    return make_schedule(config["lr_schedule"], optimizer, config["epochs"], steps_per_epoch)
 
 
 def flag(key):
@@ -106,7 +150,8 @@ def run_settings(args, saved):
     """The run's settings: the flags given, else (on --resume) the checkpoint's, else the
     defaults. A flag that contradicts a FIXED_ON_RESUME setting is refused."""
     if saved is None:
-        return {key: default if getattr(args, key) is None else getattr(args, key) for key, default in RUN_DEFAULTS.items()}
+        settings = {key: default if getattr(args, key) is None else getattr(args, key) for key, default in RUN_DEFAULTS.items()}
+        return dict(settings, **{key: getattr(args, key) for key in LATER_SETTINGS})
     config = saved["config"]
     if not isinstance(config, dict) or not set(RUN_DEFAULTS) | {"data_fingerprint"} <= set(config):
         raise UsageError(
@@ -127,6 +172,13 @@ def run_settings(args, saved):
             f"--epochs {settings['epochs']}: {args.resume} already holds {saved['epoch']} epochs "
             "(--epochs counts the whole run)"
         )
+    settings["lr_schedule"] = scheduled = config.get("lr_schedule")
+    if args.lr_schedule is not None and args.lr_schedule != scheduled:
+        raise UsageError(f"--lr-schedule {args.lr_schedule} contradicts --resume {args.resume}, a run with --lr-schedule {scheduled}")
+    if scheduled is not None and (args.lr is not None or settings["epochs"] != config["epochs"]):
+        what = "--lr" if args.lr is not None else "--epochs"
+        raise UsageError(f"{what}: {args.resume} runs the {scheduled} schedule, which sets the rate for its epochs; resume it as it was")
+    settings["clip_grad_norm"] = config.get("clip_grad_norm") if args.clip_grad_norm is None else args.clip_grad_norm
     return settings
 
 
@@ -200,13 +252,14 @@ def train_model(args, world):
     model, loss_fn = problem.model, problem.loss_fn
     learn_rate = DEFAULT_LEARNING_RATES[settings["optimizer"]] if args.lr is None else args.lr
     optimizer = make_optimizer(settings["optimizer"], model.params(), learn_rate=learn_rate)
-    print(problem.description)
-    print(model)
+    say = print if not args.quiet else silent
+    say(problem.description)
+    say(model if args.verbose else model_line(model))
 
     if not args.no_verify:
         batch_size = settings["batch_size"]
         worst = verify_gradients(model, loss_fn, problem.x_train[:batch_size], problem.y_train[:batch_size])
-        print(f"gradient check on one batch: worst relative error {worst:.1e} against autograd (float64)")
+        say(f"gradient check on one batch: worst relative error {worst:.1e} against autograd (float64)")
         if not worst <= VERIFY_TOLERANCE:
             print(f"refusing to train: the error is above {VERIFY_TOLERANCE:g} (--no-verify skips this check)")
             return 1
@@ -214,9 +267,10 @@ def train_model(args, world):
     if world is None:
         train_batches = data.Batches(problem.x_train, problem.y_train, settings["batch_size"], shuffle=True)
         test_batches = data.Batches(problem.x_test, problem.y_test, settings["batch_size"])
-        trainer = training.LayerTrainer(model, loss_fn, optimizer)
+        trainer = training.LayerTrainer(model, loss_fn, optimizer, clip_grad_norm=config["clip_grad_norm"])
     else:
         train_batches, test_batches, trainer = data_parallel_training(problem, optimizer, config)
+    schedule = schedule_of(config, optimizer, len(train_batches))
     resume = None
     if saved is not None:
         resume = trainer.load_checkpoint(args.resume)
@@ -228,7 +282,8 @@ def train_model(args, world):
         checkpoints=target,
         resume=resume,
         config=config,
-        verbose=not args.quiet,
+        callbacks=schedule,
+        verbose=0 if args.quiet else 2 if args.verbose else 1,
     )
     if args.plot and (world is None or world.is_main):
         from ..plot import plot_fit
@@ -300,5 +355,5 @@ def data_parallel_training(problem, optimizer, config):
     batch_size = config["batch_size"]
     train_batches = distributed.ShardedBatches(problem.x_train, problem.y_train, batch_size, shuffle=True, seed=config["seed"])
     test_batches = distributed.ShardedBatches(problem.x_test, problem.y_test, batch_size, uneven="keep")
-    trainer = distributed.DistributedTrainer(problem.model, problem.loss_fn, optimizer)
+    trainer = distributed.DistributedTrainer(problem.model, problem.loss_fn, optimizer, clip_grad_norm=config["clip_grad_norm"])
     return train_batches, test_batches, trainer
