@@ -195,3 +195,16 @@ def test_the_plateau_schedule_waits_3_epochs_on_the_test_loss():
     model_trainer.fit(batches(), batches(1), len(losses), callbacks=[used, make_schedule("plateau", model_trainer.optimizer, 8, 3)], verbose=0)
     expected = torch_rates(lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=3), len(losses), False, losses)
     assert used.rates == expected and expected[-1] == pytest.approx(0.01)
+
+
+def test_the_readme_example_of_schedules_and_logs_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Progress, schedules and logs during fit", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(read_csv(tmp_path / "run.csv")) == 6
+    assert len(capsys.readouterr().err.splitlines()) == 6
