@@ -9,7 +9,7 @@ from nnlab.data import Batches
 from nnlab.layers import MLP, CrossEntropyLoss, MSELoss
 from nnlab.optimizers import VanillaSGD
 from nnlab.training import LayerTrainer, TorchTrainer
-from nnlab.twins import torch_twin
+from nnlab.grad_compare import torch_twin
 
 
 def data(seed=0):
