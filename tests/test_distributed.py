@@ -602,7 +602,7 @@ def test_torchrun_runs_nnlab_train_distributed_and_only_rank_0_writes(tmp_path, 
         monkeypatch.delenv(name, raising=False)
     checkpoint, plot = tmp_path / "run.ckpt", tmp_path / "curves.png"
     command = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "nnlab", "train"]
-    options = ["--distributed", "--epochs", "1", "--batch-size", "64", "--quiet"]
+    options = ["--distributed", "--epochs", "1", "--batch-size", "64"]
     result = subprocess.run(
         [sys.executable, *command, *options, "--checkpoint", str(checkpoint), "--plot", str(plot)],
         cwd=ROOT,
@@ -614,6 +614,7 @@ def test_torchrun_runs_nnlab_train_distributed_and_only_rank_0_writes(tmp_path, 
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("final test accuracy") == 1  # rank 0's stdout only
     assert result.stdout.count("gradient check on one batch") == 1
+    assert result.stderr.count("epoch 1/1: train loss") == 1  # rank 0's progress only
     saved = load_checkpoint(checkpoint)
     assert saved["world_size"] == 2 and saved["config"]["batch_size"] == 64
     assert plot.stat().st_size > 0
