@@ -1,6 +1,8 @@
 """Sphinx configuration of nnlab's documentation site (``sphinx-build -W docs docs/_build``)."""
 
+import json
 import os
+import pathlib
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
@@ -20,7 +22,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "examples/*", "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip", "auto_examples/*.md5", "auto_examples/*.codeobj.json"]
+exclude_patterns = ["_build", "_generated", "examples/*", "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip", "auto_examples/*.md5", "auto_examples/*.codeobj.json"]
 myst_heading_anchors = 3
 
 html_theme = "pydata_sphinx_theme"
@@ -67,5 +69,42 @@ def _escaped(text):
     return "``".join(pieces)
 
 
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def bench_tables(record):
+    """Markdown tables of a ``nnlab bench --json`` record: times, graph overhead and memory,
+    each ratio nnlab / torch, with the machine, date and command the record came from."""
+    bench = record["bench"]
+    lines = [
+        f"Measured on {record['date']} by `{record['command']}` on {record['machine']};",
+        f"torch {bench['torch']}, {bench['threads']} threads, medians of {bench['repeats']} interleaved runs.",
+        "The ratio is nnlab / torch: below 1 nnlab is faster.",
+        "",
+        "| case (forward + backward; steps: forward, loss, backward, SGD) | nnlab ms | torch ms | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {case['name']} | {case['ours_ms']:.2f} | {case['theirs_ms']:.2f} | {case['ratio']:.2f} |" for case in bench["cases"]]
+    lines += [f"| geometric mean | | | {bench['cases_geometric_mean']:.2f} |", ""]
+    lines += ["| the same layers as a graph model and as a Sequential | graph ms | Sequential ms | ratio |", "|---|---|---|---|"]
+    lines += [f"| {case['name']} | {case['ours_ms']:.2f} | {case['theirs_ms']:.2f} | {case['ratio']:.2f} |" for case in bench["graph"]]
+    lines += ["", "| bytes kept between forward and backward | nnlab MB | torch MB | ratio |", "|---|---|---|---|"]
+    lines += [
+        f"| {row['model']} | {row['nnlab_bytes'] / 1e6:.2f} | {row['torch_bytes'] / 1e6:.2f} | {row['ratio']:.2f} |"
+        for row in bench["memory"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_bench_tables(app):
+    """docs/speed.md includes these tables; they are made from docs/bench.json at every build,
+    so the page shows the recorded measurement and nothing typed by hand."""
+    record = json.loads((HERE / "bench.json").read_text(encoding="utf-8"))
+    generated = HERE / "_generated"
+    generated.mkdir(exist_ok=True)
+    (generated / "bench.md").write_text(bench_tables(record), encoding="utf-8")
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", docstring_as_written)
+    app.connect("builder-inited", write_bench_tables)
