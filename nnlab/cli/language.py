@@ -6,7 +6,7 @@ import math
 import os
 
 from .. import language
-from .checks import UsageError, check_output_file, check_plot_file, non_negative_int, positive_int
+from .checks import UsageError, check_output_file, check_plot_file, non_negative_int
 
 __all__ = ["LANGUAGE_MODELS", "add_generate_parser", "run_generate", "train_text"]
 

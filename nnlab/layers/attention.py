@@ -380,12 +380,7 @@ class MultiheadAttention(Layer):
         """(L, N, parts * E) (or (N, L, parts * E) with batch_first) -> (parts, N, heads,
         L, head_dim), contiguous: one copy, after which every product over the heads
         reads memory in order."""
-        if self.batch_first:
-            n, length = x.shape[0], x.shape[1]
-            order = (2, 0, 3, 1, 4)
-        else:
-            length, n = x.shape[0], x.shape[1]
-            order = (2, 1, 3, 0, 4)
+        order = (2, 0, 3, 1, 4) if self.batch_first else (2, 1, 3, 0, 4)
         return x.reshape(x.shape[0], x.shape[1], parts, self.num_heads, self.head_dim).permute(*order).contiguous()
 
     def merge_heads(self, x):

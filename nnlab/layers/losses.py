@@ -13,7 +13,7 @@ import torch
 
 from .base import Layer, checked_real, recall_call, remember_call
 from .containers import ChildErrors
-from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight, reshape_hint
+from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight
 from .margin_losses import (
     CosineEmbeddingLoss,
     HingeEmbeddingLoss,
