@@ -197,14 +197,14 @@ def test_the_plateau_schedule_waits_3_epochs_on_the_test_loss():
     assert used.rates == expected and expected[-1] == pytest.approx(0.01)
 
 
-def test_the_readme_example_of_schedules_and_logs_runs(tmp_path, monkeypatch, capsys):
+def test_the_documented_example_of_schedules_and_logs_runs(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Progress, schedules and logs during fit", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    section = page.split("## Progress, schedules and logs during fit", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/training.md", "exec"), namespace)
     assert len(read_csv(tmp_path / "run.csv")) == 6
     assert len(capsys.readouterr().err.splitlines()) == 6

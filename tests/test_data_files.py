@@ -212,14 +212,14 @@ def test_csv_features_round_trip_and_every_special_value_is_refused(rows):
     assert labels.tolist() == [1.0] * len(rows)
 
 
-def test_the_readme_example_of_training_on_your_own_data_runs(tmp_path, monkeypatch):
+def test_the_documented_example_of_training_on_your_own_data_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Training on your own data", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    section = page.split("## Your own data in a file", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/training.md", "exec"), namespace)
     assert namespace["own"].classes == ["down", "up"]
     assert len(namespace["fit"].test_loss) == 5
