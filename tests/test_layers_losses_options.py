@@ -97,11 +97,62 @@ class Int64Labels(torch.nn.Module):
         return self.loss(x.contiguous(), y if y.is_floating_point() else y.long())
 
 
+def clamp_passes_dout_at_its_bound():
+    """True on torch before 2.14, whose clamp_min has the gradient 1 at its bound; from 2.14
+    on it is the minimum-norm subgradient 0, the convention nnlab's hinges follow."""
+    x = torch.zeros((), requires_grad=True)
+    x.clamp_min(0).backward()
+    return x.grad.item() == 1.0
+
+
+OLD_CLAMP = clamp_passes_dout_at_its_bound()
+
+
+def hinge(h):
+    """``h.clamp_min(0)`` with torch 2.14's gradient, ``where(h > 0, dout, 0)``."""
+    return torch.where(h > 0, h, h.detach().clamp_min(0))
+
+
+class MinimumNormHinges(torch.nn.Module):
+    """aten's formulas of HingeEmbeddingLoss, MarginRankingLoss and CosineEmbeddingLoss,
+    with ``hinge`` for their ``clamp_min``: the reference on a torch before 2.14. torch's
+    own module runs first for its checks, so that what it refuses is still refused."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        self.module(*args)
+        margin, reduction = self.module.margin, self.module.reduction
+        if isinstance(self.module, torch.nn.HingeEmbeddingLoss):
+            x, y = args
+            losses = torch.where(y != 1, hinge(margin - x), 0) + torch.where(y != -1, x, 0)
+        elif isinstance(self.module, torch.nn.MarginRankingLoss):
+            x1, x2, y = args
+            losses = hinge(-y * (x1 - x2) + margin)
+        else:
+            x1, x2, y = args
+            epsilon = torch.tensor(1e-12, dtype=torch.float32).item()  # aten's EPSILON, a float
+            squares = [(x * x).sum(-1) + epsilon for x in (x1, x2)]
+            cos = (x1 * x2).sum(-1) / (squares[0] * squares[1]).sqrt()
+            losses = torch.where(y == 1, 1 - cos, 0) + torch.where(y == -1, hinge(cos - margin), 0)
+        return {"mean": losses.mean, "sum": losses.sum, "none": lambda: losses}[reduction]()
+
+
+def torch_reference(layer):
+    """The torch module nnlab's ``layer`` is judged against: its twin, or on a torch before
+    2.14 the hinges' formulas with the minimum-norm subgradient."""
+    module = torch_twin(layer)
+    hinges = (torch.nn.HingeEmbeddingLoss, torch.nn.MarginRankingLoss, torch.nn.CosineEmbeddingLoss)
+    return MinimumNormHinges(module) if OLD_CLAMP and isinstance(module, hinges) else module
+
+
 def compare(layer, dtype, x, y, dout):
     """The loss against its twin on (x, y) with the upstream gradient ``dout``; when
     torch refuses the input, nnlab must refuse it too, naming the loss."""
     layer.to(dtype=dtype)
-    module = Int64Labels(torch_twin(layer))
+    module = Int64Labels(torch_reference(layer))
     if refused_by_torch(module, x, y):
         with pytest.raises((ValueError, TypeError), match=type(layer).__name__):
             layer(x, y)
@@ -115,7 +166,7 @@ def compare_several(layer, dtype, inputs, target, dout):
     """A loss of several differentiable inputs (and data targets, or None) against its
     twin: the output and the gradient of every input, from backward's tuple."""
     layer.to(dtype=dtype)
-    module = torch_twin(layer)
+    module = torch_reference(layer)
     extra = () if target is None else (target,)
     if refused_by_torch(module, *inputs, *extra):
         with pytest.raises((ValueError, TypeError), match=type(layer).__name__):
@@ -313,19 +364,27 @@ def test_huber_and_smooth_l1_at_the_kink():
 
 
 def test_hinge_losses_at_the_margin():
-    """Exactly at the margin torch's clamp passes the gradient: HingeEmbeddingLoss gives -1,
-    MarginRankingLoss -y and y, MultiMarginLoss's z = 0 gives 0 (its kernel tests z > 0)."""
+    """Exactly at the margin the hinges take the minimum-norm subgradient 0, as torch's
+    clamp from 2.14 on (and ReLU always): HingeEmbeddingLoss gives 0 there, MarginRankingLoss
+    0 and 0, and a NaN upstream gradient stays out; MultiMarginLoss's z = 0 gives 0 (its
+    kernel tests z > 0)."""
     x = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
     y = torch.tensor([-1.0, -1.0, -1.0], dtype=torch.float64)
-    hinge = HingeEmbeddingLoss(1.0, reduction="sum")
-    hinge(x, y)
-    assert hinge.backward().tolist() == [-1.0, -1.0, 0.0]
-    check_against_torch(hinge, torch_twin(hinge), x, y, dout=torch.tensor(1.0, dtype=torch.float64))
+    hinge_loss = HingeEmbeddingLoss(1.0, reduction="none")
+    hinge_loss(x, y)
+    assert hinge_loss.backward(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)).tolist() == [0.0, -1.0, 0.0]
+    assert hinge_loss.backward(torch.tensor([math.nan, 1.0, 1.0], dtype=torch.float64)).tolist() == [0.0, -1.0, 0.0]
+    check_against_torch(hinge_loss, torch_reference(hinge_loss), x, y, dout=torch.ones(3, dtype=torch.float64))
     ranking = MarginRankingLoss(0.5, reduction="sum")
     inputs = (torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0]))
-    compare_several(ranking, torch.float64, inputs, torch.tensor([1.0, 1.0]), lambda out: torch.ones_like(out))
-    ranking(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.0]))
+    compare_several(ranking, torch.float64, inputs, torch.tensor([-1.0, 1.0]), lambda out: torch.ones_like(out))
+    ranking(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0]), torch.tensor([1.0, -1.0]))
+    assert [grad.tolist() for grad in ranking.backward()] == [[0.0, 0.0], [0.0, 0.0]]
+    ranking(torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([1.0]))
     assert ranking.backward() == (torch.tensor([-1.0]), torch.tensor([1.0]))
+    cosine = CosineEmbeddingLoss(0.0, reduction="sum")
+    cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([-1.0]))
+    assert [grad.tolist() for grad in cosine.backward()] == [[[0.0, 0.0]], [[0.0, 0.0]]]
     multi = MultiMarginLoss(reduction="sum")
     x = torch.tensor([[1.0, 0.0, 0.5]], dtype=torch.float64)
     multi(x, torch.tensor([0]))

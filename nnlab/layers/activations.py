@@ -299,8 +299,8 @@ class Hardtanh(Pointwise):
         self.inplace = checked_bool(name, "inplace", inplace)
 
     def function(self, x):
-        # F.hardtanh rather than clamp: autograd of clamp passes dout at the bounds, torch's
-        # Hardtanh does not (autograd through forward is one of the judges of backward).
+        # F.hardtanh rather than clamp: before torch 2.14, autograd of clamp passes dout at the
+        # bounds, torch's Hardtanh does not (autograd through forward judges backward).
         return F.hardtanh(x, self.min_val, self.max_val)
 
     def gradient(self, x, dout):
@@ -333,7 +333,7 @@ class Hardswish(PointwiseInplace):
     """
 
     def function(self, x):
-        # F.hardswish rather than clamp, whose autograd passes dout at the bounds.
+        # F.hardswish rather than clamp, whose autograd before torch 2.14 passes dout at the bounds.
         return F.hardswish(x)
 
     def gradient(self, x, dout):
@@ -353,8 +353,8 @@ class Hardsigmoid(PointwiseInplace):
     """
 
     def function(self, x):
-        # x / 6 + 0.5 inside, F.hardsigmoid elsewhere: autograd of clamp would pass dout at
-        # the bounds, and autograd of F.hardsigmoid has the float32 slope in float64.
+        # x / 6 + 0.5 inside, F.hardsigmoid elsewhere: autograd of clamp before torch 2.14 would
+        # pass dout at the bounds, and autograd of F.hardsigmoid has the float32 slope in float64.
         inside = (x > -3) & (x < 3)
         return torch.where(inside, x / 6 + 0.5, F.hardsigmoid(x))
 

@@ -104,8 +104,8 @@ class ReLU(Layer):
 
     def forward(self, x, **kw):
         self.check_input(x, "any shape", True)
-        # torch.relu rather than clamp_min: autograd of clamp_min passes the gradient at
-        # exactly x = 0 (an input Dropout2d + BatchNorm produce), torch.nn.ReLU does not.
+        # torch.relu rather than clamp_min: before torch 2.14, autograd of clamp_min passes
+        # the gradient at exactly x = 0 (an input Dropout2d + BatchNorm produce); ReLU does not.
         self._out = torch.relu(x)
         return self.finish_forward(self._out)
 

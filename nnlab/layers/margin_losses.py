@@ -63,8 +63,8 @@ class MarginRankingLoss(Loss):
     Same as ``torch.nn.MarginRankingLoss``; ``forward(x1, x2, y)``.
 
     Forward: ``l = max(0, -y (x1 - x2) + margin)``; reduced by ``reduction``.
-    Backward returns ``(dx1, dx2)``: with m = dout where ``-y (x1 - x2) + margin >= 0`` (the
-    hinge's kink included, as torch's clamp passes the gradient there), else 0,
+    Backward returns ``(dx1, dx2)``: with m = dout where ``-y (x1 - x2) + margin > 0``, else
+    0 (the kink gets the minimum-norm subgradient 0, as ``torch.clamp`` from torch 2.14 on),
     ``dx1 = -y m = -dx2`` (m over numel for the mean).
     Shapes: x1, x2, y of one shape -> scalar (that shape with 'none').
     Caches: -y and the mask where the hinge is active.
@@ -83,7 +83,7 @@ class MarginRankingLoss(Loss):
         check_pair(self, x1, x2, y)
         self._negative_y = -y.to(x1.dtype)
         hinge = self._negative_y * (x1 - x2) + self.margin
-        self._active = hinge >= 0
+        self._active = hinge > 0
         return self.finish_forward(self.reduce(torch.clamp(hinge, min=0)))
 
     def backward(self, dout=1.0):
@@ -115,8 +115,9 @@ class HingeEmbeddingLoss(Loss):
     Forward, as torch computes it: ``l = [y != 1] max(0, margin - x) + [y != -1] x``, so
     that y = 1 gives x, y = -1 gives the hinge, and any other label both (torch's rule);
     reduced by ``reduction``.
-    Backward: ``dx = [y != -1] dout - [y != 1] [margin - x >= 0] dout`` (the hinge's kink
-    passes the gradient, as torch's clamp; dout over numel for the mean).
+    Backward: ``dx = [y != -1] dout - [y != 1] [margin - x > 0] dout`` (the kink gets the
+    minimum-norm subgradient 0, as ``torch.clamp`` from torch 2.14 on; dout over numel for
+    the mean).
     Shapes: x any, y the same -> scalar (x's shape with 'none').
     Caches: the masks of the two terms.
     """
@@ -137,7 +138,7 @@ class HingeEmbeddingLoss(Loss):
         similar = y != -1
         losses = torch.where(dissimilar, torch.clamp(hinge, min=0), 0) + torch.where(similar, x, 0)
         self._similar = similar
-        self._active = dissimilar & (hinge >= 0)
+        self._active = dissimilar & (hinge > 0)
         return self.reduce(losses)
 
     def backward(self, dout=1.0):
@@ -157,7 +158,8 @@ class CosineEmbeddingLoss(Loss):
     ``l = 1 - cos`` where y = 1, ``max(0, cos - margin)`` where y = -1, 0 for any other
     label; reduced by ``reduction``.
     Backward returns ``(dx1, dx2)``, in autograd's order: g = d l / d cos * dout (-1 where
-    y = 1, 1 where y = -1 and ``cos >= margin``), then with p = <x1, x2>,
+    y = 1, 1 where y = -1 and ``cos > margin``: 0 at the kink, as ``torch.clamp`` from torch
+    2.14 on), then with p = <x1, x2>,
     D = sqrt(m1 m2): ``dx1 = g / D * x2 + 2 x1 (-g (p / D) / D) / (2 D) * m2``, and the
     same with 1 and 2 swapped.
     Shapes: x1, x2 (N, D) with y (N,), or (D,) with y () -> scalar ((N,) or () with 'none').
@@ -182,7 +184,7 @@ class CosineEmbeddingLoss(Loss):
         similar = y == 1
         dissimilar = y == -1
         losses = torch.where(similar, 1 - cos, 0) + torch.where(dissimilar, torch.clamp(cos - self.margin, min=0), 0)
-        slope = torch.where(dissimilar & (cos - self.margin >= 0), 1.0, 0.0) - similar.to(x1.dtype)
+        slope = torch.where(dissimilar & (cos - self.margin > 0), 1.0, 0.0) - similar.to(x1.dtype)
         self._xs = (x1, x2)
         self._cache = (squares, denominator, product, slope.to(x1.dtype))
         return self.finish_forward(self.reduce(losses))
