@@ -436,3 +436,29 @@ def test_max_pools_send_the_gradient_to_the_last_nan_as_torch(layer, module):
     x[1, 1, 2, 3] = float("nan")
     out_shape = module(x).shape
     run_both(layer, module, x, torch.randn(out_shape))
+
+
+@pytest.mark.parametrize(
+    "layer, module, shape",
+    [
+        (MaxPool2d(2, return_indices=True), torch.nn.MaxPool2d(2, return_indices=True), (2, 3, 5, 7)),
+        (MaxPool2d((2, 3), return_indices=True), torch.nn.MaxPool2d((2, 3), return_indices=True), (3, 4, 8)),
+        (pooling.MaxPool1d(3, return_indices=True), torch.nn.MaxPool1d(3, return_indices=True), (2, 2, 10)),
+    ],
+)
+def test_tiling_max_pool_indices_ties_and_nans_as_torch(layer, module, shape):
+    """Windows that tile the input (stride = kernel, ``MaxPool2d(2)``, the courses' pool):
+    small integers make ties (torch takes the first maximal entry), a window with two NaN
+    takes the last, a window of -inf its first entry; rows and columns past the last window
+    get no gradient; the indices are torch's, batched and unbatched."""
+    x = torch.randint(0, 3, shape).float()
+    x.view(-1)[[0, 1, 5]] = float("nan")
+    x.view(-1)[-4:] = float("-inf")
+    x_ref = x.clone().requires_grad_(True)
+    expected, expected_indices = module(x_ref)
+    dout = torch.randn(expected.shape)
+    expected.backward(dout)
+    out, indices = layer(x.clone())
+    assert torch.equal(indices, expected_indices)
+    assert_same_with_nonfinite(out, expected.detach())
+    assert_same_with_nonfinite(layer.backward((dout.clone(), None)), x_ref.grad)
