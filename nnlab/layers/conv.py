@@ -28,6 +28,11 @@ __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 # (`nnlab bench --cases Conv2d`).
 PER_SAMPLE_GEMM = 2**18
 
+# Up to this many output positions per plane, the input gradient's fold is torch's col2im
+# (``F.fold``, one call) rather than one strided addition per kernel offset, whose rows are
+# then too short to pay for their calls (`nnlab bench --course`, the digits CNN).
+SMALL_PLANE_POSITIONS = 64
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("same", "valid")
 
@@ -406,11 +411,21 @@ class _ConvNd(_ConvBase):
         batch, _, out_h, out_w = dout.shape
         positions = out_h * out_w
         weight_2d = self.weight.reshape(self.out_channels, -1)
+        if self._fold_by_col2im(positions):
+            dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
+            (top, _), (left, _) = self._pads
+            return F.fold(dcols, x4.shape[2:], self._kernel2, self._dilation2, (top, left), self._stride2)
         if not self._per_sample_gemm(positions):
             return self._fold_columns(torch.mm(weight_2d.T, dout_2d), batch, out_h, out_w, x4)
         dcols = torch.matmul(weight_2d.T, dout.reshape(batch, self.out_channels, positions))
         dpatches = dcols.reshape(batch, self.in_channels, *self._kernel2, out_h, out_w)
         return self._fold_into_input(dpatches, x4)
+
+    def _fold_by_col2im(self, positions):
+        """True for small planes (``SMALL_PLANE_POSITIONS``) with zero padding alike on
+        both sides of each axis, what ``F.fold`` takes."""
+        symmetric = all(before == after for before, after in self._pads)
+        return positions <= SMALL_PLANE_POSITIONS and self.padding_mode == "zeros" and symmetric
 
     def _fold_columns(self, dcols, batch, out_h, out_w, x4):
         """fold of column gradients in the 2-D layout (C*kH*kW, N*L), ordered (c, a, b) by
