@@ -159,15 +159,26 @@ def storage_bytes(tensors, excluded):
 
 
 def held_tensors(layer):
-    """Every tensor in an attribute of ``layer`` or its sub-layers (alone, or in a tuple or
-    list), i.e. what the layers hold between forward and backward, with their state."""
+    """Every tensor in an attribute of ``layer`` or its sub-layers (alone, or nested in
+    tuples, lists and dicts), i.e. what the layers hold between forward and backward, with
+    their state."""
     found = []
     for value in vars(layer).values():
-        items = value if isinstance(value, (tuple, list)) else (value,)
-        found.extend(item for item in items if isinstance(item, torch.Tensor))
+        found.extend(nested_tensors(value))
     for _, child in layer.named_children():
         found.extend(held_tensors(child))
     return found
+
+
+def nested_tensors(value):
+    """The tensors in ``value``: itself, or those nested in its tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in nested_tensors(item)]
+    return []
 
 
 def nnlab_saved_bytes(model, loss_fn, x, y):
@@ -193,9 +204,10 @@ def torch_saved_bytes(module, loss_fn, x, y):
 
 def layer_saved_bytes(layer, module, x):
     """(nnlab bytes, torch bytes) kept between forward and backward by one layer and its
-    twin, the input gradient wanted on both sides."""
+    twin, the input gradient wanted on both sides (a floating-point input's)."""
     layer(x)
     state = [param for param, _ in layer.params()] + [grad for _, grad in layer.params()] + layer.buffers()
     ours = storage_bytes(held_tensors(layer), state_storages(state))
-    theirs = torch_saved_bytes(module, lambda out, y: out.sum(), x.clone().requires_grad_(True), None)
+    x_ref = x.clone().requires_grad_(True) if x.is_floating_point() else x
+    theirs = torch_saved_bytes(module, lambda out, y: out.sum(), x_ref, None)
     return ours, theirs

@@ -277,35 +277,64 @@ def batchnorm_case(batch, channels, size):
     return forward_backward_case(name, BatchNorm2d(channels), torch.nn.BatchNorm2d(channels), x)
 
 
-def norm_cases(batch, channels, size):
-    """GroupNorm (8 groups) on (N, C, H, W) and LayerNorm over C on (N, H * W, C),
-    forward + backward on both sides, from the BatchNorm case's sizes."""
+def norm_pairs(batch, channels, size):
+    """(name, nnlab layer, torch twin, input): GroupNorm (8 groups) on (N, C, H, W) and
+    LayerNorm over C on (N, H * W, C), from the BatchNorm case's sizes."""
     images = torch.randn(batch, channels, size, size)
     tokens = torch.randn(batch, size * size, channels)
     groups = math.gcd(8, channels)
     return [
-        forward_backward_case(
+        (
             f"GroupNorm({groups}) {batch}x{channels}x{size}x{size}",
             GroupNorm(groups, channels),
             torch.nn.GroupNorm(groups, channels),
             images,
         ),
-        forward_backward_case(
-            f"LayerNorm({channels}) {batch}x{size * size}x{channels}",
-            LayerNorm(channels),
-            torch.nn.LayerNorm(channels),
-            tokens,
-        ),
+        (f"LayerNorm({channels}) {batch}x{size * size}x{channels}", LayerNorm(channels), torch.nn.LayerNorm(channels), tokens),
     ]
+
+
+def norm_cases(batch, channels, size):
+    """GroupNorm and LayerNorm (``norm_pairs``), forward + backward on both sides."""
+    return [forward_backward_case(*pair) for pair in norm_pairs(batch, channels, size)]
+
+
+def recurrent_pair(name, batch, steps, input_size, hidden_size):
+    """(nnlab LSTM or GRU, its torch twin with the same weights, an input (T, N, input_size))."""
+    module = getattr(torch.nn, name)(input_size, hidden_size)
+    layer = getattr(nnlab_layers, name)(input_size, hidden_size)
+    layer.load_state_dict(module.state_dict())
+    return layer, module, torch.randn(steps, batch, input_size)
+
+
+class FirstOutput(torch.nn.Module):
+    """A torch module's first output alone (a recurrent layer's, without its final state)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)[0]
+
+
+def sequence_memory(batch, steps, input_size, hidden_size, vocabulary):
+    """(name, nnlab bytes, torch bytes) kept between forward and backward by LSTM, GRU and
+    Embedding at the sequence cases' sizes."""
+    results = []
+    for name in ("LSTM", "GRU"):
+        layer, module, x = recurrent_pair(name, batch, steps, input_size, hidden_size)
+        results.append((f"{name}({input_size}, {hidden_size}) {steps} steps x {batch}", *layer_saved_bytes(layer, FirstOutput(module), x)))
+    layer, module = nnlab_layers.Embedding(vocabulary, input_size), torch.nn.Embedding(vocabulary, input_size)
+    ids = torch.randint(0, vocabulary, (batch, steps))
+    results.append((f"Embedding({vocabulary}, {input_size}) {batch}x{steps}", *layer_saved_bytes(layer, module, ids)))
+    return results
 
 
 def recurrent_case(name, batch, steps, input_size, hidden_size):
     """LSTM or GRU forward + backward through time (output and final state), torch's
     weights copied into nnlab's."""
-    module = getattr(torch.nn, name)(input_size, hidden_size)
-    layer = getattr(nnlab_layers, name)(input_size, hidden_size)
-    layer.load_state_dict(module.state_dict())
-    x = torch.randn(steps, batch, input_size)
+    layer, module, x = recurrent_pair(name, batch, steps, input_size, hidden_size)
     x_ref = x.clone().requires_grad_(True)
     dout = torch.randn(steps, batch, hidden_size)
 
@@ -712,7 +741,8 @@ def time_train_runs(sizes, threads=1):
 
 def measure_memory(sizes=FULL):
     """(name, nnlab bytes, torch bytes) for each model of the training steps, then for
-    each grouped and transposed convolution alone, then for the attention layers."""
+    each grouped and transposed convolution, normalisation and sequence layer alone, then
+    for the attention layers."""
     results = []
     for name, model, twin, x in model_sets(sizes):
         copy_weights(model, twin)
@@ -720,8 +750,9 @@ def measure_memory(sizes=FULL):
         ours = nnlab_saved_bytes(model, CrossEntropyLoss(), x, y)
         theirs = torch_saved_bytes(twin, torch.nn.CrossEntropyLoss(), x, y)
         results.append((name, ours, theirs))
-    results += [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in layer_pairs(sizes)]
-    return results + attention_memory(sizes)
+    pairs = layer_pairs(sizes) + norm_pairs(*sizes.batchnorm)
+    results += [(name, *layer_saved_bytes(layer, module, x)) for name, layer, module, x in pairs]
+    return results + sequence_memory(*sizes.sequence) + attention_memory(sizes)
 
 
 # Command line -------------------------------------------------------------------------------

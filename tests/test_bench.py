@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnlab import bench
-from nnlab.layers import CrossEntropyLoss
+from nnlab.layers import LSTM, CrossEntropyLoss
 from nnlab.models import MLP
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
@@ -85,6 +85,23 @@ def test_torch_memory_counts_what_autograd_saves():
     # addmm saves x for the weight gradient (the weight is a parameter, left out); tanh
     # saves its output for its own gradient.
     assert bench.torch_saved_bytes(torch.nn.Sequential(linear, torch.nn.Tanh()), lambda out, y: out.sum(), x, None) == 4 * (8 + 10)
+
+
+def test_nnlab_memory_counts_tensors_nested_in_a_layers_cache():
+    """A recurrent layer keeps its cache as tuples in a tuple; every tensor in it counts."""
+    torch.manual_seed(0)
+    layer = LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    ours, _ = bench.layer_saved_bytes(layer, torch.nn.Identity(), x)
+    # At least x and the hidden state of every step (5 x 2 x 4), which backward needs.
+    assert ours >= 4 * (x.numel() + 5 * 2 * 4)
+
+
+def test_sequence_and_norm_layers_are_in_the_memory_report_within_1_2():
+    rows = {name.split("(")[0]: (ours, theirs) for name, ours, theirs in bench.measure_memory(bench.QUICK)}
+    for kind in ("GroupNorm", "LayerNorm", "LSTM", "GRU", "Embedding"):
+        ours, theirs = rows[kind]
+        assert 0 < ours <= 1.2 * theirs, kind
 
 
 def test_grouped_and_transposed_convolutions_keep_what_autograd_saves():
