@@ -607,3 +607,13 @@ def test_relu_passes_dout_at_a_nan_input_with_finite_dout_everywhere(dtype):
     layer = ReLU()
     layer(x)
     assert torch.equal(layer.backward(dout), x_ref.grad)  # [[3, 0, 0], [11, 13, 0]]
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 256), (32, 256, 128), (7, 300, 5)])
+def test_linear_forward_on_a_batch_of_rows_has_torchs_exact_bits(shape):
+    """For 2-D inputs torch computes addmm(b, x, W.T); so does nnlab, bit for bit."""
+    batch, in_features, out_features = shape
+    torch.manual_seed(3)
+    layer = Linear(in_features, out_features)
+    x = torch.randn(batch, in_features)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))

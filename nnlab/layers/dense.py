@@ -16,7 +16,8 @@ __all__ = [
 
 
 class Linear(Layer):
-    """Affine map ``out = x @ W.T + b``. Same as ``torch.nn.Linear``.
+    """Affine map ``out = x @ W.T + b``. Same as ``torch.nn.Linear`` (for a 2-D x with a
+    bias, computed as torch computes it, one ``addmm``: the same bits).
 
     Backward: ``dx = dout @ W``; ``dW += dout.T @ x``; ``db += dout.sum(0)``
     (leading dimensions of x and dout flattened into one batch dimension); dW accumulates
@@ -65,10 +66,11 @@ class Linear(Layer):
         self.check_input(x, f"(*, {self.in_features})", lambda x: x.dim() >= 1 and x.shape[-1] == self.in_features)
         self.check_dtype(x)
         self._x = x
-        out = x @ self.weight.T
-        if self.bias is not None:
-            out = out + self.bias
-        return self.finish_forward(out)
+        if self.bias is None:
+            return self.finish_forward(x @ self.weight.T)
+        if x.dim() == 2:  # one fused GEMM, as torch's F.linear computes it (the same bits)
+            return self.finish_forward(torch.addmm(self.bias, x, self.weight.T))
+        return self.finish_forward(x @ self.weight.T + self.bias)
 
     def backward(self, dout):
         self.start_backward(dout)
