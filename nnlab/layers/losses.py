@@ -94,9 +94,12 @@ class ClassificationLoss(Loss):
                 f"{tuple(y.shape)}{hint}"
             )
         num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
-        wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
-        if wrong.any():
-            raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
+        # One pass finds the usual labels in range; the mask only for those that are not.
+        low, high = torch.aminmax(y) if y.numel() else (0, 0)
+        if low < 0 or high >= num_classes:
+            wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
+            if wrong.any():
+                raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
         return True
 
     def negative_log_likelihood(self, x, log_probs, y):
@@ -260,7 +263,7 @@ def looks_like_probabilities(x):
         return False
     # Scores almost always have a negative entry: one pass decides most calls.
     low, high = torch.aminmax(x)
-    if not bool((low >= 0) & (high <= 1)):
+    if not (low >= 0 and high <= 1):
         return False
     return bool((x.sum(dim=1) - 1).abs().amax() <= PROBABILITY_ROW_SUM_TOL)
 
