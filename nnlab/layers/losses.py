@@ -54,6 +54,7 @@ class ClassificationLoss(Loss):
         self._class_labels = None
         self._targets = None
         self._valid = None
+        self._every_label_counts = False
         self._total = None
         self._shape = None
         self._unbatched = None
@@ -96,10 +97,12 @@ class ClassificationLoss(Loss):
         num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
         # One pass finds the usual labels in range; the mask only for those that are not.
         low, high = torch.aminmax(y) if y.numel() else (0, 0)
-        if low < 0 or high >= num_classes:
+        in_range = bool(low >= 0 and high < num_classes)
+        if not in_range:
             wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
             if wrong.any():
                 raise ValueError(f"{self!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
+        self._every_label_counts = in_range and not 0 <= self.ignore_index < num_classes
         return True
 
     def negative_log_likelihood(self, x, log_probs, y):
@@ -129,24 +132,27 @@ class ClassificationLoss(Loss):
                 return self.unbatched(-products.sum(dim=1))
             total = -products.sum()
             return total / self._total if self.reduction == "mean" else total
-        valid = (y != self.ignore_index).unsqueeze(1)
-        labels = torch.where(valid, y.unsqueeze(1).to(device=x.device, dtype=torch.long), 0)
+        labels = y.unsqueeze(1).to(device=x.device, dtype=torch.long)
+        # valid: the mask of labels not ignored, None when no label can be (all count).
+        valid = None if self._every_label_counts else (y != self.ignore_index).unsqueeze(1)
+        if valid is not None:
+            labels = torch.where(valid, labels, 0)
         self._targets = labels
         self._valid = valid
         # Picking the target's log-probability (not summing one-hot * log_probs)
         # keeps a -inf log-probability of another class (a mask) from making 0 * -inf = NaN.
         picked = log_probs.gather(1, labels)
         if weight is None:
-            losses = torch.where(valid, -picked, 0)
-            self._total = valid.sum().to(log_probs.dtype)
+            losses = -picked
+            self._total = log_probs.new_tensor(labels.numel()) if valid is None else valid.sum().to(log_probs.dtype)
         else:
             label_weights = weight.view(-1)[labels]
-            losses = torch.where(valid, -(label_weights * picked), 0)
-            self._total = torch.where(valid, label_weights, 0).sum()
-        total = self.reduce_labels(losses)
+            losses = -(label_weights * picked)
+            self._total = only_valid(label_weights, valid).sum()
+        total = self.reduce_labels(only_valid(losses, valid))
         if smoothing > 0:
             spread = log_probs if weight is None else log_probs * weight
-            smooth = torch.where(valid, -spread.sum(dim=1, keepdim=True), 0)
+            smooth = only_valid(-spread.sum(dim=1, keepdim=True), valid)
             total = (1 - smoothing) * total + self.reduce_labels(smooth) * (smoothing / num_classes)
         return total
 
@@ -178,13 +184,19 @@ class ClassificationLoss(Loss):
         at_labels = -(scale * (1 - smoothing)) if smoothing > 0 else -scale
         if weight is not None:
             at_labels = weight.view(-1)[self._targets] * at_labels
-        at_labels = torch.where(self._valid, at_labels, 0)
+        at_labels = only_valid(at_labels, self._valid).expand(self._targets.shape)
         grad = torch.zeros(shape, dtype=at_labels.dtype, device=at_labels.device)
         grad.scatter_(1, self._targets, at_labels)
         if smoothing > 0:
-            spread = torch.where(self._valid, -(scale * (smoothing / num_classes)), 0)
+            spread = only_valid(-(scale * (smoothing / num_classes)), self._valid)
             grad = grad + (spread if weight is None else spread * weight)
         return grad
+
+
+def only_valid(values, valid):
+    """``values`` where the label counts, 0 where it is ignored (``valid`` False); as they
+    are when every label counts (``valid`` None)."""
+    return values if valid is None else torch.where(valid, values, 0)
 
 
 class CrossEntropyLoss(ClassificationLoss):
