@@ -4,8 +4,10 @@ import json
 import os
 import pathlib
 import sys
+import textwrap
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("."))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "nnlab"
@@ -39,6 +41,7 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "download_all_examples": False,
     "remove_config_comments": True,
+    "image_scrapers": ("matplotlib", "gallery_scrapers.headless_figures"),
 }
 
 
@@ -53,9 +56,33 @@ def docstring_as_written(app, what, name, obj, options, lines):
     body = lines[end:]
     while body and not body[0].strip():
         body = body[1:]
+    body, examples = _examples_apart(body)
     lines[:] = [_escaped(summary), ""]
     if any(line.strip() for line in body):
         lines += ["::", ""] + ["    " + line for line in body] + [""]
+    for example in examples:
+        lines += [".. rubric:: Example", "", "::", ""] + ["    " + line for line in example] + [""]
+
+
+def _examples_apart(lines):
+    """(the other lines, [the lines of each ``Example::`` block]): the examples, which the
+    tests run, are shown as code under a heading of their own."""
+    rest, examples = [], []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.strip() not in ("Example::", "Examples::"):
+            rest.append(line)
+            index += 1
+            continue
+        indent = len(line) - len(line.lstrip())
+        index += 1
+        block = []
+        while index < len(lines) and (not lines[index].strip() or len(lines[index]) - len(lines[index].lstrip()) > indent):
+            block.append(lines[index])
+            index += 1
+        examples.append(textwrap.dedent("\n".join(block)).strip("\n").splitlines())
+    return rest, examples
 
 
 def _escaped(text):
