@@ -143,6 +143,27 @@ def summary(model, input_shape, batch_size=2, dtype=torch.float32, print_fn=prin
     mode: the model itself, its caches and running statistics are untouched.
     ``print_fn`` gets the table (None: nothing printed). Works for any Layer:
     Sequential, the builders (MLP, CNN, ResNet), graph models (``nnlab.graph.Model``).
+
+    Example::
+
+        >>> from nnlab import summary
+        >>> from nnlab.models import MLP
+        >>> table = summary(MLP(64, 10, hidden_features=(128,)), (64,))
+        ==============================================
+        Layer (type)             Output shape  Param #
+        ==============================================
+        MLP                      (2, 10)             0
+          sequence (Sequential)  (2, 10)             0
+            0 (Linear)           (2, 128)        8,320
+            1 (ReLU)             (2, 128)            0
+            2 (Linear)           (2, 10)         1,290
+        ==============================================
+        Total params: 9,610
+        Buffer elements (saved, not trained): 0
+        Input: (64,), float32
+        ==============================================
+        >>> table.total_params
+        9610
     """
     if not isinstance(model, Layer):
         raise TypeError(f"summary: model must be an nnlab Layer, got {type(model).__name__}")

@@ -47,7 +47,7 @@ flags), ``x`` and torch's random-number state as it found them.
 
 import copy
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -65,6 +65,8 @@ from .jacobians import (
 )
 from ._equivariance import equivariance_difference, equivariance_error, rotate90, shift
 from ._twins import torch_twin
+from . import _error_measure as measure
+from ._error_measure import NOISE_ROUNDINGS, Comparison, TensorError
 
 __all__ = [
     "Comparison",
@@ -95,59 +97,6 @@ RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 FINITE_DIFFERENCE_RTOL = 1e-6
 # One-sided differences that disagree by more than this fraction of the scale mark a kink.
 KINK_RTOL = 1e-4
-# A reference is trusted to this many units of rounding (eps of its dtype) of the largest
-# quantity it was computed from.
-NOISE_ROUNDINGS = 16
-
-
-class TensorError(NamedTuple):
-    """One tensor's comparison: the error measure, where it is largest, and the two values there."""
-
-    name: str  # "input", "param#01", ..., "output"
-    error: float  # max |a - b| / (s + |b|); inf when a is missing or misshapen
-    index: Optional[tuple] = None  # where the error is largest
-    actual: float = math.nan
-    expected: float = math.nan
-    difference_norm: float = math.inf  # ||a - b||
-
-    def describe(self, reference):
-        return f"{self.name}{list(self.index)}: {self.actual:.6g} (the layer's) vs {self.expected:.6g} ({reference})"
-
-
-class Comparison(NamedTuple):
-    """The layer against one reference: an error per tensor and the tolerance."""
-
-    reference: str  # "autograd", "torch.nn twin", "torch.nn twin (forward)", "finite differences"
-    tolerance: float
-    tensors: list
-    kinks: int = 0  # finite-difference entries left out because the function has a kink there
-    left_out: int = 0  # entries not differenced (only a sample of each large tensor was)
-
-    @property
-    def worst(self):
-        return max(self.tensors, key=lambda t: t.error, default=TensorError("-", 0.0))
-
-    @property
-    def passed(self):
-        return all(t.error <= self.tolerance for t in self.tensors)
-
-    def describe(self):
-        worst = self.worst
-        if self.passed:
-            text = f"{self.reference}: ok, worst error {worst.error:.1e} (tolerance {self.tolerance:g})"
-        elif worst.index is None:
-            text = f"{self.reference}: FAIL at {worst.name}: no usable tensor to compare"
-        else:
-            wrong = "wrong output" if self.reference.endswith("(forward)") else "wrong gradient (the backward's VJP)"
-            text = (
-                f"{self.reference}: FAIL, {wrong}: error {worst.error:.1e} (tolerance {self.tolerance:g}) "
-                f"at {worst.describe(self.reference)}"
-            )
-        if self.kinks:
-            text += f"; {self.kinks} entries at kinks left to the other references"
-        if self.left_out:
-            text += f"; {self.left_out} entries not differenced (a sample of each large tensor was)"
-        return text
 
 
 class Verdict:
@@ -309,9 +258,9 @@ def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rt
     if not returned:
         return
     doubled = [None if g is None else 2 * g for g in first]
-    scales = _scales(doubled, [_rounding_noise(doubled)] * len(doubled), rtol)
+    scales = measure.scales(doubled, [measure.rounding_noise(doubled)] * len(doubled), rtol)
     for index, ((_, grad), once, scale) in enumerate(zip(pairs, first, scales), start=1):
-        if grad is None or _tensor_error("", grad, 2 * once, scale).error <= rtol:
+        if grad is None or measure.tensor_error("", grad, 2 * once, scale).error <= rtol:
             continue
         dot = (once.double() * once.double()).sum().item()
         ratio = (grad.double() * once.double()).sum().item() / dot if dot > 0 else math.nan
@@ -521,7 +470,7 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict, entries=None, pr
         _report(progress, f"finite differences of {name}: {len(positions)} of {tensor.numel()} entries")
         for results, result in zip((central, jumps, judged), _numeric_gradient(tensor, objective, eps, positions)):
             results.append(result)
-    scale = _scale(central)
+    scale = measure.scale(central)
     kinks = [mask & (jump.abs() > KINK_RTOL * scale) for mask, jump in zip(judged, jumps)]
     if any(mask.any() for mask in judged) and all(bool((k == mask).all()) for k, mask in zip(kinks, judged)):
         verdict.add_problem(
@@ -549,7 +498,7 @@ def _difference_error(tensor, objective, eps, analytic, central, skip, rounding,
     beyond KINK_RTOL of the scale means that the step 2h crosses a kink: not counted."""
     if not isinstance(analytic, torch.Tensor) or analytic.shape != central.shape:
         return rounding
-    (own_scale,) = _scales([central], [rounding], FINITE_DIFFERENCE_RTOL)
+    (own_scale,) = measure.scales([central], [rounding], FINITE_DIFFERENCE_RTOL)
     disagree = (analytic - central).abs() > FINITE_DIFFERENCE_RTOL * (own_scale + central.abs())
     suspects = (disagree & ~skip).reshape(-1).nonzero().reshape(-1).tolist()
     flat = tensor.view(-1)
@@ -600,68 +549,6 @@ def _objective_at(flat, index, value, objective):
     return objective()
 
 
-# The error measure ---------------------------------------------------------------------------
-
-
-def _largest(references):
-    """The largest |entry| over the reference tensors (None for a missing one); 0 if none."""
-    largest = max((r.detach().abs().max().item() for r in references if r is not None and r.numel()), default=0.0)
-    return largest if math.isfinite(largest) else 0.0
-
-
-def _scale(references):
-    """The largest |entry| over the reference tensors, 1 if all are 0."""
-    return _largest(references) or 1.0
-
-
-def _rounding_noise(references):
-    """The rounding error a reference computed in floating point may carry in any entry:
-    NOISE_ROUNDINGS units of rounding of the largest |entry| of all the references (a sum
-    that cancels to 0, such as the gradient of a bias followed by BatchNorm, keeps the
-    rounding of its terms)."""
-    dtypes = [r.dtype for r in references if r is not None and r.is_floating_point()]
-    if not dtypes:
-        return 0.0
-    return NOISE_ROUNDINGS * torch.finfo(dtypes[0]).eps * _largest(references)
-
-
-def _scales(references, noises, tolerance):
-    """s of the error measure for each reference tensor: its largest |entry|, but no less
-    than its noise / tolerance (so that a difference within the noise passes); 1 where
-    both are 0."""
-    return [max(_largest([reference]), noise / tolerance) or 1.0 for reference, noise in zip(references, noises)]
-
-
-def _tensor_error(name, actual, expected, scale, skip=None):
-    """TensorError of ``actual`` against ``expected``: max |a - b| / (scale + |b|)."""
-    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
-        return TensorError(name, math.inf)
-    if expected.numel() == 0:
-        return TensorError(name, 0.0, difference_norm=0.0)
-    a = actual.detach().double()
-    b = expected.detach().double().to(a.device)
-    norm = (a - b).norm().item()
-    ratio = (a - b).abs() / (scale + b.abs())
-    ratio = torch.where(ratio.isnan(), torch.full_like(ratio, math.inf), ratio)
-    if skip is not None:
-        ratio = torch.where(skip.to(ratio.device), torch.zeros_like(ratio), ratio)
-    worst = int(ratio.reshape(-1).argmax())
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), actual.shape))
-    values = (a.reshape(-1)[worst].item(), b.reshape(-1)[worst].item())
-    return TensorError(name, ratio.reshape(-1)[worst].item(), index, *values, norm)
-
-
-def _compare(reference, names, actual, expected, tolerance, skips=None, noises=None, kinks=0, left_out=0):
-    """The Comparison of each actual tensor with its expected one, each on its own scale;
-    ``noises``, one per tensor, the reference's error (by default, the rounding of a
-    computation in its dtype); ``skips`` masks the entries not judged."""
-    noises = [_rounding_noise(expected)] * len(names) if noises is None else noises
-    scales = _scales(expected, noises, tolerance)
-    skips = skips if skips is not None else [None] * len(names)
-    tensors = [_tensor_error(n, a, e, sc, s) for n, a, e, sc, s in zip(names, actual, expected, scales, skips)]
-    return Comparison(reference, tolerance, tensors, kinks, left_out)
-
-
 # The checks ----------------------------------------------------------------------------------
 
 
@@ -692,6 +579,17 @@ def check_layer(
     Errors use the floor-based measure of the module docstring; ``rtol`` defaults to
     1e-5 in float32 and 1e-10 in float64, finite differences to 1e-6. ``progress``, if
     given, is called with a line of text before each reference's work.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import Linear
+        >>> verdict = check_layer(Linear(4, 3), torch.randn(5, 4), finite_differences=True)
+        >>> verdict.passed
+        True
+        >>> [comparison.reference for comparison in verdict.comparisons]
+        ['autograd', 'torch.nn twin (forward)', 'torch.nn twin', 'finite differences']
     """
     inputs = as_tuple(x)
     rtol = _default_rtol(x) if rtol is None else rtol
@@ -712,18 +610,18 @@ def check_layer(
             _report(progress, "autograd through the forward")
             reference = _autograd_gradients(layer, inputs, y, seed, run.douts, verdict)
             if reference is not None:
-                verdict.comparisons.append(_compare("autograd", names, run.gradients, reference, rtol))
+                verdict.comparisons.append(measure.compare("autograd", names, run.gradients, reference, rtol))
         if module is not None:
             _report(progress, f"the torch.nn twin {type(module).__name__}")
             outputs, reference = _twin_outputs_and_gradients(module, inputs, y, seed, run.douts)
             output_names = ["output"] if len(outputs) == 1 else [f"output[{i}]" for i in range(len(outputs))]
-            verdict.comparisons.append(_compare("torch.nn twin (forward)", output_names, run.outputs, outputs, rtol))
-            verdict.comparisons.append(_compare("torch.nn twin", names, run.gradients, reference, rtol))
+            verdict.comparisons.append(measure.compare("torch.nn twin (forward)", output_names, run.outputs, outputs, rtol))
+            verdict.comparisons.append(measure.compare("torch.nn twin", names, run.gradients, reference, rtol))
         if layer64 is not None:
             fd = _finite_differences(layer64, inputs, y, eps, seed, verdict, entries, progress)
             if fd is not None:
                 verdict.comparisons.append(
-                    _compare(
+                    measure.compare(
                         "finite differences", names, fd.analytic, fd.numeric, FINITE_DIFFERENCE_RTOL, fd.skips, fd.noises, fd.kinks, fd.left_out
                     )
                 )
@@ -754,7 +652,17 @@ def gradient_errors(layer, x, y=None, seed=42):
     its ``torch.nn`` twin: for each tensor the larger of the two, in the floor-based
     measure ``max |a - b| / (s + |b|)`` of the module docstring; inf for a tensor a
     contract breach concerns. The returned list's ``.verdict`` says which reference
-    disagreed and why. Leaves everything as found."""
+    disagreed and why. Leaves everything as found.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import gradient_errors
+        >>> from nnlab.layers import LayerNorm
+        >>> errors = gradient_errors(LayerNorm(6), torch.randn(4, 6))   # input, weight, bias
+        >>> len(errors), max(errors) <= 1e-5
+        (3, True)
+    """
     verdict = check_layer(layer, x, y, seed=seed)
     return VerdictList(verdict.errors(("autograd", "torch.nn twin")), verdict)
 
@@ -772,7 +680,20 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
     against autograd, against the layer's ``torch.nn`` twin where it has one, and for
     the contract; a failing tensor's line ends in FAIL, and the verdict's explanation
     follows. The returned list's ``.verdict`` holds it. Leaves the layer, its
-    gradients, its buffers, ``x`` and torch's RNG as it found them."""
+    gradients, its buffers, ``x`` and torch's RNG as it found them.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import compare_layer_to_torch
+        >>> from nnlab.layers import Linear
+        >>> diffs = compare_layer_to_torch(Linear(4, 3), torch.randn(5, 4))
+        input    diff=0.000
+        param#01 diff=0.000
+        param#02 diff=0.000
+        >>> max(diffs) < 1e-5
+        True
+    """
     verdict = check_layer(layer, x, y, seed=seed)
     tolerance = _default_rtol(x)
     against_autograd = verdict.errors(("autograd",))
@@ -802,7 +723,17 @@ def finite_difference_errors(layer, x, y=None, eps=1e-6, seed=42):
     of the layer and central finite differences, in the floor-based measure of the
     module docstring, leaving out entries at kinks (see ``check_layer``); inf for a
     tensor a contract breach concerns. ``.verdict`` holds the full verdict. The layer
-    is untouched."""
+    is untouched.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import finite_difference_errors
+        >>> from nnlab.layers import Tanh
+        >>> errors = finite_difference_errors(Tanh(), torch.randn(3, 4))
+        >>> len(errors), max(errors) <= 1e-6
+        (1, True)
+    """
     verdict = check_layer(layer, x, y, seed=seed, autograd=False, twin=None, finite_differences=True, eps=eps)
     return VerdictList(verdict.errors(("finite differences",)), verdict)
 
@@ -814,7 +745,16 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     ``|analytic - numeric| > atol + rtol * |numeric|`` anywhere (torch.autograd.gradcheck's
     rule), or naming the contract breach found (see the module docstring). Entries at a
     kink (see ``check_layer``) are left out. Costs two forward passes per input and
-    parameter entry: use small inputs."""
+    parameter entry: use small inputs.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import gradcheck
+        >>> from nnlab.layers import Conv1d
+        >>> gradcheck(Conv1d(2, 3, kernel_size=3), torch.randn(2, 2, 6))
+        True
+    """
     verdict = Verdict(layer)
     layer64 = _float64_copy(layer, verdict)
     with preserved(layer):
@@ -851,7 +791,19 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     'param#01': error, ...}`` (``'input#1'``, ``'input#2'``, ... when x is a tuple of
     inputs), the errors in the floor-based measure of the module
     docstring (inf for a tensor a contract breach concerns); ``.verdict`` holds the
-    full verdict. Leaves the layer, x and torch's RNG as it found them."""
+    full verdict. Leaves the layer, x and torch's RNG as it found them.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import compare_to_module
+        >>> from nnlab.layers import Conv1d
+        >>> errors = compare_to_module(Conv1d(2, 3, 3), torch.nn.Conv1d(2, 3, 3), torch.randn(4, 2, 10))
+        >>> sorted(errors)                           # the module gets the layer's weights first
+        ['input', 'output', 'param#01', 'param#02']
+        >>> max(errors.values()) <= 1e-5
+        True
+    """
     verdict = check_layer(layer, x, y, seed=seed, autograd=False, twin=module)
     result = {"output": verdict.comparison("torch.nn twin (forward)").worst.error}
     result.update(zip(verdict.tensor_names, verdict.errors(("torch.nn twin",))))
@@ -861,7 +813,16 @@ def compare_to_module(layer, module, x, y=None, seed=42):
 def backward_before_forward(layer, x, y=None):
     """The contract breach of a fresh ``layer`` (no forward run yet) whose backward does
     not raise RuntimeError, as a sentence; None when it raises as it should. The upstream
-    gradient has the shape of the output of a forward on a copy of the layer."""
+    gradient has the shape of the output of a forward on a copy of the layer.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import backward_before_forward
+        >>> from nnlab.layers import Linear
+        >>> backward_before_forward(Linear(3, 2), torch.randn(4, 3)) is None   # it raises, as it should
+        True
+    """
     with torch.random.fork_rng(devices=[]):
         outputs = _run_forward(copy.deepcopy(layer), clones(as_tuple(x)), y, 0)
     douts = tuple(torch.ones_like(o) for o in outputs)

@@ -442,6 +442,23 @@ class Adam(Optimizer):
     bias-corrected second moment, and reg is L2 added to the gradient (Adam, not AdamW).
     eps must be > 0, for the reason given in RMSProp.
     State: ``exp_avg`` (m), ``exp_avg_sq`` (v) and ``step`` (t, an int) per parameter.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import Linear, MSELoss
+        >>> from nnlab.optimizers import Adam
+        >>> layer, loss_fn = Linear(3, 1), MSELoss()
+        >>> optimizer = Adam(layer.params(), learn_rate=0.1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> losses = []
+        >>> for step in range(20):
+        ...     optimizer.zero_grad()
+        ...     losses.append(loss_fn(layer(x), y).item())
+        ...     _ = layer.backward(loss_fn.backward())
+        ...     optimizer.step()
+        >>> losses[-1] < losses[0]
+        True
     """
 
     HYPERPARAMETERS = ("learn_rate", "reg", "betas", "eps")

@@ -138,7 +138,22 @@ class LRScheduler(_State):
 
 class StepLR(LRScheduler):
     """Multiplies the rate by ``gamma`` every ``step_size`` steps:
-    ``lr_t = base_lr * gamma ** (t // step_size)``. Same as ``torch.optim.lr_scheduler.StepLR``."""
+    ``lr_t = base_lr * gamma ** (t // step_size)``. Same as ``torch.optim.lr_scheduler.StepLR``.
+
+    Example::
+
+        >>> from nnlab.layers import Linear
+        >>> from nnlab.optimizers import VanillaSGD
+        >>> from nnlab.schedulers import StepLR
+        >>> optimizer = VanillaSGD(Linear(3, 2).params(), learn_rate=0.1)
+        >>> scheduler = StepLR(optimizer, step_size=2, gamma=0.5)
+        >>> rates = []
+        >>> for epoch in range(5):
+        ...     rates.append(optimizer.learn_rate)
+        ...     scheduler.step()                     # once per epoch, as torch's
+        >>> rates
+        [0.1, 0.1, 0.05, 0.05, 0.025]
+    """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         self.step_size = checked_int("StepLR", "step_size", step_size, 1)

@@ -198,7 +198,20 @@ def _check_faithful(model, rebuilt):
 def save(model, path):
     """Writes ``model`` (an nnlab Layer built from public layers) to ``path``: its
     constructor calls, state tensors and training modes, with a checksum; see the
-    module's description. ValueError naming the layer or argument it cannot describe."""
+    module's description. ValueError naming the layer or argument it cannot describe.
+
+    Example::
+
+        >>> import torch
+        >>> import nnlab
+        >>> from nnlab.models import MLP
+        >>> model = MLP(4, 3, hidden_features=(8,))
+        >>> nnlab.save(model, "mlp.nnlab")           # architecture and weights, one file
+        >>> again = nnlab.load("mlp.nnlab")          # in any process
+        >>> x = torch.randn(2, 4)
+        >>> torch.equal(model(x), again(x))
+        True
+    """
     if not isinstance(model, Layer):
         raise TypeError(f"save: model must be an nnlab Layer, got {type(model).__name__}")
     floating = {str(tensor.dtype) for _, tensor in model.named_tensors() if tensor.is_floating_point()}
@@ -346,7 +359,18 @@ def load(path, map_location=None):
     """The model saved at ``path`` by ``save``: built from public constructors, with its
     weights, buffers and training modes, on the device of the saved tensors (or
     ``map_location``, as ``torch.load`` takes it). Never runs code from the file;
-    ``ModelFileError`` naming the file for anything it cannot trust."""
+    ``ModelFileError`` naming the file for anything it cannot trust.
+
+    Example::
+
+        >>> import torch
+        >>> import nnlab
+        >>> torch.save({"weights": torch.ones(2)}, "other.pt")
+        >>> nnlab.load("other.pt")
+        Traceback (most recent call last):
+            ...
+        nnlab.serialization.ModelFileError: load: other.pt: ...
+    """
     owner = f"load: {path}"
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)

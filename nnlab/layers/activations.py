@@ -166,6 +166,17 @@ class GELU(Pointwise):
     'tanh': with ``u = sqrt(2/pi) (x + 0.044715 x^3)`` and ``t = tanh(u)``,
     ``dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))``.
     Shapes: any -> same. Caches: the input.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import GELU
+        >>> x = torch.linspace(-3, 3, 7)
+        >>> torch.allclose(GELU()(x), torch.nn.GELU()(x), atol=1e-6)
+        True
+        >>> check_layer(GELU(approximate="tanh"), torch.randn(4, 5)).passed   # backward against autograd and torch.nn
+        True
     """
 
     OPTIONS = ("approximate",)

@@ -268,6 +268,20 @@ class MultiheadAttention(Layer):
     which rows are fully masked and the dropout mask (see ``attend``), and with
     ``need_weights=True`` the weights before dropout (formed again in backward otherwise);
     out_proj caches its input.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import MultiheadAttention
+        >>> attention = MultiheadAttention(8, num_heads=2, batch_first=True)
+        >>> x = torch.randn(3, 5, 8)                 # (batch, length, embed_dim)
+        >>> out, weights = attention(x, x, x)
+        >>> out.shape, weights.shape                 # weights averaged over the heads
+        (torch.Size([3, 5, 8]), torch.Size([3, 5, 5]))
+        >>> dquery, dkey, dvalue = attention.backward((torch.ones_like(out), None))
+        >>> check_layer(attention, (x, x, x)).passed   # three inputs: query, key, value
+        True
     """
 
     SAVED_TENSORS = ("_saved",)

@@ -108,6 +108,22 @@ class Sequential(LayerList):
     Shapes: those of the first layer's input and the last layer's output.
     Caches: per child, its call's id and a shallow copy of its attributes (the child's
     own cache holds the tensors), to tell the calls of a shared layer apart.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import Linear, ReLU, Sequential
+        >>> model = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
+        >>> x = torch.randn(5, 4)
+        >>> model(x).shape
+        torch.Size([5, 2])
+        >>> model.backward(torch.ones(5, 2)).shape   # through every layer, in reverse
+        torch.Size([5, 4])
+        >>> len(model.params())                      # (parameter, gradient) pairs, for an optimizer
+        4
+        >>> check_layer(model, x).passed
+        True
     """
 
     def __init__(self, *layers):

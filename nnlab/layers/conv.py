@@ -538,6 +538,19 @@ class Conv2d(_ConvNd):
     Caches: the input x, as torch's autograd saves it, and its layout; not the columns,
     kH*kW times larger than x: backward unfolds x again, one more copy of the columns (its
     share of the time: ``nnlab bench --profile --cases Conv2d``).
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import Conv2d
+        >>> conv = Conv2d(3, 8, kernel_size=3, stride=2, padding=1)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> conv(x).shape
+        torch.Size([2, 8, 4, 4])
+        >>> print(check_layer(conv, x))      # dx, dW, db against autograd and torch.nn.Conv2d
+        Conv2d(...): ok
+        ...
     """
 
     SPATIAL = 2

@@ -29,6 +29,18 @@ class Linear(Layer):
     Init: ``wstd=None`` draws both from U(-1/sqrt(in), 1/sqrt(in)) like PyTorch;
     a float draws W ~ N(0, wstd^2) and sets b = 0.
     Caches: the input x.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import Linear
+        >>> layer = Linear(3, 2)
+        >>> out = layer(torch.randn(4, 3))
+        >>> dx = layer.backward(torch.ones(4, 2))   # returns dx, adds into layer.dw and layer.db
+        >>> dx.shape, layer.dw.shape
+        (torch.Size([4, 3]), torch.Size([2, 3]))
+        >>> layer.db                                # the sum of dout over the batch
+        tensor([4., 4.])
     """
 
     SAVED_TENSORS = ("_x", "weight")

@@ -26,6 +26,21 @@ class Embedding(Layer):
     Shapes: ids (*) of an integer dtype -> out (*, D).
     Parameters: ``weight`` (V, D) ~ N(0, 1), the padding row 0.
     Caches: the ids.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import Embedding
+        >>> embed = Embedding(10, 3)
+        >>> ids = torch.tensor([[1, 2, 1]])
+        >>> embed(ids).shape
+        torch.Size([1, 3, 3])
+        >>> embed.backward(torch.ones(1, 3, 3)) is None    # ids have no gradient
+        True
+        >>> embed.grad("weight")[:3]                 # row 1 was used twice
+        tensor([[0., 0., 0.],
+                [2., 2., 2.],
+                [1., 1., 1.]])
     """
 
     SAVED_TENSORS = ("_ids",)

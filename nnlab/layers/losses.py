@@ -230,6 +230,20 @@ class CrossEntropyLoss(ClassificationLoss):
     a scalar, or with 'none' (N,), () or (N, d1, ...).
     Caches: softmax(x), the targets (labels or t), the mask of labels not ignored and
     the divisor of the mean.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import CrossEntropyLoss
+        >>> loss_fn = CrossEntropyLoss()
+        >>> scores, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+        >>> loss = loss_fn(scores, labels)
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(scores, labels))
+        True
+        >>> dscores = loss_fn.backward()             # (softmax(scores) - one_hot(labels)) / N
+        >>> expected = (scores.softmax(dim=1) - torch.nn.functional.one_hot(labels, 3)) / 4
+        >>> torch.allclose(dscores, expected)
+        True
     """
 
     SAVED_TENSORS = ("_probs", "_targets")

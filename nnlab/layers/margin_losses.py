@@ -215,6 +215,17 @@ class MultiMarginLoss(Loss):
     the mean), so that an infinite dout makes 0 entries NaN, as in torch.
     Shapes: x (N, C) or (C,), y (N,) or () integer labels in [0, C); weight (C,) ->
     scalar ((N,) or () with 'none'). Caches: the gradient for dout = 1.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import MultiMarginLoss
+        >>> scores, labels = torch.randn(5, 4), torch.tensor([0, 3, 1, 1, 2])
+        >>> torch.allclose(MultiMarginLoss()(scores, labels), torch.nn.MultiMarginLoss()(scores, labels))
+        True
+        >>> check_layer(MultiMarginLoss(margin=0.5), scores, labels).passed
+        True
     """
 
     SAVED_TENSORS = ("_unit_grad",)

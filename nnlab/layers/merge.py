@@ -127,6 +127,16 @@ class Concat(Merge):
     ``dout.split([x_1.shape[dim], ..., x_n.shape[dim]], dim)``.
     Shapes: n >= 2 inputs equal but along ``dim`` -> the sizes along ``dim`` summed.
     Caches: the inputs' sizes along ``dim``.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import Concat
+        >>> concat = Concat(dim=1)
+        >>> concat(torch.zeros(2, 3), torch.ones(2, 1)).shape
+        torch.Size([2, 4])
+        >>> [g.shape for g in concat.backward(torch.ones(2, 4))]   # one gradient per input
+        [torch.Size([2, 3]), torch.Size([2, 1])]
     """
 
     def __init__(self, dim=1):

@@ -254,7 +254,21 @@ class BatchNorm2d(_BatchNorm):
 BatchNorm2d.__doc__ = _batchnorm_doc(
     "Batch normalisation of (N, C, H, W) input per channel C. "
     "Same as ``torch.nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)``.",
-    "Shapes: (N, C, H, W) -> (N, C, H, W).",
+    "Shapes: (N, C, H, W) -> (N, C, H, W).\n"
+    "\n"
+    "    Example::\n"
+    "\n"
+    "        >>> import torch\n"
+    "        >>> from nnlab.grad_compare import check_layer\n"
+    "        >>> from nnlab.layers import BatchNorm2d\n"
+    "        >>> norm = BatchNorm2d(3)\n"
+    "        >>> x = torch.randn(4, 3, 5, 5)\n"
+    "        >>> torch.allclose(norm(x), torch.nn.BatchNorm2d(3)(x), atol=1e-5)   # training mode: batch statistics\n"
+    "        True\n"
+    "        >>> check_layer(norm, x).passed\n"
+    "        True\n"
+    "        >>> norm.eval()(x).shape                     # eval mode: the running statistics\n"
+    "        torch.Size([4, 3, 5, 5])",
 )
 
 

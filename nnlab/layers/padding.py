@@ -229,6 +229,19 @@ class ZeroPad2d(ZeroPad):
 
     Shapes: (*, H, W) -> (*, H + top + bottom, W + left + right).
     Forward, backward and cache: see ``Pad``.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import ZeroPad2d
+        >>> pad = ZeroPad2d((1, 0, 0, 1))            # (left, right, top, bottom), as torch
+        >>> pad(torch.ones(1, 1, 2, 2))
+        tensor([[[[0., 1., 1.],
+                  [0., 1., 1.],
+                  [0., 0., 0.]]]])
+        >>> pad.backward(torch.arange(9.0).reshape(1, 1, 3, 3))   # the gradient of the kept entries
+        tensor([[[[1., 2.],
+                  [4., 5.]]]])
     """
 
     DIMS = 2

@@ -320,6 +320,20 @@ class MaxPool2d(_MaxPoolNd):
     ``H_out = floor((H + 2p - d(k - 1) - 1) / s) + 1`` (ceil with ceil_mode), likewise W_out.
     Caches: the flat position of every output's argmax in its padded plane (int64, the
     output's shape) and the input shape; not the input.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import MaxPool2d
+        >>> pool = MaxPool2d(2)
+        >>> pool(torch.arange(16.0).reshape(1, 1, 4, 4))
+        tensor([[[[ 5.,  7.],
+                  [13., 15.]]]])
+        >>> pool.backward(torch.ones(1, 1, 2, 2))    # each window's gradient goes to its maximum
+        tensor([[[[0., 0., 0., 0.],
+                  [0., 1., 0., 1.],
+                  [0., 0., 0., 0.],
+                  [0., 1., 0., 1.]]]])
     """
 
     SPATIAL = 2

@@ -432,6 +432,24 @@ class LSTM(_Recurrent):
     ``hx`` is the tuple (h_0, c_0); backward returns (dx, (dh_0, dc_0)) when it was given.
 """
         + _SHARED_DOC
+        + """
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import torch_twin
+        >>> from nnlab.layers import LSTM
+        >>> lstm = LSTM(4, 5, num_layers=2, batch_first=True)
+        >>> x = torch.randn(3, 7, 4)                 # (batch, time, features)
+        >>> output, (h_n, c_n) = lstm(x)
+        >>> output.shape, h_n.shape
+        (torch.Size([3, 7, 5]), torch.Size([2, 3, 5]))
+        >>> dx = lstm.backward((torch.ones_like(output), None))   # None: no loss on the final state
+        >>> twin = torch_twin(lstm)                  # torch.nn.LSTM with the same weights
+        >>> x_ref = x.clone().requires_grad_(True)
+        >>> twin(x_ref)[0].sum().backward()          # autograd, the independent judge
+        >>> torch.allclose(dx, x_ref.grad, atol=1e-6)
+        True
+"""
     )
 
     MODE = "LSTM"

@@ -35,6 +35,17 @@ class HuberLoss(RegressionLoss):
     Backward: ``dx = clamp(d, -delta, delta) * dout`` (over numel(x) for the mean); the
     two pieces meet at ``|d| = delta``, where both give ``+-delta``, torch's value.
     Shapes: x any, y the same -> scalar (x's shape with 'none'). Caches: d.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import HuberLoss
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 3)
+        >>> torch.allclose(HuberLoss(delta=0.5)(x, y), torch.nn.HuberLoss(delta=0.5)(x, y))
+        True
+        >>> check_layer(HuberLoss(delta=0.5), x, y).passed     # a loss is checked with its targets y
+        True
     """
 
     SAVED_TENSORS = ("_diff",)

@@ -171,6 +171,18 @@ class ResidualBlock(Builder):
     Residual and Sequential).
     Shapes: (N, in_channels, H, W) -> (N, channels[-1], H, W).
     Caches: nothing of its own.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import ResidualBlock
+        >>> block = ResidualBlock(in_channels=3, channels=[4, 4], kernel_sizes=[3, 3])
+        >>> x = torch.randn(2, 3, 6, 6)
+        >>> block(x).shape                           # main path + 1x1 conv shortcut (3 -> 4 channels)
+        torch.Size([2, 4, 6, 6])
+        >>> check_layer(block, x).passed
+        True
     """
 
     def __init__(

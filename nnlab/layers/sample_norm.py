@@ -103,6 +103,18 @@ class LayerNorm(_TrailingNorm):
     Parameters: ``weight`` (D) = 1, ``bias`` (D) = 0.
     Caches: x, the mean and 1 / sigma (one value each per sample); x_hat is formed
     again in backward rather than kept.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import LayerNorm
+        >>> norm = LayerNorm(6)
+        >>> x = torch.randn(2, 4, 6)
+        >>> torch.allclose(norm(x), torch.nn.LayerNorm(6)(x), atol=1e-6)
+        True
+        >>> check_layer(norm, x).passed
+        True
     """
 
     SAVED_TENSORS = ("_x", "_mean", "_inv_std", "weight")

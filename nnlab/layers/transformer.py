@@ -223,6 +223,18 @@ class TransformerEncoderLayer(_Block):
     Caches: nothing itself; each child caches its own (see theirs). torch's inference
     fast path (eval, no autograd, nested tensors) is not reproduced: padded positions
     keep the values computed here rather than torch's zeros there.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.grad_compare import check_layer
+        >>> from nnlab.layers import TransformerEncoderLayer
+        >>> layer = TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        >>> x = torch.randn(2, 5, 8)
+        >>> layer(x).shape
+        torch.Size([2, 5, 8])
+        >>> check_layer(layer, x).passed             # against autograd and torch.nn.TransformerEncoderLayer
+        True
     """
 
     CHILDREN = ("self_attn", "linear1", "dropout", "linear2", "norm1", "norm2", "dropout1", "dropout2", "activation")

@@ -93,6 +93,18 @@ class MaxUnpool2d(_MaxUnpoolNd):
     indices get no gradient, so backward returns dx alone.
     Shapes: x and indices (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or unbatched.
     Caches: the indices (flattened per plane) and the input shape.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import MaxPool2d, MaxUnpool2d
+        >>> pool, unpool = MaxPool2d(2, return_indices=True), MaxUnpool2d(2)
+        >>> out, indices = pool(torch.arange(16.0).reshape(1, 1, 4, 4))
+        >>> unpool(out, indices)                     # each maximum back at its place, zeros elsewhere
+        tensor([[[[ 0.,  0.,  0.,  0.],
+                  [ 0.,  5.,  0.,  7.],
+                  [ 0.,  0.,  0.,  0.],
+                  [ 0., 13.,  0., 15.]]]])
     """
 
     SPATIAL = 2

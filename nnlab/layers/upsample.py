@@ -18,6 +18,17 @@ class Upsample(Layer):
     Shapes: (N, C, H, W) -> (N, C, H * s_h, W * s_w); batched only, since
     torch.nn.Upsample reads a 3-D input as (N, C, L), not as one (C, H, W) image.
     Caches: nothing (dout's shape tells backward everything).
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.layers import Upsample
+        >>> up = Upsample(scale_factor=2)
+        >>> up(torch.tensor([[[[1.0, 2.0]]]]))
+        tensor([[[[1., 1., 2., 2.],
+                  [1., 1., 2., 2.]]]])
+        >>> up.backward(torch.ones(1, 1, 2, 4))      # each pixel gathers the gradient of its 2 x 2 copies
+        tensor([[[[4., 4.]]]])
     """
 
     def __init__(self, scale_factor=2):

@@ -150,6 +150,23 @@ class Trainer(abc.ABC):
             TrainingDiverged: a loss became NaN or infinite (names epoch and batch).
             CheckpointError: ``resume`` is damaged or does not fit this model and
                 optimizer (nothing is changed then).
+
+        Example::
+
+            >>> import torch
+            >>> from nnlab.callbacks import CSVLogger
+            >>> from nnlab.data import Batches
+            >>> from nnlab.layers import CrossEntropyLoss, Linear
+            >>> from nnlab.optimizers import Adam
+            >>> from nnlab.training import LayerTrainer
+            >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+            >>> train, test = Batches(x[:48], y[:48], 16, shuffle=True), Batches(x[48:], y[48:], 16)
+            >>> model = Linear(4, 3)
+            >>> trainer = LayerTrainer(model, CrossEntropyLoss(), Adam(model.params()))
+            >>> fit = trainer.fit(train, test, 2, checkpoints="run.pt", callbacks=[CSVLogger("run.csv")], print_every=None)
+            >>> fit = trainer.fit(train, test, 4, resume="run.pt", print_every=None)   # epochs 3 and 4
+            >>> fit.num_epochs, len(fit.test_loss)
+            (4, 4)
         """
         check_count("fit", "num_epochs", num_epochs, allow_none=False, minimum=0)
         check_count("fit", "early_stopping", early_stopping)

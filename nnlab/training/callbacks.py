@@ -207,6 +207,23 @@ class EarlyStopping(_Monitoring):
     the model at the end of ``fit`` (stopped early or not). Same as Keras'
     ``EarlyStopping(restore_best_weights=...)``; ``fit(early_stopping=k)`` is
     ``EarlyStopping('test_loss', patience=k)``.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.callbacks import EarlyStopping
+        >>> from nnlab.data import Batches
+        >>> from nnlab.layers import CrossEntropyLoss, Linear
+        >>> from nnlab.optimizers import Adam
+        >>> from nnlab.training import LayerTrainer
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.randn(96, 8), torch.randint(0, 3, (96,))   # random labels: nothing to learn
+        >>> model = Linear(8, 3)
+        >>> trainer = LayerTrainer(model, CrossEntropyLoss(), Adam(model.params(), learn_rate=0.1))
+        >>> stop = EarlyStopping("test_loss", patience=2, restore_best=True)
+        >>> fit = trainer.fit(Batches(x[:64], y[:64], 16), Batches(x[64:], y[64:], 32), 100, callbacks=[stop], print_every=None)
+        >>> fit.num_epochs < 100, trainer.stop_reason
+        (True, 'Early stopping: no lower test loss in the last 2 epochs')
     """
 
     def __init__(self, monitor="test_loss", patience=3, min_delta=0.0, mode="auto", restore_best=False):

@@ -40,6 +40,23 @@ class LayerTrainer(Trainer):
     ``requires_input_grad(True)`` back afterwards. With ``device`` the model is moved there
     (``model.to(device)``, which keeps every parameter's identity, so an optimizer built
     before the move keeps working) and every batch too.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.data import Batches
+        >>> from nnlab.layers import CrossEntropyLoss
+        >>> from nnlab.models import MLP
+        >>> from nnlab.optimizers import Adam
+        >>> from nnlab.training import LayerTrainer
+        >>> x = torch.randn(200, 2)
+        >>> y = (x[:, 0] * x[:, 1] > 0).long()       # which pair of quadrants
+        >>> model = MLP(2, 2, hidden_features=(16,))
+        >>> trainer = LayerTrainer(model, CrossEntropyLoss(), Adam(model.params(), learn_rate=0.05))
+        >>> train, test = Batches(x[:150], y[:150], 32, shuffle=True), Batches(x[150:], y[150:], 50)
+        >>> fit = trainer.fit(train, test, 20, print_every=None)
+        >>> len(fit.train_loss), fit.train_loss[-1] < fit.train_loss[0]
+        (20, True)
     """
 
     def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
@@ -113,6 +130,19 @@ class TorchTrainer(Trainer):
     ``model.parameters()``. ``loss_fn``: a callable such as ``torch.nn.CrossEntropyLoss()``;
     ``task`` and ``clip_grad_norm`` (with ``torch.nn.utils.clip_grad_norm_``) as for
     ``LayerTrainer``.
+
+    Example::
+
+        >>> import torch
+        >>> from nnlab.data import Batches
+        >>> from nnlab.training import TorchTrainer
+        >>> x = torch.randn(200, 2)
+        >>> y = (x[:, 0] * x[:, 1] > 0).long()
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> trainer = TorchTrainer(model, torch.nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), lr=0.05))
+        >>> fit = trainer.fit(Batches(x[:150], y[:150], 32), Batches(x[150:], y[150:], 50), 20, print_every=None)
+        >>> sorted(fit.metrics)                      # the same records as LayerTrainer's
+        ['test_acc', 'test_loss', 'train_acc', 'train_loss']
     """
 
     def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
