@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nnlab import bench
+from nnlab._bench_train_runs import train_commands
 from nnlab.layers import LSTM, CrossEntropyLoss
 from nnlab.models import MLP
 
@@ -74,9 +75,11 @@ def test_nnlab_memory_counts_each_cached_storage_once():
     model = MLP(4, 3, (5,))
     x, y = torch.randn(2, 4), torch.tensor([0, 2])
     # Linear 1 caches x (2x4), ReLU its output (2x5), which Linear 2 caches too (counted
-    # once), cross-entropy its probabilities (2x3): float32; and its labels (2x1 int64),
-    # the mask of labels not ignored (2x1 bool) and the mean's divisor (one float32).
-    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 2 + 4
+    # once), cross-entropy its probabilities (2x3): float32; and its labels (2x1 int64)
+    # and the mean's divisor (one float32); no mask of ignored labels, none can be.
+    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 4
+    # With a label that may be ignored, also the mask of labels not ignored (2x1 bool).
+    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(ignore_index=0), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 2 + 4
 
 
 def test_torch_memory_counts_what_autograd_saves():
@@ -148,7 +151,7 @@ def test_course_steps_train_the_same_model_on_both_sides():
 
 def test_plain_torch_script_trains_the_digits():
     # The script the `nnlab train` wall time is compared with runs and learns.
-    _, plain = bench.train_commands("mlp", epochs=1)
+    _, plain = train_commands("mlp", epochs=1)
     done = subprocess.run(plain, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     epoch, train_loss, train_acc, test_loss, test_acc = done.stdout.split()
     assert epoch == "0" and float(test_acc) > 0.5
