@@ -17,7 +17,13 @@ The course spellings are accepted as aliases: ``activation_type`` (for ``activat
 ``negative_slope`` is LeakyReLU's ``alpha``), ``pooling_type`` (for ``pooling``),
 ``pooling_params``; and ``MLP(in_dim, dims, nonlins)``. Giving both spellings of one
 argument is an error.
+
+``count_params`` counts the trainable scalars of an nnlab model or of a torch.nn.Module,
+so that a model and its torch twin compare; it lives here, not among the layers, since
+for a torch module "trainable" is autograd's ``requires_grad``.
 """
+
+import torch
 
 from .layers._builders import (
     ACTIVATION_CHOICES,
@@ -30,8 +36,8 @@ from .layers._builders import (
     build,
     check_int_list,
     check_positive_int,
-    count_params,
 )
+from .layers.base import Layer
 
 __all__ = [
     "ACTIVATION_CHOICES",
@@ -46,3 +52,13 @@ __all__ = [
     "check_positive_int",
     "count_params",
 ]
+
+
+def count_params(model):
+    """Number of trainable scalars: the sum of numel over ``model.params()`` for an
+    nnlab Layer, or over the parameters that require grad for a torch.nn.Module."""
+    if isinstance(model, Layer):
+        return sum(param.numel() for param, _ in model.params())
+    if isinstance(model, torch.nn.Module):
+        return sum(param.numel() for param in model.parameters() if param.requires_grad)
+    raise TypeError(f"count_params: expected an nnlab Layer or a torch.nn.Module, got {type(model).__name__}")

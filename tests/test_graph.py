@@ -37,8 +37,8 @@ from nnlab.layers import (
     Sigmoid,
     Tanh,
     Upsample,
-    count_params,
 )
+from nnlab.models import count_params
 from nnlab.optimizers import Adam, VanillaSGD
 from nnlab.training import LayerTrainer
 

@@ -42,9 +42,8 @@ from nnlab.layers import (
     ResidualBottleneckBlock,
     Sequential,
     Tanh,
-    count_params,
 )
-from nnlab.models import CNN, MLP, NetworkConfiguration, ResNet, build
+from nnlab.models import CNN, MLP, NetworkConfiguration, ResNet, build, count_params
 from nnlab.optimizers import Adam
 
 DTYPES = [torch.float32, torch.float64]

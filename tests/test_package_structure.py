@@ -1,14 +1,17 @@
 """The package's structure, read from its source with ``ast`` (nothing is imported):
 no import cycle between nnlab modules, no library module importing the command line
 (``nnlab.cli``), ``__all__`` in every public module (one whose dotted name has no part
-starting with an underscore) naming only what the module has, and no module over
-``MAX_LINES`` lines."""
+starting with an underscore) naming only what the module has, no module over
+``MAX_LINES`` lines, and no autograd in the modules whose backward passes are hand-written."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 900  # a module longer than this holds more than one responsibility: split it
+# Autograd is only the judge: the layers, optimizers and schedulers never touch it.
+HAND_WRITTEN = ("nnlab.layers", "nnlab.optimizers", "nnlab.schedulers")
+AUTOGRAD_ATTRIBUTES = {"requires_grad", "requires_grad_", "detach", "detach_", "data", "grad_fn", "retain_grad", "autograd"}
 
 
 def read_package(root=ROOT, package="nnlab"):
@@ -122,6 +125,18 @@ def undefined_in_all(modules):
     return found
 
 
+def autograd_uses(modules):
+    """{module: sorted autograd attributes it reads} for the hand-written modules."""
+    found = {}
+    for name, tree in modules.items():
+        if not any(name == prefix or name.startswith(prefix + ".") for prefix in HAND_WRITTEN):
+            continue
+        used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} & AUTOGRAD_ATTRIBUTES
+        if used:
+            found[name] = sorted(used)
+    return found
+
+
 MODULES, PACKAGES = read_package()
 GRAPH = import_graph(MODULES, PACKAGES)
 
@@ -148,6 +163,10 @@ def test_no_module_is_over_max_lines():
     assert {path: length for path, length in lengths.items() if length > MAX_LINES} == {}
 
 
+def test_no_autograd_in_hand_written_modules():
+    assert autograd_uses(MODULES) == {}
+
+
 def fake_package(tmp_path, files):
     for relative, text in files.items():
         path = tmp_path / relative
@@ -169,6 +188,7 @@ def test_the_checks_fail_where_they_must(tmp_path):
             "pkg/sub/b.py": "from ..a import f\nx = 1\n",
             "pkg/_private.py": "import pkg.cli\n",
             "pkg/cli/__init__.py": "__all__ = ['gone']\n",
+            "pkg/layers/__init__.py": "__all__ = []\nn = [p for p in m.parameters() if p.requires_grad]\n",
         },
     )
     graph = import_graph(modules, packages)
@@ -177,3 +197,6 @@ def test_the_checks_fail_where_they_must(tmp_path):
     assert without_all(modules) == ["pkg.sub.b"]
     assert undefined_in_all(modules) == {"pkg.cli": ["gone"]}
     assert {name: targets for name, targets in graph.items() if "pkg.cli" in targets} == {"pkg._private": {"pkg.cli"}}
+    assert autograd_uses({name.replace("pkg", "nnlab", 1): tree for name, tree in modules.items()}) == {
+        "nnlab.layers": ["requires_grad"]
+    }

@@ -5,7 +5,7 @@ model builders (``MLP``, ``CNN``, ``ResNet``, public as ``nnlab.models``) are im
 from here too.
 """
 
-from ._builders import CNN, MLP, ResNet, count_params
+from ._builders import CNN, MLP, ResNet
 from .attention import MultiheadAttention, ScaledDotProductAttention
 from .activations import (
     CELU,
@@ -144,5 +144,5 @@ __all__ = [
     "SmoothL1Loss", "SoftMarginLoss", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
     "TanH", "Tanh", "Tanhshrink", "Threshold", "TransformerDecoder", "TransformerDecoderLayer",
     "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "Upsample", "ZeroPad1d", "ZeroPad2d",
-    "ZeroPad3d", "count_params", "generate_square_subsequent_mask", "make_activation",
+    "ZeroPad3d", "generate_square_subsequent_mask", "make_activation",
 ]

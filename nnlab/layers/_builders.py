@@ -638,13 +638,3 @@ def build(network_type, config, in_size, num_classes, activation="relu", output_
         final_pooling_params=dict(output_size=(4, 4)),
         output_activation=output_activation,
     )
-
-
-def count_params(model):
-    """Number of trainable scalars: the sum of numel over ``model.params()`` for an
-    nnlab Layer, or over the parameters that require grad for a torch.nn.Module."""
-    if isinstance(model, Layer):
-        return sum(param.numel() for param, _ in model.params())
-    if isinstance(model, torch.nn.Module):
-        return sum(param.numel() for param in model.parameters() if param.requires_grad)
-    raise TypeError(f"count_params: expected an nnlab Layer or a torch.nn.Module, got {type(model).__name__}")
