@@ -271,8 +271,9 @@ class OneCycleLR(LRScheduler):
     first), by a cosine (``anneal_strategy='cos'``) or a straight line ('linear'); the
     momentum (MomentumSGD's ``momentum``, Adam's and AdamW's ``betas[0]``) moves the other
     way between ``max_momentum`` and ``base_momentum`` when ``cycle_momentum``. Step once
-    per batch; asking for more than ``total_steps`` rates is an error (torch
-extrapolates one more). ``total_steps`` may be given as
+    per batch, ``total_steps`` times in all: the last step, after the run's last batch
+    (torch's loops step there too), extrapolates the last phase as torch does, and one
+    more is an error, as in torch. ``total_steps`` may be given as
     ``epochs`` and ``steps_per_epoch``. Same as ``torch.optim.lr_scheduler.OneCycleLR``
     (one parameter group; an optimizer without momentum needs ``cycle_momentum=False``).
     """
@@ -359,21 +360,36 @@ extrapolates one more). ``total_steps`` may be given as
 
     def get_lr(self):
         step = self.last_epoch
-        if step >= self.total_steps:
+        if step > self.total_steps:
             raise ValueError(
                 f"OneCycleLR: step {step} is past the schedule, whose total_steps {self.total_steps} rates are "
-                f"steps 0 to {self.total_steps - 1}"
+                f"steps 0 to {self.total_steps - 1} (and step {self.total_steps}, after the last batch, as in torch)"
             )
         start_step = 0.0
         for index, (end_step, lr_from, lr_to, momentum_from, momentum_to) in enumerate(self.phases):
             if step <= end_step or index == len(self.phases) - 1:
+                if end_step == start_step:
+                    self._refuse_extrapolating(step, "its last phase has no length (torch divides by zero)")
                 fraction = (step - start_step) / (end_step - start_step)
+                lr = self._anneal(self.lrs[lr_from], self.lrs[lr_to], fraction)
+                if lr < 0:
+                    self._refuse_extrapolating(step, f"the rate would be {lr}")
                 if self.cycle_momentum:
                     momentum = self._anneal(self.momentums[momentum_from], self.momentums[momentum_to], fraction)
+                    if not 0 <= momentum < 1:
+                        self._refuse_extrapolating(step, f"the momentum would be {momentum}")
                     self._set_momentum(self.optimizer, momentum)
-                return self._anneal(self.lrs[lr_from], self.lrs[lr_to], fraction)
+                return lr
             start_step = end_step
         raise AssertionError("unreachable: the last phase always applies")
+
+    def _refuse_extrapolating(self, step, problem):
+        """ValueError for the step after the schedule's last (the only one that
+        extrapolates), where torch's extrapolation is no valid setting."""
+        raise ValueError(
+            f"OneCycleLR: step {step}, after the schedule's last, extrapolates its last phase as torch does, but "
+            f"{problem}; give total_steps={step + 1} (or anneal_strategy='cos') to step there"
+        )
 
 
 class SequentialLR(_State):

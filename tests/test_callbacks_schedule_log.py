@@ -72,12 +72,13 @@ def test_an_epoch_scheduler_gives_torchs_rate_at_every_step():
 def test_a_step_scheduler_gives_torchs_rate_at_every_step():
     model_trainer = trainer()
     used = RatesUsed()
-    total = 5 * NUM_BATCHES + 1  # the callback steps after the last step too, as torch's loops do
+    total = 5 * NUM_BATCHES  # the run's steps: the callback's step after the last one is torch's extra step
     callback = LearningRateScheduler(OneCycleLR(model_trainer.optimizer, max_lr=0.3, total_steps=total), interval="step")
     model_trainer.fit(batches(), batches(1), 5, callbacks=[used, callback], verbose=0)
     expected = torch_rates(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.3, total_steps=total), 5, per_step=True)
     torch.testing.assert_close(used.rates, expected, rtol=0, atol=1e-15)
-    assert len(set(used.rates)) == total - 1
+    assert len(set(used.rates)) == total
+    assert used.rates[-1] == pytest.approx(0.3 / 25 / 1e4, rel=1e-12)  # the schedule's last rate, on the run's last step
 
 
 class ScriptedTest(LayerTrainer):
@@ -106,7 +107,7 @@ def test_reduce_on_plateau_follows_the_monitored_figure_as_torchs_does():
 def test_a_resumed_run_with_a_scheduler_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
     def run(epochs, resume=None, path=None):
         model_trainer = trainer()
-        schedule = LearningRateScheduler(OneCycleLR(model_trainer.optimizer, max_lr=0.3, total_steps=6 * NUM_BATCHES + 1), interval="step")
+        schedule = LearningRateScheduler(OneCycleLR(model_trainer.optimizer, max_lr=0.3, total_steps=6 * NUM_BATCHES), interval="step")
         plateau = LearningRateScheduler(ReduceLROnPlateau(model_trainer.optimizer, factor=0.5, patience=0), monitor="train_loss")
         torch.manual_seed(7)
         fit = model_trainer.fit(batches(), batches(1), epochs, checkpoints=path, resume=resume, callbacks=[schedule, plateau], verbose=0)
@@ -173,7 +174,7 @@ def test_csv_logger_of_a_resumed_run_holds_every_epoch(tmp_path):
     [
         ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6), False),
         ("step", lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 4], gamma=0.1), False),
-        ("onecycle", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=6 * NUM_BATCHES + 1), True),
+        ("onecycle", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=6 * NUM_BATCHES), True),
     ],
 )
 def test_the_named_schedules_of_nnlab_train_give_torchs_rates(name, make_torch, per_step):

@@ -104,15 +104,44 @@ def test_one_cycle_equals_torch_rates_and_momenta(total_steps, pct_start, anneal
     ours, theirs = make_pair("OneCycleLR", 0.01, args, kind)
     for step in range(total_steps):
         assert_same_lr(ours, theirs, f"step {step}")
-        group = theirs.optimizer.param_groups[0]
-        theirs_momentum = group["betas"][0] if kind == "adam" else group["momentum"]
-        ours_momentum = ours.optimizer.betas[0] if kind == "adam" else ours.optimizer.momentum
-        assert abs(ours_momentum - theirs_momentum) <= ATOL, f"step {step}"
+        assert_same_momentum(ours, theirs, kind, f"step {step}")
+        theirs.optimizer.step()
         if step < total_steps - 1:
-            theirs.optimizer.step()
             ours.step()
             theirs.step()
-    with pytest.raises(ValueError, match=f"OneCycleLR: step {total_steps} is past the schedule"):
+    check_one_cycle_step_after_the_last(ours, theirs, kind, total_steps)
+
+
+def assert_same_momentum(ours, theirs, kind, where):
+    group = theirs.optimizer.param_groups[0]
+    theirs_momentum = group["betas"][0] if kind == "adam" else group["momentum"]
+    ours_momentum = ours.optimizer.betas[0] if kind == "adam" else ours.optimizer.momentum
+    assert abs(ours_momentum - theirs_momentum) <= ATOL, where
+
+
+def check_one_cycle_step_after_the_last(ours, theirs, kind, total_steps):
+    """torch takes one step more than total_steps (a loop steps after its last batch
+    too), extrapolating the last phase, and refuses the next. Where its extrapolation is
+    no valid setting (a negative rate, a momentum of 1 or more, a last phase of no
+    length, where torch divides by zero), ours is a ValueError naming the step."""
+    try:
+        theirs.step()
+    except ZeroDivisionError:
+        with pytest.raises(ValueError, match=f"OneCycleLR: step {total_steps}, after the schedule's last"):
+            ours.step()
+        return
+    group = theirs.optimizer.param_groups[0]
+    momentum = group["betas"][0] if kind == "adam" else group["momentum"]
+    if group["lr"] < 0 or momentum >= 1:
+        with pytest.raises(ValueError, match=f"OneCycleLR: step {total_steps}, after the schedule's last"):
+            ours.step()
+        return
+    ours.step()
+    assert_same_lr(ours, theirs, f"step {total_steps}")
+    assert_same_momentum(ours, theirs, kind, f"step {total_steps}")
+    with pytest.raises(ValueError, match=f"Tried to step {total_steps + 1} times"):
+        theirs.step()
+    with pytest.raises(ValueError, match=f"OneCycleLR: step {total_steps + 1} is past the schedule"):
         ours.step()
 
 

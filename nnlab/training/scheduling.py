@@ -17,9 +17,9 @@ class LearningRateScheduler(Callback):
     recorded figure ``monitor`` ('test_loss', 'test_acc', 'train_loss', ...):
     ``scheduler.step(metrics[monitor])``.
 
-    With ``interval='step'`` the scheduler steps after the fit's last training step too
-    (as torch's loops do), so a ``OneCycleLR`` needs ``total_steps`` = the run's training
-    steps + 1 (it refuses a step past its schedule).
+    With ``interval='step'`` the scheduler steps after the fit's last training step too,
+    as torch's loops do; a ``OneCycleLR`` of ``total_steps`` = the run's training steps
+    takes that step (as torch's does), so its last rate is the one of the last step.
 
     The scheduler's state goes into the fit's checkpoints and comes back on resume, so a
     resumed run follows the same rates bit for bit (the optimizer's current rate is in
@@ -78,9 +78,10 @@ def make_schedule(name, optimizer, num_epochs, steps_per_epoch):
         thirds = sorted({max(1, round(num_epochs * k / 3)) for k in (1, 2)})
         return LearningRateScheduler(MultiStepLR(optimizer, milestones=thirds, gamma=0.1))
     if name == "onecycle":
-        total_steps = num_epochs * steps_per_epoch + 1  # the callback steps after the last step too
         cycles_momentum = any(name in optimizer.HYPERPARAMETERS for name in ("momentum", "betas"))
-        scheduler = OneCycleLR(optimizer, max_lr=optimizer.learn_rate, total_steps=total_steps, cycle_momentum=cycles_momentum)
+        scheduler = OneCycleLR(
+            optimizer, max_lr=optimizer.learn_rate, total_steps=num_epochs * steps_per_epoch, cycle_momentum=cycles_momentum
+        )
         return LearningRateScheduler(scheduler, interval="step")
     if name == "plateau":
         return LearningRateScheduler(ReduceLROnPlateau(optimizer, patience=3), monitor="test_loss")
