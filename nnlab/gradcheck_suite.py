@@ -618,9 +618,9 @@ def format_table(rows, details=False):
     for row in rows:
         if details or not row.passed:
             lines.append("")
-            details = [row.failure] if row.failure else row.verdict.details()
+            verdict = [row.failure] if row.failure else row.verdict.details()
             lines.append(f"{row.name}: {'ok' if row.passed else 'FAIL'}")
-            lines += [f"  {line}" for line in details]
+            lines += [f"  {line}" for line in verdict]
     return "\n".join(lines)
 
 

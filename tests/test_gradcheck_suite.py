@@ -72,3 +72,28 @@ def test_the_command_shows_progress_on_stderr_and_fails_a_backward_wrong_in_eval
     progress = result.stderr.splitlines()
     assert progress and all(line.startswith("gradcheck: EvalWrongBatchNorm (") for line in progress)
     assert "gradcheck: EvalWrongBatchNorm (random input): autograd through the forward" in progress
+
+
+class Verdict:
+    """A grad_compare.Verdict's face: whether it passed and its lines of detail."""
+
+    def __init__(self, passed, name):
+        self.passed = passed
+        self.name = name
+
+    def details(self):
+        return [f"{self.name}'s detail"]
+
+
+def test_the_table_shows_the_verdicts_of_failing_rows_only():
+    rows = [
+        gradcheck_suite.Row("Broken", 1.0, 1.0, 1.0, Verdict(False, "Broken")),
+        gradcheck_suite.Row("Fine", 0.0, 0.0, 0.0, Verdict(True, "Fine")),
+        gradcheck_suite.Row("Crashed", None, None, None, None, failure="Crashed raised"),
+        gradcheck_suite.Row("AlsoFine", 0.0, 0.0, 0.0, Verdict(True, "AlsoFine")),
+    ]
+    table = gradcheck_suite.format_table(rows)
+    below = table.split("\n\n", 1)[1].splitlines()
+    assert below == ["Broken: FAIL", "  Broken's detail", "", "Crashed: FAIL", "  Crashed raised"]
+    detailed = gradcheck_suite.format_table(rows, details=True).split("\n\n", 1)[1]
+    assert "Fine: ok\n  Fine's detail" in detailed and "AlsoFine: ok\n  AlsoFine's detail" in detailed
