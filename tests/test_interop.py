@@ -14,6 +14,7 @@ from nnlab.interop import as_module
 from nnlab.layers import (
     Add,
     BatchNorm2d,
+    Bilinear,
     Conv2d,
     CrossEntropyLoss,
     Dropout,
@@ -348,6 +349,34 @@ def test_a_layer_of_several_inputs_gives_each_its_gradient():
     (expected[0] * expected[1]).sum().backward()
     assert_close("da of the product", got[0].grad, expected[0].grad, rtol=1e-12)
     assert_close("db of the product", got[1].grad, expected[1].grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_bilinear_through_the_wrapper_equals_torchs_bilinear(dtype, bias, needs):
+    """Bilinear takes two inputs: each that requires grad gets torch.nn.Bilinear's
+    gradient, and so do the weight and the bias (weights copied; leading dimensions (2, 3))."""
+    layer = Bilinear(4, 5, 3, bias=bias, dtype=dtype)
+    twin = torch.nn.Bilinear(4, 5, 3, bias=bias, dtype=dtype)
+    twin.load_state_dict(layer.state_dict())
+    module = as_module(layer)
+    inputs = [random_tensor((2, 3, 4), dtype, seed=1), random_tensor((2, 3, 5), dtype, seed=2)]
+    got = [x.clone().requires_grad_(need) for x, need in zip(inputs, needs)]
+    expected = [x.clone().requires_grad_(need) for x, need in zip(inputs, needs)]
+    out, twin_out = module(*got), twin(*expected)
+    assert_close("output", out, twin_out, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    dout = random_tensor(out.shape, dtype, seed=3)
+    out.backward(dout)
+    twin_out.backward(dout)
+    rtol = GRAD_RTOL[dtype]
+    for index, (mine, theirs) in enumerate(zip(got, expected)):
+        if theirs.requires_grad:
+            assert_close(f"d x{index + 1}", mine.grad, theirs.grad, rtol=rtol)
+        else:
+            assert mine.grad is None
+    for name, parameter in twin.named_parameters():
+        assert_close(f"d {name}", module.get_parameter(name).grad, parameter.grad, rtol=rtol)
 
 
 def test_a_deep_copy_is_an_independent_working_module():
