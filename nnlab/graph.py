@@ -12,7 +12,8 @@ nothing: ``Layer.__call__`` sees that its first argument is a ``Symbolic`` (one
 import this module) and hands the call to ``Node.apply_layer``, which makes the node.
 When the parents' shapes are known (``Input(shape)``), the layer first runs once on
 zeros of those shapes (a copy of it, in eval mode, so the layer itself is untouched):
-a shape mismatch is an error there, naming the node.
+a shape mismatch is an error there, naming the node. A loss is not run so (its targets
+come when the model runs: ``model(x, y=targets)``); its node's shape is unknown.
 
 ``Model`` orders the nodes once, at construction. ``forward`` evaluates them in that
 order; ``backward`` walks it in reverse, runs each node's hand-written backward and adds
@@ -33,6 +34,7 @@ import torch
 
 from .layers.base import Layer, Symbolic, check_input_gradient, recall_call, remember_call
 from .layers.containers import ChildErrors, indented
+from .layers.loss_base import Loss
 from .layers.merge import Add, Concat, Multiply
 
 __all__ = ["Add", "Concat", "Input", "Model", "Multiply", "Node", "plot_graph", "to_dot"]
@@ -219,7 +221,8 @@ def _dry_run(layer, parents, name):
     """(shape, dtype) of ``layer``'s output on zeros of its parents' shapes, (None, None) when one is
     unknown, and its dtype. It runs on a copy in eval mode, so that the layer keeps its cache and
     buffers (no running statistics updated) and torch's RNG is not drawn from (no dropout)."""
-    if any(parent.shape is None for parent in parents):
+    if any(parent.shape is None for parent in parents) or isinstance(layer, Loss):
+        # A loss's targets come when the model runs (model(x, y=targets)): no dry run.
         return None, None
     probe = copy.deepcopy(layer).eval()
     params = probe.params()
@@ -348,7 +351,8 @@ class Model(Layer):
     alone; an input that gets none has a zero gradient (None for an input that is not
     floating point, such as token ids). A layer's backward that returns None is an error
     naming the node, unless the layer's input has no gradient by design (its class says
-    ``has_input_gradient = False``) or no one needs it. After
+    ``has_input_gradient = False``) or no one needs it. A loss given its targets as a node
+    is a ValueError at backward (they would get no gradient). After
     ``requires_input_grad(False)`` the layers that read only model inputs return no
     input gradient, nor does the model (None).
     Shapes: each input as its ``Input(shape)`` says (checked when given); outputs as the
@@ -509,6 +513,14 @@ class Model(Layer):
         ``requires_input_grad(False)``)."""
         if len(step.parents) == 1 or result is None:
             return (result,) * len(step.parents)
+        given = len(result) if isinstance(result, (tuple, list)) else 1
+        if isinstance(step.layer, Loss) and given < len(step.parents):
+            raise ValueError(
+                f"{type(step.layer).__name__}.backward gives gradients for the first {given} of its "
+                f"{len(step.parents)} input nodes only: its targets are data and get none (a zero would be wrong "
+                "where torch differentiates them); give the targets when the model runs (model(..., y=targets)), "
+                "or call the loss on the model's outputs"
+            )
         if not isinstance(result, (tuple, list)) or len(result) != len(step.parents):
             got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) else "one gradient"
             raise ValueError(

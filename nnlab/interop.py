@@ -84,10 +84,11 @@ class LayerModule(torch.nn.Module):
     wrapper may be called several times, several wrappers may share a layer, and the
     layer may be called on its own in between, with torch's gradients for each.
     Positional tensor arguments get gradients: a layer of several inputs (``Add``,
-    a graph ``Model``) returns one per argument; any other layer's backward gives the
-    first argument's only, so a further argument that requires grad (a loss's targets)
-    is a RuntimeError at backward, and a keyword argument that requires grad is a
-    TypeError at once.
+    a graph ``Model``, ``Bilinear``) returns one per argument; a loss returns those of its
+    inputs (the first argument, both of ``MarginRankingLoss``'s, ...) and none for its
+    targets, so a further argument that requires grad (a loss's targets) is a
+    RuntimeError at backward, and a keyword argument that requires grad is a TypeError
+    at once.
     """
 
     def __init__(self, layer):
@@ -140,22 +141,23 @@ class LayerModule(torch.nn.Module):
         (``needed``: which of them autograd wants); RuntimeError naming the layer and
         the argument where one that is wanted would get none."""
         count = len(needed)
-        if count > 1 and isinstance(result, (tuple, list)):
-            if len(result) != count:
-                raise RuntimeError(
-                    f"{self!r}: {type(self.layer).__name__}.backward returned {len(result)} gradients "
-                    f"for {count} positional arguments"
-                )
-            grads = list(result)
-        else:
-            grads = [result] + [None] * (count - 1)
+        grads = list(result) if count > 1 and isinstance(result, (tuple, list)) else [result]
+        if len(grads) > count:
+            raise RuntimeError(
+                f"{self!r}: {type(self.layer).__name__}.backward returned {len(grads)} gradients "
+                f"for {count} positional arguments"
+            )
+        given = len(grads)
+        # The arguments after those the backward gives gradients for are data (a loss's
+        # targets): None, which is an error below where autograd wants one.
+        grads += [None] * (count - given)
         for position, (grad, wanted) in enumerate(zip(grads, needed)):
             if not wanted or grad is not None:
                 continue
-            if position > 0:
+            if position >= given:
                 raise RuntimeError(
                     f"{self!r}: argument {position} requires grad, but {type(self.layer).__name__}.backward "
-                    "gives the gradient of its first argument only; pass that argument detached "
+                    f"gives gradients for its first {given} argument(s) only; pass that argument detached "
                     "(.detach()), or compute this term with torch"
                 )
             raise RuntimeError(

@@ -6,6 +6,7 @@ import copy
 from .activations import ELU, GELU, SELU, Mish, SiLU, Softplus
 from .base import Layer, check_input_gradient, recall_call, remember_call
 from .dense import LeakyReLU, ReLU, Sigmoid, Tanh
+from .loss_base import several_inputs
 
 __all__ = [
     "ACTIVATIONS",
@@ -103,6 +104,7 @@ class Sequential(LayerList):
     own call, and the parameter gradients of all places add up, as in PyTorch. A child
     may also be called on its own between the container's forward and backward: it
     gets its latest cache back after the container's backward (``recall_call``).
+    A loss of several inputs (``MarginRankingLoss``, ...) is a TypeError at construction.
     A child's backward that returns None where a gradient is needed is a RuntimeError
     naming it.
     Shapes: those of the first layer's input and the last layer's output.
@@ -128,6 +130,14 @@ class Sequential(LayerList):
 
     def __init__(self, *layers):
         super().__init__(*layers)
+        for index, layer in enumerate(self.layers):
+            call = several_inputs(layer)
+            if call is not None:
+                raise TypeError(
+                    f"Sequential[{index}] ({type(layer).__name__}) takes several inputs ({call}), and a "
+                    "Sequential hands each layer one; call it on the outputs of the Sequential: "
+                    "loss(model(x1), model(x2), y), then backward through the model once per input"
+                )
         self._calls = None
 
     def forward(self, x, **kw):

@@ -8,13 +8,34 @@ import torch
 
 from .base import Layer, describe
 
-__all__ = ["Loss", "REDUCTIONS"]
+__all__ = ["Loss", "REDUCTIONS", "SEVERAL_INPUTS", "several_inputs"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
 # torch's EPSILON of its loss kernels (BCELoss's gradient floor, CosineEmbeddingLoss's
 # norms): 1e-12 as a float32 constant, whatever the dtype computed in.
 TORCH_LOSS_EPSILON = torch.tensor(1e-12, dtype=torch.float32).item()
+
+# The losses whose forward takes more than (input, targets), nnlab's and torch.nn's, by
+# class name (as the trainers know losses), with their call: the code that calls a loss
+# as ``loss(outputs, y)`` refuses them rather than hand their second input the targets.
+SEVERAL_INPUTS = {
+    "MarginRankingLoss": "forward(x1, x2, y)",
+    "CosineEmbeddingLoss": "forward(x1, x2, y)",
+    "GaussianNLLLoss": "forward(input, target, var)",
+    "TripletMarginLoss": "forward(anchor, positive, negative)",
+    "TripletMarginWithDistanceLoss": "forward(anchor, positive, negative)",
+    "CTCLoss": "forward(log_probs, targets, input_lengths, target_lengths)",
+}
+
+
+def several_inputs(loss):
+    """``'Name.forward(...)'`` when ``loss`` (an nnlab or torch.nn loss, or any object)
+    is one of ``SEVERAL_INPUTS`` or derives from one, else None."""
+    for cls in type(loss).__mro__:
+        if cls.__name__ in SEVERAL_INPUTS:
+            return f"{type(loss).__name__}.{SEVERAL_INPUTS[cls.__name__]}"
+    return None
 
 
 class Loss(Layer):

@@ -13,7 +13,7 @@ import torch
 
 from .base import Layer, checked_real, recall_call, remember_call
 from .containers import ChildErrors
-from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight
+from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight, several_inputs
 from .margin_losses import (
     CosineEmbeddingLoss,
     HingeEmbeddingLoss,
@@ -597,6 +597,11 @@ class MultiTaskLoss(Loss):
         for index, loss in enumerate(losses):
             if not isinstance(loss, Layer):
                 raise TypeError(f"MultiTaskLoss: loss [{index}] must be an nnlab loss, got {type(loss).__name__}")
+            if several_inputs(loss) is not None:
+                raise TypeError(
+                    f"MultiTaskLoss: loss [{index}] ({type(loss).__name__}) takes several inputs "
+                    f"({several_inputs(loss)}); a task loss takes one output and its targets"
+                )
         self.losses = list(losses)
         self.weights = self._check_weights(weights, len(losses))
         self.task_losses = None

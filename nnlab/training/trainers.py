@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..layers import MLP, Linear, MultiTaskLoss
+from ..layers.loss_base import several_inputs
 from ..optimizers import clip_grad_norm_
 from .base import Trainer, check_count
 from .metrics import grad_norm, task_of
@@ -27,7 +28,27 @@ def _without_input_grad(model):
         model.requires_input_grad(True)
 
 
-class LayerTrainer(Trainer):
+class _LossTrainer(Trainer):
+    """What both trainers keep: the loss (called as ``loss_fn(outputs, y)``, so a loss
+    of several inputs is a ValueError), the optimizer, gradient clipping, and the model
+    moved to ``device``."""
+
+    def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
+        call = several_inputs(loss_fn)
+        if call is not None:
+            raise ValueError(
+                f"{type(self).__name__}: {call} takes several inputs, and a trainer calls loss_fn(outputs, y); "
+                "train it with a loop of your own (forward, the loss on the outputs, backward, optimizer.step())"
+            )
+        super().__init__(model, device, _loss_task(loss_fn, task))
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.clip_grad_norm = _checked_clip(clip_grad_norm)
+        if self.device is not None:
+            model.to(self.device)
+
+
+class LayerTrainer(_LossTrainer):
     """Trains an nnlab ``Layer`` model with a hand-written backward pass:
     ``outputs = model(x)``, ``loss = loss_fn(outputs, y)``, ``optimizer.zero_grad()``,
     ``model.backward(loss_fn.backward())``, ``optimizer.step()``; each step records the
@@ -58,14 +79,6 @@ class LayerTrainer(Trainer):
         >>> len(fit.train_loss), fit.train_loss[-1] < fit.train_loss[0]
         (20, True)
     """
-
-    def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
-        super().__init__(model, device, _loss_task(loss_fn, task))
-        self.loss_fn = loss_fn
-        self.optimizer = optimizer
-        self.clip_grad_norm = _checked_clip(clip_grad_norm)
-        if self.device is not None:
-            model.to(self.device)
 
     def train_batch(self, batch):
         x, y = self.to_device(batch)
@@ -120,7 +133,7 @@ def _loss_task(loss_fn, task):
     return task
 
 
-class TorchTrainer(Trainer):
+class TorchTrainer(_LossTrainer):
     """Trains a ``torch.nn.Module`` with autograd, the same way ``LayerTrainer`` trains
     nnlab layers, for side-by-side comparison: ``optimizer.zero_grad()``,
     ``loss_fn(model(x), y).backward()``, ``optimizer.step()``, recording the same
@@ -144,14 +157,6 @@ class TorchTrainer(Trainer):
         >>> sorted(fit.metrics)                      # the same records as LayerTrainer's
         ['test_acc', 'test_loss', 'train_acc', 'train_loss']
     """
-
-    def __init__(self, model, loss_fn, optimizer, device=None, task=None, clip_grad_norm=None):
-        super().__init__(model, device, _loss_task(loss_fn, task))
-        self.loss_fn = loss_fn
-        self.optimizer = optimizer
-        self.clip_grad_norm = _checked_clip(clip_grad_norm)
-        if self.device is not None:
-            model.to(self.device)
 
     def train_batch(self, batch):
         x, y = self.to_device(batch)
