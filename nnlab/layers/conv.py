@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .base import Layer, checked_int
 from .norm import place
+from .padding import gather, gather_backward, source_index
 from ._windows import (
     add_into_windows,
     as_plane_pair,
@@ -307,9 +308,7 @@ class _ConvNd(_ConvBase):
             return x4
         if self.padding_mode == "zeros":
             return F.pad(x4, (left, right, top, bottom))
-        for dim, source in self._padding_sources(x4):
-            x4 = x4.index_select(dim, source)
-        return x4
+        return gather(x4, self._padding_sources(x4))
 
     def _padding_sources(self, x4):
         """(dim, index) for each padded axis: which entry of x4 along ``dim`` each
@@ -319,7 +318,7 @@ class _ConvNd(_ConvBase):
             if before or after:
                 size = x4.shape[dim]
                 self._check_mode_padding(size, before, after)
-                sources.append((dim, _padding_source(size, before, after, self.padding_mode, x4.device)))
+                sources.append((dim, source_index(size, before, after, self.padding_mode, x4.device)))
         return sources
 
     def _check_mode_padding(self, size, before, after):
@@ -343,11 +342,7 @@ class _ConvNd(_ConvBase):
         height, width = x4.shape[2:]
         if self.padding_mode == "zeros":
             return dpadded[:, :, top : top + height, left : left + width].contiguous()
-        for dim, source in reversed(self._padding_sources(x4)):
-            shape = list(dpadded.shape)
-            shape[dim] = x4.shape[dim]
-            dpadded = dpadded.new_zeros(shape).index_add_(dim, source, dpadded)
-        return dpadded
+        return gather_backward(dpadded, self._padding_sources(x4), x4.shape)
 
     def backward(self, dout):
         self.start_backward(dout)
@@ -468,19 +463,6 @@ class _ConvNd(_ConvBase):
         flipped = weight_4d.flip(2, 3).transpose(0, 1).reshape(self.in_channels, -1)
         dx = torch.matmul(flipped, patches.reshape(batch, channels * k_h * k_w, height * width))
         return dx.reshape(batch, self.in_channels, height, width)
-
-
-def _padding_source(size, before, after, mode, device):
-    """Along one axis of ``size`` padded by (before, after): the input index each padded
-    position takes its value from, as F.pad's 'reflect' (mirror, the edge not
-    repeated), 'replicate' (the edge repeated) or 'circular' (wrap around) mode does."""
-    index = torch.arange(-before, size + after, device=device)
-    if mode == "circular":
-        return index.remainder(size)
-    if mode == "replicate":
-        return index.clamp(0, size - 1)
-    index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def _as_columns(patches):

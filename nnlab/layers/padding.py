@@ -55,6 +55,25 @@ def source_index(size, before, after, mode, device):
     return last - (last - position.abs()).abs()
 
 
+def gather(x, sources):
+    """``x`` gathered along each ``(dim, index)`` of ``sources`` in turn (``index`` from
+    ``source_index``): x padded by the index maps."""
+    for dim, index in sources:
+        x = x.index_select(dim, index)
+    return x
+
+
+def gather_backward(grad, sources, shape):
+    """The gradient w.r.t. ``gather``'s input of ``shape`` from ``grad``, that w.r.t. its
+    output: the transpose, each output's gradient added into the entry it read
+    (``index_add_``), one dimension at a time in reverse order."""
+    for dim, index in reversed(sources):
+        sizes = list(grad.shape)
+        sizes[dim] = shape[dim]
+        grad = grad.new_zeros(sizes).index_add_(dim, index, grad)
+    return grad
+
+
 class Pad(Layer):
     """Base of the padding layers: ``DIMS`` trailing dimensions padded in ``MODE``.
 
@@ -90,13 +109,11 @@ class Pad(Layer):
         self._shape = x.shape
         if self.MODE == "constant":
             return self.finish_forward(self._constant_pad(x))
-        out = x
-        self._indices = []
-        for dim, before, after in self._sides(x.dim()):
-            index = source_index(x.shape[dim], before, after, self.MODE, x.device)
-            self._indices.append((dim, index))
-            out = out.index_select(dim, index)
-        return self.finish_forward(out)
+        self._indices = [
+            (dim, source_index(x.shape[dim], before, after, self.MODE, x.device))
+            for dim, before, after in self._sides(x.dim())
+        ]
+        return self.finish_forward(gather(x, self._indices))
 
     def check_shape(self, x):
         """TypeError unless x is a tensor; ValueError unless it has the dimensions this
@@ -158,12 +175,7 @@ class Pad(Layer):
                 dout_view = dout_view.narrow(dim, out_start, length)
             dx_view.copy_(dout_view)
             return dx
-        grad = dout
-        for dim, index in reversed(self._indices):
-            shape = list(grad.shape)
-            shape[dim] = self._shape[dim]
-            grad = grad.new_zeros(shape).index_add_(dim, index, grad)
-        return grad
+        return gather_backward(dout, self._indices, self._shape)
 
 
 class ConstantPad(Pad):
