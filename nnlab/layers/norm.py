@@ -23,6 +23,25 @@ def add_affine_params(layer, shape, weight, bias):
         layer.add_param("bias", torch.zeros(shape))
 
 
+def checked_momentum(owner, momentum):
+    """The momentum of running statistics: a number in [0, 1], or None (torch's
+    cumulative average); ValueError naming ``owner`` otherwise."""
+    if momentum is None:
+        return None
+    return checked_real(owner, "momentum", momentum, 0.0, 1.0, high_open=False)
+
+
+def add_running_stats(layer, num_features):
+    """Registers the running statistics of a layer whose ``track_running_stats`` is set:
+    ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked`` (0);
+    without it the three are the attribute None, as in torch."""
+    layer.running_mean = layer.running_var = layer.num_batches_tracked = None
+    if layer.track_running_stats:
+        layer.add_buffer("running_mean", torch.zeros(num_features))
+        layer.add_buffer("running_var", torch.ones(num_features))
+        layer.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+
 def place(layer, device, dtype):
     """torch's factory arguments: moves a new layer's tensors to ``device``/``dtype``."""
     if device is not None or dtype is not None:
@@ -79,18 +98,12 @@ class _BatchNorm(Layer):
         name = type(self).__name__
         self.num_features = checked_int(name, "num_features", num_features, 1)
         self.eps = checked_real(name, "eps", eps, 0.0, low_open=True)
-        if momentum is not None:
-            momentum = checked_real(name, "momentum", momentum, 0.0, 1.0, high_open=False)
-        self.momentum = momentum
+        self.momentum = checked_momentum(name, momentum)
         self.affine = checked_bool(name, "affine", affine)
         self.track_running_stats = checked_bool(name, "track_running_stats", track_running_stats)
         self.has_bias = checked_bool(name, "bias", bias)
         add_affine_params(self, (num_features,), self.affine, self.affine and self.has_bias)
-        self.running_mean = self.running_var = self.num_batches_tracked = None
-        if self.track_running_stats:
-            self.add_buffer("running_mean", torch.zeros(num_features))
-            self.add_buffer("running_var", torch.ones(num_features))
-            self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        add_running_stats(self, num_features)
         # None: the statistics of this process's batch alone. Data-parallel training sets a
         # function returning the sum of a tensor over every process (an all-reduce).
         self.sum_across_processes = None

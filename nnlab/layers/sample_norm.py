@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from .base import Layer, checked_bool, checked_int, checked_real
-from .norm import add_affine_params, place
+from .norm import add_affine_params, add_running_stats, checked_momentum, place
 
 __all__ = [
     "GroupNorm",
@@ -341,18 +341,12 @@ class _InstanceNorm(Layer):
         name = type(self).__name__
         self.num_features = checked_int(name, "num_features", num_features, 1)
         self.eps = checked_real(name, "eps", eps, 0.0)
-        if momentum is not None:
-            momentum = checked_real(name, "momentum", momentum, 0.0, 1.0, high_open=False)
-        self.momentum = momentum
+        self.momentum = checked_momentum(name, momentum)
         self.affine = checked_bool(name, "affine", affine)
         self.track_running_stats = checked_bool(name, "track_running_stats", track_running_stats)
         self.has_bias = checked_bool(name, "bias", bias) and self.affine
         add_affine_params(self, (num_features,), self.affine, self.has_bias)
-        self.running_mean = self.running_var = self.num_batches_tracked = None
-        if self.track_running_stats:
-            self.add_buffer("running_mean", torch.zeros(num_features))
-            self.add_buffer("running_var", torch.ones(num_features))
-            self.add_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        add_running_stats(self, num_features)
         self._x_hat = None
         self._inv_std = None
         self._batched = None
