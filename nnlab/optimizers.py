@@ -426,7 +426,44 @@ class RMSProp(Optimizer):
             torch._foreach_addcdiv_(params, g, denominators, value=-self.learn_rate)
 
 
-class Adam(Optimizer):
+class _AdamMoments(Optimizer):
+    """Base of Adam and AdamW: per parameter, the moments ``exp_avg`` (m) and
+    ``exp_avg_sq`` (v), zero at the start, and the step count ``step`` (t, an int); the
+    checks of ``learn_rate``, ``betas`` and ``eps``; and the numbers of a step, which
+    change with t (the bias-corrected step size)."""
+
+    def __init__(self, params, hyperparameters):
+        super().__init__(params)
+        self._set_hyperparameters(hyperparameters)
+        for (param, _), state in zip(self._entries, self.state):
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] = 0
+
+    def checked_moment_options(self, values):
+        """``learn_rate``, ``betas`` and ``eps`` of ``values``, checked (eps > 0, for the
+        reason given in RMSProp)."""
+        owner = type(self).__name__
+        return {
+            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
+            "betas": _checked_betas(owner, values["betas"]),
+            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
+        }
+
+    def step_scalars(self, state):
+        """The hyperparameters, the bias-corrected step size (and AdamW's decay factor)."""
+        scalars = super().step_scalars(state)
+        t = float(state["step"] + 1)
+        scalars["learn_rate / (1 - beta1**t)"] = _adam_step_size(self.learn_rate, self.betas[0], t)
+        if "weight_decay" in scalars:
+            scalars["1 - learn_rate * weight_decay"] = 1 - self.learn_rate * self.weight_decay
+        return scalars
+
+    def scalars_key(self, state):
+        return state["step"]
+
+
+class Adam(_AdamMoments):
     """Adam with bias-corrected moments (m, v zero at the start; t counts this
     parameter's steps, starting at 1):
 
@@ -464,39 +501,18 @@ class Adam(Optimizer):
     HYPERPARAMETERS = ("learn_rate", "reg", "betas", "eps")
 
     def __init__(self, params, learn_rate=1e-3, reg=0.0, betas=(0.9, 0.999), eps=1e-8, *, lr=None):
-        super().__init__(params)
         learn_rate = _one_rate("Adam", learn_rate, lr, 1e-3)
-        self._set_hyperparameters({"learn_rate": learn_rate, "reg": reg, "betas": betas, "eps": eps})
-        _adam_state(self._entries, self.state)
+        super().__init__(params, {"learn_rate": learn_rate, "reg": reg, "betas": betas, "eps": eps})
 
     def checked_hyperparameters(self, values):
-        owner = type(self).__name__
-        return {
-            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
-            "reg": checked_real(owner, "reg", values["reg"], 0.0),
-            "betas": _checked_betas(owner, values["betas"]),
-            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
-        }
-
-    def step_scalars(self, state):
-        return _adam_step_scalars(self, state)
-
-    def scalars_key(self, state):
-        return state["step"]
+        reg = checked_real(type(self).__name__, "reg", values["reg"], 0.0)
+        return {**self.checked_moment_options(values), "reg": reg}
 
     def step(self):
         params, grads, states = self.live()
         if params:
             with torch.no_grad():
                 _adam_update(params, self.regularized(params, grads), states, self.learn_rate, self.betas, self.eps)
-
-
-def _adam_state(entries, states):
-    """Zero moments and a step count of 0 for every parameter."""
-    for (param, _), state in zip(entries, states):
-        state["exp_avg"] = torch.zeros_like(param)
-        state["exp_avg_sq"] = torch.zeros_like(param)
-        state["step"] = 0
 
 
 def _checked_betas(owner, betas):
@@ -528,17 +544,7 @@ def _adam_step_size(learn_rate, beta1, t):
     return learn_rate / (1 - beta1**t)
 
 
-def _adam_step_scalars(optimizer, state):
-    """The numbers of Adam's or AdamW's next step for a parameter with ``state``: the
-    hyperparameters and the bias-corrected step size (and AdamW's decay factor)."""
-    scalars = Optimizer.step_scalars(optimizer, state)
-    scalars["learn_rate / (1 - beta1**t)"] = _adam_step_size(optimizer.learn_rate, optimizer.betas[0], float(state["step"] + 1))
-    if "weight_decay" in scalars:
-        scalars["1 - learn_rate * weight_decay"] = 1 - optimizer.learn_rate * optimizer.weight_decay
-    return scalars
-
-
-class AdamW(Optimizer):
+class AdamW(_AdamMoments):
     """Adam with decoupled weight decay: the parameter shrinks by itself, the gradient
     is left alone (t counts this parameter's steps, starting at 1):
 
@@ -556,25 +562,12 @@ class AdamW(Optimizer):
     HYPERPARAMETERS = ("learn_rate", "betas", "eps", "weight_decay")
 
     def __init__(self, params, learn_rate=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, lr=None):
-        super().__init__(params)
         learn_rate = _one_rate("AdamW", learn_rate, lr, 1e-3)
-        self._set_hyperparameters({"learn_rate": learn_rate, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        _adam_state(self._entries, self.state)
+        super().__init__(params, {"learn_rate": learn_rate, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def checked_hyperparameters(self, values):
-        owner = type(self).__name__
-        return {
-            "learn_rate": checked_real(owner, "learn_rate", values["learn_rate"], 0.0),
-            "betas": _checked_betas(owner, values["betas"]),
-            "eps": checked_real(owner, "eps", values["eps"], 0.0, low_open=True),
-            "weight_decay": checked_real(owner, "weight_decay", values["weight_decay"], 0.0),
-        }
-
-    def step_scalars(self, state):
-        return _adam_step_scalars(self, state)
-
-    def scalars_key(self, state):
-        return state["step"]
+        weight_decay = checked_real(type(self).__name__, "weight_decay", values["weight_decay"], 0.0)
+        return {**self.checked_moment_options(values), "weight_decay": weight_decay}
 
     def step(self):
         params, grads, states = self.live()
