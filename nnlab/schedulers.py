@@ -272,8 +272,10 @@ class OneCycleLR(LRScheduler):
     momentum (MomentumSGD's ``momentum``, Adam's and AdamW's ``betas[0]``) moves the other
     way between ``max_momentum`` and ``base_momentum`` when ``cycle_momentum``. Step once
     per batch, ``total_steps`` times in all: the last step, after the run's last batch
-    (torch's loops step there too), extrapolates the last phase as torch does, and one
-    more is an error, as in torch. ``total_steps`` may be given as
+    (torch's loops step there too), extrapolates the last phase as torch does (a
+    ValueError where that is no valid setting: a negative rate or a momentum of 1 or
+    more, which 'linear' can give, or a last phase of no length, where torch divides by
+    zero), and one more is an error, as in torch. ``total_steps`` may be given as
     ``epochs`` and ``steps_per_epoch``. Same as ``torch.optim.lr_scheduler.OneCycleLR``
     (one parameter group; an optimizer without momentum needs ``cycle_momentum=False``).
     """
