@@ -21,28 +21,18 @@ __all__ = [
 ]
 
 
-def standardize(x, dims, eps):
-    """(x_hat, mean, 1 / sigma): x standardised over ``dims`` with the biased variance,
-    ``x_hat = (x - mean) / sqrt(var + eps)``; mean and 1 / sigma keep the reduced dims
-    (size 1)."""
-    mean = x.mean(dim=dims, keepdim=True)
-    centered = x - mean
-    var = (centered * centered).mean(dim=dims, keepdim=True)
-    inv_std = torch.rsqrt(var + eps)
-    return centered * inv_std, mean, inv_std
-
-
-def standardize_vjp(g, x, mean, inv_std, dims):
-    """dL/dx of ``x_hat = standardize(x, dims)`` given g = dL/dx_hat, with the means
-    over ``dims``:  ``(g - mean(g) - x_hat * mean(g * x_hat)) / sigma``, arranged as torch's
-    layer and group norm kernels arrange it, so that NaN and infinities land where
-    torch's do: ``dx = g / sigma + b * x + c`` with
-    ``b = (mean(g) * mean_x - mean(g * x)) / sigma^3`` and ``c = -b * mean_x - mean(g) / sigma``."""
-    mean_g = g.mean(dim=dims, keepdim=True)
-    mean_g_x = (g * x).mean(dim=dims, keepdim=True)
-    b = (mean_g * mean - mean_g_x) * inv_std * inv_std * inv_std
-    c = -b * mean - mean_g * inv_std
-    return g * inv_std + b * x + c
+def row_statistics(rows, eps):
+    """(mean, 1 / sigma) of each row of the 2-D tensor ``rows``, each as (rows, 1): the
+    mean and the biased ``var`` of ``rows - mean`` over the row, ``1 / sigma =
+    1 / sqrt(var + eps)``. The sums are a matrix-vector product with ones and a vector
+    norm, one pass over memory each (a sum over a short last dimension is slower); the
+    centered rows are freed on return, so that the caller's output can take their place
+    in memory (it forms ``rows - mean`` again, one pass, rather than keep two tensors of
+    the rows' size alive at once)."""
+    count = rows.shape[1]
+    mean = torch.mv(rows, rows.new_ones(count)).div_(count).unsqueeze(1)
+    var = torch.linalg.vector_norm(rows - mean, dim=1, keepdim=True).square() / count
+    return mean, torch.rsqrt(var + eps)
 
 
 def normalized_shape_tuple(owner, normalized_shape):
@@ -94,15 +84,18 @@ class LayerNorm(_TrailingNorm):
         ``x_hat = (x - mean(x)) / sqrt(var(x) + eps)`` (biased variance),
         ``out = weight * x_hat + bias`` (weight, bias of shape D).
     Backward, with ``g = dout * weight``, sigma = sqrt(var + eps) and means over D:
-        ``dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sigma``;
+        ``dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sigma``, computed as torch's
+        kernel arranges it (so that NaN and infinities land where torch's do):
+        ``dx = g / sigma + b * x + c`` with ``b = (sum(g) * mean - sum(g * x)) / (M sigma^3)``
+        and ``c = -b * mean - sum(g) / (M sigma)``;
         ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)`` over the leading dims.
     ``elementwise_affine=False`` drops both parameters (weight = 1, bias = 0); ``bias=False``
     the bias alone. Same as ``torch.nn.LayerNorm``, in train and eval mode alike.
 
     Shapes: (*, D) -> (*, D).
     Parameters: ``weight`` (D) = 1, ``bias`` (D) = 0.
-    Caches: x, the mean and 1 / sigma (one value each per sample); x_hat is formed
-    again in backward rather than kept.
+    Caches: x (as rows of M), the mean and 1 / sigma (one value each per sample); x_hat
+    is formed again in backward rather than kept.
 
     Example::
 
@@ -138,19 +131,46 @@ class LayerNorm(_TrailingNorm):
         )
 
     def forward(self, x, **kw):
-        dims = self.check_trailing(x)
-        self._dims = dims
-        self._x = x
-        x_hat, self._mean, self._inv_std = standardize(x, dims, self.eps)
-        return self.finish_forward(self.affine(x_hat))
+        self.check_trailing(x)
+        count = math.prod(self.normalized_shape)
+        # Contiguous rows (a copy only of an input that is not), so that every view below holds.
+        self._x = x.reshape(x.numel() // count, count).contiguous()
+        self._mean, self._inv_std = row_statistics(self._x, self.eps)
+        out = (self._x - self._mean).mul_(self._inv_std)
+        if self.weight is not None:
+            out.mul_(self.weight.reshape(count))
+        if self.bias is not None:
+            out.add_(self.bias.reshape(count))
+        return self.finish_forward(out.view(x.shape))
 
     def backward(self, dout):
-        self.start_backward(dout)
-        if self.weight is not None or self.bias is not None:
-            self.add_affine_grads(dout, (self._x - self._mean) * self._inv_std)
+        out_shape = self.start_backward(dout).shape
+        dout = dout.reshape(self._x.shape).contiguous()
+        if self.weight is not None:
+            self.add_weight_grad(dout)
+        if self.bias is not None:
+            self._grads["bias"] += dout.sum(dim=0).view(self.bias.shape)
         if not self.needs_input_grad:
             return None
-        return standardize_vjp(self.scaled_dout(dout), self._x, self._mean, self._inv_std, self._dims)
+        return self.input_grad(dout).view(out_shape)
+
+    def add_weight_grad(self, dout):
+        """dweight += sum over the rows of dout * x_hat (x_hat formed again, in a fresh
+        tensor updated in place)."""
+        dout_x_hat = (self._x - self._mean).mul_(self._inv_std).mul_(dout)
+        self._grads["weight"] += dout_x_hat.sum(dim=0).view(self.weight.shape)
+
+    def input_grad(self, dout):
+        """dx = g / sigma + b * x + c (see the class docstring), the sums per row as
+        matrix-vector products with the weight."""
+        x, mean, inv_std = self._x, self._mean, self._inv_std
+        count = x.shape[1]
+        weight = x.new_ones(count) if self.weight is None else self.weight.reshape(count)
+        sum_g_x = torch.mv(dout * x, weight).unsqueeze(1)
+        sum_g = torch.mv(dout, weight).unsqueeze(1)
+        b = (sum_g * mean - sum_g_x) * inv_std * inv_std * inv_std / count
+        c = -b * mean - sum_g * inv_std / count
+        return (dout * weight).mul_(inv_std).addcmul_(x, b).add_(c)
 
 
 class RMSNorm(_TrailingNorm):
@@ -224,10 +244,13 @@ class GroupNorm(Layer):
         ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)`` over every dim but C.
     Same as ``torch.nn.GroupNorm``, in train and eval mode alike.
 
+    dx is computed in torch's arrangement (so that NaN and infinities land where torch's
+    do), from the sums per sample and channel of dout and dout * x; see ``input_grad``.
+
     Shapes: (N, C, *) -> (N, C, *).
     Parameters: ``weight`` (C,) = 1, ``bias`` (C,) = 0 (none with ``affine=False``;
     ``bias=False`` drops the bias alone).
-    Caches: x (as (N, G, M)), the mean and 1 / sigma (N, G, 1).
+    Caches: x (as N * G rows of M), the mean and 1 / sigma (N, G, 1).
     """
 
     SAVED_TENSORS = ("_x", "_mean", "_inv_std", "weight")
@@ -253,53 +276,69 @@ class GroupNorm(Layer):
             f"affine={self.affine}, bias={self.has_bias})"
         )
 
-    def add_affine_grads(self, dout):
-        """dweight += sum(dout * x_hat), dbias += sum(dout), arranged as torch's kernel:
-        per sample and channel ``(sum(dout * x) - sum(dout) * mean) / sigma`` (so that
-        NaN and infinities land where torch's do), then summed over the samples."""
-        batch, channels = dout.shape[:2]
-        per_channel = (batch, channels, dout[0, 0].numel() if dout.numel() else 0)
-        sum_dout = dout.reshape(per_channel).sum(dim=2)
-        if self.weight is not None:
-            sum_dout_x = (dout * self._x.reshape(dout.shape)).reshape(per_channel).sum(dim=2)
-            mean = self.per_channel(self._mean, channels)
-            inv_std = self.per_channel(self._inv_std, channels)
-            self._grads["weight"] += ((sum_dout_x - sum_dout * mean) * inv_std).sum(dim=0)
-        if self.bias is not None:
-            self._grads["bias"] += sum_dout.sum(dim=0)
-
-    def per_channel(self, group_values, channels):
-        """(N, G, 1) values repeated for each channel of their group: (N, C)."""
-        return group_values.repeat_interleave(channels // self.num_groups, dim=1).reshape(-1, channels)
-
-    def grouped(self, tensor):
-        """(N, C, *) as (N, G, M)."""
-        size = tensor[0].numel() // self.num_groups if tensor.shape[0] else 0
-        return tensor.reshape(tensor.shape[0], self.num_groups, size)
-
     def forward(self, x, **kw):
         ok = lambda t: t.dim() >= 2 and t.shape[1] == self.num_channels
         self.check_input(x, f"(N, {self.num_channels}, *)", ok)
         self.check_dtype(x)
-        self._x = self.grouped(x)
-        x_hat, self._mean, self._inv_std = standardize(self._x, [2], self.eps)
-        out = x_hat.reshape(x.shape)
-        if self.weight is not None:
-            out = out * _channel_view(self.weight, x.dim())
+        batch, groups = x.shape[0], self.num_groups
+        positions = math.prod(x.shape[2:])
+        # Contiguous rows (a copy only of an input that is not), so that every view below holds.
+        self._x = x.reshape(batch * groups, self.num_channels // groups * positions).contiguous()
+        mean, inv_std = row_statistics(self._x, self.eps)
+        self._mean = mean.view(batch, groups, 1)
+        self._inv_std = inv_std.view(batch, groups, 1)
+        out = self._x - mean
+        if self.weight is None:
+            out.mul_(inv_std)
         else:
-            out = out * 1.0
+            # weight / sigma per sample and channel first: one pass over the values fewer.
+            scale = self._inv_std * self.weight.view(groups, -1)
+            out.view(batch * self.num_channels, positions).mul_(scale.view(-1, 1))
         if self.bias is not None:
-            out += _channel_view(self.bias, x.dim())
-        return self.finish_forward(out)
+            out.view(batch, self.num_channels, positions).add_(self.bias.view(-1, 1))
+        return self.finish_forward(out.view(x.shape))
 
     def backward(self, dout):
-        self.start_backward(dout)
-        self.add_affine_grads(dout)
+        shape = self.start_backward(dout).shape
+        batch, channels, groups = shape[0], self.num_channels, self.num_groups
+        positions = math.prod(shape[2:])
+        dout = dout.reshape(batch * channels, positions).contiguous()
+        # Sums per sample and channel over the positions, as torch's kernel forms them,
+        # arranged (N, G, C / G).
+        group_shape = (batch, groups, channels // groups)
+        sum_dout = dout.sum(dim=1).view(group_shape)
+        sum_dout_x = None
+        if self.needs_input_grad or self.weight is not None:
+            sum_dout_x = (dout * self._x.view(dout.shape)).sum(dim=1).view(group_shape)
+        if self.weight is not None:
+            sum_dout_x_hat = (sum_dout_x - sum_dout * self._mean) * self._inv_std
+            self._grads["weight"] += sum_dout_x_hat.sum(dim=0).view(channels)
+        if self.bias is not None:
+            self._grads["bias"] += sum_dout.sum(dim=0).view(channels)
         if not self.needs_input_grad:
             return None
-        g = dout * _channel_view(self.weight, dout.dim()) if self.weight is not None else dout
-        dx = standardize_vjp(self.grouped(g), self._x, self._mean, self._inv_std, [2])
-        return dx.reshape(dout.shape)
+        return self.input_grad(dout, sum_dout_x, sum_dout).view(shape)
+
+    def input_grad(self, dout, sum_dout_x, sum_dout):
+        """dx = c1 * dout + c2 * x + c3 in torch's arrangement: c1 = weight[c] / sigma per
+        channel; per group, with g = dout * weight[c] and sums over its M values,
+        ``c2 = (sum(g) * mean - sum(g * x)) / (M sigma^3)`` and
+        ``c3 = -c2 * mean - sum(g) / (M sigma)``. dout comes as (N * C, positions), the
+        sums per channel as (N, G, C / G)."""
+        x, mean, inv_std = self._x, self._mean, self._inv_std
+        c1 = inv_std
+        if self.weight is not None:
+            weight = self.weight.view(self.num_groups, -1)
+            sum_dout_x = sum_dout_x * weight
+            sum_dout = sum_dout * weight
+            c1 = inv_std * weight
+        sum_g_x = sum_dout_x.sum(dim=2, keepdim=True)
+        sum_g = sum_dout.sum(dim=2, keepdim=True)
+        count = x.shape[1]
+        c2 = (sum_g * mean - sum_g_x) * inv_std * inv_std * inv_std / count
+        c3 = -c2 * mean - sum_g * inv_std / count
+        dx = (x * c2.view(-1, 1)).add_(c3.view(-1, 1)).view(dout.shape)
+        return dx.addcmul_(dout, c1.expand(sum_dout.shape).reshape(-1, 1))
 
 
 class _InstanceNorm(Layer):
@@ -388,7 +427,10 @@ class _InstanceNorm(Layer):
                 raise ValueError(
                     f"{self!r}: Expected more than 1 spatial element when training, got input size {tuple(x.shape)}"
                 )
-            x_hat, _, inv_std = standardize(batched, dims, self.eps)
+            rows = batched.reshape(batched.shape[0] * batched.shape[1], count)
+            mean, inv_std = row_statistics(rows, self.eps)
+            x_hat = (rows - mean).mul_(inv_std).view(batched.shape)
+            inv_std = inv_std.view(batched.shape[:2] + (1,) * len(dims))
             if self.training and self.track_running_stats:
                 self.update_running_stats(batched, dims)
         else:
