@@ -23,6 +23,7 @@ from nnlab.layers import (
     RMSNorm,
 )
 from reference import GRAD_RTOL, assert_close, check_against_torch, check_finite_differences, gradient_floor
+from special_values import channels_last, strided
 from test_layers_parity import upstreams, values
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
@@ -145,6 +146,26 @@ def test_group_norm_channels_last_input():
     layer, module = pair(lambda nn: nn.GroupNorm(2, 4), torch.float32)
     x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)
     parity(layer, module, x, True)
+
+
+@pytest.mark.parametrize("layout", [strided, noncontiguous, channels_last], ids=["strided", "transposed", "channels_last"])
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda nn: nn.LayerNorm((3, 2)), (2, 4, 3, 2)),
+        (lambda nn: nn.GroupNorm(2, 4), (2, 4, 3, 2)),
+        (lambda nn: nn.GroupNorm(1, 4), (3, 4)),
+        (lambda nn: nn.InstanceNorm2d(4, affine=True), (2, 4, 3, 2)),
+    ],
+    ids=["LayerNorm", "GroupNorm", "GroupNorm-2d", "InstanceNorm2d"],
+)
+def test_per_sample_norms_take_inputs_and_upstream_gradients_in_any_memory_layout(make, shape, layout):
+    """The layers reshape x and dout into rows: a layout that no view can reshape is copied."""
+    layer, module = pair(make, torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    x = layout(torch.randn(shape, generator=generator, dtype=torch.float64))
+    dout = layout(torch.randn(shape, generator=generator, dtype=torch.float64))
+    check_against_torch(layer, module, x, dout=dout)
 
 
 # InstanceNorm ----------------------------------------------------------------------------------

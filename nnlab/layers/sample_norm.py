@@ -429,7 +429,7 @@ class _InstanceNorm(Layer):
                 )
             rows = batched.reshape(batched.shape[0] * batched.shape[1], count)
             mean, inv_std = row_statistics(rows, self.eps)
-            x_hat = (rows - mean).mul_(inv_std).view(batched.shape)
+            x_hat = (rows - mean).mul_(inv_std).reshape(batched.shape)
             inv_std = inv_std.view(batched.shape[:2] + (1,) * len(dims))
             if self.training and self.track_running_stats:
                 self.update_running_stats(batched, dims)
