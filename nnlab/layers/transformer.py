@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from .activations import GELU
 from .attention import MultiheadAttention
 from .base import Layer, checked_bool, checked_int, checked_real
 from .dense import Dropout, Linear, ReLU
@@ -50,32 +51,7 @@ def detect_causal(mask, is_causal, size):
     return bool(torch.equal(mask, causal.to(mask.dtype)))
 
 
-class _GELU(Layer):
-    """``out = x * Phi(x)`` (Phi the standard normal CDF), as ``torch.nn.GELU()``.
-
-    Backward: ``dx = dout * (Phi(x) + x * phi(x))``, phi the normal density.
-    Shapes: any -> same. Caches: the input.
-    """
-
-    SAVED_TENSORS = ("_x",)
-
-    def __init__(self):
-        super().__init__()
-        self._x = None
-
-    def forward(self, x, **kw):
-        self._x = x
-        return self.finish_forward(x * 0.5 * (1 + torch.erf(x * math.sqrt(0.5))))
-
-    def backward(self, dout):
-        self.start_backward(dout)
-        x = self._x
-        cdf = 0.5 * (1 + torch.erf(x * math.sqrt(0.5)))
-        pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        return dout * (cdf + x * pdf)
-
-
-_ACTIVATIONS = {"relu": ReLU, "gelu": _GELU}
+_ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
 
 
 def _activation_name(owner, activation):
