@@ -31,7 +31,10 @@ size 1e6). A missing or misshapen gradient has error inf.
 Every check takes ``x``, the input, or a tuple of inputs for a layer that takes several
 (``layer(*x)``, whose backward returns one gradient per input: ``Add``, ``Concat``, a
 graph ``Model`` of several inputs); their gradients come first, named ``input#1``,
-``input#2``, ...
+``input#2``, ... A layer may return a tensor, a tuple of them, or tuples nested (an
+LSTM's ``(out, (h_n, c_n))``): its output tensors are compared in that order
+(``output[0]``, ``output[1]``, ...), and its backward is handed their upstream
+gradients nested the same way.
 
 **The contract** every check verifies (each breach is named in the verdict):
 the forward is deterministic under a fixed torch seed (one random from numpy's or
@@ -54,11 +57,13 @@ import torch
 from .jacobians import (
     as_tuple,
     clones,
+    flatten,
     forward_outputs,
     gradient_norm,
     is_tensor_pair,
     jacobian,
     jacobian_norm,
+    like,
     pack,
     preserved,
     same_values,
@@ -156,9 +161,10 @@ def _run_forward(layer, x, y, seed):
 
 
 def _random_douts(outputs, seed):
-    """One standard-normal upstream gradient per output, reproducible from ``seed``."""
+    """One standard-normal upstream gradient per output tensor, nested like the outputs,
+    reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs)
+    return like(outputs, [torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device) for o in outputs])
 
 
 def _param_name(index):
@@ -196,7 +202,7 @@ def _checked_pairs(layer, verdict):
 def _own_backward(layer, douts, verdict, stage):
     """backward on copies of douts; a breach when it raises or changes them in place.
     Returns (what backward returned, whether it returned)."""
-    handed = tuple(d.clone() for d in douts)
+    handed = like(douts, [d.clone() for d in douts])
     try:
         returned = layer.backward(pack(handed))
     except Exception as error:  # the layer's own code: its failure is the verdict
@@ -406,7 +412,7 @@ def _twin_outputs_and_gradients(module, inputs, y, seed, douts):
         for param in params:
             param.requires_grad_(True)
         torch.manual_seed(seed)
-        outputs = as_tuple(module(*leaves) if y is None else module(*leaves, y))
+        outputs = flatten(module(*leaves) if y is None else module(*leaves, y), type(module).__name__)
         grads = _grads(outputs, douts, leaves + params)
     finally:
         for param, flag in zip(params, flags):
@@ -825,7 +831,7 @@ def backward_before_forward(layer, x, y=None):
     """
     with torch.random.fork_rng(devices=[]):
         outputs = _run_forward(copy.deepcopy(layer), clones(as_tuple(x)), y, 0)
-    douts = tuple(torch.ones_like(o) for o in outputs)
+    douts = like(outputs, [torch.ones_like(o) for o in outputs])
     with preserved(layer):
         try:
             layer.backward(pack(douts))

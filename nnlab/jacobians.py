@@ -22,12 +22,15 @@ from .layers import Layer
 __all__ = [
     "CHUNK_ELEMENTS",
     "as_tuple",
+    "Flat",
     "clones",
+    "flatten",
     "forward_outputs",
     "gradient_norm",
     "is_tensor_pair",
     "jacobian",
     "jacobian_norm",
+    "like",
     "pack",
     "preserved",
 ]
@@ -82,21 +85,58 @@ def as_tuple(outputs):
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
+class Flat(tuple):
+    """Tensors taken in order from a value of tensors nested in tuples (a layer's output,
+    such as an LSTM's ``(out, (h_n, c_n))``), with that value's nesting, so that ``pack``
+    can nest gradients the same way: ``nesting`` is None for a tensor, a tuple of the
+    parts' nestings for a tuple."""
+
+    def __new__(cls, tensors, nesting):
+        flat = super().__new__(cls, tensors)
+        flat.nesting = nesting
+        return flat
+
+
+def flatten(value, owner="the layer"):
+    """``value`` (a tensor, or tuples of them nested) as a ``Flat``; TypeError naming
+    ``owner`` when anything in it is neither."""
+    if isinstance(value, torch.Tensor):
+        return Flat((value,), None)
+    if not isinstance(value, tuple) or not value:
+        raise TypeError(
+            f"{owner} returned {type(value).__name__}; expected a tensor or a tuple of tensors (tuples may nest)"
+        )
+    parts = [flatten(part, owner) for part in value]
+    return Flat([tensor for part in parts for tensor in part], tuple(part.nesting for part in parts))
+
+
+def like(flat, tensors):
+    """``tensors`` (one per tensor of ``flat``) with ``flat``'s nesting: the upstream
+    gradients of the outputs ``flat``, ready for ``pack``."""
+    return Flat(tensors, flat.nesting)
+
+
 def pack(douts):
-    """The upstream gradient in the form backward takes: a tensor, or a tuple for a
+    """The upstream gradient in the form backward takes: for a ``Flat``, nested like the
+    output it was made for (a tensor for one output); otherwise a tensor, or a tuple for a
     layer with several outputs."""
+    if isinstance(douts, Flat):
+        return _nest(iter(douts), douts.nesting)
     return douts if len(douts) > 1 else douts[0]
 
 
+def _nest(tensors, nesting):
+    if nesting is None:
+        return next(tensors)
+    return tuple(_nest(tensors, part) for part in nesting)
+
+
 def forward_outputs(layer, inputs, y=None):
-    """``layer(*inputs)`` (with ``y=y`` when given) as a tuple of output tensors; TypeError
-    naming the layer when it returns anything else."""
+    """``layer(*inputs)`` (with ``y=y`` when given) as a ``Flat`` of its output tensors
+    (tuples of outputs may nest, as an LSTM's ``(out, (h_n, c_n))``); TypeError naming the
+    layer when it returns anything else."""
     outputs = layer(*inputs) if y is None else layer(*inputs, y=y)
-    outputs = as_tuple(outputs)
-    if not all(isinstance(o, torch.Tensor) for o in outputs):
-        kinds = ", ".join(type(o).__name__ for o in outputs)
-        raise TypeError(f"{type(layer).__name__}.forward returned ({kinds}); expected a tensor or a tuple of tensors")
-    return outputs
+    return flatten(outputs, f"{type(layer).__name__}.forward")
 
 
 def same_values(a, b):
@@ -116,7 +156,7 @@ def _vjp(layer, outputs, index, flat_positions, shapes):
     ``index``, zeros elsewhere; the list of input gradients, checked against ``shapes``."""
     douts = [torch.zeros(o.shape, dtype=o.dtype, device=o.device) for o in outputs]
     douts[index].view(-1)[flat_positions] = 1
-    returned = layer.backward(pack(douts))
+    returned = layer.backward(pack(like(outputs, douts)))
     gradients = [returned] if len(shapes) == 1 else returned
     ok = isinstance(gradients, (tuple, list)) and len(gradients) == len(shapes)
     if not ok or not all(isinstance(g, torch.Tensor) and g.shape == shape for g, shape in zip(gradients, shapes)):
@@ -135,8 +175,9 @@ def jacobian(layer, x, y=None, wrt="input"):
     ``J[i..., j...] = d out[i...] / d x[j...]`` (as ``torch.autograd.functional.jacobian``),
     a tuple of them for x a tuple of inputs (``layer(*x)``), or with ``wrt="params"`` a list
     with one ``out.shape + param.shape`` tensor per entry of ``params()``; a layer with
-    several outputs gives a tuple of these, one per output. ``y`` is handed to the forward
-    as ``y=`` (losses' targets).
+    several outputs gives a tuple of these, one per output tensor (in order, tuples nested
+    in the output opened: an LSTM's ``(out, (h_n, c_n))`` gives three). ``y`` is handed to
+    the forward as ``y=`` (losses' targets).
 
     Batched when the layer treats samples independently, which is checked, not assumed:
     the input has a batch of N >= 2, every output keeps it, the forward draws no random
@@ -214,7 +255,7 @@ def _batch_independent(layer, x, outputs):
         douts = [torch.zeros_like(o) for o in outputs]
         for dout in douts:
             dout[first] = torch.rand(dout[first].shape, generator=generator, dtype=dout.dtype).to(dout.device)
-        dx = layer.backward(pack(douts))
+        dx = layer.backward(pack(like(outputs, douts)))
         if not isinstance(dx, torch.Tensor) or dx.shape != x.shape or dx[rest].count_nonzero() > 0:
             return False
     return True

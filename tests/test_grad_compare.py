@@ -24,6 +24,8 @@ from nnlab.layers import (
     BatchNorm1d,
     Conv2d,
     CrossEntropyLoss,
+    GRU,
+    LSTM,
     Dropout,
     Linear,
     MaxPool2d,
@@ -624,3 +626,73 @@ def test_a_forgotten_bias_gradient_fails_and_a_correct_linear_passes_at_every_in
     verdict = check_layer(wrong, x, finite_differences=True)
     assert not verdict.passed
     assert verdict.comparison("finite differences").worst.name == "param#02"
+
+
+class LSTMWrongOnFinalState(LSTM):
+    """An LSTM whose backward reads the upstream gradient of h_n as 1.5 times what it is."""
+
+    def backward(self, dout):
+        doutput, (dh_n, dc_n) = dout
+        return super().backward((doutput, (1.5 * dh_n, dc_n)))
+
+
+class GRUWrongInitialStateGradient(GRU):
+    """A GRU whose gradient w.r.t. the initial state h_0 is scaled by 0.5."""
+
+    def backward(self, dout):
+        dx, dh_0 = super().backward(dout)
+        return dx, 0.5 * dh_0
+
+
+def sequence_and_state(seed, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 2, 3, generator=generator, dtype=dtype), torch.randn(1, 2, 5, generator=generator, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_lstms_nested_output_is_compared_tensor_by_tensor_and_a_correct_lstm_passes(dtype):
+    torch.manual_seed(0)
+    lstm = LSTM(3, 5, num_layers=2).to(dtype=dtype)
+    x, _ = sequence_and_state(1, dtype)
+    verdict = check_layer(lstm, x, finite_differences=True)
+    assert verdict.passed, verdict
+    assert [c.reference for c in verdict.comparisons] == ["autograd", "torch.nn twin (forward)", "torch.nn twin", "finite differences"]
+    assert [t.name for t in verdict.comparison("torch.nn twin (forward)").tensors] == ["output[0]", "output[1]", "output[2]"]
+
+
+def test_an_lstm_that_misreads_the_final_states_gradient_fails_every_reference():
+    torch.manual_seed(0)
+    x, _ = sequence_and_state(2)
+    verdict = check_layer(LSTMWrongOnFinalState(3, 5), x, twin=torch.nn.LSTM(3, 5), finite_differences=True)
+    assert not verdict.passed
+    for reference in ("autograd", "torch.nn twin", "finite differences"):
+        assert verdict.comparison(reference).worst.error > 1e-3, reference
+
+
+def test_a_gru_with_a_wrong_initial_state_gradient_fails_on_that_input_only():
+    torch.manual_seed(0)
+    gru = GRUWrongInitialStateGradient(3, 5)
+    verdict = check_layer(gru, sequence_and_state(3), twin=torch.nn.GRU(3, 5), finite_differences=True)
+    assert not verdict.passed
+    for reference in ("autograd", "torch.nn twin", "finite differences"):
+        errors = {t.name: t.error for t in verdict.comparison(reference).tensors}
+        assert errors["input#2"] > 0.1, reference
+        assert max(error for name, error in errors.items() if name != "input#2") < 1e-5, reference
+
+
+def test_gradcheck_and_backward_before_forward_hand_an_lstm_nested_gradients():
+    torch.manual_seed(0)
+    x, _ = sequence_and_state(4)
+    assert gradcheck(LSTM(3, 5), x)
+    with pytest.raises(AssertionError, match="LSTMWrongOnFinalState"):
+        gradcheck(LSTMWrongOnFinalState(3, 5), x)
+    assert backward_before_forward(LSTM(3, 5), x) is None
+
+
+def test_an_output_that_is_not_tensors_in_tuples_is_named():
+    class ListOutput(Tanh):
+        def forward(self, x, **kw):
+            return [super().forward(x)]
+
+    with pytest.raises(TypeError, match=r"ListOutput.forward returned list; expected a tensor or a tuple of tensors"):
+        check_layer(ListOutput(), torch.randn(2, 3))

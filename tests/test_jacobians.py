@@ -34,12 +34,21 @@ def float64_case(case, seed=0):
     return layer, x, y
 
 
+def flat_tensors(value):
+    """The tensors of ``value`` in order, tuples nested in it opened (an LSTM's (out, (h, c)))."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    return tuple(tensor for part in value for tensor in flat_tensors(part))
+
+
 def autograd_jacobian(layer, x, y, seed):
-    """torch.autograd.functional.jacobian of the layer's forward, Dropout's mask fixed by the seed."""
+    """torch.autograd.functional.jacobian of the layer's forward (its output tensors in
+    order, nested tuples opened), Dropout's mask fixed by the seed."""
 
     def forward(*t):
         torch.manual_seed(seed)
-        return layer(*t) if y is None else layer(*t, y=y)
+        outputs = flat_tensors(layer(*t) if y is None else layer(*t, y=y))
+        return outputs[0] if len(outputs) == 1 else outputs
 
     return torch.autograd.functional.jacobian(forward, x)
 
