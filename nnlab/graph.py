@@ -39,8 +39,9 @@ from .layers.merge import Add, Concat, Multiply
 
 __all__ = ["Add", "Concat", "Input", "Model", "Multiply", "Node", "plot_graph", "to_dot"]
 
-# The batch size of the dry run that finds each node's output shape.
-_DRY_RUN_BATCH = 2
+# The batch sizes of the two dry runs that find each node's output shape: the dimensions
+# that differ between them are where the batch is.
+_DRY_RUN_BATCHES = (2, 3)
 
 # How many nodes of each default name exist, for Keras-style names: conv2d, conv2d_1, ...
 _NAME_COUNTS = collections.Counter()
@@ -185,13 +186,13 @@ def _label(layer):
     return repr(layer).split("\n", 1)[0]
 
 
-def _shape_without_batch(value):
-    """``value``'s shape with None for the batch (a tuple of shapes for a tuple)."""
-    if isinstance(value, (tuple, list)):
-        return tuple(_shape_without_batch(item) for item in value)
-    if value.dim() == 0:
-        return ()
-    return (None, *value.shape[1:])
+def _shape_without_batch(first, second):
+    """The shape of the outputs ``first`` and ``second`` of dry runs of two batch sizes,
+    with None where they differ: where the batch is (dimension 0 of most outputs,
+    dimension 1 of a recurrent layer's h_n); a tuple of shapes for a tuple."""
+    if isinstance(first, (tuple, list)):
+        return tuple(_shape_without_batch(a, b) for a, b in zip(first, second))
+    return tuple(None if a != b else a for a, b in zip(first.shape, second.shape))
 
 
 def _dtypes(value):
@@ -201,14 +202,14 @@ def _dtypes(value):
     return value.dtype if isinstance(value, torch.Tensor) else None
 
 
-def _zeros(shape, like, dtype=None):
-    """Zeros of ``shape`` with a batch of _DRY_RUN_BATCH: of ``dtype`` when it is an integer
-    one (ids), else of the dtype and device of the tensor ``like`` (the layer's first
-    parameter) or torch's defaults."""
+def _zeros(shape, like, dtype, batch):
+    """Zeros of ``shape`` with ``batch`` in the place of None: of ``dtype`` when it is an
+    integer one (ids), else of the dtype and device of the tensor ``like`` (the layer's
+    first parameter) or torch's defaults."""
     if _is_tuple_shape(shape):
         dtypes = dtype if isinstance(dtype, tuple) else (None,) * len(shape)
-        return tuple(_zeros(item, like, item_dtype) for item, item_dtype in zip(shape, dtypes))
-    size = (_DRY_RUN_BATCH, *shape[1:]) if shape else ()
+        return tuple(_zeros(item, like, item_dtype, batch) for item, item_dtype in zip(shape, dtypes))
+    size = tuple(batch if size is None else size for size in shape)
     device = None if like is None else like.device
     if dtype is not None and not dtype.is_floating_point:
         return torch.zeros(size, dtype=dtype, device=device)
@@ -218,8 +219,9 @@ def _zeros(shape, like, dtype=None):
 
 
 def _dry_run(layer, parents, name):
-    """(shape, dtype) of ``layer``'s output on zeros of its parents' shapes, (None, None) when one is
-    unknown, and its dtype. It runs on a copy in eval mode, so that the layer keeps its cache and
+    """(shape, dtype) of ``layer``'s output on zeros of its parents' shapes, run with each
+    batch size of ``_DRY_RUN_BATCHES``; (None, None) when a parent's shape is unknown or the
+    layer is a loss. It runs on a copy in eval mode, so that the layer keeps its cache and
     buffers (no running statistics updated) and torch's RNG is not drawn from (no dropout)."""
     if any(parent.shape is None for parent in parents) or isinstance(layer, Loss):
         # A loss's targets come when the model runs (model(x, y=targets)): no dry run.
@@ -227,15 +229,17 @@ def _dry_run(layer, parents, name):
     probe = copy.deepcopy(layer).eval()
     params = probe.params()
     like = params[0][0] if params else None
-    try:
-        out = probe(*[_zeros(parent.shape, like, parent.dtype) for parent in parents])
-    except (ValueError, TypeError, RuntimeError, IndexError) as error:
-        given = ", ".join(f"'{parent.name}' {_format_shape(parent.shape)}" for parent in parents)
-        raise ValueError(
-            f"node '{name}': {_label(layer)} cannot take {given}; a dry run on zeros (batch "
-            f"{_DRY_RUN_BATCH}) says: {error}"
-        ) from error
-    return _shape_without_batch(out), _dtypes(out)
+    outs = []
+    for batch in _DRY_RUN_BATCHES:
+        try:
+            outs.append(probe(*[_zeros(parent.shape, like, parent.dtype, batch) for parent in parents]))
+        except (ValueError, TypeError, RuntimeError, IndexError) as error:
+            given = ", ".join(f"'{parent.name}' {_format_shape(parent.shape)}" for parent in parents)
+            raise ValueError(
+                f"node '{name}': {_label(layer)} cannot take {given}; a dry run on zeros (batch "
+                f"{batch}) says: {error}"
+            ) from error
+    return _shape_without_batch(*outs), _dtypes(outs[0])
 
 
 # Construction checks ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from nnlab.grad_compare import (
 )
 from nnlab.graph import Add, Concat, Input, Model, Multiply, plot_graph, to_dot
 from nnlab.layers import (
+    LSTM,
     BatchNorm2d,
     Conv2d,
     CrossEntropyLoss,
@@ -473,6 +474,22 @@ def test_summary_table_and_total():
     assert rows["joined"].split()[1:] == ["Concat", "(None,", "10)", "0", "product,", "h2"]
     assert lines[-2] == f"Total parameters: {count_params(model):,}" == "Total parameters: 86"
     assert lines[-1] == "Outputs: out_1, out_2"
+
+
+def test_a_recurrent_layers_final_state_has_none_where_its_batch_is():
+    # torch's h_n is (num_layers * directions, N, H) whatever batch_first says.
+    x = Input((5, 3))
+    out, (h_n, c_n) = LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)(x, name="lstm")
+    assert out.shape == (None, 5, 8)
+    assert h_n.shape == c_n.shape == (4, None, 4)
+    read_out = Linear(4, 2)(h_n)
+    assert read_out.shape == (4, None, 2)
+    model = Model(x, read_out)
+    lines = []
+    model.summary(print_fn=lines.append)
+    row = next(line for line in lines if line.startswith("lstm "))
+    assert "[(None, 5, 8), [(4, None, 4), (4, None, 4)]]" in row
+    assert model(torch.randn(7, 5, 3)).shape == (4, 7, 2)
 
 
 def test_dot_text_and_plot_graph(tmp_path, monkeypatch):
