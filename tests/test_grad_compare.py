@@ -19,13 +19,13 @@ from nnlab.grad_compare import (
     tie_heavy,
 )
 from nnlab.layers import (
+    GRU,
+    LSTM,
     MLP,
     AvgPool2d,
     BatchNorm1d,
     Conv2d,
     CrossEntropyLoss,
-    GRU,
-    LSTM,
     Dropout,
     Linear,
     MaxPool2d,
