@@ -50,6 +50,7 @@ import torch
 from nnlab import layers as nnlab_layers
 from nnlab.graph import Input, Model
 from nnlab.layers import (
+    GELU,
     AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
@@ -400,13 +401,17 @@ def _attention_call(name):
 
 def attention_cases(batch, tokens, embed_dim, heads):
     """MultiheadAttention self-attention forward + backward (the input's gradient is the
-    sum of dquery, dkey and dvalue on nnlab's side; autograd sums them on torch's), and a
-    TransformerEncoderLayer training step (forward, MSE against a target, backward, SGD)."""
+    sum of dquery, dkey and dvalue on nnlab's side; autograd sums them on torch's), a
+    TransformerEncoderLayer training step (forward, MSE against a target, backward, SGD),
+    and GELU forward + backward on the encoder's feed-forward hidden layer (N, L, 4 E)."""
     shape = f"{batch}x{tokens}x{embed_dim}, {heads} heads"
     pairs = attention_pairs(batch, tokens, embed_dim, heads)
     cases = [self_attention_case(f"{name} {shape}", layer, twin, x) for name, layer, twin, x in pairs[:2]]
     _, encoder, encoder_twin, x = pairs[2]
     cases.append(encoder_step_case(f"train step TransformerEncoderLayer {shape}", encoder, encoder_twin, x))
+    hidden = torch.randn(batch, tokens, 4 * embed_dim)
+    name = f"GELU {batch}x{tokens}x{4 * embed_dim} (a feed-forward's)"
+    cases.append(forward_backward_case(name, GELU(), torch.nn.GELU(), hidden))
     return cases
 
 
