@@ -1,20 +1,35 @@
 """Character-level language models: a vocabulary of characters, the Python documentation
 text that ships with CPython as the default corpus, a recurrent model (embedding, LSTM or
-GRU, linear read-out) trained by truncated backpropagation through time, its loss in nats
-per character, and sampling."""
+GRU, linear read-out) trained by truncated backpropagation through time, a causal
+Transformer trained on fixed context windows, their loss in nats per character, and
+sampling."""
 
+import inspect
 import math
 import time
 from typing import NamedTuple
 
 import torch
 
-from .layers import GRU, LSTM, CrossEntropyLoss, Embedding, Layer, Linear
+from .layers import (
+    GRU,
+    LSTM,
+    CrossEntropyLoss,
+    Embedding,
+    Layer,
+    LayerNorm,
+    LearnedPositionalEncoding,
+    Linear,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    generate_square_subsequent_mask,
+)
 from .optimizers import Adam, clip_grad_norm_
 
 __all__ = [
     "MODEL_KINDS",
     "CharLanguageModel",
+    "CharTransformerModel",
     "LanguageModelRun",
     "Vocabulary",
     "evaluate_language_model",
@@ -28,7 +43,15 @@ __all__ = [
 ]
 
 RECURRENT = {"lstm": LSTM, "gru": GRU}
-MODEL_KINDS = tuple(RECURRENT)
+MODEL_KINDS = (*RECURRENT, "transformer")
+# Each kind's window, learning rate and model options when the caller gives none.
+TRAINING_DEFAULTS = {
+    "lstm": {"window": 64, "learn_rate": 4e-3, "model": dict(embedding_dim=64, hidden_size=256, num_layers=1)},
+    "gru": {"window": 64, "learn_rate": 4e-3, "model": dict(embedding_dim=64, hidden_size=256, num_layers=1)},
+    "transformer": {
+        "window": 128, "learn_rate": 2e-3, "model": dict(d_model=128, nhead=4, num_layers=2, dim_feedforward=512),
+    },
+}
 
 
 def python_docs_text():
@@ -116,6 +139,91 @@ class CharLanguageModel(Layer):
         self.embedding.backward(dx)
         return None
 
+    def next_scores(self, history, new):
+        """Scores (V,) of the character after ``history`` (1-D ids), of which the state
+        already holds all but the last ``new`` (all of them new: start from no state)."""
+        state = None if new == len(history) else detached_state(self.state)
+        return self(history[-new:].unsqueeze(0), state)[0, -1]
+
+
+class CharTransformerModel(Layer):
+    """Next-character scores from a causal Transformer: ``Embedding(V, d_model) ->
+    LearnedPositionalEncoding(window, d_model) -> TransformerEncoder(num_layers x
+    TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation='gelu',
+    batch_first=True, norm_first=True), norm=LayerNorm(d_model)) -> Linear(d_model, V)``,
+    the encoder masked by ``generate_square_subsequent_mask`` so that position t sees
+    positions 0..t only.
+
+    forward(ids (N, T), state=None) returns scores (N, T, V), T <= window; nothing is carried
+    from one window to the next (``state`` must be None and ``self.state`` stays None).
+    backward(dscores) runs the layers' backward passes in reverse and returns None (the ids
+    have no gradient).
+    """
+
+    has_input_gradient = False
+
+    def __init__(self, vocab_size, d_model=128, nhead=4, num_layers=2, dim_feedforward=512, window=128, dropout=0.0):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.kind = "transformer"
+        self.window = window
+        self.config = dict(
+            vocab_size=vocab_size, kind="transformer", d_model=d_model, nhead=nhead, num_layers=num_layers,
+            dim_feedforward=dim_feedforward, window=window, dropout=dropout,
+        )
+        self.embedding = Embedding(vocab_size, d_model)
+        self.position = LearnedPositionalEncoding(window, d_model, batch_first=True)
+        block = TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = TransformerEncoder(block, num_layers, norm=LayerNorm(d_model))
+        self.readout = Linear(d_model, vocab_size)
+        self.state = None
+
+    def __repr__(self):
+        return f"CharTransformerModel({self.vocab_size}, window={self.window}, {self.encoder!r})"
+
+    def named_children(self):
+        return [("embedding", self.embedding), ("position", self.position), ("encoder", self.encoder), ("readout", self.readout)]
+
+    def forward(self, ids, state=None, **kw):
+        if state is not None:
+            raise ValueError("CharTransformerModel: a Transformer carries no state between windows; state must be None")
+        length = ids.shape[-1]
+        if length > self.window:
+            raise ValueError(f"CharTransformerModel: {length} characters exceed the context window of {self.window}")
+        x = self.position(self.embedding(ids))
+        mask = generate_square_subsequent_mask(length, dtype=x.dtype)
+        return self.readout(self.encoder(x, mask=mask, is_causal=True))
+
+    def backward(self, dscores):
+        dx = self.encoder.backward(self.readout.backward(dscores))
+        self.embedding.backward(self.position.backward(dx))
+        return None
+
+    def next_scores(self, history, new):
+        """Scores (V,) of the character after ``history`` (1-D ids), read from its last
+        ``window`` ids (``new`` is not needed: nothing is carried between calls)."""
+        return self(history[-self.window:].unsqueeze(0))[0, -1]
+
+
+LANGUAGE_MODELS = {"lstm": CharLanguageModel, "gru": CharLanguageModel, "transformer": CharTransformerModel}
+
+
+def build_language_model(vocab_size, kind, **options):
+    """The model of ``kind`` ('lstm', 'gru' or 'transformer') with ``options`` (its
+    constructor's keywords); TypeError naming an option that kind does not take."""
+    if kind not in LANGUAGE_MODELS:
+        raise ValueError(f"language model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    model_class = LANGUAGE_MODELS[kind]
+    accepted = inspect.signature(model_class).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"a {kind} language model does not take {', '.join(unknown)}")
+    if model_class is CharLanguageModel:
+        options = dict(options, kind=kind)
+    return model_class(vocab_size, **options)
+
 
 def state_given(recurrent):
     """Whether the recurrent layer's latest forward was given an initial state."""
@@ -123,7 +231,10 @@ def state_given(recurrent):
 
 
 def detached_state(state):
-    """A state to start the next window from: the same values, no link to this window."""
+    """A state to start the next window from: the same values, no link to this window
+    (None for none)."""
+    if state is None:
+        return None
     if isinstance(state, tuple):
         return tuple(part.clone() for part in state)
     return state.clone()
@@ -151,9 +262,13 @@ class LanguageModelRun(NamedTuple):
     seconds: float
 
 
-def evaluate_language_model(model, ids, batch_size=32, window=128):
+def evaluate_language_model(model, ids, batch_size=32, window=None):
     """Mean loss in nats per character of predicting each id of ``ids`` from the ones before
-    it, in ``batch_size`` parallel streams read window by window, the state carried over."""
+    it, in ``batch_size`` parallel streams read window by window, a recurrent model's state
+    carried over (a Transformer sees each window on its own). ``window`` defaults to a
+    Transformer's context window, and to 128 for a recurrent model."""
+    if window is None:
+        window = getattr(model, "window", 128)
     model.eval()
     data = streams(ids, batch_size)
     loss_fn = CrossEntropyLoss()
@@ -169,21 +284,35 @@ def evaluate_language_model(model, ids, batch_size=32, window=128):
 
 
 def train_language_model(
-    text, kind="lstm", epochs=5, batch_size=32, window=64, hidden_size=256, embedding_dim=64, num_layers=1,
-    learn_rate=4e-3, clip=1.0, test_fraction=0.1, seed=0, progress=None,
+    text, kind="lstm", epochs=5, batch_size=32, window=None, learn_rate=None, clip=1.0, test_fraction=0.1, seed=0,
+    progress=None, **model_options,
 ):
-    """Trains a character model on ``text``: the last ``test_fraction`` of it is the test set
-    (contiguous), the rest is read as ``batch_size`` parallel streams in windows of ``window``
-    characters with the state carried from window to window (truncated backpropagation
-    through time); Adam with the learning rate decayed along a cosine to 0 over the run,
-    gradients clipped to norm ``clip``. ``progress(epoch, train_loss, test_loss)`` is called
-    after each epoch. Returns a LanguageModelRun."""
+    """Trains a character model of ``kind`` on ``text``: the last ``test_fraction`` of it is
+    the test set (contiguous), the rest is read as ``batch_size`` parallel streams in windows
+    of ``window`` characters. A recurrent model carries its state from window to window
+    (truncated backpropagation through time); a Transformer sees each window on its own (its
+    context is the window). Adam with the learning rate decayed along a cosine to 0 over the
+    run, gradients clipped to norm ``clip``. ``window``, ``learn_rate`` and the model's
+    options (``embedding_dim``, ``hidden_size``, ``num_layers``, ``dropout`` of
+    ``CharLanguageModel``; ``d_model``, ``nhead``, ``num_layers``, ``dim_feedforward``,
+    ``dropout`` of ``CharTransformerModel``, whose context window is ``window``) default to
+    ``TRAINING_DEFAULTS[kind]``.
+    ``progress(epoch, train_loss, test_loss)`` is called after each epoch. Returns a
+    LanguageModelRun."""
+    if kind not in TRAINING_DEFAULTS:
+        raise ValueError(f"train_language_model: kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    defaults = TRAINING_DEFAULTS[kind]
+    window = defaults["window"] if window is None else window
+    learn_rate = defaults["learn_rate"] if learn_rate is None else learn_rate
+    options = dict(defaults["model"], **model_options)
+    if kind == "transformer":
+        options["window"] = window
     torch.manual_seed(seed)
     vocabulary = Vocabulary(text)
     ids = vocabulary.encode(text)
     split = int(len(ids) * (1 - test_fraction))
     train_ids, test_ids = ids[:split], ids[split:]
-    model = CharLanguageModel(len(vocabulary), kind, embedding_dim, hidden_size, num_layers)
+    model = build_language_model(len(vocabulary), kind, **options)
     optimizer = Adam(model.params(), learn_rate=learn_rate)
     loss_fn = CrossEntropyLoss()
     data = streams(train_ids, batch_size)
@@ -240,27 +369,26 @@ def plot_language_run(run):
 def generate(model, vocabulary, prompt, length, temperature=1.0, seed=0):
     """``prompt`` followed by ``length`` characters drawn one at a time from the model's
     distribution at ``temperature`` (softmax of scores / temperature; 0 picks the most
-    likely character). ValueError naming the prompt's characters that are not in the
-    vocabulary."""
+    likely character); a Transformer reads the last ``window`` characters. ValueError
+    naming the prompt's characters that are not in the vocabulary."""
     if not prompt:
         raise ValueError("generate: the prompt must hold at least one character")
     if temperature < 0 or not math.isfinite(temperature):
         raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature}")
-    ids = vocabulary.encode(prompt)
+    history = vocabulary.encode(prompt)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
-    scores = model(ids.unsqueeze(0))[0, -1]
-    produced = []
+    scores = model.next_scores(history, len(history))
     for _ in range(length):
         if temperature == 0:
             next_id = int(scores.argmax())
         else:
             probabilities = torch.softmax(scores.double() / temperature, dim=0)
             next_id = int(torch.multinomial(probabilities, 1, generator=generator))
-        produced.append(next_id)
-        scores = model(torch.tensor([[next_id]]), detached_state(model.state))[0, -1]
+        history = torch.cat([history, torch.tensor([next_id])])
+        scores = model.next_scores(history, 1)
     model.train()
-    return prompt + vocabulary.decode(torch.tensor(produced, dtype=torch.long))
+    return vocabulary.decode(history)
 
 
 def save_language_model(run_or_model, vocabulary, path):
@@ -280,7 +408,7 @@ def load_language_model(path):
     if not isinstance(saved, dict) or saved.get("format") != "nnlab-char-lm-1":
         raise ValueError(f"{path}: not an nnlab language model checkpoint (no 'nnlab-char-lm-1' format field)")
     try:
-        model = CharLanguageModel(**saved["config"])
+        model = build_language_model(**saved["config"])
         model.load_state_dict(saved["state"])
         vocabulary = Vocabulary(saved["vocabulary"])
     except (KeyError, TypeError, ValueError) as error:

@@ -77,6 +77,103 @@ def test_the_models_gradients_equal_autograds_through_torch_modules(kind):
         assert_close(name, grad, parameter.grad, rtol=1e-10)
 
 
+class TorchCharTransformer(torch.nn.Module):
+    """The torch twin of CharTransformerModel: torch.nn's Embedding, a learned position
+    table, TransformerEncoder (pre-norm GELU layers, final LayerNorm) and Linear."""
+
+    def __init__(self, model):
+        super().__init__()
+        config = model.config
+        d_model = config["d_model"]
+        self.embedding = torch.nn.Embedding(config["vocab_size"], d_model)
+        self.position = torch.nn.Module()
+        self.position.weight = torch.nn.Parameter(torch.zeros(config["window"], d_model))
+        layer = torch.nn.TransformerEncoderLayer(
+            d_model, config["nhead"], config["dim_feedforward"], config["dropout"], activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = torch.nn.TransformerEncoder(layer, config["num_layers"], torch.nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.readout = torch.nn.Linear(d_model, config["vocab_size"])
+        self.load_state_dict(model.state_dict())
+
+    def forward(self, ids):
+        length = ids.shape[1]
+        x = self.embedding(ids) + self.position.weight[:length]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(length, dtype=x.dtype)
+        return self.readout(self.encoder(x, mask=mask, is_causal=True))
+
+
+def small_transformer(vocab_size=7, window=6, seed=0):
+    torch.manual_seed(seed)
+    model = language.CharTransformerModel(vocab_size, d_model=8, nhead=2, num_layers=2, dim_feedforward=12, window=window)
+    return model.to(torch.float64)
+
+
+@pytest.mark.parametrize("length", [1, 6])
+def test_the_transformers_gradients_equal_autograds_through_torch_modules(length):
+    model = small_transformer()
+    twin = TorchCharTransformer(model).double()
+    ids = torch.randint(0, 7, (3, length))
+    targets = torch.randint(0, 7, (3, length))
+    loss_fn = CrossEntropyLoss()
+    scores = model(ids)
+    loss = loss_fn(scores.reshape(-1, 7), targets.reshape(-1))
+    assert model.backward(loss_fn.backward().reshape(scores.shape)) is None
+    twin_scores = twin(ids)
+    twin_loss = torch.nn.functional.cross_entropy(twin_scores.reshape(-1, 7), targets.reshape(-1))
+    twin_loss.backward()
+    assert_close("scores", scores, twin_scores.detach(), atol=1e-12)
+    for (name, parameter), (_, grad) in zip(twin.named_parameters(), model.params(), strict=True):
+        assert_close(name, grad, parameter.grad, rtol=1e-10)
+
+
+def test_the_transformer_sees_each_window_on_its_own_and_no_more_than_its_window():
+    model = small_transformer(window=4)
+    twin = TorchCharTransformer(model).double()
+    ids = torch.randint(0, 7, (2 * 11 + 1,))
+    loss = language.evaluate_language_model(model, ids, batch_size=2)
+    stream_ids = ids[:22].reshape(2, 11)
+    total = 0.0
+    for start in (0, 4, 8):
+        inputs = stream_ids[:, start:min(start + 4, 10)]
+        targets = stream_ids[:, start + 1:start + 1 + inputs.shape[1]]
+        scores = twin(inputs)
+        total += torch.nn.functional.cross_entropy(scores.reshape(-1, 7), targets.reshape(-1), reduction="sum").item()
+    assert abs(loss - total / 20) < 1e-12
+    with pytest.raises(ValueError, match="5 characters exceed the context window of 4"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="carries no state between windows"):
+        model(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1))
+
+
+def test_transformer_generation_reads_the_last_window_of_characters():
+    model = small_transformer(vocab_size=5, window=4, seed=1)
+    vocabulary = language.Vocabulary("abcde")
+    twin = TorchCharTransformer(model).double()
+    text = language.generate(model, vocabulary, "abcdeab", 8, temperature=0.0)
+    expected = "abcdeab"
+    for _ in range(8):
+        scores = twin(vocabulary.encode(expected[-4:]).unsqueeze(0))
+        expected += vocabulary.chars[int(scores[0, -1].argmax())]
+    assert text == expected
+
+
+def test_training_a_transformer_learns_a_repeating_text():
+    run = language.train_language_model(
+        TEXT, kind="transformer", epochs=6, batch_size=4, window=32, d_model=32, nhead=2, num_layers=1, dim_feedforward=64, learn_rate=1e-2
+    )
+    uniform = math.log(len(run.vocabulary))
+    assert run.model.window == 32
+    assert run.test_loss[-1] < 0.3 * uniform
+    assert run.test_loss[-1] < run.test_loss[0]
+
+
+def test_an_option_the_model_kind_does_not_take_is_refused():
+    with pytest.raises(TypeError, match="a transformer language model does not take hidden_size"):
+        language.train_language_model(TEXT, kind="transformer", hidden_size=8)
+    with pytest.raises(ValueError, match="kind must be one of lstm, gru, transformer, got 'rnn'"):
+        language.train_language_model(TEXT, kind="rnn")
+
+
 def test_evaluation_carries_the_state_across_windows_as_one_long_pass_would():
     torch.manual_seed(0)
     model = language.CharLanguageModel(6, "gru", embedding_dim=4, hidden_size=5).to(torch.float64)
@@ -113,9 +210,17 @@ def test_generation_at_temperature_0_follows_the_likeliest_character():
     assert text == expected
 
 
-def test_save_and_load_give_the_same_model_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: language.CharLanguageModel(6, "lstm", embedding_dim=4, hidden_size=5),
+        lambda: language.CharTransformerModel(6, d_model=4, nhead=2, num_layers=1, dim_feedforward=6, window=8),
+    ],
+    ids=["lstm", "transformer"],
+)
+def test_save_and_load_give_the_same_model_in_a_fresh_process(tmp_path, make_model):
     torch.manual_seed(0)
-    model = language.CharLanguageModel(6, "lstm", embedding_dim=4, hidden_size=5)
+    model = make_model()
     vocabulary = language.Vocabulary("abcdef")
     path = tmp_path / "lm.pt"
     language.save_language_model(model, vocabulary, path)
@@ -153,12 +258,34 @@ def test_train_text_and_generate_from_the_command_line(tmp_path):
     assert generated.stdout.startswith("the ") and len(generated.stdout.rstrip("\n")) == 14
 
 
+def test_train_a_transformer_and_generate_from_the_command_line(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    checkpoint = tmp_path / "lm.pt"
+    result = nnlab("train", "--data", "text", "--text", str(text), "--model", "transformer", "--epochs", "1", "--checkpoint", str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("character-level transformer language model on ")
+    model, _ = language.load_language_model(checkpoint)
+    assert isinstance(model, language.CharTransformerModel)
+    assert model.config == dict(language.TRAINING_DEFAULTS["transformer"]["model"], vocab_size=len(set(TEXT)), kind="transformer",
+                                window=language.TRAINING_DEFAULTS["transformer"]["window"], dropout=0.0)
+    generated = nnlab("generate", "--checkpoint", str(checkpoint), "--prompt", "the lazy dog", "--length", "150")
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.startswith("the lazy dog") and len(generated.stdout.rstrip("\n")) == 162
+
+
+def test_the_command_lists_the_language_models():
+    result = nnlab("train", "--help")
+    assert "lstm, gru, transformer with --data text" in " ".join(result.stdout.split())
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
         (("train", "--data", "text", "--text", "/no/such/file"), "--text /no/such/file: no such file"),
         (("train", "--data", "digits", "--model", "lstm"), "--model lstm is a language model: it takes --data text"),
-        (("train", "--data", "text", "--model", "cnn"), "--model cnn: --data text trains lstm, gru"),
+        (("train", "--data", "text", "--model", "cnn"), "--model cnn: --data text trains lstm, gru, transformer"),
+        (("train", "--data", "digits", "--model", "transformer"), "--model transformer is a language model: it takes --data text"),
         (("train", "--text", "x.txt"), "--text is taken with --data text only"),
         (("generate", "--checkpoint", "/no/such.pt"), "--checkpoint /no/such.pt: no such file"),
     ],
