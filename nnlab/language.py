@@ -44,12 +44,18 @@ __all__ = [
 
 RECURRENT = {"lstm": LSTM, "gru": GRU}
 MODEL_KINDS = (*RECURRENT, "transformer")
-# Each kind's window, learning rate and model options when the caller gives none.
+# What each kind trains with when the caller does not say: epochs, batch size (parallel
+# streams), window, learning rate and the model's options.
+RECURRENT_DEFAULTS = {
+    "epochs": 5, "batch_size": 32, "window": 64, "learn_rate": 4e-3,
+    "model": dict(embedding_dim=64, hidden_size=256, num_layers=1),
+}
 TRAINING_DEFAULTS = {
-    "lstm": {"window": 64, "learn_rate": 4e-3, "model": dict(embedding_dim=64, hidden_size=256, num_layers=1)},
-    "gru": {"window": 64, "learn_rate": 4e-3, "model": dict(embedding_dim=64, hidden_size=256, num_layers=1)},
+    "lstm": RECURRENT_DEFAULTS,
+    "gru": RECURRENT_DEFAULTS,
     "transformer": {
-        "window": 128, "learn_rate": 2e-3, "model": dict(d_model=128, nhead=4, num_layers=2, dim_feedforward=512),
+        "epochs": 6, "batch_size": 16, "window": 128, "learn_rate": 6e-3,
+        "model": dict(d_model=128, nhead=4, num_layers=2, dim_feedforward=512),
     },
 }
 
@@ -284,7 +290,7 @@ def evaluate_language_model(model, ids, batch_size=32, window=None):
 
 
 def train_language_model(
-    text, kind="lstm", epochs=5, batch_size=32, window=None, learn_rate=None, clip=1.0, test_fraction=0.1, seed=0,
+    text, kind="lstm", epochs=None, batch_size=None, window=None, learn_rate=None, clip=1.0, test_fraction=0.1, seed=0,
     progress=None, **model_options,
 ):
     """Trains a character model of ``kind`` on ``text``: the last ``test_fraction`` of it is
@@ -292,16 +298,18 @@ def train_language_model(
     of ``window`` characters. A recurrent model carries its state from window to window
     (truncated backpropagation through time); a Transformer sees each window on its own (its
     context is the window). Adam with the learning rate decayed along a cosine to 0 over the
-    run, gradients clipped to norm ``clip``. ``window``, ``learn_rate`` and the model's
-    options (``embedding_dim``, ``hidden_size``, ``num_layers``, ``dropout`` of
-    ``CharLanguageModel``; ``d_model``, ``nhead``, ``num_layers``, ``dim_feedforward``,
-    ``dropout`` of ``CharTransformerModel``, whose context window is ``window``) default to
-    ``TRAINING_DEFAULTS[kind]``.
+    run, gradients clipped to norm ``clip``. ``epochs``, ``batch_size``, ``window``,
+    ``learn_rate`` and the model's options (``embedding_dim``, ``hidden_size``,
+    ``num_layers``, ``dropout`` of ``CharLanguageModel``; ``d_model``, ``nhead``,
+    ``num_layers``, ``dim_feedforward``, ``dropout`` of ``CharTransformerModel``, whose
+    context window is ``window``) default to ``TRAINING_DEFAULTS[kind]``.
     ``progress(epoch, train_loss, test_loss)`` is called after each epoch. Returns a
     LanguageModelRun."""
     if kind not in TRAINING_DEFAULTS:
         raise ValueError(f"train_language_model: kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     defaults = TRAINING_DEFAULTS[kind]
+    epochs = defaults["epochs"] if epochs is None else epochs
+    batch_size = defaults["batch_size"] if batch_size is None else batch_size
     window = defaults["window"] if window is None else window
     learn_rate = defaults["learn_rate"] if learn_rate is None else learn_rate
     options = dict(defaults["model"], **model_options)

@@ -11,9 +11,9 @@ from .checks import UsageError, check_output_file, check_plot_file, non_negative
 __all__ = ["LANGUAGE_MODELS", "add_generate_parser", "run_generate", "train_text"]
 
 LANGUAGE_MODELS = tuple(language.MODEL_KINDS)
-# What `nnlab train --data text` trains with when a flag is not given; the learning rate,
-# the window and the model's size are language.TRAINING_DEFAULTS of the model kind.
-TEXT_DEFAULTS = {"model": "lstm", "epochs": {"lstm": 5, "gru": 5, "transformer": 5}, "batch_size": 32, "seed": 0}
+# What `nnlab train --data text` trains when a flag is not given; the epochs, batch size,
+# learning rate, window and model size are language.TRAINING_DEFAULTS of the model kind.
+TEXT_DEFAULTS = {"model": "lstm", "seed": 0}
 
 
 def read_text(path):
@@ -55,7 +55,7 @@ def train_text(args):
     if args.plot is not None:
         check_plot_file(args.plot)
     text, source = read_text(args.text)
-    epochs = args.epochs or TEXT_DEFAULTS["epochs"][model_kind]
+    epochs = args.epochs or language.TRAINING_DEFAULTS[model_kind]["epochs"]
     print(f"character-level {model_kind} language model on {source}: {len(text):,} characters, the last 10% for testing")
 
     def progress(epoch, train_loss, test_loss):
@@ -66,7 +66,7 @@ def train_text(args):
         text,
         kind=model_kind,
         epochs=epochs,
-        batch_size=args.batch_size or TEXT_DEFAULTS["batch_size"],
+        batch_size=args.batch_size,
         learn_rate=args.lr,
         seed=args.seed if args.seed is not None else TEXT_DEFAULTS["seed"],
         progress=progress,
