@@ -84,6 +84,13 @@ def copy_params(layer, module):
             target.copy_(source)
 
 
+def flat_tensors(value):
+    """The tensors of ``value`` in order, tuples nested in it opened (an LSTM's (out, (h, c)))."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    return tuple(tensor for part in value for tensor in flat_tensors(part))
+
+
 def _outputs(value):
     return value if isinstance(value, tuple) else (value,)
 

@@ -10,6 +10,7 @@ from nnlab import jacobians
 from nnlab.gradcheck_suite import CASES
 from nnlab.grad_compare import gradient_norm, jacobian, jacobian_norm, tie_heavy
 from nnlab.layers import BatchNorm1d, Conv2d, Dropout, Linear, ReLU, Sequential, Tanh
+from reference import flat_tensors
 
 LAYER_CASES = [case for case in CASES if not case.ties]
 
@@ -32,13 +33,6 @@ def float64_case(case, seed=0):
     if y is not None and y.is_floating_point():
         y = y.double()
     return layer, x, y
-
-
-def flat_tensors(value):
-    """The tensors of ``value`` in order, tuples nested in it opened (an LSTM's (out, (h, c)))."""
-    if isinstance(value, torch.Tensor):
-        return (value,)
-    return tuple(tensor for part in value for tensor in flat_tensors(part))
 
 
 def autograd_jacobian(layer, x, y, seed):

@@ -6,6 +6,7 @@ import torch
 from nnlab.gradcheck_suite import CASES
 from nnlab.layers import CrossEntropyLoss, Dropout, Dropout2d, Linear, ReLU, Sequential
 from nnlab.grad_compare import torch_twin
+from reference import flat_tensors
 
 # torch.nn has no module for these (or, for Dropout, none drawing nnlab's mask).
 TWINLESS = (
@@ -36,9 +37,7 @@ def test_the_twin_computes_what_the_layer_computes(case):
     assert twin is not None and twin.training == layer.training
     ours = layer(*xs) if y is None else layer(*xs, y=y)
     theirs = twin(*xs) if y is None else twin(*xs, y)
-    ours = ours if isinstance(ours, tuple) else (ours,)
-    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
-    for mine, reference in zip(ours, theirs, strict=True):
+    for mine, reference in zip(flat_tensors(ours), flat_tensors(theirs), strict=True):
         assert (mine - reference.detach()).abs().max() <= 1e-5
 
 
