@@ -492,7 +492,7 @@ class Adam(_AdamMoments):
         >>> for step in range(20):
         ...     optimizer.zero_grad()
         ...     losses.append(loss_fn(layer(x), y).item())
-        ...     _ = layer.backward(loss_fn.backward())
+        ...     _ = layer.backward(loss_fn.backward(1.0))
         ...     optimizer.step()
         >>> losses[-1] < losses[0]
         True

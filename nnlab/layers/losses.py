@@ -240,7 +240,7 @@ class CrossEntropyLoss(ClassificationLoss):
         >>> loss = loss_fn(scores, labels)
         >>> torch.allclose(loss, torch.nn.functional.cross_entropy(scores, labels))
         True
-        >>> dscores = loss_fn.backward()             # (softmax(scores) - one_hot(labels)) / N
+        >>> dscores = loss_fn.backward(1.0)          # (softmax(scores) - one_hot(labels)) / N
         >>> expected = (scores.softmax(dim=1) - torch.nn.functional.one_hot(labels, 3)) / 4
         >>> torch.allclose(dscores, expected)
         True
