@@ -148,6 +148,28 @@ def test_conventions(dtype, name):
     assert torch.nn.GELU()(torch.tensor([math.inf], dtype=torch.float64)).item() == math.inf
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_is_exact_at_inf_and_the_largest_floats_in_a_long_tensor(dtype, approximate):
+    """GELU(x) = x * Phi(x) = x for x = +inf and for the largest finite floats (Phi = 1
+    there), at every position of a tensor long enough for torch's vectorised loop (whose
+    float32 kernel gives NaN at +inf and overflows to inf at 3e38); the finite entries
+    beside them as torch's. The exact values are x itself: no reference kernel needed."""
+    largest = torch.finfo(dtype).max
+    x = torch.linspace(-4, 4, 64, dtype=dtype)
+    x[[3, 17, 40]] = math.inf
+    x[[5, 33]] = largest
+    x[[6, 50]] = -math.inf
+    out = nl.GELU(approximate)(x)
+    huge = torch.zeros(64, dtype=torch.bool)
+    huge[[3, 17, 40, 5, 33]] = True
+    assert torch.equal(out[huge], x[huge])
+    assert out[[6, 50]].isnan().all()  # -inf * Phi(-inf) = -inf * 0, as torch
+    finite = torch.isfinite(x) & ~huge
+    atol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert_close("finite entries", out[finite], torch.nn.GELU(approximate)(x[finite]), atol=atol)
+
+
 def test_torchs_float64_hardsigmoid_slope_is_rounded_to_float32():
     x = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
     (slope,) = torch.autograd.grad(torch.nn.Hardsigmoid()(x), x, torch.ones_like(x))

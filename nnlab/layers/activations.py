@@ -161,7 +161,8 @@ class GELU(Pointwise):
     (``approximate='none'``), or ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
     (``approximate='tanh'``). Same as ``torch.nn.GELU``.
 
-    At x = +inf the output is +inf, as torch gives it in float64 (see the module docstring).
+    At x = +inf the output is +inf, as torch gives it in float64 (see the module docstring);
+    the largest finite floats give themselves (torch's float32 kernel overflows to inf).
     Backward: 'none': ``dx = dout * (Phi(x) + x * phi(x))``, phi the normal density;
     'tanh': with ``u = sqrt(2/pi) (x + 0.044715 x^3)`` and ``t = tanh(u)``,
     ``dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))``.
@@ -188,6 +189,18 @@ class GELU(Pointwise):
         self.approximate = approximate
 
     def function(self, x):
+        # torch.erf alone costs more than F.gelu's whole pass (`nnlab bench --cases GELU`),
+        # so F.gelu computes the finite outputs. Where its sum is not finite, the formula
+        # below computes every entry: F.gelu's float32 kernel gives NaN at +inf and
+        # overflows to inf just below the largest float, the formula neither.
+        out = F.gelu(x, approximate=self.approximate)
+        if out.numel() and not torch.isfinite(out.sum()):
+            return self.formula(x)
+        return out
+
+    def formula(self, x):
+        """``x * Phi(x)`` (or its tanh approximation) written out: half_x + half_x *
+        erf(x / sqrt 2), exact at +inf and at the largest finite values."""
         if self.approximate == "tanh":
             inner = (x + x * x * x * _GELU_TANH_KAPPA) * _SQRT_2_OVER_PI
             return 0.5 * x * (1 + torch.tanh(inner))
