@@ -57,6 +57,7 @@ class ClassificationLoss(Loss):
         self._every_label_counts = False
         self._total = None
         self._shape = None
+        self._dtype = None
         self._unbatched = None
 
     def check_rows(self, x):
@@ -96,8 +97,8 @@ class ClassificationLoss(Loss):
             )
         num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
         # One pass finds the usual labels in range; the mask only for those that are not.
-        low, high = torch.aminmax(y) if y.numel() else (0, 0)
-        in_range = bool(low >= 0 and high < num_classes)
+        low, high = map(int, torch.aminmax(y)) if y.numel() else (0, 0)
+        in_range = low >= 0 and high < num_classes
         if not in_range:
             wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
             if wrong.any():
@@ -117,6 +118,7 @@ class ClassificationLoss(Loss):
         self._class_labels = self.is_class_labels(x, y)
         y = y.unsqueeze(0) if self._unbatched else y
         self._shape = log_probs.shape
+        self._dtype = log_probs.dtype
         num_classes = log_probs.shape[1]
         weight = class_weight_for(self, log_probs, num_classes)
         smoothing = self.label_smoothing
@@ -144,7 +146,7 @@ class ClassificationLoss(Loss):
         picked = log_probs.gather(1, labels)
         if weight is None:
             losses = -picked
-            self._total = log_probs.new_tensor(labels.numel()) if valid is None else valid.sum().to(log_probs.dtype)
+            self._total = labels.numel() if valid is None else valid.sum().to(log_probs.dtype)
         else:
             label_weights = weight.view(-1)[labels]
             losses = -(label_weights * picked)
@@ -179,14 +181,21 @@ class ClassificationLoss(Loss):
             scale = -self.loss_scale(dout, self._total)
             return (scale if weight is None else scale * weight) * self._targets
         num_classes = shape[1]
-        scale = dout / self._total if self.reduction == "mean" else dout
+        scale = dout
+        if self.reduction == "mean":
+            # The divisor is a count (an int) when every label counts, else a tensor.
+            counted = isinstance(self._total, int)
+            scale = self.batch_scale(dout, self._total) if counted else dout / self._total
         smoothing = self.label_smoothing
         at_labels = -(scale * (1 - smoothing)) if smoothing > 0 else -scale
         if weight is not None:
             at_labels = weight.view(-1)[self._targets] * at_labels
-        at_labels = only_valid(at_labels, self._valid).expand(self._targets.shape)
-        grad = torch.zeros(shape, dtype=at_labels.dtype, device=at_labels.device)
-        grad.scatter_(1, self._targets, at_labels)
+        at_labels = only_valid(at_labels, self._valid)
+        grad = torch.zeros(shape, dtype=self._dtype, device=self._targets.device)
+        if isinstance(at_labels, torch.Tensor):
+            grad.scatter_(1, self._targets, at_labels.to(self._dtype).expand(self._targets.shape))
+        else:
+            grad.scatter_(1, self._targets, at_labels)
         if smoothing > 0:
             spread = only_valid(-(scale * (smoothing / num_classes)), self._valid)
             grad = grad + (spread if weight is None else spread * weight)
@@ -288,7 +297,7 @@ def looks_like_probabilities(x):
     if x.shape[0] == 0 or x.shape[1] < 2:
         return False
     # Scores almost always have a negative entry: one pass decides most calls.
-    low, high = torch.aminmax(x)
+    low, high = map(float, torch.aminmax(x))
     if not (low >= 0 and high <= 1):
         return False
     return bool((x.sum(dim=1) - 1).abs().amax() <= PROBABILITY_ROW_SUM_TOL)
