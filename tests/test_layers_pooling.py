@@ -151,6 +151,28 @@ def test_maxpool_tie_goes_to_first_in_row_major_order():
     assert torch.equal(dx, torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]]))
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [(2, 2, 0, 1), (3, 2, 1, 1), ((3, 2), (2, 3), (1, 1), (1, 2))])
+@pytest.mark.parametrize("small_plane_positions", [0, 10**6])
+def test_maxpool_window_views_of_small_and_large_planes_exactly_like_torch(
+    kernel, stride, padding, dilation, small_plane_positions, monkeypatch
+):
+    """Both ways of reading the windows (strided views of the input on small planes, column
+    sets copied to unit stride on larger ones), forced on one tie-heavy input: outputs,
+    indices and integer gradients equal torch's exactly."""
+    monkeypatch.setattr(pooling, "SMALL_PLANE_POSITIONS", small_plane_positions)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 4, (2, 3, 11, 12), generator=generator).float()
+    arguments = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, return_indices=True)
+    layer, module = MaxPool2d(**arguments), torch.nn.MaxPool2d(**arguments)
+    out, indices = layer(x)
+    x_ref = x.clone().requires_grad_(True)
+    out_ref, indices_ref = module(x_ref)
+    dout = torch.randint(1, 5, out.shape, generator=generator).float()
+    out_ref.backward(dout)
+    assert torch.equal(out, out_ref.detach()) and torch.equal(indices, indices_ref)
+    assert torch.equal(layer.backward(dout), x_ref.grad)
+
+
 @pytest.mark.parametrize("layer_class", [MaxPool2d, AvgPool2d])
 def test_tiling_fast_path_equals_unfold_path(layer_class, monkeypatch):
     torch.manual_seed(11)

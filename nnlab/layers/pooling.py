@@ -24,6 +24,12 @@ from ._windows import (
     window_view,
 )
 
+# Up to this many output positions per plane, max pooling reads every window entry through
+# strided views of the input (its per-call overhead decides there), rather than first copying
+# the column sets to unit stride as it does for larger planes (`nnlab bench --course`, the
+# digits CNN).
+SMALL_PLANE_POSITIONS = 64
+
 __all__ = [
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AvgPool1d",
     "AvgPool2d", "LPPool1d", "LPPool2d", "MaxPool1d", "MaxPool2d", "adaptive_windows",
@@ -170,6 +176,7 @@ class _MaxPoolNd(_PoolNd):
         self.return_indices = return_indices
         self._argmax = None
         self._out_like = None
+        self._offsets_for = (None, None, None)
 
     def __repr__(self):
         return f"{type(self).__name__}({self._describe()})"
@@ -252,8 +259,8 @@ class _MaxPoolNd(_PoolNd):
         columns of every window) are first copied to contiguous tensors, so that every
         later pass reads unit-stride rows."""
         (k_h, k_w), (s_h, s_w), (d_h, d_w) = self._kernel2, self._stride2, self._dilation2
-        if s_w == 1:
-            windows = window_view(padded, self._kernel2, self._stride2, self._dilation2)
+        windows = window_view(padded, self._kernel2, self._stride2, self._dilation2)
+        if s_w == 1 or windows.shape[4] * windows.shape[5] <= SMALL_PLANE_POSITIONS:
             return [windows[:, :, a, b] for a in range(k_h) for b in range(k_w)]
         column_sets = window_view(padded, (1, k_w), (1, s_w), (1, d_w))
         row_windows = [
@@ -263,15 +270,24 @@ class _MaxPoolNd(_PoolNd):
 
     def _positions(self, index, padded_w):
         """Offset indices (N, C, H_out, W_out) as flat int64 positions in the padded plane."""
-        (k_h, k_w), (s_h, s_w), (d_h, d_w) = self._kernel2, self._stride2, self._dilation2
-        device = index.device
-        table = [a * d_h * padded_w + b * d_w for a in range(k_h) for b in range(k_w)]
-        table = torch.tensor(table, dtype=torch.int64, device=device)
+        table, starts = self._plane_offsets(padded_w, *index.shape[2:], index.device)
         positions = table.index_select(0, index.reshape(-1).to(torch.int32)).reshape(index.shape)
-        out_h, out_w = index.shape[2:]
-        rows = torch.arange(out_h, device=device).reshape(out_h, 1) * (s_h * padded_w)
-        cols = torch.arange(out_w, device=device).reshape(1, out_w) * s_w
-        return positions.add_(rows + cols)
+        return positions.add_(starts)
+
+    def _plane_offsets(self, padded_w, out_h, out_w, device):
+        """(table, starts) for planes of width ``padded_w``: the flat position of each kernel
+        offset k = a*kW + b in its window, (kH*kW,), and of each window's first entry,
+        (H_out, W_out). Kept for the latest plane size: they depend on nothing else, and
+        forming them costs more calls than a small plane's whole maximum."""
+        key = (padded_w, out_h, out_w, device)
+        if self._offsets_for[0] != key:
+            (k_h, k_w), (s_h, s_w), (d_h, d_w) = self._kernel2, self._stride2, self._dilation2
+            table = [a * d_h * padded_w + b * d_w for a in range(k_h) for b in range(k_w)]
+            table = torch.tensor(table, dtype=torch.int64, device=device)
+            rows = torch.arange(out_h, device=device).reshape(out_h, 1) * (s_h * padded_w)
+            cols = torch.arange(out_w, device=device).reshape(1, out_w) * s_w
+            self._offsets_for = (key, table, rows + cols)
+        return self._offsets_for[1:]
 
     def backward(self, dout):
         dout = _pool_dout(self, dout)
