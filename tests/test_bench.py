@@ -75,10 +75,11 @@ def test_nnlab_memory_counts_each_cached_storage_once():
     model = MLP(4, 3, (5,))
     x, y = torch.randn(2, 4), torch.tensor([0, 2])
     # Linear 1 caches x (2x4), ReLU its output (2x5), which Linear 2 caches too (counted
-    # once), cross-entropy its probabilities (2x3): float32; and its labels (2x1 int64)
-    # and the mean's divisor (one float32); no mask of ignored labels, none can be.
-    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 4
-    # With a label that may be ignored, also the mask of labels not ignored (2x1 bool).
+    # once), cross-entropy its probabilities (2x3): float32; and its labels (2x1 int64);
+    # the mean's divisor is the count of labels (a number), no mask of ignored labels.
+    assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(), x, y) == 4 * (8 + 10 + 6) + 8 * 2
+    # With a label that may be ignored, also the mask of labels not ignored (2x1 bool) and
+    # the divisor, their count (one float32).
     assert bench.nnlab_saved_bytes(model, CrossEntropyLoss(ignore_index=0), x, y) == 4 * (8 + 10 + 6) + 8 * 2 + 2 + 4
 
 

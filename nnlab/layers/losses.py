@@ -97,7 +97,7 @@ class ClassificationLoss(Loss):
             )
         num_classes = x.shape[0] if x.dim() == 1 else x.shape[1]
         # One pass finds the usual labels in range; the mask only for those that are not.
-        low, high = map(int, torch.aminmax(y)) if y.numel() else (0, 0)
+        low, high = (extreme.item() for extreme in torch.aminmax(y)) if y.numel() else (0, 0)
         in_range = low >= 0 and high < num_classes
         if not in_range:
             wrong = (y != self.ignore_index) & ((y < 0) | (y >= num_classes))
@@ -297,7 +297,7 @@ def looks_like_probabilities(x):
     if x.shape[0] == 0 or x.shape[1] < 2:
         return False
     # Scores almost always have a negative entry: one pass decides most calls.
-    low, high = map(float, torch.aminmax(x))
+    low, high = (extreme.item() for extreme in torch.aminmax(x))
     if not (low >= 0 and high <= 1):
         return False
     return bool((x.sum(dim=1) - 1).abs().amax() <= PROBABILITY_ROW_SUM_TOL)
