@@ -92,6 +92,8 @@ MEMORY_TITLE = "Bytes kept between forward and backward (layer caches against au
 
 def print_report(report, print_fn=print):
     print_fn(f"torch {report['torch']}, threads: {report['threads']}, median of {report['repeats']} runs, {report['date']}")
+    if "allocator" in report:
+        print_fn(f"memory: {report['allocator']}, for both sides")
     for title, part, sides in TIME_TABLES:
         if not report.get(part):
             continue
@@ -123,6 +125,8 @@ def markdown_report(report):
         f"Measured on {report['date']}: torch {report['torch']}, {report['threads']} threads, median of "
         f"{report['repeats']} runs. The ratio is the first side's time (or bytes) over the second's.",
     ]
+    if "allocator" in report:
+        lines[0] += f" Memory: {report['allocator']}, for both sides."
     for title, part, sides in TIME_TABLES:
         rows = [(entry["name"], entry["ours_ms"], entry["theirs_ms"], entry["ratio"]) for entry in report.get(part) or []]
         lines += _markdown_table(title, ("case", f"{sides[0]} ms", f"{sides[1]} ms"), rows, report.get(f"{part}_geometric_mean"))

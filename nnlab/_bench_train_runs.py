@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from . import allocator
+
 __all__ = ["PLAIN_TORCH_TRAIN", "time_train_runs", "train_commands"]
 
 # A plain PyTorch training script: the digits split, model and settings of `nnlab train`
@@ -55,10 +57,19 @@ def train_commands(kind, epochs, batch_size=32, seed=0):
     return nnlab, plain
 
 
+# glibc's malloc settings that the nnlab command makes for itself (nnlab.allocator), given
+# to both processes so that the plain script runs on the same allocator.
+KEPT_FREED_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": str(allocator.LARGEST_MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(allocator.NEVER_TRIM),
+}
+
+
 def _process_seconds(command, threads):
-    """Wall seconds of ``command`` in a fresh process with ``threads`` torch threads, run
-    from the folder holding this nnlab (so that it is the one imported)."""
-    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    """Wall seconds of ``command`` in a fresh process with ``threads`` torch threads and
+    ``KEPT_FREED_MEMORY``'s allocator, run from the folder holding this nnlab (so that it
+    is the one imported)."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **KEPT_FREED_MEMORY)
     folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     start = time.perf_counter()
     subprocess.run(command, cwd=folder, env=environment, check=True, stdout=subprocess.DEVNULL)

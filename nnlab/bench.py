@@ -47,6 +47,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from nnlab import allocator
 from nnlab import layers as nnlab_layers
 from nnlab.graph import Input, Model
 from nnlab.layers import (
@@ -755,6 +756,7 @@ def run(args):
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "allocator": allocator.describe(),
         "date": time.strftime("%Y-%m-%d"),
         "cases": _timed(cases, args),
         "memory": [
@@ -793,6 +795,7 @@ def run_course(args, sizes):
         "torch": torch.__version__,
         "threads": "per case (in its name)",
         "repeats": args.repeats,
+        "allocator": allocator.describe(),
         "date": time.strftime("%Y-%m-%d"),
         "course": entries,
         "train": train,

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .. import distributed, training
+from ..allocator import keep_freed_memory
 from ..data import DataError
 from . import bench, binary, experiment, gradcheck, language, overfit, train
 from .checks import UsageError
@@ -30,6 +31,7 @@ def build_parser():
 
 
 def main(argv=None):
+    keep_freed_memory()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "bench":
