@@ -128,7 +128,7 @@ def pack(douts):
 def _nest(tensors, nesting):
     if nesting is None:
         return next(tensors)
-    return tuple(_nest(tensors, part) for part in nesting)
+    return type(nesting)(_nest(tensors, part) for part in nesting)
 
 
 def forward_outputs(layer, inputs, y=None):
