@@ -542,7 +542,9 @@ def check_layer(
     layer, x, y=None, seed=42, autograd=True, twin="auto", finite_differences=False, eps=1e-6, rtol=None, entries=None, progress=None
 ):
     """Checks ``layer``'s backward and its contract on input x (targets y for a loss);
-    returns a ``Verdict``.
+    returns a ``Verdict``. x is a tensor, or a tuple of the inputs of a layer that takes
+    several, which may themselves be tuples or lists of tensors (an LSTM's
+    ``(x, (h_0, c_0))``; see the module docstring for how their gradients are named).
 
     Runs the layer's forward and its own backward with a random upstream gradient
     (seeded; Dropout draws the same mask each time), checking the contract (see the
@@ -780,7 +782,7 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     both on x with the same random upstream gradient and returns
     ``{'output': max |a - b| / (s + |b|) over the outputs, 'input': error,
     'param#01': error, ...}`` (``'input#1'``, ``'input#2'``, ... when x is a tuple of
-    inputs), the errors in the floor-based measure of the module
+    inputs, ``'input#2.1'``, ... for the tensors of a nested one), the errors in the floor-based measure of the module
     docstring (inf for a tensor a contract breach concerns); ``.verdict`` holds the
     full verdict. Leaves the layer, x and torch's RNG as it found them.
 
