@@ -4,6 +4,8 @@ everything it touches as it found it."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnlab.grad_compare import (
     backward_before_forward,
@@ -18,6 +20,7 @@ from nnlab.grad_compare import (
     shift,
     tie_heavy,
 )
+from nnlab import layers as nl
 from nnlab._twins import Elementwise
 from nnlab.layers import (
     GRU,
@@ -717,6 +720,49 @@ class LSTMWrongInitialStateGradient(LSTM):
         dx, state = super().backward(dout)
         state = tuple(0.5 * d if part == self.wrong_part else d for part, d in enumerate(state))
         return dx, state
+
+
+class LastStateGradientHalved:
+    """Mixed into a recurrent layer: the gradient of the last tensor of its initial state
+    (an LSTM's c_0, an RNN's or GRU's h_0) is halved; everything else right."""
+
+    def backward(self, dout):
+        dx, state = super().backward(dout)
+        if isinstance(state, tuple):
+            return dx, state[:-1] + (0.5 * state[-1],)
+        return dx, 0.5 * state
+
+
+@settings(max_examples=10)
+@given(
+    name=st.sampled_from(["RNN", "LSTM", "GRU"]),
+    num_layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    length=st.sampled_from([1, 3]),
+    batch=st.sampled_from([None, 1, 2]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_recurrent_initial_states_are_judged_whatever_the_options(name, num_layers, bidirectional, batch_first, length, batch, dtype, seed):
+    options = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (length, 2) if batch is None else ((batch, length, 2) if batch_first else (length, batch, 2))
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    state_shape = (num_layers * (1 + bidirectional),) + (() if batch is None else (batch,)) + (3,)
+    states = tuple(torch.randn(state_shape, generator=generator, dtype=dtype) for _ in range(2 if name == "LSTM" else 1))
+    inputs = (x, states if name == "LSTM" else states[0])
+    last = "input#2.2" if name == "LSTM" else "input#2"
+    torch.manual_seed(seed)
+    right = getattr(nl, name)(2, 3, **options).to(dtype=dtype)
+    verdict = check_layer(right, inputs)
+    assert verdict.passed, verdict
+    assert [c.reference for c in verdict.comparisons] == ["autograd", "torch.nn twin (forward)", "torch.nn twin"]
+    wrong = type("Wrong" + name, (LastStateGradientHalved, type(right)), {})(2, 3, **options).to(dtype=dtype)
+    wrong.load_state_dict(right.state_dict())
+    verdict = check_layer(wrong, inputs, twin=getattr(torch.nn, name)(2, 3, **options).to(dtype))
+    for reference in ("autograd", "torch.nn twin"):
+        assert verdict.comparison(reference).worst.name == last, reference
 
 
 class LSTMFlatStateGradient(LSTM):
