@@ -34,13 +34,17 @@ graph ``Model`` of several inputs); their gradients come first, named ``input#1`
 ``input#2``, ... An input may itself be a tuple or list of tensors, nested (an LSTM's
 ``(x, (h_0, c_0))``): its tensors are named after it, ``input#2.1`` and ``input#2.2``
 for that ``h_0`` and ``c_0``, and backward returns their gradients nested the same way
-(``(dx, (dh_0, dc_0))``). Only floating-point input tensors have gradients: a mask,
-indices or labels among the inputs (a ``key_padding_mask``, an ``Embedding``'s indices)
-get none and are left out of what backward returns, as the layer contract says
-(``(dquery, dkey, dvalue)``; None for a layer with no floating-point input). A layer may return a tensor, a tuple of them, or tuples nested (an
-LSTM's ``(out, (h_n, c_n))``): its output tensors are compared in that order
-(``output[0]``, ``output[1]``, ...), and its backward is handed their upstream
-gradients nested the same way.
+(``(dx, (dh_0, dc_0))``). Only floating-point input tensors have gradients: a boolean
+mask, indices or labels among the inputs (a ``key_padding_mask``, an ``Embedding``'s
+indices) get none and are left out of what backward returns, as the layer contract says
+(``(dquery, dkey, dvalue)``; None for a layer with no floating-point input). A float mask
+cannot be told from an input, so it is expected to get a gradient: hand the checks a
+boolean one.
+
+A layer may return a tensor, a tuple of them, or tuples nested (an LSTM's
+``(out, (h_n, c_n))``): its output tensors are compared in that order (``output[0]``,
+``output[1]``, ...), and its backward is handed their upstream gradients nested the
+same way.
 
 **The contract** every check verifies (each breach is named in the verdict):
 the forward is deterministic under a fixed torch seed (one random from numpy's or
