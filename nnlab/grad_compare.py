@@ -31,16 +31,26 @@ size 1e6). A missing or misshapen gradient has error inf.
 Every check takes ``x``, the input, or a tuple of inputs for a layer that takes several
 (``layer(*x)``, whose backward returns one gradient per input: ``Add``, ``Concat``, a
 graph ``Model`` of several inputs); their gradients come first, named ``input#1``,
-``input#2``, ... A layer may return a tensor, a tuple of them, or tuples nested (an
-LSTM's ``(out, (h_n, c_n))``): its output tensors are compared in that order
-(``output[0]``, ``output[1]``, ...), and its backward is handed their upstream
-gradients nested the same way.
+``input#2``, ... An input may itself be a tuple or list of tensors, nested (an LSTM's
+``(x, (h_0, c_0))``): its tensors are named after it, ``input#2.1`` and ``input#2.2``
+for that ``h_0`` and ``c_0``, and backward returns their gradients nested the same way
+(``(dx, (dh_0, dc_0))``). Only floating-point input tensors have gradients: a boolean
+mask, indices or labels among the inputs (a ``key_padding_mask``, an ``Embedding``'s
+indices) get none and are left out of what backward returns, as the layer contract says
+(``(dquery, dkey, dvalue)``; None for a layer with no floating-point input). A float mask
+cannot be told from an input, so it is expected to get a gradient: hand the checks a
+boolean one.
+
+A layer may return a tensor, a tuple of them, or tuples nested (an LSTM's
+``(out, (h_n, c_n))``): its output tensors are compared in that order (``output[0]``,
+``output[1]``, ...), and its backward is handed their upstream gradients nested the
+same way.
 
 **The contract** every check verifies (each breach is named in the verdict):
 the forward is deterministic under a fixed torch seed (one random from numpy's or
 Python's RNG cannot be judged, and fails as such); the layer gets its own copies of x
 and of the upstream gradient, and neither may change in place; backward returns a
-gradient of x's shape and dtype; ``params()`` pairs each parameter with a gradient of
+gradient of each floating-point input tensor's shape and dtype; ``params()`` pairs each parameter with a gradient of
 its shape; backward adds into those same gradient tensors
 (two forward/backward passes leave twice the gradient of one).
 
@@ -55,8 +65,6 @@ from typing import NamedTuple
 import torch
 
 from .jacobians import (
-    as_tuple,
-    clones,
     flatten,
     forward_outputs,
     gradient_norm,
@@ -69,6 +77,7 @@ from .jacobians import (
     same_values,
 )
 from ._equivariance import equivariance_difference, equivariance_error, rotate90, shift
+from ._nested_inputs import copies, flat_inputs, floating, input_gradients, input_names, leaf_names
 from ._twins import torch_twin
 from . import _error_measure as measure
 from ._error_measure import NOISE_ROUNDINGS, Comparison, TensorError
@@ -153,11 +162,11 @@ class Verdict:
 # Running the layer ------------------------------------------------------------------------
 
 
-def _run_forward(layer, x, y, seed):
+def _run_forward(layer, inputs, y, seed):
     """The layer's forward under a fixed seed, so that Dropout draws the same mask each
-    time; ``x`` is the input, or a tuple of the inputs of a layer that takes several."""
+    time; ``inputs`` is the ``Flat`` of its input tensors (``flat_inputs``)."""
     torch.manual_seed(seed)
-    return forward_outputs(layer, as_tuple(x), y)
+    return forward_outputs(layer, pack(inputs), y)
 
 
 def _random_douts(outputs, seed):
@@ -169,13 +178,6 @@ def _random_douts(outputs, seed):
 
 def _param_name(index):
     return f"param#{index:02d}"
-
-
-def _input_names(inputs):
-    """``input``, or ``input#1``, ``input#2``, ... for a layer of several inputs."""
-    if len(inputs) == 1:
-        return ["input"]
-    return [f"input#{index}" for index in range(1, len(inputs) + 1)]
 
 
 def _checked_pairs(layer, verdict):
@@ -213,36 +215,6 @@ def _own_backward(layer, douts, verdict, stage):
     return returned, True
 
 
-def _input_gradients(returned, inputs, verdict):
-    """What backward returned as one gradient (or None) per input, each breach named: a
-    layer of several inputs returns a tuple with one gradient per input."""
-    names = _input_names(inputs)
-    if len(inputs) == 1:
-        gradients = [returned]
-    elif isinstance(returned, (tuple, list)) and len(returned) == len(inputs):
-        gradients = list(returned)
-    else:
-        got = f"a {type(returned).__name__} of {len(returned)}" if isinstance(returned, (tuple, list)) else type(returned).__name__
-        verdict.add_problem(None, f"backward returned {got}, not a tuple of {len(inputs)} gradients, one per input")
-        return [None] * len(inputs)
-    for name, dx, x in zip(names, gradients, inputs):
-        _check_dx(name, dx, x, verdict)
-    return gradients
-
-
-def _check_dx(name, dx, x, verdict):
-    if dx is None:
-        verdict.add_problem(name, f"backward returned None instead of the gradient w.r.t. its {name}")
-    elif not isinstance(dx, torch.Tensor):
-        verdict.add_problem(name, f"backward returned a {type(dx).__name__} instead of a tensor for its {name}")
-    elif dx.shape != x.shape:
-        verdict.add_problem(
-            name, f"backward returned a gradient of shape {tuple(dx.shape)} for an {name} of shape {tuple(x.shape)}"
-        )
-    elif dx.dtype != x.dtype:
-        verdict.add_problem(name, f"backward returned a {dx.dtype} gradient for a {x.dtype} {name}")
-
-
 def _check_same_gradient_tensors(layer, pairs, verdict):
     after = layer.params()
     if len(after) != len(pairs):
@@ -259,7 +231,7 @@ def _check_same_gradient_tensors(layer, pairs, verdict):
 
 def _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rtol):
     """A second forward and backward must add the same gradient again: 2x the first."""
-    _run_forward(layer, clones(inputs), y, seed)
+    _run_forward(layer, copies(inputs), y, seed)
     _, returned = _own_backward(layer, douts, verdict, "the second ")
     if not returned:
         return
@@ -287,8 +259,8 @@ NONDETERMINISTIC = (
 def _deterministic(layer, inputs, y, seed, verdict):
     """True when two forward passes on copies of the inputs under the same torch seed give
     the same outputs; otherwise the verdict names the nondeterministic forward."""
-    first = _run_forward(layer, clones(inputs), y, seed)
-    second = _run_forward(layer, clones(inputs), y, seed)
+    first = _run_forward(layer, copies(inputs), y, seed)
+    second = _run_forward(layer, copies(inputs), y, seed)
     if all(same_values(a, b) for a, b in zip(first, second)):
         return True
     verdict.add_problem(None, NONDETERMINISTIC)
@@ -306,43 +278,54 @@ def _own_run(layer, inputs, y, seed, verdict, rtol):
     gradient, checking the contract; then a second pass for accumulation. None when the
     forward is nondeterministic (a breach): nothing can judge its backward then."""
     pairs = _checked_pairs(layer, verdict)
-    names = _input_names(inputs)
-    verdict.tensor_names = names + [_param_name(i) for i in range(1, len(pairs) + 1)]
+    verdict.tensor_names = input_names(inputs) + [_param_name(i) for i in range(1, len(pairs) + 1)]
     if not _deterministic(layer, inputs, y, seed, verdict):
         return None
     for _, grad in pairs:
         if grad is not None:
             grad.zero_()
-    own = clones(inputs)
+    own = copies(inputs)
     outputs = _run_forward(layer, own, y, seed)
+    names = leaf_names(inputs.nesting)
     changed_by_forward = [not same_values(mine, x) for mine, x in zip(own, inputs)]
-    for name, changed in zip(names, changed_by_forward):
+    for name, changed, x in zip(names, changed_by_forward, inputs):
         if changed:
-            verdict.add_problem(name, f"forward changes its {name} x in place")
+            verdict.add_problem(_tensor_name(name, x), f"forward changes its {name} x in place")
     douts = _random_douts(outputs, seed + 1)
     returned, completed = _own_backward(layer, douts, verdict, "")
     if not completed:
-        return _OwnRun(outputs, douts, [None] * (len(inputs) + len(pairs)))
+        return _OwnRun(outputs, douts, [None] * (len(floating(inputs)) + len(pairs)))
     for name, changed, mine, x in zip(names, changed_by_forward, own, inputs):
         if not changed and not same_values(mine, x):
-            verdict.add_problem(name, f"backward changes the {name} x (or what forward cached of it) in place")
-    dxs = _input_gradients(returned, inputs, verdict)
+            verdict.add_problem(
+                _tensor_name(name, x), f"backward changes the {name} x (or what forward cached of it) in place"
+            )
+    dxs = input_gradients(returned, inputs, verdict.add_problem)
     first = [None if grad is None else grad.clone() for _, grad in pairs]
     _check_same_gradient_tensors(layer, pairs, verdict)
     _check_accumulation(layer, inputs, y, seed, douts, pairs, first, verdict, rtol)
     return _OwnRun(outputs, douts, dxs + first)
 
 
+def _tensor_name(name, x):
+    """The name a breach about input tensor x is filed under: its own where it has a
+    gradient to compare, else None (the whole layer)."""
+    return name if x.is_floating_point() else None
+
+
 # References --------------------------------------------------------------------------------
 
 
 def _leaves(inputs):
-    return [t.detach().clone().requires_grad_(True) for t in inputs]
+    """Detached copies of the input tensors, nested alike, the floating-point ones
+    requiring gradients."""
+    return like(inputs, [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs])
 
 
 def _autograd_gradients(layer, inputs, y, seed, douts, verdict):
-    """Gradients (inputs, then each parameter) of sum(forward * douts) by torch autograd
-    through the layer's own forward, or None (a breach) when autograd cannot run it."""
+    """Gradients (floating-point inputs, then each parameter) of sum(forward * douts) by
+    torch autograd through the layer's own forward, or None (a breach) when autograd
+    cannot run it."""
     params = [param for param, _ in layer.params() if isinstance(param, torch.Tensor)]
     leaves = _leaves(inputs)
     try:
@@ -350,8 +333,8 @@ def _autograd_gradients(layer, inputs, y, seed, douts, verdict):
             param.requires_grad_(True)
         # Copies of the leaves, so that a forward that changes its input in place (a
         # breach found already) can still be differentiated.
-        outputs = _run_forward(layer, tuple(leaf.clone() for leaf in leaves), y, seed)
-        return _grads(outputs, douts, leaves + params)
+        outputs = _run_forward(layer, like(leaves, [leaf.clone() for leaf in leaves]), y, seed)
+        return _grads(outputs, douts, floating(leaves) + params)
     except RuntimeError as error:
         verdict.add_problem(None, f"autograd cannot differentiate the forward: {error}")
         return None
@@ -382,7 +365,7 @@ def _load_into_module(layer, module):
                 f"compare_to_module: {_param_name(index)} has shape {tuple(source.shape)} in "
                 f"{layer!r} but {tuple(target.shape)} in {type(module).__name__}"
             )
-    layer_buffers, module_buffers = _floating(layer.buffers()), _floating(module.buffers())
+    layer_buffers, module_buffers = floating(layer.buffers()), floating(module.buffers())
     shapes = [tuple(b.shape) for b in layer_buffers]
     if shapes != [tuple(b.shape) for b in module_buffers]:
         raise ValueError(
@@ -397,14 +380,9 @@ def _load_into_module(layer, module):
     module.train(layer.training)
 
 
-def _floating(buffers):
-    """The floating-point buffers (running statistics, not counters such as
-    ``num_batches_tracked``), in order: the ones to pair between a layer and a module."""
-    return [b for b in buffers if b.is_floating_point()]
-
-
 def _twin_outputs_and_gradients(module, inputs, y, seed, douts):
-    """The twin's outputs and its gradients (inputs, then each parameter) by autograd."""
+    """The twin's outputs and its gradients (floating-point inputs, then each parameter)
+    by autograd."""
     params = list(module.parameters())
     flags = [param.requires_grad for param in params]
     leaves = _leaves(inputs)
@@ -412,8 +390,9 @@ def _twin_outputs_and_gradients(module, inputs, y, seed, douts):
         for param in params:
             param.requires_grad_(True)
         torch.manual_seed(seed)
-        outputs = flatten(module(*leaves) if y is None else module(*leaves, y), type(module).__name__)
-        grads = _grads(outputs, douts, leaves + params)
+        arguments = pack(leaves)
+        outputs = flatten(module(*arguments) if y is None else module(*arguments, y), type(module).__name__)
+        grads = _grads(outputs, douts, floating(leaves) + params)
     finally:
         for param, flag in zip(params, flags):
             param.requires_grad_(flag)
@@ -456,15 +435,15 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict, entries=None, pr
     function has a kink and the error each tensor's differences may carry (see
     ``_difference_error``). ``progress`` is called with a line before each tensor."""
     pairs = layer64.params()
-    x64 = tuple(t.detach().to(torch.float64).clone() for t in inputs)
-    y64 = y.detach().to(torch.float64) if y is not None and y.is_floating_point() else y
+    x64 = like(inputs, [_float64(x) for x in inputs])
+    y64 = None if y is None else _float64(y)
     layer64.zero_grad()
     douts = _random_douts(_run_forward(layer64, x64, y64, seed), seed + 1)
     returned, completed = _own_backward(layer64, douts, verdict, "the float64 copy's ")
     if not completed:
         return None
-    analytic = _input_gradients(returned, x64, verdict) + [grad.clone() for _, grad in pairs]
-    tensors = list(x64) + [param for param, _ in pairs]
+    analytic = input_gradients(returned, x64, verdict.add_problem) + [grad.clone() for _, grad in pairs]
+    tensors = floating(x64) + [param for param, _ in pairs]
 
     def objective():
         return _objective(layer64, x64, y64, seed, douts)
@@ -493,6 +472,11 @@ def _finite_differences(layer64, inputs, y, eps, seed, verdict, entries=None, pr
     ]
     left_out = sum(int((~mask).sum()) for mask in judged)
     return _FiniteDifferences(analytic, central, skips, noises, sum(int(k.sum()) for k in kinks), left_out)
+
+
+def _float64(x):
+    """A float64 copy of a floating-point tensor; a copy of any other (a mask, indices, labels)."""
+    return x.detach().to(torch.float64).clone() if x.is_floating_point() else x.detach().clone()
 
 
 def _difference_error(tensor, objective, eps, analytic, central, skip, rounding, scale):
@@ -562,7 +546,9 @@ def check_layer(
     layer, x, y=None, seed=42, autograd=True, twin="auto", finite_differences=False, eps=1e-6, rtol=None, entries=None, progress=None
 ):
     """Checks ``layer``'s backward and its contract on input x (targets y for a loss);
-    returns a ``Verdict``.
+    returns a ``Verdict``. x is a tensor, or a tuple of the inputs of a layer that takes
+    several, which may themselves be tuples or lists of tensors (an LSTM's
+    ``(x, (h_0, c_0))``; see the module docstring for how their gradients are named).
 
     Runs the layer's forward and its own backward with a random upstream gradient
     (seeded; Dropout draws the same mask each time), checking the contract (see the
@@ -597,8 +583,8 @@ def check_layer(
         >>> [comparison.reference for comparison in verdict.comparisons]
         ['autograd', 'torch.nn twin (forward)', 'torch.nn twin', 'finite differences']
     """
-    inputs = as_tuple(x)
-    rtol = _default_rtol(x) if rtol is None else rtol
+    inputs = flat_inputs(x)
+    rtol = _default_rtol(layer, inputs) if rtol is None else rtol
     verdict = Verdict(layer)
     if isinstance(twin, str) and twin != "auto":
         raise ValueError(f"check_layer: twin must be 'auto', a torch.nn.Module or None, got {twin!r}")
@@ -639,8 +625,11 @@ def _report(progress, line):
         progress(line)
 
 
-def _default_rtol(x):
-    return RTOL.get(as_tuple(x)[0].dtype, RTOL[torch.float32])
+def _default_rtol(layer, inputs):
+    """The tolerance for the dtype of the first floating-point input, or for that of the
+    parameters where there is none (an Embedding's indices)."""
+    tensors = floating(inputs) + [param for param, _ in layer.params() if isinstance(param, torch.Tensor)]
+    return RTOL.get(tensors[0].dtype, RTOL[torch.float32]) if tensors else RTOL[torch.float32]
 
 
 class VerdictList(list):
@@ -701,13 +690,14 @@ def compare_layer_to_torch(layer, x, y=None, seed=42):
         True
     """
     verdict = check_layer(layer, x, y, seed=seed)
-    tolerance = _default_rtol(x)
+    tolerance = _default_rtol(layer, flat_inputs(x))
     against_autograd = verdict.errors(("autograd",))
     errors = verdict.errors(("autograd", "torch.nn twin"))
     diffs = []
+    width = max([8] + [len(name) for name in verdict.tensor_names])
     for name, autograd_error, error in zip(verdict.tensor_names, against_autograd, errors):
         diff = _returned_difference(verdict.comparison("autograd"), name, autograd_error, error, tolerance)
-        print(f"{name:<8} diff={diff:.3f}" + ("" if error <= tolerance else "  FAIL"))
+        print(f"{name:<{width}} diff={diff:.3f}" + ("" if error <= tolerance else "  FAIL"))
         diffs.append(diff)
     if not verdict.passed:
         print(verdict)
@@ -764,8 +754,9 @@ def gradcheck(layer, x, y=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=42):
     verdict = Verdict(layer)
     layer64 = _float64_copy(layer, verdict)
     with preserved(layer):
-        run = _own_run(layer, as_tuple(x), y, seed, verdict, _default_rtol(x))
-        result = None if layer64 is None or run is None else _finite_differences(layer64, as_tuple(x), y, eps, seed, verdict)
+        inputs = flat_inputs(x)
+        run = _own_run(layer, inputs, y, seed, verdict, _default_rtol(layer, inputs))
+        result = None if layer64 is None or run is None else _finite_differences(layer64, inputs, y, eps, seed, verdict)
     if verdict.problems:
         raise AssertionError(f"gradcheck failed for {layer!r}: {verdict.problems[0][1]}")
     for name, analytic, numeric, kinks in zip(verdict.tensor_names, result.analytic, result.numeric, result.skips):
@@ -795,7 +786,7 @@ def compare_to_module(layer, module, x, y=None, seed=42):
     both on x with the same random upstream gradient and returns
     ``{'output': max |a - b| / (s + |b|) over the outputs, 'input': error,
     'param#01': error, ...}`` (``'input#1'``, ``'input#2'``, ... when x is a tuple of
-    inputs), the errors in the floor-based measure of the module
+    inputs, ``'input#2.1'``, ... for the tensors of a nested one), the errors in the floor-based measure of the module
     docstring (inf for a tensor a contract breach concerns); ``.verdict`` holds the
     full verdict. Leaves the layer, x and torch's RNG as it found them.
 
@@ -830,7 +821,7 @@ def backward_before_forward(layer, x, y=None):
         True
     """
     with torch.random.fork_rng(devices=[]):
-        outputs = _run_forward(copy.deepcopy(layer), clones(as_tuple(x)), y, 0)
+        outputs = _run_forward(copy.deepcopy(layer), copies(flat_inputs(x)), y, 0)
     douts = like(outputs, [torch.ones_like(o) for o in outputs])
     with preserved(layer):
         try:

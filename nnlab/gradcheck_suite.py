@@ -40,7 +40,7 @@ class Case(NamedTuple):
     name: str
     make_layer: Callable
     make_twin: Optional[Callable]  # an independent torch.nn module, or None for nnlab.grad_compare.torch_twin's (if any)
-    input_shape: tuple  # a list of shapes for a layer of several inputs
+    input_shape: tuple  # a list of shapes for a layer of several inputs (lists nest: an LSTM's (x, (h_0, c_0)))
     make_target: Optional[Callable] = None  # targets for losses, from the input shape
     train: bool = True
     make_input: Optional[Callable] = None  # inputs from the shape; torch.randn when None
@@ -253,6 +253,22 @@ LOSS_OPTION_CASES = [
 ]
 
 
+def _attention_inputs_with_padding(shapes):
+    """Query, key and value of ``shapes`` (time-major, batch of 2) and a boolean
+    key_padding_mask (N, S) hiding the last two keys of sample 0 and the second of sample 1."""
+    query, key, value = (torch.randn(shape) for shape in shapes)
+    mask = torch.zeros(key.shape[1], key.shape[0], dtype=torch.bool)
+    mask[0, -2:] = True
+    mask[1, 1] = True
+    return query, key, value, mask
+
+
+def _indices(shape):
+    """Indices into an embedding of 6 rows: 0, 1, 2, 3, 0, 1, ... (repeated rows add their
+    gradients; rows 4 and 5 get none)."""
+    return torch.arange(torch.Size(shape).numel()).remainder(4).reshape(shape)
+
+
 class _SmallUNetTwin(torch.nn.Module):
     """torch twin of ``_small_unet`` (parameters in the same order)."""
 
@@ -404,6 +420,13 @@ CASES = [
     Case("RNN (initial state)", lambda: nn.RNN(3, 4), lambda: torch.nn.RNN(3, 4), [(5, 2, 3), (1, 2, 4)]),
     Case("GRU (initial state)", lambda: nn.GRU(3, 4), lambda: torch.nn.GRU(3, 4), [(5, 2, 3), (1, 2, 4)]),
     Case("LSTM", lambda: nn.LSTM(3, 4), lambda: torch.nn.LSTM(3, 4), (5, 2, 3)),
+    Case("LSTM (initial state)", lambda: nn.LSTM(3, 4), lambda: torch.nn.LSTM(3, 4), [(5, 2, 3), [(1, 2, 4), (1, 2, 4)]]),
+    Case(
+        "LSTM (2 layers, 2 ways, initial state)",
+        lambda: nn.LSTM(2, 3, 2, bidirectional=True),
+        lambda: torch.nn.LSTM(2, 3, 2, bidirectional=True),
+        [(3, 2, 2), [(4, 2, 3), (4, 2, 3)]],
+    ),
     Case(
         "LSTM (2 layers, 2 ways, batch_first)",
         lambda: nn.LSTM(2, 3, 2, batch_first=True, bidirectional=True),
@@ -414,6 +437,7 @@ CASES = [
     Case("RNNCell (state)", lambda: nn.RNNCell(3, 4), lambda: torch.nn.RNNCell(3, 4), [(2, 3), (2, 4)]),
     Case("GRUCell (state)", lambda: nn.GRUCell(3, 4), lambda: torch.nn.GRUCell(3, 4), [(2, 3), (2, 4)]),
     Case("LSTMCell", lambda: nn.LSTMCell(3, 4), lambda: torch.nn.LSTMCell(3, 4), (2, 3)),
+    Case("LSTMCell (state)", lambda: nn.LSTMCell(3, 4), lambda: torch.nn.LSTMCell(3, 4), [(2, 3), [(2, 4), (2, 4)]]),
     Case("GRUCell", lambda: nn.GRUCell(3, 4), lambda: torch.nn.GRUCell(3, 4), (2, 3)),
     Case("Dropout2d", lambda: nn.Dropout2d(0.5), None, (3, 4, 2, 2)),
     Case(
@@ -440,6 +464,13 @@ CASES = [
         [(2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 3)],
     ),
     Case("MultiheadAttention", lambda: nn.MultiheadAttention(4, 2), None, [(3, 2, 4), (5, 2, 4), (5, 2, 4)]),
+    Case(
+        "MultiheadAttention (key_padding_mask)",
+        lambda: nn.MultiheadAttention(4, 2),
+        None,
+        [(3, 2, 4), (5, 2, 4), (5, 2, 4)],
+        make_input=_attention_inputs_with_padding,
+    ),
     Case(
         "MultiheadAttention (kdim, vdim)",
         lambda: nn.MultiheadAttention(4, 2, kdim=3, vdim=5, batch_first=True),
@@ -474,6 +505,7 @@ CASES = [
         None,
         [(2, 3, 4), (2, 5, 4)],
     ),
+    Case("Embedding", lambda: nn.Embedding(6, 3), lambda: torch.nn.Embedding(6, 3), (2, 3), make_input=_indices),
     Case("SinusoidalPositionalEncoding", lambda: nn.SinusoidalPositionalEncoding(4, max_len=8), None, (3, 2, 4)),
     Case("LearnedPositionalEncoding", lambda: nn.LearnedPositionalEncoding(8, 4), None, (3, 2, 4)),
     Case(
@@ -566,7 +598,8 @@ CASES += [case._replace(name=f"{case.name} (ties)", ties=True) for case in CASES
 
 
 def _input(shape, ties, seed, dtype=torch.float32):
-    """A random or a tie-heavy input of ``shape``; a tuple of them for a list of shapes."""
+    """A random or a tie-heavy input of ``shape``; a tuple of them for a list of shapes,
+    nested as the lists nest."""
     if isinstance(shape, list):
         return tuple(_input(one, ties, seed + index, dtype) for index, one in enumerate(shape))
     return tie_heavy(shape, seed, dtype) if ties else torch.randn(shape, dtype=dtype)

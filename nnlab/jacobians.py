@@ -128,7 +128,7 @@ def pack(douts):
 def _nest(tensors, nesting):
     if nesting is None:
         return next(tensors)
-    return tuple(_nest(tensors, part) for part in nesting)
+    return type(nesting)(_nest(tensors, part) for part in nesting)
 
 
 def forward_outputs(layer, inputs, y=None):
@@ -195,6 +195,13 @@ def jacobian(layer, x, y=None, wrt="input"):
     if not isinstance(layer, Layer):
         raise TypeError(f"jacobian: expected an nnlab Layer, got {type(layer).__name__}")
     inputs = as_tuple(x)
+    for index, tensor in enumerate(inputs, start=1):
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+            got = f"a {tensor.dtype} tensor" if isinstance(tensor, torch.Tensor) else f"a {type(tensor).__name__}"
+            raise TypeError(
+                f"jacobian: input {index} is {got}; expected floating-point tensors (nested inputs such as an "
+                "LSTM's (x, (h_0, c_0)), masks and indices are not supported: check_layer judges such layers)"
+            )
     with preserved(layer):
         if wrt == "params":
             jacobians = _parameter_jacobians(layer, inputs, y)

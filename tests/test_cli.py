@@ -75,6 +75,8 @@ def test_gradcheck_prints_a_row_per_layer_and_passes():
     names = ["Linear", "Conv2d", "MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Residual", "Heads", "ResNet"]
     names += ["NLLLoss", "ClippedCrossEntropyLoss", "L1Loss", "BCELoss", "MultiTaskLoss"]
     names += ["Upsample", "Add", "Multiply", "Concat", "Model (graph)"]
+    names += ["LSTM (initial state)", "LSTM (2 layers, 2 ways, initial state)", "LSTMCell (state)"]
+    names += ["MultiheadAttention (key_padding_mask)", "Embedding", "RNN (initial state)", "GRU (initial state)"]
     names += ["ReLU (ties)", "MaxPool2d (ties)", "Conv2d -> ReLU -> MaxPool2d (ties)", "CNN (ties)"]
     for name in names:
         assert any(line.startswith(name) and line.endswith("ok") for line in result.stdout.splitlines()), name

@@ -4,6 +4,8 @@ everything it touches as it found it."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnlab.grad_compare import (
     backward_before_forward,
@@ -18,6 +20,8 @@ from nnlab.grad_compare import (
     shift,
     tie_heavy,
 )
+from nnlab import layers as nl
+from nnlab._twins import Elementwise
 from nnlab.layers import (
     GRU,
     LSTM,
@@ -27,8 +31,11 @@ from nnlab.layers import (
     Conv2d,
     CrossEntropyLoss,
     Dropout,
+    Embedding,
+    Layer,
     Linear,
     MaxPool2d,
+    MultiheadAttention,
     ReLU,
     Sequential,
     Tanh,
@@ -696,3 +703,218 @@ def test_an_output_that_is_not_tensors_in_tuples_is_named():
 
     with pytest.raises(TypeError, match=r"ListOutput.forward returned list; expected a tensor or a tuple of tensors"):
         check_layer(ListOutput(), torch.randn(2, 3))
+
+
+# Nested inputs: an LSTM's (x, (h_0, c_0)), masks and indices among the inputs ---------------------
+
+
+class LSTMWrongInitialStateGradient(LSTM):
+    """An LSTM whose gradient w.r.t. one part of its initial state (h_0: 0, c_0: 1) is
+    scaled by 0.5; everything else right."""
+
+    def __init__(self, *args, wrong_part, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wrong_part = wrong_part
+
+    def backward(self, dout):
+        dx, state = super().backward(dout)
+        state = tuple(0.5 * d if part == self.wrong_part else d for part, d in enumerate(state))
+        return dx, state
+
+
+class LastStateGradientHalved:
+    """Mixed into a recurrent layer: the gradient of the last tensor of its initial state
+    (an LSTM's c_0, an RNN's or GRU's h_0) is halved; everything else right."""
+
+    def backward(self, dout):
+        dx, state = super().backward(dout)
+        if isinstance(state, tuple):
+            return dx, state[:-1] + (0.5 * state[-1],)
+        return dx, 0.5 * state
+
+
+@settings(max_examples=10)
+@given(
+    name=st.sampled_from(["RNN", "LSTM", "GRU"]),
+    num_layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    length=st.sampled_from([1, 3]),
+    batch=st.sampled_from([None, 1, 2]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_recurrent_initial_states_are_judged_whatever_the_options(name, num_layers, bidirectional, batch_first, length, batch, dtype, seed):
+    options = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (length, 2) if batch is None else ((batch, length, 2) if batch_first else (length, batch, 2))
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    state_shape = (num_layers * (1 + bidirectional),) + (() if batch is None else (batch,)) + (3,)
+    states = tuple(torch.randn(state_shape, generator=generator, dtype=dtype) for _ in range(2 if name == "LSTM" else 1))
+    inputs = (x, states if name == "LSTM" else states[0])
+    last = "input#2.2" if name == "LSTM" else "input#2"
+    torch.manual_seed(seed)
+    right = getattr(nl, name)(2, 3, **options).to(dtype=dtype)
+    verdict = check_layer(right, inputs)
+    assert verdict.passed, verdict
+    assert [c.reference for c in verdict.comparisons] == ["autograd", "torch.nn twin (forward)", "torch.nn twin"]
+    wrong = type("Wrong" + name, (LastStateGradientHalved, type(right)), {})(2, 3, **options).to(dtype=dtype)
+    wrong.load_state_dict(right.state_dict())
+    verdict = check_layer(wrong, inputs, twin=getattr(torch.nn, name)(2, 3, **options).to(dtype))
+    for reference in ("autograd", "torch.nn twin"):
+        assert verdict.comparison(reference).worst.name == last, reference
+
+
+class LSTMFlatStateGradient(LSTM):
+    """An LSTM whose backward returns (dx, dh_0, dc_0), not nested like its inputs."""
+
+    def backward(self, dout):
+        dx, (dh_0, dc_0) = super().backward(dout)
+        return dx, dh_0, dc_0
+
+
+def sequence_and_lstm_state(seed, dtype=torch.float32, layers=1):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 2, 3, generator=generator, dtype=dtype)
+    h_0, c_0 = (torch.randn(layers, 2, 4, generator=generator, dtype=dtype) for _ in range(2))
+    return x, (h_0, c_0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_lstm_with_an_initial_state_passes_against_torchs_lstm_with_its_weights_copied(dtype):
+    torch.manual_seed(0)
+    lstm = LSTM(3, 4, num_layers=2).to(dtype=dtype)
+    twin = torch.nn.LSTM(3, 4, num_layers=2).to(dtype=dtype)
+    verdict = check_layer(lstm, sequence_and_lstm_state(1, dtype, layers=2), twin=twin, finite_differences=True)
+    assert verdict.passed, verdict
+    names = ["input#1", "input#2.1", "input#2.2"] + [f"param#{i:02d}" for i in range(1, 9)]
+    for reference in ("autograd", "torch.nn twin", "finite differences"):
+        assert [t.name for t in verdict.comparison(reference).tensors] == names, reference
+    # The twin got the layer's weights and ran on the same initial state.
+    assert all(torch.equal(mine, theirs.detach()) for (mine, _), theirs in zip(lstm.params(), twin.parameters()))
+    assert verdict.comparison("torch.nn twin (forward)").passed
+
+
+@pytest.mark.parametrize("wrong_part, name", [(0, "input#2.1"), (1, "input#2.2")], ids=["h_0", "c_0"])
+def test_an_lstm_wrong_in_one_initial_state_gradient_fails_every_reference_on_that_tensor_only(wrong_part, name):
+    torch.manual_seed(0)
+    lstm = LSTMWrongInitialStateGradient(3, 4, wrong_part=wrong_part)
+    verdict = check_layer(lstm, sequence_and_lstm_state(2), twin=torch.nn.LSTM(3, 4), finite_differences=True)
+    assert not verdict.passed
+    for reference in ("autograd", "torch.nn twin", "finite differences"):
+        errors = {t.name: t.error for t in verdict.comparison(reference).tensors}
+        assert errors[name] > 0.1, reference
+        assert max(error for other, error in errors.items() if other != name) < 1e-5, reference
+
+
+def test_every_checker_names_the_wrong_initial_state_gradient(capsys):
+    torch.manual_seed(0)
+    x = sequence_and_lstm_state(3)
+    with pytest.raises(AssertionError, match=r"input#2\.2\["):
+        gradcheck(LSTMWrongInitialStateGradient(3, 4, wrong_part=1), x)
+    assert gradcheck(LSTM(3, 4), x)
+    diffs = compare_layer_to_torch(LSTMWrongInitialStateGradient(3, 4, wrong_part=0), x)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("input#2.1 diff=") and lines[1].endswith("FAIL")
+    assert diffs[1] > 0.1 and max(diffs[:1] + diffs[2:]) < 1e-5
+    errors = compare_to_module(LSTM(3, 4), torch.nn.LSTM(3, 4), x)
+    assert sorted(errors)[:4] == ["input#1", "input#2.1", "input#2.2", "output"]
+    assert max(errors.values()) <= 1e-5
+    assert backward_before_forward(LSTM(3, 4), x) is None
+
+
+def test_gradients_not_nested_like_the_inputs_are_a_breach():
+    torch.manual_seed(0)
+    verdict = check_layer(LSTMFlatStateGradient(3, 4), sequence_and_lstm_state(4))
+    assert not verdict.passed
+    assert "backward returned a tuple of 3, not a tuple of 2 gradients, one per input" in verdict.details()
+
+    class OneStateGradient(LSTM):
+        def backward(self, dout):
+            dx, (dh_0, _) = super().backward(dout)
+            return dx, (dh_0,)
+
+    verdict = check_layer(OneStateGradient(3, 4), sequence_and_lstm_state(4))
+    assert "backward returned a tuple of 1 for its input#2, not a tuple of 2 gradients, one per input" in verdict.details()
+
+
+class ScaleAndShift(Layer):
+    """out = x * parts[0] + parts[1] for parts a list [scale, shift]; backward returns
+    (dx, [dscale, dshift]), nested like the inputs."""
+
+    def forward(self, x, parts, **kw):
+        self._x, self._scale = x, parts[0]
+        return self.finish_forward(x * parts[0] + parts[1])
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        return dout * self._scale, [dout * self._x, dout]
+
+
+class ScaleAndShiftWrongShift(ScaleAndShift):
+    def backward(self, dout):
+        dx, (dscale, dshift) = super().backward(dout)
+        return dx, [dscale, -dshift]
+
+
+def test_a_list_inside_the_inputs_is_handed_on_as_a_list_and_judged():
+    generator = torch.Generator().manual_seed(5)
+    x, scale, shift = (torch.randn(2, 3, generator=generator) for _ in range(3))
+    twin = Elementwise(lambda x, parts: x * parts[0] + parts[1])
+    verdict = check_layer(ScaleAndShift(), (x, [scale, shift]), twin=twin, finite_differences=True)
+    assert verdict.passed, verdict
+    assert verdict.tensor_names == ["input#1", "input#2.1", "input#2.2"]
+    verdict = check_layer(ScaleAndShiftWrongShift(), (x, [scale, shift]), twin=twin, finite_differences=True)
+    for reference in ("autograd", "torch.nn twin", "finite differences"):
+        assert verdict.comparison(reference).worst.name.startswith("input#2.2"), reference
+
+
+def test_an_input_that_is_not_tensors_in_tuples_or_lists_is_named():
+    x, (h_0, _) = sequence_and_lstm_state(6)
+    with pytest.raises(TypeError, match=r"check_layer: input#2\.2 is a NoneType; expected a tensor"):
+        check_layer(LSTM(3, 4), (x, (h_0, None)))
+
+
+def attention_with_padding(seed):
+    generator = torch.Generator().manual_seed(seed)
+    query, key, value = (torch.randn(shape, generator=generator) for shape in [(3, 2, 4), (5, 2, 4), (5, 2, 4)])
+    mask = torch.tensor([[False, False, False, True, True], [False, True, False, False, False]])
+    return query, key, value, mask
+
+
+class AttentionWithMaskGradient(MultiheadAttention):
+    """Returns a fourth 'gradient', for its boolean key_padding_mask, which has none."""
+
+    def backward(self, dout):
+        return super().backward(dout) + (torch.zeros(2, 5),)
+
+
+def test_a_mask_among_the_inputs_gets_no_gradient_and_the_mask_reaches_the_twin():
+    torch.manual_seed(0)
+    inputs = attention_with_padding(7)
+    verdict = check_layer(MultiheadAttention(4, 2), inputs, finite_differences=True)
+    assert verdict.passed, verdict
+    assert verdict.tensor_names[:4] == ["input#1", "input#2", "input#3", "param#01"]
+    # The mask changes the output, and the twin's output agrees: the mask reached it too.
+    layer = MultiheadAttention(4, 2)
+    assert not torch.allclose(layer(*inputs)[0], layer(*inputs[:3])[0])
+    assert verdict.comparison("torch.nn twin (forward)").passed
+    verdict = check_layer(AttentionWithMaskGradient(4, 2), inputs)
+    assert "backward returned a tuple of 4, not a tuple of 3 gradients, one per input" in verdict.details()
+
+
+class EmbeddingReturningAGradient(Embedding):
+    def backward(self, dout):
+        super().backward(dout)
+        return torch.zeros(2, 3)
+
+
+def test_a_layer_of_indices_returns_none_and_its_weight_gradient_is_judged():
+    torch.manual_seed(0)
+    indices = torch.tensor([[0, 1, 2], [3, 0, 1]])
+    verdict = check_layer(Embedding(6, 3).to(dtype=torch.float64), indices, finite_differences=True)
+    assert verdict.passed, verdict
+    assert verdict.tensor_names == ["param#01"]
+    assert verdict.comparison("autograd").tolerance == 1e-10
+    verdict = check_layer(EmbeddingReturningAGradient(6, 3), indices)
+    assert "backward returned a Tensor, not None: the layer has no floating-point input" in verdict.details()

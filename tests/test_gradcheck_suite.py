@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nnlab import gradcheck_suite
-from nnlab.layers import BatchNorm1d, Linear
+from nnlab.layers import LSTM, BatchNorm1d, Linear
 
 USER_LAYERS = '''
 from nnlab.layers import BatchNorm1d
@@ -97,3 +98,42 @@ def test_the_table_shows_the_verdicts_of_failing_rows_only():
     assert below == ["Broken: FAIL", "  Broken's detail", "", "Crashed: FAIL", "  Crashed raised"]
     detailed = gradcheck_suite.format_table(rows, details=True).split("\n\n", 1)[1]
     assert "Fine: ok\n  Fine's detail" in detailed and "AlsoFine: ok\n  AlsoFine's detail" in detailed
+
+
+def case_named(name):
+    return next(case for case in gradcheck_suite.CASES if case.name == name)
+
+
+# Every row passes in test_cli's run of `nnlab gradcheck`; these show what each of the rows
+# of nested, masked and integer inputs compares.
+@pytest.mark.parametrize(
+    "name, inputs",
+    [
+        ("LSTM (initial state)", ["input#1", "input#2.1", "input#2.2"]),
+        ("MultiheadAttention (key_padding_mask)", ["input#1", "input#2", "input#3"]),
+        ("Embedding", []),
+    ],
+)
+def test_rows_of_nested_states_masks_and_indices_compare_each_floating_input_with_every_reference(name, inputs):
+    row = gradcheck_suite.check(case_named(name))
+    assert row.passed, row.verdict
+    references = [c.reference for c in row.verdict.comparisons]
+    assert references == ["autograd", "torch.nn twin (forward)", "torch.nn twin", "finite differences"]
+    assert [n for n in row.verdict.tensor_names if n.startswith("input")] == inputs
+
+
+class LSTMWrongInitialCellGradient(LSTM):
+    """dc_0 scaled by 0.5; dx, dh_0 and the parameter gradients right."""
+
+    def backward(self, dout):
+        dx, (dh_0, dc_0) = super().backward(dout)
+        return dx, (dh_0, 0.5 * dc_0)
+
+
+def test_the_initial_state_rows_fail_an_lstm_wrong_in_dc_0_only(monkeypatch):
+    monkeypatch.setattr(gradcheck_suite.nn, "LSTM", LSTMWrongInitialCellGradient)
+    for name in ("LSTM (initial state)", "LSTM (2 layers, 2 ways, initial state)"):
+        row = gradcheck_suite.check(case_named(name))
+        assert not row.passed
+        for reference in ("autograd", "torch.nn twin", "finite differences"):
+            assert row.verdict.comparison(reference).worst.name == "input#2.2", (name, reference)

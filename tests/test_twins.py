@@ -31,7 +31,7 @@ def test_the_twin_computes_what_the_layer_computes(case):
         xs = list(made) if isinstance(made, tuple) else [made]
     else:
         shapes = case.input_shape if isinstance(case.input_shape, list) else [case.input_shape]
-        xs = [torch.randn(shape) for shape in shapes]
+        xs = [random_nested(shape) for shape in shapes]
     y = case.make_target(case.input_shape) if case.make_target else None
     twin = torch_twin(layer)
     assert twin is not None and twin.training == layer.training
@@ -39,6 +39,13 @@ def test_the_twin_computes_what_the_layer_computes(case):
     theirs = twin(*xs) if y is None else twin(*xs, y)
     for mine, reference in zip(flat_tensors(ours), flat_tensors(theirs), strict=True):
         assert (mine - reference.detach()).abs().max() <= 1e-5
+
+
+def random_nested(shape):
+    """A random tensor of ``shape``, or a tuple of them for a list of shapes (an LSTM's (h_0, c_0))."""
+    if isinstance(shape, list):
+        return tuple(random_nested(one) for one in shape)
+    return torch.randn(shape)
 
 
 def test_the_twin_passes_targets_to_a_loss_inside_a_sequential():

@@ -446,7 +446,10 @@ class LSTM(_Recurrent):
         >>> dx = lstm.backward((torch.ones_like(output), None))   # None: no loss on the final state
         >>> dx.shape
         torch.Size([3, 7, 4])
-        >>> check_layer(lstm, x).passed              # backward against autograd, torch.nn.LSTM and finite differences
+        >>> check_layer(lstm, x).passed              # backward against autograd and torch.nn.LSTM
+        True
+        >>> state = (torch.randn(2, 3, 5), torch.randn(2, 3, 5))   # (h_0, c_0)
+        >>> check_layer(lstm, (x, state)).passed     # dx, dh_0 and dc_0 too
         True
 """
     )
