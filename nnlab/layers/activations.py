@@ -283,8 +283,9 @@ class Softplus(Pointwise):
 class Softsign(Pointwise):
     """``out = x / (1 + |x|)``. Same as ``torch.nn.Softsign``.
 
-    Backward: ``dx = dout / (1 + |x|) - dout * x / (1 + |x|)^2 * sign(x)``, the two terms
-    autograd adds for torch's ``x / (1 + x.abs())`` (NaN at x = +-inf, as torch's).
+    Backward: ``dx = dout / d - dout * ((x / d) / d) * sign(x)`` with ``d = 1 + |x|``, the
+    two terms autograd adds for torch's ``x / (1 + x.abs())``, in its order (finite where
+    ``x / d^2`` would overflow, as at |x| = 1e30 in float32; NaN at x = +-inf, as torch's).
     Shapes: any -> same. Caches: the input.
     """
 
@@ -296,7 +297,7 @@ class Softsign(Pointwise):
 
     def gradient(self, x, dout):
         denominator = 1 + x.abs()
-        return dout / denominator + (-dout * x / (denominator * denominator)) * torch.sign(x)
+        return dout / denominator + (-dout * (x / denominator / denominator)) * torch.sign(x)
 
 
 class Hardtanh(Pointwise):

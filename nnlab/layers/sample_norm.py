@@ -21,18 +21,27 @@ __all__ = [
 ]
 
 
-def row_statistics(rows, eps):
+def row_statistics(rows, eps, nan_where_var_overflows=False):
     """(mean, 1 / sigma) of each row of the 2-D tensor ``rows``, each as (rows, 1): the
     mean and the biased ``var`` of ``rows - mean`` over the row, ``1 / sigma =
     1 / sqrt(var + eps)``. The sums are a matrix-vector product with ones and a vector
     norm, one pass over memory each (a sum over a short last dimension is slower); the
     centered rows are freed on return, so that the caller's output can take their place
     in memory (it forms ``rows - mean`` again, one pass, rather than keep two tensors of
-    the rows' size alive at once)."""
+    the rows' size alive at once).
+
+    A row of finite values whose variance overflows (1e30 in float32) has ``var = inf``
+    and so ``1 / sigma = 0``, which makes its normalised values 0: what torch's batch
+    norm kernel (InstanceNorm's) gives. torch's LayerNorm and GroupNorm kernels give
+    ``1 / sigma = NaN`` there instead, and so a NaN row; ``nan_where_var_overflows``
+    does the same (on the small per-row tensor, not on the rows)."""
     count = rows.shape[1]
     mean = torch.mv(rows, rows.new_ones(count)).div_(count).unsqueeze(1)
     var = torch.linalg.vector_norm(rows - mean, dim=1, keepdim=True).square() / count
-    return mean, torch.rsqrt(var + eps)
+    inv_std = torch.rsqrt(var + eps)
+    if nan_where_var_overflows:
+        inv_std.masked_fill_(var.isinf(), math.nan)
+    return mean, inv_std
 
 
 def normalized_shape_tuple(owner, normalized_shape):
@@ -90,7 +99,10 @@ class LayerNorm(_TrailingNorm):
         and ``c = -b * mean - sum(g) / (M sigma)``;
         ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)`` over the leading dims.
     ``elementwise_affine=False`` drops both parameters (weight = 1, bias = 0); ``bias=False``
-    the bias alone. Same as ``torch.nn.LayerNorm``, in train and eval mode alike.
+    the bias alone. Same as ``torch.nn.LayerNorm``, in train and eval mode alike. A sample
+    whose variance overflows (finite values such as 1e30 in float32) gives NaN (its output,
+    dx and its share of dweight), as torch's kernel does for most sizes of D; for some
+    (eight float32 values, for one) torch's gives 0 there, a wrong finite number.
 
     Shapes: (*, D) -> (*, D).
     Parameters: ``weight`` (D) = 1, ``bias`` (D) = 0.
@@ -135,7 +147,7 @@ class LayerNorm(_TrailingNorm):
         count = math.prod(self.normalized_shape)
         # Contiguous rows (a copy only of an input that is not), so that every view below holds.
         self._x = x.reshape(x.numel() // count, count).contiguous()
-        self._mean, self._inv_std = row_statistics(self._x, self.eps)
+        self._mean, self._inv_std = row_statistics(self._x, self.eps, nan_where_var_overflows=True)
         out = (self._x - self._mean).mul_(self._inv_std)
         if self.weight is not None:
             out.mul_(self.weight.reshape(count))
@@ -242,7 +254,9 @@ class GroupNorm(Layer):
     Backward, with ``g = dout * weight[c]`` and the means over each group:
         ``dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sigma``;
         ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)`` over every dim but C.
-    Same as ``torch.nn.GroupNorm``, in train and eval mode alike.
+    Same as ``torch.nn.GroupNorm``, in train and eval mode alike. A group whose variance
+    overflows (finite values such as 1e30 in float32) gives NaN, as torch's kernel does for
+    most group sizes (for some it gives 0, a wrong finite number).
 
     dx is computed in torch's arrangement (so that NaN and infinities land where torch's
     do), from the sums per sample and channel of dout and dout * x; see ``input_grad``.
@@ -284,7 +298,7 @@ class GroupNorm(Layer):
         positions = math.prod(x.shape[2:])
         # Contiguous rows (a copy only of an input that is not), so that every view below holds.
         self._x = x.reshape(batch * groups, self.num_channels // groups * positions).contiguous()
-        mean, inv_std = row_statistics(self._x, self.eps)
+        mean, inv_std = row_statistics(self._x, self.eps, nan_where_var_overflows=True)
         self._mean = mean.view(batch, groups, 1)
         self._inv_std = inv_std.view(batch, groups, 1)
         out = self._x - mean
