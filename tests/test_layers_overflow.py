@@ -89,3 +89,16 @@ def test_softsign_gradient_at_values_whose_square_overflows_is_torchs(dtype):
     x = torch.tensor([[-big, big, 3.0, -HUGE[dtype], -0.5, 0.0]], dtype=dtype)
     dout = torch.tensor([[1.5, -3.0, big, -2.0, 0.25, 1.0]], dtype=dtype)
     against_torch(nl.Softsign(), x, dout)
+
+
+# Normalisations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_local_response_norm_gradient_where_the_window_sum_overflows_is_torchs(dtype):
+    """(x / p) / p as torch's autograd divides (p = q^beta): 0 where x^2 overflows, not
+    dout * x / p^2 = -inf / inf = NaN when dout * x overflows too."""
+    big = torch.finfo(dtype).max / 1.2
+    x = torch.tensor([[[-big, 1.0], [2.42, HUGE[dtype]], [-2.32, 0.5], [-0.55, -1.0]]], dtype=dtype)
+    dout = torch.tensor([[[-2.4, -2.0], [-2.58, 0.25], [1.0, 2.0], [-0.66, -0.5]]], dtype=dtype)
+    against_torch(nl.LocalResponseNorm(3), x, dout)

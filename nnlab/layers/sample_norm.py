@@ -538,7 +538,8 @@ class LocalResponseNorm(Layer):
         ``q_c = k + alpha * (sum_{c' in W(c)} x_{c'}^2) / n``, ``out_c = x_c / q_c^beta``.
     Backward, in torch's order of operations (so that NaN and infinities land where
     torch's autograd puts them), with ``p = q^beta``:
-        ``dq_c = (-dout_c * x_c / p_c^2) * (beta * q_c^(beta - 1))``,
+        ``dq_c = (-dout_c * ((x_c / p_c) / p_c)) * (beta * q_c^(beta - 1))`` (finite where
+        ``p_c^2`` overflows),
         ``s_j = sum_{c : j in W(c)} dq_c * alpha / n`` (a window sum over channels
         j - (n - 1) // 2 .. j + n // 2), ``dx_j = dout_j / p_j + (s_j x_j + s_j x_j)``.
     No parameters. Same as ``torch.nn.LocalResponseNorm(size, alpha, beta, k)``.
@@ -575,6 +576,6 @@ class LocalResponseNorm(Layer):
         x = self._x
         q = self._q
         p = q.pow(self.beta)
-        dq = (-dout * x / (p * p)) * (self.beta * q.pow(self.beta - 1))
+        dq = (-dout * (x / p / p)) * (self.beta * q.pow(self.beta - 1))
         spread = _channel_window_sum(dq * self.alpha / self.size, (self.size - 1) // 2, self.size // 2)
         return dout / p + (spread * x + spread * x)
