@@ -5,9 +5,12 @@ same finite values elsewhere. Where nnlab's finite answer is the exact one and t
 non-finite artefact of its kernel, the test states the exact value instead (computed in
 float64 or by hand)."""
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
-from reference import FORWARD_ATOL, GRAD_RTOL, check_against_torch
+from reference import FORWARD_ATOL, GRAD_RTOL, assert_close, check_against_torch, gradient_floor
 
 import nnlab.layers as nl
 from nnlab._twins import torch_twin
@@ -102,3 +105,135 @@ def test_local_response_norm_gradient_where_the_window_sum_overflows_is_torchs(d
     x = torch.tensor([[[-big, 1.0], [2.42, HUGE[dtype]], [-2.32, 0.5], [-0.55, -1.0]]], dtype=dtype)
     dout = torch.tensor([[[-2.4, -2.0], [-2.58, 0.25], [1.0, 2.0], [-0.66, -0.5]]], dtype=dtype)
     against_torch(nl.LocalResponseNorm(3), x, dout)
+
+
+# Losses --------------------------------------------------------------------------------------
+
+
+def loss_against_torch(loss, inputs, target, dout):
+    """The loss against its torch twin in the inputs' dtype: value and every input's gradient."""
+    module = torch_twin(loss)
+    dtype = inputs[0].dtype
+    out = loss(*inputs, y=target) if target is not None else loss(*inputs)
+    grads = loss.backward(dout)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    refs = [x.clone().requires_grad_(True) for x in inputs]
+    out_ref = module(*refs, target) if target is not None else module(*refs)
+    expected = torch.autograd.grad(out_ref, refs, torch.as_tensor(dout, dtype=dtype))
+    assert_close("loss", out, out_ref.detach(), atol=FORWARD_ATOL[dtype])
+    for index, (grad, ref) in enumerate(zip(grads, expected)):
+        assert_close(f"gradient {index}", grad, ref, rtol=GRAD_RTOL[dtype], floor=gradient_floor(expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_mean_gradient_scales_before_the_upstream_gradient_as_torch(dtype):
+    """dx = ((2 / n) (x - y)) dout, torch's order: finite for dout near the largest number
+    (2 dout overflowed before)."""
+    x = torch.tensor([1.0, -1.5, 0.25], dtype=dtype)
+    y = torch.tensor([0.0, 0.0, 0.25], dtype=dtype)
+    big = torch.finfo(dtype).max * 0.9
+    loss_against_torch(nl.MSELoss(), [x], y, torch.tensor(-big, dtype=dtype))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_gradient_is_exact_where_torchs_twice_the_difference_overflows(reduction, dtype):
+    """dx = ((x - y) dout) 2, the same values as torch's (2 (x - y)) dout (doubling is
+    exact), but finite where 2 (x - y) overflows and the product does not: torch gives
+    inf there, nnlab the exact value (checked in float64 arithmetic on the same numbers)."""
+    big = torch.finfo(dtype).max * 0.75
+    x = torch.tensor([1.0, big, 0.5, 0.5], dtype=dtype)
+    y = torch.tensor([-1.0, -big / 3, 0.5, 0.0], dtype=dtype)
+    # An upstream gradient near the largest number too, where twice it overflows.
+    dout = torch.tensor([0.5, -0.25, 2.0, big], dtype=dtype)
+    dout = dout if reduction == "none" else torch.tensor(-0.25, dtype=dtype)
+    loss = nl.MSELoss(reduction=reduction)
+    loss(x, y=y)
+    dx = loss.backward(dout)
+    diff = x - y
+    assert diff[1].isfinite() and not (2 * diff[1]).isfinite()
+    exact = diff.to(torch.float64) * dout.to(torch.float64) * 2
+    assert exact.isfinite().all() and torch.equal(dx, exact.to(dtype))
+    torch_dx = 2 * diff * dout
+    assert torch_dx[1] == -math.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_nll_variance_gradient_where_the_squared_difference_overflows_is_torchs(dtype):
+    """dvar = h / v - h ((d^2 / v) / v), as torch's autograd divides: -inf where d^2
+    overflows (h d^2 / v^2 gave inf / inf = NaN)."""
+    huge = HUGE[dtype]
+    big = torch.finfo(dtype).max / 1.2
+    x = torch.tensor([huge, 1.0, 0.5], dtype=dtype)
+    target = torch.tensor([0.0, -1.0, 0.5], dtype=dtype)
+    var = torch.tensor([big, 2.0, big], dtype=dtype)
+    loss_against_torch(nl.GaussianNLLLoss(), [x, target, var], None, torch.tensor(1.5, dtype=dtype))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squared_multi_margin_gradient_scales_before_doubling_as_torch(reduction, dtype):
+    """h = (2 g) z with g = 1 / C (1 / (N C) for the mean), torch's kernel: finite where
+    2 z overflows (a score near the largest number; inf before)."""
+    big = torch.finfo(dtype).max / 1.2
+    x = torch.tensor([[-2.0, -0.1, 2.5, -big], [0.5, big, -1.0, 0.25]], dtype=dtype)
+    labels = torch.tensor([3, 0])
+    dout = torch.tensor([-0.75, 0.5], dtype=dtype) if reduction == "none" else torch.tensor(-0.75, dtype=dtype)
+    loss_against_torch(nl.MultiMarginLoss(p=2, reduction=reduction), [x], labels, dout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cosine_embedding_gradient_adds_the_square_terms_as_torch(dtype):
+    """x * s + x * s for the gradient through x * x (autograd's two terms), not 2 x s,
+    whose 2 x overflows to inf * 0 = NaN at an entry near the largest number."""
+    big = torch.finfo(dtype).max / 1.2
+    x1 = torch.tensor([[0.99, -1.03, -2.09, 2.78], [1.0, 2.0, 3.0, -big]], dtype=dtype)
+    x2 = torch.tensor([[big, 0.14, 2.1, 1.68], [-0.5, 1.5, 0.25, 2.0]], dtype=dtype)
+    labels = torch.tensor([1.0, -1.0], dtype=dtype)
+    loss_against_torch(nl.CosineEmbeddingLoss(margin=-0.5), [x1, x2], labels, torch.tensor(0.75, dtype=dtype))
+
+
+def exact_product(factors, dtype):
+    """The product of the float ``factors`` in rational arithmetic, rounded once to ``dtype``."""
+    value = Fraction(1)
+    for factor in factors:
+        value *= Fraction(factor)
+    return torch.tensor(float(value), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_mean_gradient_is_exact_where_torchs_overflows(dtype):
+    """nnlab scales dout by 1 / n before the product: finite where torch's
+    ``(grad * dout) / n`` overflows to -inf, and equal to the exact value."""
+    p = torch.tensor([0.5, 0.25, 0.875, 0.5], dtype=dtype)
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=dtype)
+    dout = torch.tensor(-torch.finfo(dtype).max / 5, dtype=dtype)
+    loss = nl.BCELoss()
+    loss(p, y=y)
+    dx = loss.backward(dout)
+    # (p - y) / (p (1 - p)) is exact here: -2, 4 / 3 (rounded), 8, -2.
+    slopes = [-2.0, (0.25 / 0.1875), 8.0, -2.0]
+    exact = torch.stack([exact_product([slope, dout.item(), 0.25], dtype) for slope in slopes])
+    assert_close("input gradient", dx, exact, rtol=GRAD_RTOL[dtype])
+    p_ref = p.clone().requires_grad_(True)
+    torch_dx = torch.autograd.grad(torch.nn.BCELoss()(p_ref, y), p_ref, dout)[0]
+    assert torch_dx[2] == -math.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_mean_gradient_is_exact_where_torchs_overflows(dtype):
+    """With pos_weight q: ``((q y + 1 - y) sigmoid(z) - q y) (dout / n)``, finite where
+    torch's product with dout overflows before its division by n."""
+    z = torch.zeros(4, dtype=dtype)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=dtype)
+    pos_weight = torch.tensor([3.0, 1.0, 0.5, 2.0], dtype=dtype)
+    dout = torch.tensor(torch.finfo(dtype).max * 0.9, dtype=dtype)
+    loss = nl.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss(z, y=y)
+    dx = loss.backward(dout)
+    # sigmoid(0) = 1/2: the bracket is -1.5, 0.5, -0.25, 0.5.
+    exact = torch.stack([exact_product([slope, dout.item(), 0.25], dtype) for slope in (-1.5, 0.5, -0.25, 0.5)])
+    assert_close("input gradient", dx, exact, rtol=GRAD_RTOL[dtype])
+    z_ref = z.clone().requires_grad_(True)
+    torch_dx = torch.autograd.grad(torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)(z_ref, y), z_ref, dout)[0]
+    assert torch_dx[0] == -math.inf

@@ -405,7 +405,10 @@ class MSELoss(Loss):
     """Squared error ``l = (x - y)^2``, reduced: ``L = mean(l)`` by default, ``sum(l)``
     or l itself (``reduction``). Same as ``torch.nn.MSELoss``.
 
-    Backward: ``dx = dout * 2 (x - y) / numel(x)`` (no 1 / numel for 'sum' and 'none').
+    Backward: ``dx = ((2 / numel(x)) (x - y)) dout`` for the mean, torch's order;
+    ``dx = ((x - y) dout) 2`` for 'sum' and 'none': the values of torch's ``(2 (x - y)) dout``
+    (doubling is exact), but finite where ``2 (x - y)`` overflows and the result does not
+    (torch gives inf there: x - y beyond half the dtype's largest number).
     Shapes: x any, y the same shape -> scalar (x's shape with 'none'). Targets of another
     floating dtype: the loss has the wider dtype and dx the predictions' dtype, as in torch.
     Caches: the difference x - y and x's dtype.
@@ -428,7 +431,11 @@ class MSELoss(Loss):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        return (self._diff * self.loss_scale(2 * dout, self._diff.numel())).to(self._x_dtype)
+        if self.reduction == "mean":
+            dx = self._diff * self.batch_scale(2.0, self._diff.numel()) * dout
+        else:
+            dx = self._diff * dout * 2
+        return dx.to(self._x_dtype)
 
 
 class L1Loss(Loss):
@@ -477,7 +484,10 @@ class BCELoss(Loss):
     (1e-12 as the float32 constant torch uses, also in float64),
     the derivative of the unclamped formula with its denominator floored (this is not the
     derivative of the floored log: where the floor is active it stays large, so
-    confidently wrong predictions keep a strong gradient).
+    confidently wrong predictions keep a strong gradient). It is computed as
+    ``(p - y) / max(...) * (dout / numel(p))``: for dout near the dtype's largest number
+    finite and exact where torch's ``((p - y) / max(...) * dout) / numel(p)`` overflows
+    to inf first.
 
     ``weight`` (broadcastable to p's shape, a buffer as in torch) multiplies each
     element's loss and gradient; ``reduction`` 'sum' and 'none' drop the 1 / numel.
@@ -532,7 +542,9 @@ class BCEWithLogitsLoss(Loss):
     multiplies each element's loss; ``reduction`` 'sum' and 'none' drop the 1 / numel.
 
     Backward, in torch's order: ``dz = ((q y + 1 - y) sigmoid(z) - q y) * dout * w / numel(z)``,
-    which is ``(sigmoid(z) - y) * dout / numel(z)`` without weights.
+    which is ``(sigmoid(z) - y) * dout / numel(z)`` without weights; but dout / numel(z)
+    first, so that for dout near the dtype's largest number dz is finite and exact where
+    torch's product with dout overflows to inf before its division (with pos_weight > 1).
     Shapes: z any, y the same shape -> scalar (z's shape with 'none').
     Caches: sigmoid(z), y and the weights broadcast to z's shape.
     """

@@ -160,8 +160,9 @@ class CosineEmbeddingLoss(Loss):
     Backward returns ``(dx1, dx2)``, in autograd's order: g = d l / d cos * dout (-1 where
     y = 1, 1 where y = -1 and ``cos > margin``: 0 at the kink, as ``torch.clamp`` from torch
     2.14 on), then with p = <x1, x2>,
-    D = sqrt(m1 m2): ``dx1 = g / D * x2 + 2 x1 (-g (p / D) / D) / (2 D) * m2``, and the
-    same with 1 and 2 swapped.
+    D = sqrt(m1 m2), ``s1 = x1 (-g (p / D) / D) / (2 D) * m2``: ``dx1 = g / D * x2 + (s1 + s1)``,
+    and the same with 1 and 2 swapped (s1 + s1 rather than 2 s1, as autograd adds the
+    two terms of x1 * x1: finite where 2 x1 would overflow).
     Shapes: x1, x2 (N, D) with y (N,), or (D,) with y () -> scalar ((N,) or () with 'none').
     Caches: x1, x2, the squared norms, D, p and d l / d cos.
     """
@@ -198,8 +199,11 @@ class CosineEmbeddingLoss(Loss):
         grad = torch.where(slope != 0, self.loss_scale(dout, slope.numel()), 0) * slope
         dproduct = grad / denominator
         dsquares = -grad * ((product / denominator) / denominator) / (2 * denominator)
-        dx1 = dproduct.unsqueeze(-1) * x2 + 2 * x1 * (dsquares * square2).unsqueeze(-1)
-        dx2 = dproduct.unsqueeze(-1) * x1 + 2 * x2 * (dsquares * square1).unsqueeze(-1)
+        # x * s + x * s, autograd's two terms through x * x (2 x would overflow first).
+        through_square1 = x1 * (dsquares * square2).unsqueeze(-1)
+        through_square2 = x2 * (dsquares * square1).unsqueeze(-1)
+        dx1 = dproduct.unsqueeze(-1) * x2 + (through_square1 + through_square1)
+        dx2 = dproduct.unsqueeze(-1) * x1 + (through_square2 + through_square2)
         return dx1, dx2
 
 
@@ -210,11 +214,12 @@ class MultiMarginLoss(Loss):
     ``l = sum_{c != y, z_c > 0} w[y] z_c^p / C`` (p = 1 or 2); a NaN z_c fails ``z_c > 0``
     and adds nothing, as in torch's kernel; reduced by ``reduction`` (the mean of an
     empty batch is NaN here, where torch 2.13 returns an uninitialised value).
-    Backward, torch's kernel: ``h_c = w[y] (1 or 2 z_c) / C`` where ``z_c > 0`` (0 at the
-    kink z_c = 0), ``dx[c] = h_c``, ``dx[y] = -sum_c h_c``, then times dout (over N for
-    the mean), so that an infinite dout makes 0 entries NaN, as in torch.
+    Backward, torch's kernel: ``h_c = w[y] (g or (2 g) z_c)`` with g = 1 / C (1 / (N C) for
+    the mean) where ``z_c > 0`` (0 at the kink z_c = 0), ``dx[c] = h_c``, ``dx[y] = -sum_c
+    h_c``, then times dout, so that an infinite dout makes 0 entries NaN, as in torch (and
+    h is finite for z_c near the dtype's largest number, where 2 z_c overflows).
     Shapes: x (N, C) or (C,), y (N,) or () integer labels in [0, C); weight (C,) ->
-    scalar ((N,) or () with 'none'). Caches: the gradient for dout = 1.
+    scalar ((N,) or () with 'none'). Caches: the gradient for dout = 1 (of the reduced loss).
 
     Example::
 
@@ -250,7 +255,10 @@ class MultiMarginLoss(Loss):
         margins = self.margin - scores.gather(1, labels) + scores
         others = torch.ones_like(scores, dtype=torch.bool).scatter_(1, labels, False)
         active = others & (margins > 0)
-        slope = torch.ones_like(scores) if self.p == 1 else 2 * margins
+        # torch's g: 1 / C, and 1 / (N C) for the mean, applied before doubling z.
+        samples = scores.shape[0] if self.reduction == "mean" else 1
+        g = 1.0 / (num_classes * max(samples, 1))
+        slope = torch.full_like(scores, g) if self.p == 1 else 2 * g * margins
         powered = margins if self.p == 1 else margins * margins
         weight = class_weight_for(self, scores, num_classes)
         if weight is not None:
@@ -258,7 +266,7 @@ class MultiMarginLoss(Loss):
             powered = powered * label_weights
             slope = slope * label_weights
         losses = torch.where(active, powered, 0).sum(dim=1) / num_classes
-        unit = torch.where(active, slope / num_classes, 0)
+        unit = torch.where(active, slope, 0)
         self._unit_grad = unit.scatter(1, labels, -unit.sum(dim=1, keepdim=True))
         losses = losses.squeeze(0) if self._unbatched else losses
         return self.reduce(losses)
@@ -267,9 +275,8 @@ class MultiMarginLoss(Loss):
         self.start_backward(dout)
         if not self.needs_input_grad:
             return None
-        scale = self.loss_scale(dout, self._unit_grad.shape[0])
-        if self.reduction == "none":
-            scale = scale.reshape(-1, 1)
+        # The mean's 1 / N is in the cached gradient already (torch's g).
+        scale = dout.reshape(-1, 1) if self.reduction == "none" else dout
         grad = self._unit_grad * scale
         return grad.squeeze(0) if self._unbatched else grad
 

@@ -223,7 +223,7 @@ class GaussianNLLLoss(Loss):
     Negative variances raise ValueError (as in torch).
     Backward returns ``(dinput, dtarget, dvar)`` (``(dinput, dtarget)`` when var is a
     number): with h = dout / 2 (over numel for the mean) and d = input - target,
-    ``dinput = 2 d h / v = -dtarget``, ``dvar = h / v - h d^2 / v^2`` summed over the
+    ``dinput = 2 d h / v = -dtarget``, ``dvar = h / v - h ((d^2 / v) / v)`` summed over the
     entries var was broadcast to. The clamp at eps passes the gradient through unchanged,
     as torch clamps var without recording it for autograd.
     Shapes: input any, target the same, var as above -> scalar (input's shape with 'none').
@@ -286,7 +286,8 @@ class GaussianNLLLoss(Loss):
         dinput = half / var * (2 * diff)
         if self._var_shape is None:
             return dinput, -dinput
-        dvar = half / var - half * (diff * diff) / (var * var)
+        # (d^2 / v) / v as torch's autograd divides: -inf where d^2 overflows, not inf / inf.
+        dvar = half / var - half * (diff * diff / var / var)
         dvar = sum_to_shape(dvar.expand(diff.shape), self._var_shape)
         return dinput, -dinput, dvar
 

@@ -40,7 +40,8 @@ def row_statistics(rows, eps, nan_where_var_overflows=False):
     var = torch.linalg.vector_norm(rows - mean, dim=1, keepdim=True).square() / count
     inv_std = torch.rsqrt(var + eps)
     if nan_where_var_overflows:
-        inv_std.masked_fill_(var.isinf(), math.nan)
+        # Out of place, so that autograd can still differentiate a forward built on it.
+        inv_std = inv_std.masked_fill(var.isinf(), math.nan)
     return mean, inv_std
 
 
