@@ -237,3 +237,43 @@ def test_bce_with_logits_mean_gradient_is_exact_where_torchs_overflows(dtype):
     z_ref = z.clone().requires_grad_(True)
     torch_dx = torch.autograd.grad(torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)(z_ref, y), z_ref, dout)[0]
     assert torch_dx[0] == -math.inf
+
+
+def test_instance_norm_gradient_of_a_row_whose_variance_overflows_is_zero_where_torchs_is_nan():
+    """1 / sigma = 0 for a row whose variance overflows (as torch's batch-norm kernel has
+    it): out = 0 and dx = 0, within 1.3e-38 of the exact dx (float64 autograd below).
+    torch's backward gives NaN for the whole row here, from sum(dout * (x - mean)) = inf
+    times its 1 / sigma = 0."""
+    x = torch.tensor([[[-3e38, -0.0, 1.78]]])
+    dout = torch.tensor([[[1.45, -2.97, 0.5]]])
+    layer = nl.InstanceNorm1d(1)
+    out = layer(x)
+    dx = layer.backward(dout)
+    x_ref = x.double().requires_grad_(True)
+    exact = torch.autograd.grad(torch.nn.functional.instance_norm(x_ref), x_ref, dout.double())[0]
+    assert exact.abs().max() < 1.3e-38 and torch.equal(dx, torch.zeros_like(dx))
+    assert torch.equal(out, torch.zeros_like(out))
+    x_torch = x.clone().requires_grad_(True)
+    assert torch.autograd.grad(torch.nn.InstanceNorm1d(1)(x_torch), x_torch, dout)[0].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_gradient_at_an_entry_past_half_the_largest_number_is_exact_where_torchs_is_nan(dtype):
+    """mean(x^2) overflows: r = 0, out = 0 and dx = r (g - x_hat mean(g x_hat)) = 0, as
+    torch's forward and its dx elsewhere; at |x| beyond half the largest number torch's
+    autograd forms 2 x = inf and gives inf * 0 = NaN. The exact dx there is 6.5e-55 for
+    the float32 input (float64 autograd below), which rounds to 0."""
+    big = 3e38 if dtype == torch.float32 else 1.7e308
+    x = torch.tensor([[big, 1.0, 2.0]], dtype=dtype)
+    dout = torch.tensor([[1.0, -2.0, 0.5]], dtype=dtype)
+    layer = nl.RMSNorm(3).to(dtype=dtype)
+    out = layer(x)
+    dx = layer.backward(dout)
+    assert torch.equal(out, torch.zeros_like(out)) and dx[0, 0] == 0
+    if dtype == torch.float32:
+        x_ref = x.double().requires_grad_(True)
+        exact = torch.autograd.grad(torch.nn.RMSNorm(3).double()(x_ref), x_ref, dout.double())[0]
+        assert abs(exact[0, 0].item() - 6.5253e-55) < 1e-58
+    x_torch = x.clone().requires_grad_(True)
+    torch_dx = torch.autograd.grad(torch.nn.RMSNorm(3).to(dtype)(x_torch), x_torch, dout)[0]
+    assert torch_dx[0, 0].isnan() and torch.equal(torch_dx[0, 1:], dx[0, 1:])

@@ -195,7 +195,10 @@ class RMSNorm(_TrailingNorm):
     Backward, with ``g = dout * weight`` and the mean over D:
         ``dx = r * (g - x_hat * mean(g * x_hat))``; ``dweight += sum(dout * x_hat)`` over
         the leading dims.
-    Same as ``torch.nn.RMSNorm`` (which has no bias).
+    Same as ``torch.nn.RMSNorm`` (which has no bias). A sample whose mean square overflows
+    (1e20 in float32) has r = 0, so out = 0 and dx = 0, as torch's (the exact values are
+    finite: x_hat of order 1); at an entry beyond half the dtype's largest number torch's
+    autograd gives dx = NaN (its 2 x overflows), where nnlab's 0 is the exact value rounded.
 
     Shapes: (*, D) -> (*, D).
     Parameters: ``weight`` (D) = 1 (none when ``elementwise_affine=False``).
@@ -377,6 +380,10 @@ class _InstanceNorm(Layer):
         ``dweight += sum(dout * x_hat)``, ``dbias += sum(dout)`` over every dim but C.
     With ``affine=False`` and no running statistics, an input whose channel count differs
     from ``num_features`` is normalised all the same, with torch's warning.
+    A sample and channel whose variance overflows (1e30 in float32) has 1 / sigma = 0:
+    out = x_hat = 0 and dx = 0, as torch's batch-norm kernel gives (the exact values are
+    of order 1 and dout / sigma); where sum(dout * (x - mean)) overflows too, torch's
+    backward gives NaN for the row instead (inf * 0), nnlab's still 0.
 
     Parameters: ``weight`` (C,) = 1, ``bias`` (C,) = 0 with ``affine=True`` (default off).
     Buffers: ``running_mean``, ``running_var``, ``num_batches_tracked`` with
