@@ -12,6 +12,15 @@ from hypothesis import strategies as st
 SPECIALS = [math.nan, math.inf, -math.inf, 0.0, -0.0]
 
 
+def huge_values(dtype):
+    """Finite values of ``dtype`` where intermediates overflow: a square past the largest
+    number (1e30 in float32, 1e155 in float64) and a double or a sum past it (0.9 times the
+    largest number), each with both signs."""
+    largest = torch.finfo(dtype).max * 0.9
+    square_overflows = 1e30 if dtype == torch.float32 else 1e155
+    return [square_overflows, -square_overflows, largest, -largest]
+
+
 @st.composite
 def shapes(draw, min_dims=0, max_dims=4, max_size=4, batch=True):
     """A shape of min_dims to max_dims sizes in 1..max_size; with ``batch``, the first size
@@ -23,10 +32,10 @@ def shapes(draw, min_dims=0, max_dims=4, max_size=4, batch=True):
 
 
 @st.composite
-def tensors(draw, shape, dtype, points=()):
+def tensors(draw, shape, dtype, points=(), huge=False):
     """A tensor of ``shape``: uniform in [-3, 3] or small integers (ties); then either one
-    to five entries set to NaN (drawn twice as often), +-inf, +-0 or one of ``points`` (the
-    layer's kinks), or
+    to five entries set to NaN (drawn twice as often), +-inf, +-0, one of ``points`` (the
+    layer's kinks) or, with ``huge``, one of ``huge_values(dtype)``, or
     about a third of all entries (rows and windows of them). Positions, values and the
     choices between the kinds come from a drawn seed, not from hypothesis' choices, which
     it steers towards the first alternative: every kind is reached at a known rate."""
@@ -39,7 +48,8 @@ def tensors(draw, shape, dtype, points=()):
         x = torch.rand(shape, generator=generator, dtype=torch.float64) * 6 - 3
     else:
         x = torch.randint(-2, 3, shape, generator=generator).to(torch.float64)
-    chosen = torch.tensor([math.nan] + SPECIALS + list(points), dtype=torch.float64)
+    extra = huge_values(dtype) if huge else []
+    chosen = torch.tensor([math.nan] + SPECIALS + list(points) + extra, dtype=torch.float64)
     flat = x.view(-1)
     if chance(3) == 0:
         replace = torch.rand(shape, generator=generator) < 0.35

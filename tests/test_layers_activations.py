@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import assert_close, check_against_torch, check_finite_differences, copy_params
 from special_values import shapes, tensors
-from test_layers_parity import DTYPES, Upstream, upstreams
+from test_layers_parity import DTYPES, Upstream, huge_upstreams, upstreams
 
 import nnlab.layers as nl
 from nnlab.layers import make_activation
@@ -95,13 +95,13 @@ def compare(layer, module, x, dout):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=120)
-@given(spec=st.sampled_from(ELEMENTWISE), shape=shapes(), inplace=st.booleans(), dout=upstreams, data=st.data())
+@given(spec=st.sampled_from(ELEMENTWISE), shape=shapes(), inplace=st.booleans(), dout=huge_upstreams, data=st.data())
 def test_elementwise_matches_torch(dtype, spec, shape, inplace, dout, data):
     name, arguments, kinks = spec
     args = data.draw(arguments)
     kwargs = {"inplace": inplace} if name in INPLACE else {}
     layer, module = namesakes(name, args, dtype, **kwargs)
-    x = without_convention_points(name, args, data.draw(tensors(shape, dtype, kinks(args))))
+    x = without_convention_points(name, args, data.draw(tensors(shape, dtype, kinks(args), huge=True)))
     compare(layer, module, x, dout)
 
 

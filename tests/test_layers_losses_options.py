@@ -26,7 +26,7 @@ from reference import (
     check_finite_differences,
     gradient_floor,
 )
-from test_layers_parity import upstreams, values, with_specials
+from test_layers_parity import huge_upstreams, upstreams, values, with_specials
 
 from nnlab import layers
 from nnlab.layers import (
@@ -411,13 +411,13 @@ def test_soft_margin_overflows_as_torch():
     margin=st.sampled_from([0.0, 0.5, 1.0]),
     reduction=REDUCTIONS,
     signs=st.booleans(),
-    dout=upstreams,
+    dout=huge_upstreams,
     data=st.data(),
 )
 def test_margin_ranking(dtype, shape, margin, reduction, signs, dout, data):
-    x1 = data.draw(strided(data.draw(values(shape, dtype))))
-    x2 = data.draw(values(shape, dtype))
-    y = data.draw(values(shape, dtype))
+    x1 = data.draw(strided(data.draw(values(shape, dtype, huge=True))))
+    x2 = data.draw(values(shape, dtype, huge=True))
+    y = data.draw(values(shape, dtype, huge=True))
     if signs:
         y = torch.where(y > 0, 1.0, -1.0).to(dtype)
     compare_several(MarginRankingLoss(margin, reduction=reduction), dtype, (x1, x2), y, dout)
@@ -430,13 +430,13 @@ def test_margin_ranking(dtype, shape, margin, reduction, signs, dout, data):
     features=st.integers(1, 4),
     margin=st.sampled_from([-0.5, 0.0, 0.5]),
     reduction=REDUCTIONS,
-    dout=upstreams,
+    dout=huge_upstreams,
     data=st.data(),
 )
 def test_cosine_embedding(dtype, batch, features, margin, reduction, dout, data):
     shape = (features,) if batch is None else (batch, features)
-    x1 = data.draw(strided(data.draw(values(shape, dtype))))
-    x2 = data.draw(values(shape, dtype))
+    x1 = data.draw(strided(data.draw(values(shape, dtype, huge=True))))
+    x2 = data.draw(values(shape, dtype, huge=True))
     count = 1 if batch is None else batch
     labels = data.draw(st.lists(st.sampled_from([1, -1, 1, -1, 0]), min_size=count, max_size=count))
     y = torch.tensor(labels, dtype=dtype).reshape(shape[:-1])
@@ -451,14 +451,14 @@ def test_cosine_embedding(dtype, batch, features, margin, reduction, dout, data)
     full=st.booleans(),
     eps=st.sampled_from([1e-6, 0.5]),
     reduction=REDUCTIONS,
-    dout=upstreams,
+    dout=huge_upstreams,
     data=st.data(),
 )
 def test_gaussian_nll(dtype, shape, var_form, full, eps, reduction, dout, data):
-    mean = data.draw(strided(data.draw(values(shape, dtype))))
-    target = data.draw(values(shape, dtype))
+    mean = data.draw(strided(data.draw(values(shape, dtype, huge=True))))
+    target = data.draw(values(shape, dtype, huge=True))
     var_shape = {"same": shape, "one_per_row": shape[:-1], "size_1": shape[:-1] + (1,), "number": shape}[var_form]
-    var = data.draw(values(var_shape, dtype))
+    var = data.draw(values(var_shape, dtype, huge=True))
     if data.draw(st.booleans()):
         var = var.abs()  # mostly valid variances, 0 included (clamped to eps)
     layer = GaussianNLLLoss(full=full, eps=eps, reduction=reduction)
@@ -490,12 +490,12 @@ def test_gaussian_nll(dtype, shape, var_form, full, eps, reduction, dout, data):
     p=st.sampled_from([1, 2]),
     margin=st.sampled_from([0.0, 1.0, 2.0]),
     reduction=REDUCTIONS,
-    dout=upstreams,
+    dout=huge_upstreams,
     data=st.data(),
 )
 def test_multi_margin(dtype, batch, classes, p, margin, reduction, dout, data):
     shape = (classes,) if batch is None else (batch, classes)
-    x = data.draw(strided(data.draw(values(shape, dtype))))
+    x = data.draw(strided(data.draw(values(shape, dtype, huge=True))))
     generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     y = torch.randint(0, classes, () if batch is None else (batch,), generator=generator)
     loss = MultiMarginLoss(p, margin, class_weight(data.draw, classes, dtype), reduction=reduction)

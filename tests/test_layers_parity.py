@@ -28,6 +28,7 @@ from reference import (
     every_window_touches_input,
     torch_twin,
 )
+from special_values import huge_values
 
 from nnlab.layers import (
     AdaptiveAvgPool2d,
@@ -72,11 +73,12 @@ BATCHES_OR_UNBATCHED = st.sampled_from([None, 0, 1, 2])
 
 
 @st.composite
-def values(draw, shape, dtype):
+def values(draw, shape, dtype, huge=False):
     """A tensor of ``shape``: uniform in [-3, 3]; small integers (ties); one constant
-    (0, -0, 1 or -2.5: exact in both dtypes); uniform with NaN, +inf, -inf or 0 at up to
-    three drawn positions; or uniform with every entry NaN, +inf or -inf with probability
-    0.4 (windows and rows that hold only non-finite values)."""
+    (0, -0, 1 or -2.5: exact in both dtypes); uniform with NaN, +inf, -inf or 0 (with
+    ``huge``, also ``special_values.huge_values``: finite values whose squares, doubles or
+    sums overflow) at up to three drawn positions; or uniform with every entry NaN, +inf
+    or -inf with probability 0.4 (windows and rows that hold only non-finite values)."""
     kind = draw(st.sampled_from(["uniform", "integers", "constant", "special", "dense_special"]))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     if kind == "integers":
@@ -86,7 +88,7 @@ def values(draw, shape, dtype):
     else:
         x = torch.rand(shape, generator=generator, dtype=torch.float64) * 6 - 3
     if kind == "special":
-        x = draw(with_specials(x))
+        x = draw(with_specials(x, huge_values(dtype) if huge else ()))
     if kind == "dense_special":
         replace = torch.rand(shape, generator=generator) < 0.4
         choice = torch.randint(0, len(SPECIALS), shape, generator=generator)
@@ -95,12 +97,12 @@ def values(draw, shape, dtype):
 
 
 @st.composite
-def with_specials(draw, x):
-    """x with NaN, +inf, -inf or 0 written at one to three drawn positions."""
+def with_specials(draw, x, extra=()):
+    """x with NaN, +inf, -inf, 0 or one of ``extra`` written at one to three drawn positions."""
     x = x.clone()
     flat = x.view(-1)
     if flat.numel():
-        spots = st.tuples(st.integers(0, flat.numel() - 1), st.sampled_from(SPECIALS + [0.0]))
+        spots = st.tuples(st.integers(0, flat.numel() - 1), st.sampled_from(SPECIALS + [0.0] + list(extra)))
         for index, value in draw(st.lists(spots, min_size=1, max_size=3)):
             flat[index] = value
     return x
@@ -109,7 +111,9 @@ def with_specials(draw, x):
 class Upstream:
     """The upstream gradient for a layer's output, whatever its shape: standard normal
     from ``seed``, with NaN, +inf, -inf or 0 at the relative positions ``specials``
-    ((fraction of numel, value) pairs); one such gradient per output of a tuple."""
+    ((fraction of numel, value) pairs); one such gradient per output of a tuple. A value
+    given as a string names one of ``special_values.huge_values`` of the output's dtype
+    by its index ("huge0" .. "huge3"): finite values whose products overflow."""
 
     def __init__(self, seed, specials):
         self.seed = seed
@@ -119,7 +123,7 @@ class Upstream:
         return f"Upstream(seed={self.seed}, specials={self.specials})"
 
     def has_nonfinite(self):
-        return any(not math.isfinite(value) for _, value in self.specials)
+        return any(not isinstance(value, str) and not math.isfinite(value) for _, value in self.specials)
 
     def __call__(self, out):
         if isinstance(out, tuple):
@@ -128,6 +132,8 @@ class Upstream:
         dout = torch.randn(out.shape, generator=generator, dtype=torch.float64)
         flat = dout.view(-1)
         for where, value in self.specials:
+            if isinstance(value, str):
+                value = huge_values(out.dtype)[int(value[len("huge"):])]
             if flat.numel():
                 flat[int(where * flat.numel())] = value
         return dout.to(out.dtype)
@@ -137,6 +143,16 @@ upstreams = st.builds(
     Upstream,
     st.integers(0, 2**16),
     st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(SPECIALS + [0.0])), max_size=3),
+)
+# The same, with finite values near the largest number too (for the layers whose products
+# with dout must not overflow where torch's do not).
+huge_upstreams = st.builds(
+    Upstream,
+    st.integers(0, 2**16),
+    st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(SPECIALS + [0.0, "huge0", "huge1", "huge2", "huge3"])),
+        max_size=3,
+    ),
 )
 
 
