@@ -107,9 +107,11 @@ def test_elementwise_matches_torch(dtype, spec, shape, inplace, dout, data):
 
 def without_convention_points(name, args, x):
     """x without the values where torch's answer depends on the position (test_conventions):
-    +inf for GELU in float32, NaN for NAN_BY_POSITION (replaced by -inf, another special)."""
+    +inf for GELU in float32, NaN for NAN_BY_POSITION (replaced by -inf, another special);
+    and GELU's float32 inputs beyond half the largest float, where torch's kernel overflows
+    to inf and nnlab gives x (test_gelu_is_exact_at_inf_and_the_largest_floats_in_a_long_tensor)."""
     if name == "GELU" and args in ((), ("none",)) and x.dtype == torch.float32:
-        return torch.where(x == math.inf, -math.inf, x)
+        return torch.where(x > torch.finfo(x.dtype).max / 2, -math.inf, x)
     if name in NAN_BY_POSITION:
         return torch.where(x.isnan(), -math.inf, x)
     return x
