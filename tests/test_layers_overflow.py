@@ -277,3 +277,18 @@ def test_rms_norm_gradient_at_an_entry_past_half_the_largest_number_is_exact_whe
     x_torch = x.clone().requires_grad_(True)
     torch_dx = torch.autograd.grad(torch.nn.RMSNorm(3).to(dtype)(x_torch), x_torch, dout)[0]
     assert torch_dx[0, 0].isnan() and torch.equal(torch_dx[0, 1:], dx[0, 1:])
+
+
+def test_batch_norm_channel_whose_sum_overflows_is_nan_not_a_wrong_zero():
+    """The exact x_hat of (-2.5, 3e38, 3e38, 2) is (-1, 1, 1, -1). nnlab sums in the
+    input's dtype: the mean overflows and the channel is NaN, as torch's CPU kernel gives
+    at one thread; with two threads torch's kernel sums in float64, gets a finite mean and
+    a variance that overflows, and gives 0 (a wrong finite number), which nnlab does not
+    copy. The other channel is normalised as usual."""
+    x = torch.tensor([[-2.5, 1.0], [3e38, 2.0], [3e38, 3.0], [2.0, 4.0]])
+    exact = torch.nn.functional.batch_norm(x.double(), None, None, training=True)
+    assert torch.allclose(exact[:, 0], torch.tensor([-1.0, 1.0, 1.0, -1.0], dtype=torch.float64), rtol=1e-12)
+    out = nl.BatchNorm1d(2)(x)
+    assert out[:, 0].isnan().all()
+    assert torch.allclose(out[:, 1], exact[:, 1].float(), atol=1e-6)
+    assert torch.nn.BatchNorm1d(2)(x)[:, 0].isnan().all()  # torch at one thread (conftest)

@@ -76,6 +76,12 @@ class _BatchNorm(Layer):
     so each process normalises with the statistics of the global batch and returns its
     share of the global batch's gradient; parameter gradients stay this process's sums.
 
+    Sums run in the input's dtype: a channel of finite values whose sum overflows (two
+    3e38 in float32) has mean inf and gives NaN, as torch's CPU kernel at one thread;
+    with several threads torch's sums run in float64, the mean is finite, the variance
+    overflows and the channel's output is 0 (a wrong finite number: the exact x_hat is of
+    order 1), which nnlab does not copy.
+
     Options, as in PyTorch: ``affine=False`` drops ``weight`` and ``bias`` (weight = 1,
     bias = 0 in the formulas above, no parameter gradients); ``bias=False`` (keyword
     only) drops the bias alone; ``track_running_stats=False`` keeps no running
