@@ -385,7 +385,8 @@ class _InstanceNorm(Layer):
     A sample and channel whose variance overflows (1e30 in float32) has 1 / sigma = 0:
     out = x_hat = 0 and dx = 0, as torch's batch-norm kernel gives (the exact values are
     of order 1 and dout / sigma); where sum(dout * (x - mean)) overflows too, torch's
-    backward gives NaN for the row instead (inf * 0), nnlab's still 0.
+    backward gives NaN for the row and for dweight instead (inf * 0), nnlab's dx is still
+    0 and the row adds its x_hat = 0 to dweight.
 
     Parameters: ``weight`` (C,) = 1, ``bias`` (C,) = 0 with ``affine=True`` (default off).
     Buffers: ``running_mean``, ``running_var``, ``num_batches_tracked`` with
