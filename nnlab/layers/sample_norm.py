@@ -40,9 +40,8 @@ def row_statistics(rows, eps, nan_where_var_overflows=False):
     var = torch.linalg.vector_norm(rows - mean, dim=1, keepdim=True).square() / count
     inv_std = torch.rsqrt(var + eps)
     if nan_where_var_overflows:
-        # + var * 0: NaN where var is inf, + 0 elsewhere, in one pass and without a mask
-        # (a masked_fill costs several times more); out of place, so that autograd can
-        # still differentiate a forward built on it.
+        # + var * 0: NaN where var is inf, + 0 elsewhere, one pass with no mask to build;
+        # out of place, so that autograd can still differentiate a forward built on it.
         inv_std = torch.addcmul(inv_std, var, var.new_zeros(()))
     return mean, inv_std
 
