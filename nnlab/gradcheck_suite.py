@@ -591,6 +591,11 @@ CASES += [
     _namesake("Identity", "Identity", (), (2, 3)),
     _namesake("Unflatten", "Unflatten", (1, (2, -1)), (2, 6, 2)),
 ]
+# torch.nn layers added with issue 24's last group (nnlab.layers.norm, .shuffle, .distance, .upsample, .fold).
+CASES += [
+    Case("Dropout1d", lambda: nn.Dropout1d(0.5), None, (3, 4, 5)),
+    Case("Dropout3d", lambda: nn.Dropout3d(0.5), None, (2, 3, 2, 2, 2)),
+]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.
 CASES += LOSS_OPTION_CASES
