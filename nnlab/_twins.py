@@ -304,6 +304,9 @@ _LEAF_TWINS = {
         layer.num_groups, layer.num_channels, layer.eps, layer.affine, bias=layer.has_bias
     ),
     nn.LocalResponseNorm: lambda layer: torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
+    nn.PixelShuffle: lambda layer: torch.nn.PixelShuffle(layer.upscale_factor),
+    nn.PixelUnshuffle: lambda layer: torch.nn.PixelUnshuffle(layer.downscale_factor),
+    nn.ChannelShuffle: lambda layer: torch.nn.ChannelShuffle(layer.groups),
     nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),

@@ -595,6 +595,9 @@ CASES += [
 CASES += [
     Case("Dropout1d", lambda: nn.Dropout1d(0.5), None, (3, 4, 5)),
     Case("Dropout3d", lambda: nn.Dropout3d(0.5), None, (2, 3, 2, 2, 2)),
+    _namesake("PixelShuffle", "PixelShuffle", (2,), (2, 8, 2, 3)),
+    _namesake("PixelUnshuffle", "PixelUnshuffle", (2,), (2, 2, 4, 6)),
+    _namesake("ChannelShuffle", "ChannelShuffle", (3,), (2, 6, 2, 2)),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

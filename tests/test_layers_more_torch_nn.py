@@ -8,6 +8,7 @@ non-contiguous inputs); float64 finite differences; the random layers in distrib
 
 import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -27,9 +28,40 @@ from special_values import tensors
 from test_layers_parity import DTYPES, upstreams
 
 import nnlab.layers as nl
-from nnlab.layers import Dropout1d, Dropout3d
+from nnlab.layers import ChannelShuffle, Dropout1d, Dropout3d, PixelShuffle, PixelUnshuffle
 
 F64 = torch.float64
+
+
+def compare(layer, module, inputs, dout, rest=(), forward_atol=None):
+    """The layer against the module under autograd on the floating ``inputs`` (then the
+    data arguments ``rest``, such as targets) with the upstream gradient ``dout`` (an
+    Upstream): the output, then the gradient of each input, non-finite entries by position."""
+    dtype = inputs[0].dtype
+    out = layer(*[x.clone() for x in inputs], *rest)
+    douts = dout(out)
+    grads = layer.backward(douts)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    reference = module(*leaves, *rest)
+    expected = torch.autograd.grad(reference, leaves, douts, allow_unused=True)
+    expected = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, expected)]
+    atol = FORWARD_ATOL[dtype] if forward_atol is None else forward_atol
+    assert_close("output", out, reference.detach(), atol=atol)
+    floor = gradient_floor(expected)
+    assert len(grads) == len(inputs)
+    for index, (actual, wanted) in enumerate(zip(grads, expected)):
+        assert_close(f"d input {index}", actual, wanted, rtol=GRAD_RTOL[dtype], floor=floor)
+    return out
+
+
+def torch_refuses(module, *args):
+    """Whether the torch module raises on ``args`` (the nnlab layer must then raise too)."""
+    try:
+        module(*args)
+    except (RuntimeError, ValueError):
+        return True
+    return False
 
 
 def same_signature(layer_class, module_class):
@@ -128,3 +160,73 @@ def test_dropout1d_refuses_what_torch_refuses():
         torch.nn.Dropout1d()(torch.randn(2, 2, 2, 2))
     with pytest.raises(ValueError, match="Dropout1d"):
         Dropout1d()(torch.randn(2, 2, 2, 2))
+
+
+# PixelShuffle, PixelUnshuffle, ChannelShuffle --------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30)
+@given(
+    kind=st.sampled_from(["PixelShuffle", "PixelUnshuffle", "ChannelShuffle"]),
+    factor=st.integers(1, 3),
+    lead=st.lists(st.sampled_from([0, 1, 2]), max_size=2).map(tuple),
+    sizes=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_shuffles_match_torch(dtype, kind, factor, lead, sizes, dout, data):
+    channels, height, width = sizes
+    if kind == "PixelShuffle":
+        shape = lead + (channels * factor * factor, height, width)
+    elif kind == "PixelUnshuffle":
+        shape = lead + (channels, height * factor, width * factor)
+    else:
+        shape = (lead + (2,))[:1] + (channels * factor, height, width)
+    x = data.draw(tensors(shape, dtype))
+    layer = getattr(nl, kind)(factor)
+    if x.numel() == 0 and kind != "ChannelShuffle":
+        # torch 2.13's pixel_unshuffle returns an empty input as it is, of the wrong shape, and
+        # pixel_shuffle's backward fails on it: nnlab keeps the documented shapes.
+        expected = ((channels, height * factor, width * factor) if kind == "PixelShuffle"
+                    else (channels * factor * factor, height, width))
+        out = layer(x)
+        assert out.shape == lead + expected and layer.backward(torch.ones_like(out)).shape == x.shape
+        return
+    compare(layer, getattr(torch.nn, kind)(factor), [x], dout, forward_atol=0.0)
+
+
+def test_shuffles_finite_differences_and_round_trips():
+    x = random_tensor((2, 8, 2, 3), F64)
+    check_finite_differences(PixelShuffle(2), x)
+    check_finite_differences(PixelUnshuffle(2), random_tensor((2, 2, 4, 6), F64))
+    check_finite_differences(ChannelShuffle(4), x)
+    assert torch.equal(PixelUnshuffle(2)(PixelShuffle(2)(x)), x)
+    assert torch.equal(ChannelShuffle(2)(ChannelShuffle(4)(x)), x)
+    # the documented index formulas, written out
+    out = PixelShuffle(2)(x)
+    assert out[1, 1, 2 * 1 + 1, 2 * 2 + 0] == x[1, 1 * 4 + 1 * 2 + 0, 1, 2]
+    # ChannelShuffle(g = 4) of C = 8 (k = 2): out[:, b g + a] = x[:, a k + b] at a = 1, b = 1
+    assert torch.equal(ChannelShuffle(4)(x)[:, 1 * 4 + 1], x[:, 1 * 2 + 1])
+
+
+@pytest.mark.parametrize("kind, argument", [("PixelShuffle", "upscale_factor"), ("PixelUnshuffle", "downscale_factor"),
+                                            ("ChannelShuffle", "groups")])
+def test_shuffles_contract_and_errors(kind, argument):
+    layer_class = getattr(nl, kind)
+    same_signature(layer_class, getattr(torch.nn, kind))
+    assert repr(layer_class(2)) == repr(getattr(torch.nn, kind)(2)) == f"{kind}({argument}=2)"
+    assert layer_class(2).state_dict() == {} and layer_class(2).params() == []
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=f"{kind}.*{argument}"):
+            layer_class(bad)
+    for shape in [(4, 4), (3, 3, 3), (1, 3, 3, 3), (2, 5, 4, 4)]:
+        x = torch.randn(shape)
+        if torch_refuses(getattr(torch.nn, kind)(2), x):
+            with pytest.raises(ValueError, match=rf"{kind}\(.*expected input of shape .*got {re.escape(str(shape))}"):
+                layer_class(2)(x)
+        else:
+            assert layer_class(2)(x).shape == getattr(torch.nn, kind)(2)(x).shape
+    layer = layer_class(2).requires_input_grad(False)
+    out = layer(torch.randn(2, 4, 4, 4))
+    assert layer.backward(torch.ones_like(out)) is None
