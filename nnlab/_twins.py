@@ -307,6 +307,8 @@ _LEAF_TWINS = {
     nn.PixelShuffle: lambda layer: torch.nn.PixelShuffle(layer.upscale_factor),
     nn.PixelUnshuffle: lambda layer: torch.nn.PixelUnshuffle(layer.downscale_factor),
     nn.ChannelShuffle: lambda layer: torch.nn.ChannelShuffle(layer.groups),
+    nn.CosineSimilarity: lambda layer: torch.nn.CosineSimilarity(layer.dim, layer.eps),
+    nn.PairwiseDistance: lambda layer: torch.nn.PairwiseDistance(layer.norm, layer.eps, layer.keepdim),
     nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),

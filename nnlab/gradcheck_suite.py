@@ -598,6 +598,9 @@ CASES += [
     _namesake("PixelShuffle", "PixelShuffle", (2,), (2, 8, 2, 3)),
     _namesake("PixelUnshuffle", "PixelUnshuffle", (2,), (2, 2, 4, 6)),
     _namesake("ChannelShuffle", "ChannelShuffle", (3,), (2, 6, 2, 2)),
+    _namesake("CosineSimilarity", "CosineSimilarity", (), [(4, 3, 2), (4, 3, 1)]),
+    _namesake("PairwiseDistance", "PairwiseDistance", (), [(4, 3), (3,)]),
+    _namesake("PairwiseDistance (p=1, keepdim)", "PairwiseDistance", (1.0, 1e-6, True), [(4, 3), (4, 3)], kinked=True),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

@@ -28,7 +28,15 @@ from special_values import tensors
 from test_layers_parity import DTYPES, upstreams
 
 import nnlab.layers as nl
-from nnlab.layers import ChannelShuffle, Dropout1d, Dropout3d, PixelShuffle, PixelUnshuffle
+from nnlab.layers import (
+    ChannelShuffle,
+    CosineSimilarity,
+    Dropout1d,
+    Dropout3d,
+    PairwiseDistance,
+    PixelShuffle,
+    PixelUnshuffle,
+)
 
 F64 = torch.float64
 
@@ -230,3 +238,122 @@ def test_shuffles_contract_and_errors(kind, argument):
     layer = layer_class(2).requires_input_grad(False)
     out = layer(torch.randn(2, 4, 4, 4))
     assert layer.backward(torch.ones_like(out)) is None
+
+
+# CosineSimilarity, PairwiseDistance --------------------------------------------------------
+
+
+@st.composite
+def broadcasting_pair(draw, min_dims=1):
+    """Two shapes that broadcast: the second drops some leading sizes and sets others to 1."""
+    shape = draw(st.lists(st.integers(1, 3), min_size=min_dims, max_size=3))
+    if shape:
+        shape[0] = draw(st.sampled_from([2, 0, 1, 3]))
+    other = [size if draw(st.booleans()) else 1 for size in shape][draw(st.integers(0, len(shape))):]
+    pair = (tuple(shape), tuple(other))
+    return pair if draw(st.booleans()) else pair[::-1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(shapes=broadcasting_pair(), eps=st.sampled_from([1e-8, 0.5]), dout=upstreams, data=st.data())
+def test_cosine_similarity_matches_torch(dtype, shapes, eps, dout, data):
+    rank = max(len(shapes[0]), len(shapes[1]))
+    dim = data.draw(st.integers(-rank, rank - 1))
+    x1, x2 = (data.draw(tensors(shape, dtype)) for shape in shapes)
+    if data.draw(st.booleans()) and x1.numel():
+        x1 = torch.zeros_like(x1)  # norms of 0, clamped to eps
+    compare(CosineSimilarity(dim, eps), torch.nn.CosineSimilarity(dim, eps), [x1, x2], dout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(
+    shapes=broadcasting_pair(),
+    p=st.sampled_from([2.0, 1.0, 0.0, 3.0, 1.5, 0.5, -1.0, math.inf, -math.inf]),
+    eps=st.sampled_from([1e-6, 0.0]),
+    keepdim=st.booleans(),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_pairwise_distance_matches_torch(dtype, shapes, p, eps, keepdim, dout, data):
+    x1, x2 = (data.draw(tensors(shape, dtype)) for shape in shapes)
+    if data.draw(st.booleans()):
+        x2 = x1.clone() if x1.shape == x2.shape else x2  # distances of 0
+    layer, module = PairwiseDistance(p, eps, keepdim), torch.nn.PairwiseDistance(p, eps, keepdim)
+    if torch_refuses(module, x1, x2):
+        with pytest.raises(ValueError, match="PairwiseDistance"):
+            layer(x1, x2)
+        return
+    compare(layer, module, [x1, x2], dout)
+
+
+def test_cosine_similarity_clamps_each_norm_separately():
+    """torch 2.13: x1 . x2 / (max(|x1|, eps) max(|x2|, eps)), not / max(|x1| |x2|, eps)."""
+    x1 = torch.tensor([[1e-5, 0.0]], dtype=F64)
+    x2 = torch.tensor([[1.0, 0.0]], dtype=F64)
+    out = CosineSimilarity(dim=1, eps=1e-3)(x1, x2)
+    assert out.item() == pytest.approx(1e-5 / (1e-3 * 1.0))
+
+
+@pytest.mark.parametrize("make", [lambda: CosineSimilarity(1, 1e-3), lambda: CosineSimilarity(-1),
+                                  lambda: PairwiseDistance(), lambda: PairwiseDistance(3.0, 1e-6, True),
+                                  lambda: PairwiseDistance(0.5)])
+def test_distances_finite_differences_of_both_inputs(make):
+    layer = make()
+    x1 = random_tensor((3, 4), F64, seed=1)
+    x2 = random_tensor((4,), F64, seed=2)
+    dout = random_tensor(layer(x1, x2).shape, F64, seed=3)
+    dx1, dx2 = layer.backward(dout)
+    for name, x, grad in (("dx1", x1, dx1), ("dx2", x2, dx2)):
+        flat = x.view(-1)
+        numeric = torch.empty_like(flat)
+        for index in range(flat.numel()):
+            original = flat[index].item()
+            flat[index] = original + 1e-6
+            plus = (layer(x1, x2) * dout).sum().item()
+            flat[index] = original - 1e-6
+            minus = (layer(x1, x2) * dout).sum().item()
+            flat[index] = original
+            numeric[index] = (plus - minus) / 2e-6
+        assert_close(name, grad.reshape(-1), numeric, rtol=1e-7)
+
+
+@pytest.mark.parametrize("layer_class", [CosineSimilarity, PairwiseDistance])
+def test_distances_contract_and_errors(layer_class):
+    name = layer_class.__name__
+    same_signature(layer_class, getattr(torch.nn, name))
+    layer = layer_class()
+    assert layer.state_dict() == {} == getattr(torch.nn, name)().state_dict()
+    with pytest.raises(ValueError, match=rf"{name}.*\(3, 4\).*\(2, 4\).*do not broadcast"):
+        layer(torch.randn(3, 4), torch.randn(2, 4))
+    with pytest.raises(ValueError, match=f"{name}.*one dtype"):
+        layer(torch.randn(3, 4), torch.randn(3, 4, dtype=F64))
+    with pytest.raises(ValueError, match=f"{name}.*floating"):
+        layer(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match=f"{name}.*x2"):
+        layer(torch.randn(3, 4), [1.0])
+    with pytest.raises(ValueError, match=f"{name}.*both inputs"):
+        layer(torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match=name):
+        layer_class().backward(torch.ones(3))
+    layer.requires_input_grad(False)
+    out = layer(torch.randn(3, 4), torch.randn(3, 4))
+    assert layer.backward(torch.ones_like(out)) is None
+
+
+def test_distance_options_are_checked():
+    assert repr(CosineSimilarity()) == "CosineSimilarity(dim=1, eps=1e-08)"
+    assert repr(PairwiseDistance(1, keepdim=True)) == "PairwiseDistance(p=1.0, eps=1e-06, keepdim=True)"
+    with pytest.raises(ValueError, match="CosineSimilarity.*dim 2 is out of range"):
+        CosineSimilarity(2)(torch.randn(3, 4), torch.randn(3, 4))
+    for bad in (1.0, True, None):
+        with pytest.raises(TypeError, match="CosineSimilarity.*dim"):
+            CosineSimilarity(bad)
+    with pytest.raises(ValueError, match="CosineSimilarity.*eps"):
+        CosineSimilarity(1, math.nan)
+    for bad in ("2", math.nan, None):
+        with pytest.raises(ValueError, match="PairwiseDistance.*p"):
+            PairwiseDistance(bad)
+    with pytest.raises(TypeError, match="PairwiseDistance.*keepdim"):
+        PairwiseDistance(keepdim="yes")

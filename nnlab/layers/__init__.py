@@ -70,6 +70,7 @@ from .losses import (
     SmoothL1Loss,
     SoftMarginLoss,
 )
+from .distance import CosineSimilarity, PairwiseDistance
 from .embedding import Embedding
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout1d, Dropout2d, Dropout3d
@@ -131,14 +132,14 @@ __all__ = [
     "AvgPool1d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "Bilinear", "Builder", "CELU", "CNN", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",
     "ClippedCrossEntropyLoss", "Concat", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d",
-    "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CrossEntropyLoss", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CosineSimilarity", "CrossEntropyLoss", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
     "ELU", "Embedding", "Flatten", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
     "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "Heads", "HingeEmbeddingLoss", "HuberLoss",
     "Identity", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d",
     "LPPool2d", "LSTM", "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "LearnedPositionalEncoding", "Linear",
     "LocalResponseNorm", "LogSigmoid", "LogSoftmax", "Loss", "MLP", "MSELoss", "MarginRankingLoss", "MaxPool1d",
     "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge", "Mish", "MultiLabelSoftMarginLoss", "MultiMarginLoss",
-    "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PixelShuffle", "PixelUnshuffle", "PoissonNLLLoss", "RMSNorm", "RNN",
+    "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PairwiseDistance", "PixelShuffle", "PixelUnshuffle", "PoissonNLLLoss", "RMSNorm", "RNN",
     "RNNCell", "ReLU", "ReLU6", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
     "ReplicationPad2d", "ReplicationPad3d", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
     "SELU", "ScaledDotProductAttention", "Sequential", "SiLU", "Sigmoid", "SinusoidalPositionalEncoding",
