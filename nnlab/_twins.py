@@ -309,7 +309,11 @@ _LEAF_TWINS = {
     nn.ChannelShuffle: lambda layer: torch.nn.ChannelShuffle(layer.groups),
     nn.CosineSimilarity: lambda layer: torch.nn.CosineSimilarity(layer.dim, layer.eps),
     nn.PairwiseDistance: lambda layer: torch.nn.PairwiseDistance(layer.norm, layer.eps, layer.keepdim),
-    nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
+    nn.Upsample: lambda layer: torch.nn.Upsample(
+        layer.size, layer.scale_factor, layer.mode, layer.align_corners, layer.recompute_scale_factor
+    ),
+    nn.UpsamplingNearest2d: lambda layer: torch.nn.UpsamplingNearest2d(layer.size, layer.scale_factor),
+    nn.UpsamplingBilinear2d: lambda layer: torch.nn.UpsamplingBilinear2d(layer.size, layer.scale_factor),
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
     nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),

@@ -601,6 +601,21 @@ CASES += [
     _namesake("CosineSimilarity", "CosineSimilarity", (), [(4, 3, 2), (4, 3, 1)]),
     _namesake("PairwiseDistance", "PairwiseDistance", (), [(4, 3), (3,)]),
     _namesake("PairwiseDistance (p=1, keepdim)", "PairwiseDistance", (1.0, 1e-6, True), [(4, 3), (4, 3)], kinked=True),
+    Case("Upsample (nearest, scale 1.5)", lambda: nn.Upsample(1.5), lambda: torch.nn.Upsample(scale_factor=1.5), (2, 2, 3, 2)),
+    Case(
+        "Upsample (bilinear, size)",
+        lambda: nn.Upsample(mode="bilinear", size=(5, 4)),
+        lambda: torch.nn.Upsample((5, 4), mode="bilinear"),
+        (2, 2, 3, 2),
+    ),
+    Case(
+        "Upsample (linear, align_corners)",
+        lambda: nn.Upsample(2.5, "linear", True),
+        lambda: torch.nn.Upsample(scale_factor=2.5, mode="linear", align_corners=True),
+        (2, 3, 4),
+    ),
+    _namesake("UpsamplingNearest2d", "UpsamplingNearest2d", (None, 2), (2, 2, 3, 2)),
+    _namesake("UpsamplingBilinear2d", "UpsamplingBilinear2d", ((4, 5),), (2, 2, 3, 2)),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

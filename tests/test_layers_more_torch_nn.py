@@ -9,6 +9,7 @@ non-contiguous inputs); float64 finite differences; the random layers in distrib
 import inspect
 import math
 import re
+from fractions import Fraction
 
 import pytest
 import torch
@@ -36,6 +37,9 @@ from nnlab.layers import (
     PairwiseDistance,
     PixelShuffle,
     PixelUnshuffle,
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
 )
 
 F64 = torch.float64
@@ -357,3 +361,127 @@ def test_distance_options_are_checked():
             PairwiseDistance(bad)
     with pytest.raises(TypeError, match="PairwiseDistance.*keepdim"):
         PairwiseDistance(keepdim="yes")
+
+
+# Upsample's modes, UpsamplingNearest2d, UpsamplingBilinear2d ----------------------------------
+
+SCALES = st.sampled_from([1.5, 2.5, 0.7, 1.3, 11 / 3, 2.0, 3, 1, (1.7, 2.2), (2, 0.9)])
+
+
+@st.composite
+def upsample_twins(draw):
+    """An nnlab upsampling layer, its torch twin built from the same options, and the
+    input's spatial shape."""
+    mode = draw(st.sampled_from(["nearest", "linear", "bilinear", "UpsamplingNearest2d", "UpsamplingBilinear2d"]))
+    spatial = 1 if mode == "linear" else 2
+    sizes = tuple(draw(st.lists(st.integers(1, 5), min_size=spatial, max_size=spatial)))
+    by_size = draw(st.booleans())
+    if by_size:
+        size = draw(st.integers(1, 7) | st.tuples(*[st.integers(1, 7)] * spatial))
+        what = dict(size=size)
+    else:
+        scale = draw(SCALES)
+        scale = scale[0] if spatial == 1 and isinstance(scale, tuple) else scale
+        what = dict(scale_factor=scale)
+    if mode.startswith("Upsampling"):
+        return getattr(nl, mode)(**what), getattr(torch.nn, mode)(**what), sizes
+    align_corners = None if mode == "nearest" else draw(st.sampled_from([None, False, True]))
+    recompute = None if by_size else draw(st.sampled_from([None, False, True]))
+    options = dict(mode=mode, align_corners=align_corners, recompute_scale_factor=recompute)
+    scale_factor = what.pop("scale_factor", None)
+    layer = Upsample(scale_factor, size=what.get("size"), **options)
+    return layer, torch.nn.Upsample(what.get("size"), scale_factor, **options), sizes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60)
+@given(twins=upsample_twins(), batch=st.sampled_from([2, 0, 1]), dout=upstreams, data=st.data())
+def test_upsample_modes_match_torch(dtype, twins, batch, dout, data):
+    layer, module, sizes = twins
+    x = data.draw(tensors((batch, 2) + sizes, dtype))
+    if torch_refuses(module, x):
+        with pytest.raises(ValueError, match="Upsampl"):
+            layer(x)
+        return
+    if rounding_is_ambiguous(layer, sizes, dtype):
+        # At a source position within one rounding of an integer torch's compiled kernel rounds
+        # either way (docstring of Upsample): a weight of about 1e-16 instead of 0, which only a
+        # non-finite value can tell apart.
+        x = torch.nan_to_num(x, nan=0.0, posinf=3.0, neginf=-3.0)
+        dout = finite(dout)
+    compare(layer, module, [x], dout)
+
+
+def finite(upstream):
+    return lambda out: torch.nan_to_num(upstream(out), nan=0.0, posinf=3.0, neginf=-3.0)
+
+
+def rounding_is_ambiguous(layer, sizes, dtype):
+    """Whether some source position of the layer's linear interpolation rounds differently
+    as a fused multiply-add (``s (o + 0.5) - 0.5`` rounded once) and as two roundings."""
+    if layer.mode == "nearest" or layer.align_corners:
+        return False
+    outs = layer.size or [math.floor(size * scale) for size, scale in zip(sizes, layer.scale_factor)]
+    use_scale = layer.size is None and not layer.recompute_scale_factor
+    for axis, (size, out) in enumerate(zip(sizes, outs)):
+        if out == size:
+            continue
+        if use_scale:
+            s = torch.tensor(1.0 / layer.scale_factor[axis], dtype=F64).to(dtype)
+        else:
+            s = torch.tensor(size, dtype=dtype) / out
+        rows = torch.arange(out, dtype=dtype)
+        twice = s * (rows + 0.5) - 0.5
+        exact = [Fraction(s.item()) * (o + Fraction(1, 2)) - Fraction(1, 2) for o in range(out)]
+        once = torch.tensor([float(value) for value in exact], dtype=F64).to(dtype)
+        if not torch.equal(twice.clamp(min=0), once.clamp(min=0)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: Upsample(1.5), (2, 2, 3, 2)),
+        (lambda: Upsample(size=(4, 5), mode="bilinear"), (2, 2, 3, 2)),
+        (lambda: Upsample((2.5, 1.5), "bilinear", True), (1, 2, 3, 3)),
+        (lambda: Upsample(1.7, "linear", recompute_scale_factor=True), (2, 3, 4)),
+        (lambda: UpsamplingBilinear2d(size=5), (1, 2, 2, 3)),
+        (lambda: UpsamplingNearest2d(scale_factor=2), (1, 2, 2, 3)),
+    ],
+)
+def test_upsample_modes_finite_differences(make, shape):
+    check_finite_differences(make(), random_tensor(shape, F64))
+
+
+def test_upsample_keeps_the_integer_nearest_form_and_checks_options():
+    assert repr(Upsample()) == "Upsample(scale_factor=(2, 2))"
+    assert repr(Upsample(size=(3, 4), mode="bilinear")) == "Upsample(size=(3, 4), mode='bilinear')"
+    assert repr(Upsample(1.5, recompute_scale_factor=True)) == (
+        "Upsample(scale_factor=(1.5, 1.5), mode='nearest', recompute_scale_factor=True)"
+    )
+    assert repr(UpsamplingBilinear2d(scale_factor=2)) == "UpsamplingBilinear2d(scale_factor=(2, 2))"
+    assert repr(UpsamplingNearest2d(4)) == "UpsamplingNearest2d(size=(4, 4))"
+    same_signature(UpsamplingNearest2d, torch.nn.UpsamplingNearest2d)
+    same_signature(UpsamplingBilinear2d, torch.nn.UpsamplingBilinear2d)
+    with pytest.raises(NotImplementedError, match="Upsample.*mode='bicubic'"):
+        Upsample(2, "bicubic")
+    with pytest.raises(ValueError, match="Upsample.*size or scale_factor, not both"):
+        Upsample(2, size=3)
+    with pytest.raises(ValueError, match="Upsample.*align_corners"):
+        Upsample(2, "nearest", True)
+    with pytest.raises(ValueError, match="Upsample.*recompute_scale_factor"):
+        Upsample(None, "bilinear", recompute_scale_factor=True, size=4)
+    with pytest.raises(TypeError, match="Upsample.*align_corners"):
+        Upsample(2, "bilinear", "yes")
+    with pytest.raises(ValueError, match="Upsample.*size"):
+        Upsample(size=(2, 0))
+    with pytest.raises(ValueError, match="Upsample.*scale_factor"):
+        Upsample((1.5, 2.0, 3.0), "bilinear")
+    for layer_class in (UpsamplingNearest2d, UpsamplingBilinear2d):
+        with pytest.raises(ValueError, match=f"{layer_class.__name__}.*size or scale_factor"):
+            layer_class()
+    with pytest.raises(ValueError, match=r"Upsample.*\(N, C, L\), got \(2, 3, 4, 4\)"):
+        Upsample(2, "linear")(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"Upsample.*empty axis"):
+        Upsample(0.4)(torch.randn(1, 1, 2, 2))
