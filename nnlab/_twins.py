@@ -355,6 +355,9 @@ _LEAF_TWINS = {
     nn.MarginRankingLoss: lambda layer: torch.nn.MarginRankingLoss(layer.margin, reduction=layer.reduction),
     nn.HingeEmbeddingLoss: lambda layer: torch.nn.HingeEmbeddingLoss(layer.margin, reduction=layer.reduction),
     nn.CosineEmbeddingLoss: lambda layer: torch.nn.CosineEmbeddingLoss(layer.margin, reduction=layer.reduction),
+    nn.TripletMarginLoss: lambda layer: torch.nn.TripletMarginLoss(
+        layer.margin, layer.p, layer.eps, layer.swap, reduction=layer.reduction
+    ),
     nn.MultiMarginLoss: lambda layer: torch.nn.MultiMarginLoss(
         layer.p, layer.margin, _copy(layer.weight), reduction=layer.reduction
     ),

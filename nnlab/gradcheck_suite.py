@@ -616,6 +616,9 @@ CASES += [
     ),
     _namesake("UpsamplingNearest2d", "UpsamplingNearest2d", (None, 2), (2, 2, 3, 2)),
     _namesake("UpsamplingBilinear2d", "UpsamplingBilinear2d", ((4, 5),), (2, 2, 3, 2)),
+    _namesake("TripletMarginLoss", "TripletMarginLoss", (), [(4, 3), (4, 3), (4, 3)]),
+    _namesake("TripletMarginLoss (p=1, swap, sum)", "TripletMarginLoss", (), [(4, 3), (1, 3), (4, 3)],
+              kwargs=dict(margin=2.0, p=1.0, swap=True, reduction="sum")),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -37,6 +38,7 @@ from nnlab.layers import (
     PairwiseDistance,
     PixelShuffle,
     PixelUnshuffle,
+    TripletMarginLoss,
     Upsample,
     UpsamplingBilinear2d,
     UpsamplingNearest2d,
@@ -485,3 +487,106 @@ def test_upsample_keeps_the_integer_nearest_form_and_checks_options():
         Upsample(2, "linear")(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"Upsample.*empty axis"):
         Upsample(0.4)(torch.randn(1, 1, 2, 2))
+
+
+# TripletMarginLoss ----------------------------------------------------------------------------
+
+
+def triplet_reference(margin, p, eps, swap, reduction):
+    """torch's triplet loss written with F.pairwise_distance, torch.minimum and
+    torch.clamp, except that the hinge's gradient is 0 where it is exactly 0, nnlab's
+    convention (torch 2.13's clamp passes the gradient there, 2.14's does not)."""
+
+    def loss(anchor, positive, negative):
+        positive_distance = F.pairwise_distance(anchor, positive, p, eps)
+        negative_distance = F.pairwise_distance(anchor, negative, p, eps)
+        if swap:
+            negative_distance = torch.minimum(negative_distance, F.pairwise_distance(positive, negative, p, eps))
+        hinge = margin + positive_distance - negative_distance
+        losses = torch.where(hinge == 0, hinge.detach(), torch.clamp(hinge, min=0))
+        return {"mean": losses.mean, "sum": losses.sum, "none": lambda: losses}[reduction]()
+
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60)
+@given(
+    shapes=st.sampled_from([((2, 3),) * 3, ((3, 2), (1, 2), (3, 1)), ((1, 4), (2, 4), (2, 4)), ((3,),) * 3,
+                            ((0, 2),) * 3, ((1, 1),) * 3]),
+    margin=st.sampled_from([1.0, 0.5, 3.0]),
+    p=st.sampled_from([2.0, 1.0, 3.0, 0.5, math.inf]),
+    eps=st.sampled_from([1e-6, 0.0]),
+    swap=st.booleans(),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_triplet_margin_loss_matches_torch(dtype, shapes, margin, p, eps, swap, reduction, dout, data):
+    order = data.draw(st.permutations(range(3)))
+    xs = [data.draw(tensors(shapes[index], dtype)) for index in order]
+    if data.draw(st.booleans()) and xs[1].shape == xs[2].shape:
+        xs[2] = xs[1].clone()  # ties of the two distances
+    options = dict(margin=margin, p=p, eps=eps, swap=swap, reduction=reduction)
+    layer = TripletMarginLoss(**options)
+    out = compare(layer, triplet_reference(margin, p, eps, swap, reduction), xs, dout)
+    assert_close("torch's output", out, torch.nn.TripletMarginLoss(**options)(*xs), atol=FORWARD_ATOL[dtype])
+
+
+def test_triplet_margin_loss_kink_and_finite_differences():
+    anchor = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=F64)
+    positive = torch.tensor([[1.0, 0.0], [1.0, 3.0]], dtype=F64)
+    negative = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=F64)
+    layer = TripletMarginLoss(margin=1.0, eps=0.0)
+    # first triplet: 1 + 1 - 2 = 0 exactly, the kink: no gradient (strict > 0, as HingeEmbeddingLoss)
+    assert layer(anchor, positive, negative).item() == pytest.approx((0.0 + (1 + 3 - 1)) / 2)
+    danchor, dpositive, dnegative = layer.backward()
+    assert torch.equal(danchor[0], torch.zeros(2, dtype=F64)) and torch.equal(dnegative[0], torch.zeros(2, dtype=F64))
+    for options in (dict(), dict(p=1.0, swap=True, margin=2.0), dict(p=3.0, reduction="sum")):
+        layer = TripletMarginLoss(**options)
+        xs = [random_tensor((3, 4), F64, seed=seed) for seed in (1, 2, 3)]
+        grads = layer(*xs) and layer.backward()
+        for name, x, grad in zip(("danchor", "dpositive", "dnegative"), xs, grads):
+            flat = x.view(-1)
+            numeric = torch.empty_like(flat)
+            for index in range(flat.numel()):
+                original = flat[index].item()
+                flat[index] = original + 1e-6
+                plus = layer(*xs).item()
+                flat[index] = original - 1e-6
+                minus = layer(*xs).item()
+                flat[index] = original
+                numeric[index] = (plus - minus) / 2e-6
+            assert_close(name, grad.reshape(-1), numeric, rtol=1e-7)
+
+
+def test_triplet_margin_loss_contract_and_errors():
+    same_signature(TripletMarginLoss, torch.nn.TripletMarginLoss)
+    assert repr(TripletMarginLoss()) == "TripletMarginLoss"
+    assert repr(TripletMarginLoss(2.0, swap=True, reduction="sum")) == "TripletMarginLoss(margin=2.0, swap=True, reduction='sum')"
+    assert TripletMarginLoss().state_dict() == {} == torch.nn.TripletMarginLoss().state_dict()
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="TripletMarginLoss.*margin"):
+            TripletMarginLoss(margin=bad)
+    with pytest.raises(ValueError, match="TripletMarginLoss.*p"):
+        TripletMarginLoss(p="2")
+    with pytest.raises(TypeError, match="TripletMarginLoss.*swap"):
+        TripletMarginLoss(swap="no")
+    with pytest.raises(ValueError, match="TripletMarginLoss.*reduction"):
+        TripletMarginLoss(reduction="max")
+    loss = TripletMarginLoss()
+    with pytest.raises(ValueError, match=r"TripletMarginLoss.*one number of dimensions.*\(2, 3\), \(3,\)"):
+        loss(torch.randn(2, 3), torch.randn(3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="TripletMarginLoss.*do not broadcast"):
+        loss(torch.randn(2, 3), torch.randn(3, 3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="TripletMarginLoss.*all three"):
+        loss(torch.randn(2, 3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="TripletMarginLoss.*one dtype"):
+        loss(torch.randn(2, 3), torch.randn(2, 3, dtype=F64), torch.randn(2, 3))
+    with pytest.raises(TypeError, match="TripletMarginLoss.*negative"):
+        loss(torch.randn(2, 3), torch.randn(2, 3), [1.0])
+    with pytest.raises(RuntimeError, match="TripletMarginLoss"):
+        TripletMarginLoss().backward()
+    loss.requires_input_grad(False)
+    loss(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3))
+    assert loss.backward() is None

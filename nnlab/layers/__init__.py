@@ -72,6 +72,7 @@ from .losses import (
 )
 from .distance import CosineSimilarity, PairwiseDistance
 from .embedding import Embedding
+from .margin_losses import TripletMarginLoss
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout1d, Dropout2d, Dropout3d
 from .padding import (
@@ -145,6 +146,6 @@ __all__ = [
     "SELU", "ScaledDotProductAttention", "Sequential", "SiLU", "Sigmoid", "SinusoidalPositionalEncoding",
     "SmoothL1Loss", "SoftMarginLoss", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
     "TanH", "Tanh", "Tanhshrink", "Threshold", "TransformerDecoder", "TransformerDecoderLayer",
-    "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d",
+    "TransformerEncoder", "TransformerEncoderLayer", "TripletMarginLoss", "Unflatten", "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d",
     "ZeroPad3d", "generate_square_subsequent_mask", "make_activation",
 ]

@@ -12,6 +12,11 @@ from .base import Layer, checked_bool, checked_real
 __all__ = [
     "CosineSimilarity",
     "PairwiseDistance",
+    "check_norm_defined",
+    "check_two_inputs",
+    "pairwise_distance",
+    "p_norm_backward",
+    "sum_to",
 ]
 
 
@@ -33,6 +38,13 @@ def check_two_inputs(layer, x1, x2):
         ) from None
 
 
+def check_norm_defined(layer, p, shape):
+    """ValueError naming the layer for a p-norm that has no value on an empty last
+    dimension of the broadcast ``shape`` (p < 0 or infinite: torch refuses it too)."""
+    if (p < 0 or math.isinf(p)) and len(shape) > 0 and shape[-1] == 0:
+        raise ValueError(f"{layer!r}: a {p} norm of an empty last dimension is undefined, as in torch")
+
+
 def sum_to(grad, shape):
     """``grad`` summed over the dimensions that broadcasting added or expanded to reach
     its shape from ``shape`` (the backward of a broadcast)."""
@@ -44,6 +56,33 @@ def norm_backward(x, norm, grad):
     ``grad * (x / norm)`` with ``x / norm`` taken as 0 where the norm is 0 (so a NaN or
     infinite grad still spreads there)."""
     return grad * torch.where(norm == 0, 0.0, x / norm)
+
+
+def pairwise_distance(x1, x2, p, eps):
+    """torch's ``pairwise_distance`` without dropping the last dimension: the difference
+    ``d = x1 - x2 + eps`` (broadcast) and its p-norm over the last dimension, kept."""
+    difference = x1 - x2 + eps
+    return difference, torch.linalg.vector_norm(difference, p, dim=-1, keepdim=True)
+
+
+def p_norm_backward(p, d, n, g):
+    """torch's VJP of the p-norm ``n = ||d||_p`` over the last dimension (kept), for the
+    upstream gradient g of n (see PairwiseDistance for the formula of each p)."""
+    if p == 0:
+        return torch.zeros_like(d)
+    if p == 1:
+        return torch.sign(d) * g
+    if p == 2:
+        return norm_backward(d, n, g)
+    if math.isinf(p):
+        magnitude = d.abs()
+        mask = (magnitude == n) | magnitude.isnan()
+        return torch.sign(d) * ((g / mask.sum(dim=-1, keepdim=True)) * mask)
+    if p < 1:
+        scaled = torch.sign(d) * torch.where(d == 0, 0.0, d.abs() ** (p - 1))
+        return scaled * g * n ** (1 - p)
+    scaled = torch.sign(d) * d.abs() ** (p - 1)
+    return scaled * torch.where(n == 0, 0.0, g / n ** (p - 1))
 
 
 class CosineSimilarity(Layer):
@@ -141,12 +180,9 @@ class PairwiseDistance(Layer):
     def forward(self, x1, x2=None, **kw):
         if x2 is None:
             raise ValueError(f"{self!r}: forward(x1, x2) needs both inputs")
-        shape = check_two_inputs(self, x1, x2)
-        if (self.norm < 0 or math.isinf(self.norm)) and len(shape) > 0 and shape[-1] == 0:
-            raise ValueError(f"{self!r}: a {self.norm} norm of an empty last dimension is undefined, as in torch")
+        check_norm_defined(self, self.norm, check_two_inputs(self, x1, x2))
         self._shapes_in = (x1.shape, x2.shape)
-        self._difference = x1 - x2 + self.eps
-        self._distance = torch.linalg.vector_norm(self._difference, self.norm, dim=-1, keepdim=True)
+        self._difference, self._distance = pairwise_distance(x1, x2, self.norm, self.eps)
         out = self._distance if self.keepdim else self._distance.squeeze(-1)
         return self.finish_forward(out)
 
@@ -155,24 +191,6 @@ class PairwiseDistance(Layer):
         if not self.needs_input_grad:
             return None
         g = dout if self.keepdim else dout.unsqueeze(-1)
-        dd = self._norm_backward(self._difference, self._distance, g)
+        dd = p_norm_backward(self.norm, self._difference, self._distance, g)
         shape1, shape2 = self._shapes_in
         return sum_to(dd, shape1), sum_to(-dd, shape2)
-
-    def _norm_backward(self, d, n, g):
-        p = self.norm
-        if p == 0:
-            return torch.zeros_like(d)
-        if p == 1:
-            return torch.sign(d) * g
-        if p == 2:
-            return norm_backward(d, n, g)
-        if math.isinf(p):
-            magnitude = d.abs()
-            mask = (magnitude == n) | magnitude.isnan()
-            return torch.sign(d) * ((g / mask.sum(dim=-1, keepdim=True)) * mask)
-        if p < 1:
-            scaled = torch.sign(d) * torch.where(d == 0, 0.0, d.abs() ** (p - 1))
-            return scaled * g * n ** (1 - p)
-        scaled = torch.sign(d) * d.abs() ** (p - 1)
-        return scaled * torch.where(n == 0, 0.0, g / n ** (p - 1))
