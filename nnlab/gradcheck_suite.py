@@ -619,6 +619,8 @@ CASES += [
     _namesake("TripletMarginLoss", "TripletMarginLoss", (), [(4, 3), (4, 3), (4, 3)]),
     _namesake("TripletMarginLoss (p=1, swap, sum)", "TripletMarginLoss", (), [(4, 3), (1, 3), (4, 3)],
               kwargs=dict(margin=2.0, p=1.0, swap=True, reduction="sum")),
+    _namesake("Unfold", "Unfold", ((2, 3),), (2, 2, 4, 5), kwargs=dict(dilation=(1, 2), padding=1, stride=(2, 1))),
+    _namesake("Fold", "Fold", ((4, 5), (2, 3)), (2, 12, 6), kwargs=dict(padding=(0, 1), stride=(2, 2))),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
+    CONV_FORWARD_ATOL,
     FORWARD_ATOL,
     GRAD_RTOL,
     assert_close,
@@ -35,10 +36,12 @@ from nnlab.layers import (
     CosineSimilarity,
     Dropout1d,
     Dropout3d,
+    Fold,
     PairwiseDistance,
     PixelShuffle,
     PixelUnshuffle,
     TripletMarginLoss,
+    Unfold,
     Upsample,
     UpsamplingBilinear2d,
     UpsamplingNearest2d,
@@ -590,3 +593,73 @@ def test_triplet_margin_loss_contract_and_errors():
     loss.requires_input_grad(False)
     loss(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3))
     assert loss.backward() is None
+
+
+# Fold, Unfold --------------------------------------------------------------------------------
+
+WINDOW_SIDES = st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60)
+@given(
+    sides=st.tuples(WINDOW_SIDES, WINDOW_SIDES),
+    image=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    channels=st.integers(1, 2),
+    batch=st.sampled_from([2, 0, 1, None]),
+    fold=st.booleans(),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_fold_and_unfold_match_torch(dtype, sides, image, channels, batch, fold, dout, data):
+    kernel, dilation, padding, stride = (tuple(side[index] for side in sides) for index in range(4))
+    lead = () if batch is None else (batch,)
+    if fold:
+        layer, module = Fold(image, kernel, dilation, padding, stride), torch.nn.Fold(image, kernel, dilation, padding, stride)
+        counts = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, d, p, s in zip(image, kernel, dilation, padding, stride)]
+        shape = lead + (channels * kernel[0] * kernel[1], max(counts[0], 0) * max(counts[1], 0))
+    else:
+        layer, module = Unfold(kernel, dilation, padding, stride), torch.nn.Unfold(kernel, dilation, padding, stride)
+        shape = lead + (channels,) + image
+    x = data.draw(tensors(shape, dtype))
+    if torch_refuses(module, x):
+        with pytest.raises(ValueError, match="Fold" if fold else "Unfold"):
+            layer(x)
+        return
+    compare(layer, module, [x], dout, forward_atol=CONV_FORWARD_ATOL[dtype])
+
+
+def test_fold_is_unfolds_adjoint_and_finite_differences():
+    unfold = Unfold((2, 3), dilation=(1, 2), padding=1, stride=(2, 1))
+    fold = Fold((4, 5), (2, 3), dilation=(1, 2), padding=1, stride=(2, 1))
+    x = random_tensor((2, 2, 4, 5), F64, seed=1)
+    columns = random_tensor(unfold(x).shape, F64, seed=2)
+    # <unfold(x), c> = <x, fold(c)>
+    assert (unfold(x) * columns).sum().item() == pytest.approx((x * fold(columns)).sum().item(), rel=1e-12)
+    check_finite_differences(unfold, x)
+    check_finite_differences(fold, columns)
+    check_finite_differences(Unfold(2), random_tensor((3, 3, 3), F64))
+
+
+def test_fold_and_unfold_contract_and_errors():
+    same_signature(Fold, torch.nn.Fold)
+    same_signature(Unfold, torch.nn.Unfold)
+    assert repr(Unfold(2)) == "Unfold(kernel_size=(2, 2), dilation=(1, 1), padding=(0, 0), stride=(1, 1))"
+    assert repr(Fold(4, (2, 1), stride=2)).startswith("Fold(output_size=(4, 4), kernel_size=(2, 1),")
+    assert Unfold(2).state_dict() == {} == torch.nn.Unfold(2).state_dict()
+    for make, name in ((lambda: Unfold(0), "kernel_size"), (lambda: Unfold(2, padding=-1), "padding"),
+                       (lambda: Unfold(2, stride=1.5), "stride"), (lambda: Fold((2, 0), 2), "output_size"),
+                       (lambda: Fold(3, 2, dilation=(1, 2, 3)), "dilation")):
+        with pytest.raises(ValueError, match=f"(Un)?[Ff]old.*{name}"):
+            make()
+    with pytest.raises(ValueError, match=r"Unfold.*\(N, C, H, W\) or \(C, H, W\), got \(2, 3\)"):
+        Unfold(2)(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="Unfold.*does not fit"):
+        Unfold(3)(torch.randn(1, 1, 2, 4))
+    with pytest.raises(ValueError, match=r"Fold.*\(N, C \* 4, 9\).*got \(1, 4, 8\)"):
+        Fold(4, 2)(torch.randn(1, 4, 8))
+    with pytest.raises(ValueError, match=r"Fold.*got \(1, 3, 9\)"):
+        Fold(4, 2)(torch.randn(1, 3, 9))
+    layer = Unfold(2).requires_input_grad(False)
+    out = layer(torch.randn(1, 2, 3, 3))
+    assert layer.backward(torch.ones_like(out)) is None

@@ -72,6 +72,7 @@ from .losses import (
 )
 from .distance import CosineSimilarity, PairwiseDistance
 from .embedding import Embedding
+from .fold import Fold, Unfold
 from .margin_losses import TripletMarginLoss
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout1d, Dropout2d, Dropout3d
@@ -134,7 +135,7 @@ __all__ = [
     "Bilinear", "Builder", "CELU", "CNN", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",
     "ClippedCrossEntropyLoss", "Concat", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d",
     "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CosineSimilarity", "CrossEntropyLoss", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
-    "ELU", "Embedding", "Flatten", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
+    "ELU", "Embedding", "Flatten", "Fold", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
     "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "Heads", "HingeEmbeddingLoss", "HuberLoss",
     "Identity", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d",
     "LPPool2d", "LSTM", "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "LearnedPositionalEncoding", "Linear",
@@ -146,6 +147,6 @@ __all__ = [
     "SELU", "ScaledDotProductAttention", "Sequential", "SiLU", "Sigmoid", "SinusoidalPositionalEncoding",
     "SmoothL1Loss", "SoftMarginLoss", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
     "TanH", "Tanh", "Tanhshrink", "Threshold", "TransformerDecoder", "TransformerDecoderLayer",
-    "TransformerEncoder", "TransformerEncoderLayer", "TripletMarginLoss", "Unflatten", "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d",
+    "TransformerEncoder", "TransformerEncoderLayer", "TripletMarginLoss", "Unflatten", "Unfold", "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d",
     "ZeroPad3d", "generate_square_subsequent_mask", "make_activation",
 ]
