@@ -95,6 +95,7 @@ class CosineSimilarity(Layer):
     g = dout broadcast along dim: ``du1 = g u2``,
     ``dx1 = du1 / c1 + x1 * [||x1|| > 0] (-sum_dim(du1 u1 / c1)) / ||x1||``, the same with
     1 and 2 swapped; each summed back to its input's shape.
+    Both inputs have one floating dtype (torch would promote two; here it is an error).
     Shapes: x1, x2 broadcasting to (*, D, *) (D at ``dim`` of the broadcast shape) ->
     (*, *). Caches: both inputs (broadcast views), their norms, the clamped norms and the
     inputs' shapes.
@@ -157,6 +158,7 @@ class PairwiseDistance(Layer):
     p = +-inf: ``g sign(d) [|d| = n or NaN] / count``; 1 < p: ``g sign(d) |d|^(p-1) / n^(p-1)``
     (0 where n = 0); p < 1: ``g sign(d) |d|^(p-1) n^(1-p)`` (0 where d = 0);
     ``dx1 = dd``, ``dx2 = -dd``, each summed back to its input's shape.
+    Both inputs have one floating dtype (torch would promote two; here it is an error).
     Shapes: x1, x2 broadcasting to (*, D) -> (*) ((*, 1) with ``keepdim``).
     Caches: the difference d, the distance and the inputs' shapes.
     """

@@ -113,8 +113,10 @@ class Upsample(Layer):
     weight, is added into the input rows it read (``index_add``): ``dx[i0] += l0 dout[o]``,
     ``dx[i1] += l1 dout[o]`` (nearest: weight 1); for integer nearest scales, the sum of
     dout over each s_h x s_w block.
-    Shapes: (N, C, H, W) -> (N, C, H_out, W_out), or (N, C, L) -> (N, C, L_out) for
-    'linear'; batched only, as torch reads a 3-D input as (N, C, L).
+    Shapes: (N, C, H, W) -> (N, C, H_out, W_out) ('nearest', 'bilinear'), or (N, C, L) ->
+    (N, C, L_out) ('linear'); batched only, as torch reads a 3-D input as (N, C, L). A 1-d
+    or 3-d nearest upsampling, and the modes 'bicubic', 'trilinear', 'area' and
+    'nearest-exact', are refused with an error.
     Caches: the input's spatial shape and each axis' indices and weights.
 
     Example::
