@@ -307,7 +307,9 @@ _LEAF_TWINS = {
     nn.PixelShuffle: lambda layer: torch.nn.PixelShuffle(layer.upscale_factor),
     nn.PixelUnshuffle: lambda layer: torch.nn.PixelUnshuffle(layer.downscale_factor),
     nn.ChannelShuffle: lambda layer: torch.nn.ChannelShuffle(layer.groups),
-    nn.Fold: lambda layer: torch.nn.Fold(layer.output_size, layer.kernel_size, layer.dilation, layer.padding, layer.stride),
+    nn.Fold: lambda layer: torch.nn.Fold(
+        layer.output_size, layer.kernel_size, layer.dilation, layer.padding, layer.stride
+    ),
     nn.Unfold: lambda layer: torch.nn.Unfold(layer.kernel_size, layer.dilation, layer.padding, layer.stride),
     nn.CosineSimilarity: lambda layer: torch.nn.CosineSimilarity(layer.dim, layer.eps),
     nn.PairwiseDistance: lambda layer: torch.nn.PairwiseDistance(layer.norm, layer.eps, layer.keepdim),

@@ -566,7 +566,8 @@ def test_triplet_margin_loss_kink_and_finite_differences():
 def test_triplet_margin_loss_contract_and_errors():
     same_signature(TripletMarginLoss, torch.nn.TripletMarginLoss)
     assert repr(TripletMarginLoss()) == "TripletMarginLoss"
-    assert repr(TripletMarginLoss(2.0, swap=True, reduction="sum")) == "TripletMarginLoss(margin=2.0, swap=True, reduction='sum')"
+    shown = repr(TripletMarginLoss(2.0, swap=True, reduction="sum"))
+    assert shown == "TripletMarginLoss(margin=2.0, swap=True, reduction='sum')"
     assert TripletMarginLoss().state_dict() == {} == torch.nn.TripletMarginLoss().state_dict()
     for bad in (0.0, -1.0, math.nan):
         with pytest.raises(ValueError, match="TripletMarginLoss.*margin"):
@@ -615,8 +616,9 @@ def test_fold_and_unfold_match_torch(dtype, sides, image, channels, batch, fold,
     kernel, dilation, padding, stride = (tuple(side[index] for side in sides) for index in range(4))
     lead = () if batch is None else (batch,)
     if fold:
-        layer, module = Fold(image, kernel, dilation, padding, stride), torch.nn.Fold(image, kernel, dilation, padding, stride)
-        counts = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, d, p, s in zip(image, kernel, dilation, padding, stride)]
+        options = (kernel, dilation, padding, stride)
+        layer, module = Fold(image, *options), torch.nn.Fold(image, *options)
+        counts = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, d, p, s in zip(image, *options)]
         shape = lead + (channels * kernel[0] * kernel[1], max(counts[0], 0) * max(counts[1], 0))
     else:
         layer, module = Unfold(kernel, dilation, padding, stride), torch.nn.Unfold(kernel, dilation, padding, stride)

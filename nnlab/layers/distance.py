@@ -154,7 +154,8 @@ class PairwiseDistance(Layer):
     the last dimension of the broadcast shape. Same as ``torch.nn.PairwiseDistance``.
 
     Backward, torch's VJP of the p-norm, with d = x1 - x2 + eps, n = out (kept) and
-    g = dout: p = 2: ``g (d / n)`` (d / n taken as 0 where n = 0); p = 1: ``g sign(d)``; p = 0: 0 (even where g is NaN: torch's graph has no edge);
+    g = dout: p = 2: ``g (d / n)`` (d / n taken as 0 where n = 0); p = 1: ``g sign(d)``;
+    p = 0: 0 (even where g is NaN: torch's graph has no edge there);
     p = +-inf: ``g sign(d) [|d| = n or NaN] / count``; 1 < p: ``g sign(d) |d|^(p-1) / n^(p-1)``
     (0 where n = 0); p < 1: ``g sign(d) |d|^(p-1) n^(1-p)`` (0 where d = 0);
     ``dx1 = dd``, ``dx2 = -dd``, each summed back to its input's shape.

@@ -131,7 +131,9 @@ class Upsample(Layer):
         tensor([[[[4., 4.]]]])
     """
 
-    def __init__(self, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, *, size=None):
+    def __init__(
+        self, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, *, size=None
+    ):
         super().__init__()
         if mode not in MODES:
             raise NotImplementedError(
@@ -211,7 +213,8 @@ class Upsample(Layer):
         out_sizes = tuple(math.floor(float(size) * scale) for size, scale in zip(in_sizes, self.scale_factor))
         if min(out_sizes) < 1 <= min(in_sizes):
             raise ValueError(
-                f"{self!r}: the output size {out_sizes} of the input size {in_sizes} has an empty axis (as torch refuses)"
+                f"{self!r}: the output size {out_sizes} of the input size {in_sizes} has an empty axis "
+                "(as torch refuses)"
             )
         return out_sizes
 
