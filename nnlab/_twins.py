@@ -124,7 +124,7 @@ def _twin_structure(layer):
     if kind is nn.Heads:
         heads = [_twin_structure(head) for head in layer]
         return None if None in heads else TupleOfHeads(*heads)
-    if kind in (nn.Dropout, nn.Dropout2d):
+    if kind in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
         return torch.nn.Identity() if not layer.training or layer.p == 0 else None
     make = _LEAF_TWINS.get(kind)
     return None if make is None else make(layer)
@@ -304,7 +304,20 @@ _LEAF_TWINS = {
         layer.num_groups, layer.num_channels, layer.eps, layer.affine, bias=layer.has_bias
     ),
     nn.LocalResponseNorm: lambda layer: torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k),
-    nn.Upsample: lambda layer: torch.nn.Upsample(scale_factor=layer.scale_factor, mode="nearest"),
+    nn.PixelShuffle: lambda layer: torch.nn.PixelShuffle(layer.upscale_factor),
+    nn.PixelUnshuffle: lambda layer: torch.nn.PixelUnshuffle(layer.downscale_factor),
+    nn.ChannelShuffle: lambda layer: torch.nn.ChannelShuffle(layer.groups),
+    nn.Fold: lambda layer: torch.nn.Fold(
+        layer.output_size, layer.kernel_size, layer.dilation, layer.padding, layer.stride
+    ),
+    nn.Unfold: lambda layer: torch.nn.Unfold(layer.kernel_size, layer.dilation, layer.padding, layer.stride),
+    nn.CosineSimilarity: lambda layer: torch.nn.CosineSimilarity(layer.dim, layer.eps),
+    nn.PairwiseDistance: lambda layer: torch.nn.PairwiseDistance(layer.norm, layer.eps, layer.keepdim),
+    nn.Upsample: lambda layer: torch.nn.Upsample(
+        layer.size, layer.scale_factor, layer.mode, layer.align_corners, layer.recompute_scale_factor
+    ),
+    nn.UpsamplingNearest2d: lambda layer: torch.nn.UpsamplingNearest2d(layer.size, layer.scale_factor),
+    nn.UpsamplingBilinear2d: lambda layer: torch.nn.UpsamplingBilinear2d(layer.size, layer.scale_factor),
     nn.Add: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.add, xs)),
     nn.Multiply: lambda layer: Elementwise(lambda *xs: functools.reduce(torch.mul, xs)),
     nn.Concat: lambda layer: Elementwise(lambda *xs: torch.cat(xs, dim=layer.dim)),
@@ -346,6 +359,9 @@ _LEAF_TWINS = {
     nn.MarginRankingLoss: lambda layer: torch.nn.MarginRankingLoss(layer.margin, reduction=layer.reduction),
     nn.HingeEmbeddingLoss: lambda layer: torch.nn.HingeEmbeddingLoss(layer.margin, reduction=layer.reduction),
     nn.CosineEmbeddingLoss: lambda layer: torch.nn.CosineEmbeddingLoss(layer.margin, reduction=layer.reduction),
+    nn.TripletMarginLoss: lambda layer: torch.nn.TripletMarginLoss(
+        layer.margin, layer.p, layer.eps, layer.swap, reduction=layer.reduction
+    ),
     nn.MultiMarginLoss: lambda layer: torch.nn.MultiMarginLoss(
         layer.p, layer.margin, _copy(layer.weight), reduction=layer.reduction
     ),

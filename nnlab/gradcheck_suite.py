@@ -591,6 +591,37 @@ CASES += [
     _namesake("Identity", "Identity", (), (2, 3)),
     _namesake("Unflatten", "Unflatten", (1, (2, -1)), (2, 6, 2)),
 ]
+# torch.nn layers added with issue 24's last group (nnlab.layers.norm, .shuffle, .distance, .upsample, .fold).
+CASES += [
+    Case("Dropout1d", lambda: nn.Dropout1d(0.5), None, (3, 4, 5)),
+    Case("Dropout3d", lambda: nn.Dropout3d(0.5), None, (2, 3, 2, 2, 2)),
+    _namesake("PixelShuffle", "PixelShuffle", (2,), (2, 8, 2, 3)),
+    _namesake("PixelUnshuffle", "PixelUnshuffle", (2,), (2, 2, 4, 6)),
+    _namesake("ChannelShuffle", "ChannelShuffle", (3,), (2, 6, 2, 2)),
+    _namesake("CosineSimilarity", "CosineSimilarity", (), [(4, 3, 2), (4, 3, 1)]),
+    _namesake("PairwiseDistance", "PairwiseDistance", (), [(4, 3), (3,)]),
+    _namesake("PairwiseDistance (p=1, keepdim)", "PairwiseDistance", (1.0, 1e-6, True), [(4, 3), (4, 3)], kinked=True),
+    Case("Upsample (nearest, scale 1.5)", lambda: nn.Upsample(1.5), lambda: torch.nn.Upsample(scale_factor=1.5), (2, 2, 3, 2)),
+    Case(
+        "Upsample (bilinear, size)",
+        lambda: nn.Upsample(mode="bilinear", size=(5, 4)),
+        lambda: torch.nn.Upsample((5, 4), mode="bilinear"),
+        (2, 2, 3, 2),
+    ),
+    Case(
+        "Upsample (linear, align_corners)",
+        lambda: nn.Upsample(2.5, "linear", True),
+        lambda: torch.nn.Upsample(scale_factor=2.5, mode="linear", align_corners=True),
+        (2, 3, 4),
+    ),
+    _namesake("UpsamplingNearest2d", "UpsamplingNearest2d", (None, 2), (2, 2, 3, 2)),
+    _namesake("UpsamplingBilinear2d", "UpsamplingBilinear2d", ((4, 5),), (2, 2, 3, 2)),
+    _namesake("TripletMarginLoss", "TripletMarginLoss", (), [(4, 3), (4, 3), (4, 3)]),
+    _namesake("TripletMarginLoss (p=1, swap, sum)", "TripletMarginLoss", (), [(4, 3), (1, 3), (4, 3)],
+              kwargs=dict(margin=2.0, p=1.0, swap=True, reduction="sum")),
+    _namesake("Unfold", "Unfold", ((2, 3),), (2, 2, 4, 5), kwargs=dict(dilation=(1, 2), padding=1, stride=(2, 1))),
+    _namesake("Fold", "Fold", ((4, 5), (2, 3)), (2, 12, 6), kwargs=dict(padding=(0, 1), stride=(2, 2))),
+]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.
 CASES += LOSS_OPTION_CASES

@@ -1,4 +1,7 @@
-"""Nearest-neighbour Upsample against torch.nn.Upsample, autograd and finite differences."""
+"""Nearest-neighbour Upsample by integer factors against torch.nn.Upsample, autograd and finite
+differences (the other modes: tests/test_layers_more_torch_nn.py)."""
+
+import math
 
 import pytest
 import torch
@@ -30,7 +33,7 @@ def test_upsample_finite_differences():
 def test_upsample_repr_errors_and_contract():
     assert repr(Upsample()) == "Upsample(scale_factor=(2, 2))"
     assert repr(Upsample((1, 3))) == "Upsample(scale_factor=(1, 3))"
-    for bad in (0, 1.5, (2,), True):
+    for bad in (0, -1.5, (2,), True, math.inf):
         with pytest.raises(ValueError, match="Upsample: scale_factor must be an int or a pair"):
             Upsample(bad)
     # Batched only: torch.nn.Upsample reads a 3-D input as (N, C, L), not as (C, H, W).

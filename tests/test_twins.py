@@ -12,6 +12,8 @@ from reference import flat_tensors
 TWINLESS = (
     "Dropout",
     "Dropout2d",
+    "Dropout1d",
+    "Dropout3d",
     "Model (graph)",
     "ClippedCrossEntropyLoss",
     "ClippedCrossEntropyLoss (sum)",

@@ -70,9 +70,12 @@ from .losses import (
     SmoothL1Loss,
     SoftMarginLoss,
 )
+from .distance import CosineSimilarity, PairwiseDistance
 from .embedding import Embedding
+from .fold import Fold, Unfold
+from .margin_losses import TripletMarginLoss
 from .merge import Add, Concat, Merge, Multiply
-from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout2d
+from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout1d, Dropout2d, Dropout3d
 from .padding import (
     CircularPad1d,
     CircularPad2d,
@@ -114,6 +117,7 @@ from .sample_norm import (
 )
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .residual import Heads, Residual, ResidualBlock, ResidualBottleneckBlock
+from .shuffle import ChannelShuffle, PixelShuffle, PixelUnshuffle
 from .transformer import (
     LearnedPositionalEncoding,
     SinusoidalPositionalEncoding,
@@ -123,26 +127,26 @@ from .transformer import (
     TransformerEncoderLayer,
     generate_square_subsequent_mask,
 )
-from .upsample import Upsample
+from .upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
     "ACTIVATIONS", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Add",
     "AvgPool1d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-    "Bilinear", "Builder", "CELU", "CNN", "CircularPad1d", "CircularPad2d", "CircularPad3d",
+    "Bilinear", "Builder", "CELU", "CNN", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",
     "ClippedCrossEntropyLoss", "Concat", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv1d", "Conv2d",
-    "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CrossEntropyLoss", "Dropout", "Dropout2d",
-    "ELU", "Embedding", "Flatten", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
+    "ConvTranspose1d", "ConvTranspose2d", "CosineEmbeddingLoss", "CosineSimilarity", "CrossEntropyLoss", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "ELU", "Embedding", "Flatten", "Fold", "GELU", "GLU", "GRU", "GRUCell", "GaussianNLLLoss", "GroupNorm",
     "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "Heads", "HingeEmbeddingLoss", "HuberLoss",
     "Identity", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d",
     "LPPool2d", "LSTM", "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "LearnedPositionalEncoding", "Linear",
     "LocalResponseNorm", "LogSigmoid", "LogSoftmax", "Loss", "MLP", "MSELoss", "MarginRankingLoss", "MaxPool1d",
     "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge", "Mish", "MultiLabelSoftMarginLoss", "MultiMarginLoss",
-    "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PoissonNLLLoss", "RMSNorm", "RNN",
+    "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PairwiseDistance", "PixelShuffle", "PixelUnshuffle", "PoissonNLLLoss", "RMSNorm", "RNN",
     "RNNCell", "ReLU", "ReLU6", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
     "ReplicationPad2d", "ReplicationPad3d", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",
     "SELU", "ScaledDotProductAttention", "Sequential", "SiLU", "Sigmoid", "SinusoidalPositionalEncoding",
     "SmoothL1Loss", "SoftMarginLoss", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
     "TanH", "Tanh", "Tanhshrink", "Threshold", "TransformerDecoder", "TransformerDecoderLayer",
-    "TransformerEncoder", "TransformerEncoderLayer", "Unflatten", "Upsample", "ZeroPad1d", "ZeroPad2d",
+    "TransformerEncoder", "TransformerEncoderLayer", "TripletMarginLoss", "Unflatten", "Unfold", "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d",
     "ZeroPad3d", "generate_square_subsequent_mask", "make_activation",
 ]

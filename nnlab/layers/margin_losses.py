@@ -1,18 +1,21 @@
 """Margin and embedding losses: ``SoftMarginLoss``, ``MarginRankingLoss``,
-``HingeEmbeddingLoss``, ``CosineEmbeddingLoss``, ``MultiMarginLoss`` and
-``MultiLabelSoftMarginLoss``, each torch's namesake.
+``HingeEmbeddingLoss``, ``CosineEmbeddingLoss``, ``MultiMarginLoss``,
+``MultiLabelSoftMarginLoss`` and ``TripletMarginLoss``, each torch's namesake.
 
 Targets are data (labels +-1, class indices or 0/1 labels): no gradient. The two losses
 of two inputs, MarginRankingLoss and CosineEmbeddingLoss, take ``forward(x1, x2, y)`` and
-return ``(dx1, dx2)`` from backward.
+return ``(dx1, dx2)`` from backward; TripletMarginLoss takes
+``forward(anchor, positive, negative)`` and returns the three gradients.
 """
 
+import math
 import numbers
 
 import torch
 import torch.nn.functional as F
 
-from .base import checked_real
+from .base import checked_bool, checked_real
+from .distance import check_norm_defined, check_two_inputs, p_norm_backward, pairwise_distance, sum_to
 from .loss_base import TORCH_LOSS_EPSILON, Loss, class_weight_for, element_weight, register_weight
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "MultiLabelSoftMarginLoss",
     "MultiMarginLoss",
     "SoftMarginLoss",
+    "TripletMarginLoss",
 ]
 
 
@@ -342,3 +346,110 @@ class MultiLabelSoftMarginLoss(Loss):
         if self._weight is not None:
             grad = grad * self._weight
         return grad * y * torch.sigmoid(-x) - grad * (1 - y) * torch.sigmoid(x)
+
+
+class TripletMarginLoss(Loss):
+    """Triplet loss of embeddings: an anchor should be nearer its positive than its
+    negative by ``margin``. Same as ``torch.nn.TripletMarginLoss``;
+    ``forward(anchor, positive, negative)``.
+
+    Forward, as torch computes it: ``d(x, y) = ||x - y + eps||_p`` over the last dimension
+    (PairwiseDistance), ``d_neg = d(a, n)``, or ``min(d(a, n), d(p, n))`` with ``swap``;
+    ``l = max(0, margin + d(a, p) - d_neg)``; reduced by ``reduction``.
+    Backward returns ``(danchor, dpositive, dnegative)``: with g = dout where
+    ``margin + d(a, p) - d_neg > 0``, else 0 (the kink gets the minimum-norm subgradient 0,
+    as ``torch.clamp`` from torch 2.14 on; dout over numel for the mean), each distance's
+    gradient (+g for d(a, p), -g for d_neg; with swap, -g goes to the smaller of the two
+    negative distances, half to each on a tie, as ``torch.minimum``) goes through the
+    p-norm's VJP to the difference x - y, and from it +1 to x and -1 to y; each input's
+    gradient summed back to its shape.
+    Shapes: anchor, positive, negative (N, D) or (D,), of one number of dimensions,
+    broadcasting -> scalar ((N,) or () with 'none').
+    Caches: each pair's difference and distance, and the masks of the hinge and the minimum.
+    """
+
+    SAVED_TENSORS = ("_differences", "_distances")
+    REPR_OPTIONS = (("margin", 1.0), ("p", 2.0), ("eps", 1e-6), ("swap", False), ("reduction", "mean"))
+
+    def __init__(self, margin=1.0, p=2.0, eps=1e-6, swap=False, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self.margin = checked_real("TripletMarginLoss", "margin", margin, 0.0, low_open=True)
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p):
+            raise ValueError(f"TripletMarginLoss: p must be a real number, got {p!r}")
+        self.p = float(p)
+        self.eps = checked_real("TripletMarginLoss", "eps", eps)
+        self.swap = checked_bool("TripletMarginLoss", "swap", swap)
+        self._differences = None
+        self._distances = None
+        self._masks = None
+        self._shapes = None
+
+    def forward(self, anchor, positive=None, negative=None, **kw):
+        inputs = (anchor, positive, negative)
+        self._check_triplet(inputs)
+        pairs = [(anchor, positive), (anchor, negative)] + ([(positive, negative)] if self.swap else [])
+        computed = [pairwise_distance(x, y, self.p, self.eps) for x, y in pairs]
+        self._differences = tuple(difference for difference, _ in computed)
+        self._distances = tuple(distance for _, distance in computed)
+        negative_distance = self._distances[1]
+        if self.swap:
+            negative_distance = torch.minimum(self._distances[1], self._distances[2])
+        hinge = self.margin + self._distances[0] - negative_distance
+        self._masks = (hinge > 0, hinge.shape)
+        self._shapes = tuple(x.shape for x in inputs)
+        return self.finish_forward(self.reduce(torch.clamp(hinge, min=0).squeeze(-1)))
+
+    def _check_triplet(self, inputs):
+        names = ("anchor", "positive", "negative")
+        if inputs[1] is None or inputs[2] is None:
+            raise ValueError(f"{self!r}: forward(anchor, positive, negative) needs all three inputs")
+        for name, x in zip(names, inputs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{self!r}: expected {name} as a torch.Tensor, got {type(x).__name__}")
+        dims = [x.dim() for x in inputs]
+        if len(set(dims)) != 1 or dims[0] not in (1, 2):
+            raise ValueError(
+                f"{self!r}: expected anchor, positive and negative of shape (N, D) or (D,), all of one "
+                f"number of dimensions, got {', '.join(str(tuple(x.shape)) for x in inputs)}"
+            )
+        check_two_inputs(self, inputs[0], inputs[1])
+        check_two_inputs(self, inputs[0], inputs[2])
+        try:
+            shape = torch.broadcast_shapes(*(x.shape for x in inputs))
+        except RuntimeError:
+            raise ValueError(
+                f"{self!r}: the shapes {', '.join(str(tuple(x.shape)) for x in inputs)} do not broadcast"
+            ) from None
+        check_norm_defined(self, self.p, shape)
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        active, hinge_shape = self._masks
+        scale = self.loss_scale(dout, active.numel())
+        if isinstance(scale, torch.Tensor) and scale.dim() > 0:
+            scale = scale.unsqueeze(-1)
+        grad = torch.where(active, scale, 0).to(self._distances[0].dtype)
+        grads = [sum_to(grad, self._distances[0].shape)] + self._negative_grads(-grad)
+        dd = [p_norm_backward(self.p, d, n, g) for d, n, g in zip(self._differences, self._distances, grads)]
+        shape_a, shape_p, shape_n = self._shapes
+        danchor = dd[0] + dd[1]
+        dpositive = -dd[0]
+        dnegative = -dd[1]
+        if self.swap:
+            dpositive = dpositive + dd[2]
+            dnegative = dnegative - dd[2]
+        return sum_to(danchor, shape_a), sum_to(dpositive, shape_p), sum_to(dnegative, shape_n)
+
+    def _negative_grads(self, grad):
+        """The gradient of d(a, n) (and of d(p, n) with swap) from that of d_neg: all of it
+        without swap; as ``torch.minimum``'s backward with it."""
+        if not self.swap:
+            return [sum_to(grad, self._distances[1].shape)]
+        first, second = self._distances[1], self._distances[2]
+        shared = torch.where(first == second, grad / 2, grad)
+        return [
+            sum_to(shared.masked_fill(first > second, 0), first.shape),
+            sum_to(shared.masked_fill(first < second, 0), second.shape),
+        ]

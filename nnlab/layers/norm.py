@@ -1,4 +1,4 @@
-"""Batch normalisation (1-D, 2-D and 3-D) and channel-wise dropout."""
+"""Batch normalisation and channel-wise dropout (1-D, 2-D and 3-D)."""
 
 import torch
 
@@ -9,7 +9,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "Dropout1d",
     "Dropout2d",
+    "Dropout3d",
 ]
 
 
@@ -304,7 +306,62 @@ BatchNorm3d.__doc__ = _batchnorm_doc(
 )
 
 
-class Dropout2d(Layer):
+class _ChannelDropout(Layer):
+    """Channel-wise inverted dropout over ``SPATIAL_DIMS`` trailing spatial dimensions:
+    one mask entry per (sample, channel), shared by the whole feature map. Subclasses set
+    ``SPATIAL_DIMS`` and the docstring; the input has ``SPATIAL_DIMS + 1`` (unbatched) or
+    ``SPATIAL_DIMS + 2`` (batched) dimensions."""
+
+    SAVED_TENSORS = ("_mask",)
+    SPATIAL_DIMS = 2
+    SHAPES = "(N, C, H, W) or (C, H, W)"
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        name = type(self).__name__
+        self.p = checked_real(name, "p", p, 0.0, 1.0, high_open=False)
+        self.inplace = checked_bool(name, "inplace", inplace)
+        self._mask = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}(p={self.p})"
+
+    def forward(self, x, **kw):
+        dims = (self.SPATIAL_DIMS + 1, self.SPATIAL_DIMS + 2)
+        self.check_input(x, self.SHAPES, lambda x: x.dim() in dims)
+        if not self.training or self.p == 0:
+            self._mask = 1.0
+            return self.finish_forward(x * 1.0)
+        mask_shape = tuple(x.shape[: -self.SPATIAL_DIMS]) + (1,) * self.SPATIAL_DIMS
+        self._mask = dropout_mask(mask_shape, self.p, x)
+        return self.finish_forward(x * self._mask)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout * self._mask
+
+
+class Dropout1d(_ChannelDropout):
+    """Channel-wise inverted dropout of sequences: ``out = x * mask / (1 - p)`` in
+    training mode, with one mask entry per (sample, channel), 0 with probability p
+    (torch's global RNG), so a whole channel is zeroed at once; ``out = x`` in eval mode.
+    Distributionally the same as ``torch.nn.Dropout1d(p)``.
+
+    Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
+    Shapes: (N, C, L) -> same, mask (N, C, 1); or unbatched (C, L) -> same, mask (C, 1),
+    as in torch (any other number of dimensions is a ValueError, as torch refuses it).
+    ``inplace=True`` is accepted and computed out of place (the same values; the input is
+    left unchanged).
+    Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
+    """
+
+    SPATIAL_DIMS = 1
+    SHAPES = "(N, C, L) or (C, L)"
+
+
+class Dropout2d(_ChannelDropout):
     """Channel-wise inverted dropout: ``out = x * mask / (1 - p)`` in training mode, with
     one mask entry per (sample, channel), 0 with probability p (torch's global RNG),
     so a whole feature map is zeroed at once; ``out = x`` in eval mode.
@@ -320,28 +377,22 @@ class Dropout2d(Layer):
     Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
     """
 
-    SAVED_TENSORS = ("_mask",)
 
-    def __init__(self, p=0.5, inplace=False):
-        super().__init__()
-        self.p = checked_real("Dropout2d", "p", p, 0.0, 1.0, high_open=False)
-        self.inplace = checked_bool("Dropout2d", "inplace", inplace)
-        self._mask = None
+class Dropout3d(_ChannelDropout):
+    """Channel-wise inverted dropout of volumes: ``out = x * mask / (1 - p)`` in training
+    mode, with one mask entry per (sample, channel), 0 with probability p (torch's global
+    RNG), so a whole D x H x W feature map is zeroed at once; ``out = x`` in eval mode.
+    Distributionally the same as ``torch.nn.Dropout3d(p)``.
 
-    def __repr__(self):
-        return f"Dropout2d(p={self.p})"
+    Backward: ``dx = dout * mask / (1 - p)`` (``dx = dout`` in eval mode).
+    Shapes: (N, C, D, H, W) -> same, mask (N, C, 1, 1, 1); or unbatched (C, D, H, W) ->
+    same, mask (C, 1, 1, 1), as in torch. Any other number of dimensions is a ValueError
+    (torch warns that it is deprecated and will become an error, and drops along the first
+    dimension; nnlab refuses it now).
+    ``inplace=True`` is accepted and computed out of place (the same values; the input is
+    left unchanged).
+    Caches: the scaled mask (the number 1.0 in eval mode or when p = 0).
+    """
 
-    def forward(self, x, **kw):
-        self.check_input(x, "(N, C, H, W) or (C, H, W)", isinstance(x, torch.Tensor) and x.dim() in (3, 4))
-        if not self.training or self.p == 0:
-            self._mask = 1.0
-            return self.finish_forward(x * 1.0)
-        mask_shape = tuple(x.shape[:-2]) + (1, 1)
-        self._mask = dropout_mask(mask_shape, self.p, x)
-        return self.finish_forward(x * self._mask)
-
-    def backward(self, dout):
-        self.start_backward(dout)
-        if not self.needs_input_grad:
-            return None
-        return dout * self._mask
+    SPATIAL_DIMS = 3
+    SHAPES = "(N, C, D, H, W) or (C, D, H, W)"
