@@ -98,7 +98,7 @@ def _small_unet():
     shared = nn.Conv2d(2, 2, 3, padding=1)
     skip = nn.Tanh()(shared(x))
     down = nn.Tanh()(shared(nn.AvgPool2d(2)(skip)))
-    joined = graph.Concat()(nn.Upsample(2)(down), skip)
+    joined = graph.Concat()(nn.Upsample(scale_factor=2)(down), skip)
     return graph.Model(x, graph.Multiply()(nn.Conv2d(4, 2, 1)(joined), x))
 
 
@@ -452,7 +452,7 @@ CASES = [
         lambda: TupleOfHeads(torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)),
         (3, 4),
     ),
-    Case("Upsample", lambda: nn.Upsample((2, 3)), lambda: torch.nn.Upsample(scale_factor=(2, 3)), (2, 2, 3, 2)),
+    Case("Upsample", lambda: nn.Upsample(scale_factor=(2, 3)), lambda: torch.nn.Upsample(scale_factor=(2, 3)), (2, 2, 3, 2)),
     Case("Add", nn.Add, lambda: Elementwise(lambda *xs: xs[0] + xs[1] + xs[2]), [(2, 3, 2)] * 3),
     Case("Multiply", nn.Multiply, lambda: Elementwise(lambda *xs: xs[0] * xs[1] * xs[2]), [(2, 3, 2)] * 3),
     Case("Concat", nn.Concat, lambda: Elementwise(lambda *xs: torch.cat(xs, dim=1)), [(2, 3, 2), (2, 1, 2)]),
@@ -601,7 +601,7 @@ CASES += [
     _namesake("CosineSimilarity", "CosineSimilarity", (), [(4, 3, 2), (4, 3, 1)]),
     _namesake("PairwiseDistance", "PairwiseDistance", (), [(4, 3), (3,)]),
     _namesake("PairwiseDistance (p=1, keepdim)", "PairwiseDistance", (1.0, 1e-6, True), [(4, 3), (4, 3)], kinked=True),
-    Case("Upsample (nearest, scale 1.5)", lambda: nn.Upsample(1.5), lambda: torch.nn.Upsample(scale_factor=1.5), (2, 2, 3, 2)),
+    Case("Upsample (nearest, scale 1.5)", lambda: nn.Upsample(scale_factor=1.5), lambda: torch.nn.Upsample(scale_factor=1.5), (2, 2, 3, 2)),
     Case(
         "Upsample (bilinear, size)",
         lambda: nn.Upsample(mode="bilinear", size=(5, 4)),
@@ -610,7 +610,7 @@ CASES += [
     ),
     Case(
         "Upsample (linear, align_corners)",
-        lambda: nn.Upsample(2.5, "linear", True),
+        lambda: nn.Upsample(scale_factor=2.5, mode="linear", align_corners=True),
         lambda: torch.nn.Upsample(scale_factor=2.5, mode="linear", align_corners=True),
         (2, 3, 4),
     ),

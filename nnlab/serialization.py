@@ -43,7 +43,11 @@ from .layers.base import Layer
 
 __all__ = ["ModelFileError", "load", "save"]
 
-MODEL_FORMAT = "nnlab-model-1"
+MODEL_FORMAT = "nnlab-model-2"
+# Files of the first format, read too: their Upsample took its scale factor first (format 2
+# has torch's order, size first), so their positional arguments are read by that name.
+FIRST_FORMAT = "nnlab-model-1"
+FIRST_FORMAT_POSITIONS = {"Upsample": ("scale_factor",)}
 _FILE_KEYS = {"format", "architecture", "tensors", "checksum"}
 # The modules whose public Layer classes a file may name; no other module is imported for a file.
 _PUBLIC_MODULES = ("nnlab.layers", "nnlab.models", "nnlab.graph", "nnlab.classifier")
@@ -234,9 +238,10 @@ def save(model, path):
 class _Builder:
     """Builds the model of an architecture (parsed JSON) from public constructors."""
 
-    def __init__(self, architecture, tensors, owner):
+    def __init__(self, architecture, tensors, owner, file_format=MODEL_FORMAT):
         self.owner = owner
         self.tensors = tensors
+        self.file_format = file_format
         if not isinstance(architecture, dict) or set(architecture) != {"layers", "nodes", "model", "training"}:
             raise ModelFileError(f"{owner}: the architecture is not a dict of layers, nodes, model and training")
         self.architecture = architecture
@@ -273,6 +278,8 @@ class _Builder:
         self.building.add(index)
         args = [self.value(arg) for arg in entry["args"]]
         kwargs = {key: self.value(arg) for key, arg in entry["kwargs"].items()}
+        if self.file_format == FIRST_FORMAT and name in FIRST_FORMAT_POSITIONS:
+            args, kwargs = _by_first_format_names(self.owner, name, args, kwargs)
         try:
             layer = cls(*args, **kwargs)
         except (TypeError, ValueError) as error:
@@ -355,6 +362,16 @@ class _Builder:
         return node
 
 
+def _by_first_format_names(owner, name, args, kwargs):
+    """A first-format file's positional arguments of ``name`` passed by the names they had."""
+    names = FIRST_FORMAT_POSITIONS[name]
+    if len(args) > len(names):
+        raise ModelFileError(
+            f"{owner}: a {name} of a {FIRST_FORMAT} file has {len(args)} positional arguments; it took {len(names)}"
+        )
+    return [], {**dict(zip(names, args)), **kwargs}
+
+
 def load(path, map_location=None):
     """The model saved at ``path`` by ``save``: built from public constructors, with its
     weights, buffers and training modes, on the device of the saved tensors (or
@@ -381,8 +398,8 @@ def load(path, map_location=None):
             f"{owner}: not a model file written by nnlab.save, or changed since (it holds something other than "
             f"plain data): {str(error).splitlines()[0]}"
         ) from error
-    if not isinstance(content, dict) or set(content) != _FILE_KEYS or content.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{owner}: not a model file written by nnlab.save (format {MODEL_FORMAT})")
+    if not isinstance(content, dict) or set(content) != _FILE_KEYS or content.get("format") not in (MODEL_FORMAT, FIRST_FORMAT):
+        raise ModelFileError(f"{owner}: not a model file written by nnlab.save (format {MODEL_FORMAT} or {FIRST_FORMAT})")
     checksum = content["checksum"]
     if content_digest({key: value for key, value in content.items() if key != "checksum"}) != checksum:
         raise ModelFileError(f"{owner}: checksum mismatch: the file changed after it was saved")
@@ -394,7 +411,7 @@ def load(path, map_location=None):
     except ValueError as error:
         raise ModelFileError(f"{owner}: the architecture is not valid JSON: {error}") from error
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the caller's RNG stays as it was
-        model = _Builder(architecture, tensors, owner).model()
+        model = _Builder(architecture, tensors, owner, content["format"]).model()
     _load_state(owner, model, {key[len("state."):]: value for key, value in tensors.items() if key.startswith("state.")})
     return model
 

@@ -243,7 +243,7 @@ def build_unet():
     x = Input((1, 8, 8))
     skip = ReLU()(Conv2d(1, 8, 3, padding=1)(x))
     down = ReLU()(Conv2d(8, 16, 3, padding=1)(MaxPool2d(2)(skip)))
-    joined = Concat()(Upsample(2)(down), skip)
+    joined = Concat()(Upsample(scale_factor=2)(down), skip)
     features = ReLU()(Conv2d(24, 8, 3, padding=1)(joined))
     return Model(x, Linear(8 * 4 * 4, 10)(Flatten()(MaxPool2d(2)(features))))
 

@@ -394,7 +394,7 @@ def upsample_twins(draw):
     recompute = None if by_size else draw(st.sampled_from([None, False, True]))
     options = dict(mode=mode, align_corners=align_corners, recompute_scale_factor=recompute)
     scale_factor = what.pop("scale_factor", None)
-    layer = Upsample(scale_factor, size=what.get("size"), **options)
+    layer = Upsample(what.get("size"), scale_factor, **options)
     return layer, torch.nn.Upsample(what.get("size"), scale_factor, **options), sizes
 
 
@@ -447,10 +447,10 @@ def rounding_is_ambiguous(layer, sizes, dtype):
 @pytest.mark.parametrize(
     "make, shape",
     [
-        (lambda: Upsample(1.5), (2, 2, 3, 2)),
+        (lambda: Upsample(scale_factor=1.5), (2, 2, 3, 2)),
         (lambda: Upsample(size=(4, 5), mode="bilinear"), (2, 2, 3, 2)),
-        (lambda: Upsample((2.5, 1.5), "bilinear", True), (1, 2, 3, 3)),
-        (lambda: Upsample(1.7, "linear", recompute_scale_factor=True), (2, 3, 4)),
+        (lambda: Upsample(None, (2.5, 1.5), "bilinear", True), (1, 2, 3, 3)),
+        (lambda: Upsample(scale_factor=1.7, mode="linear", recompute_scale_factor=True), (2, 3, 4)),
         (lambda: UpsamplingBilinear2d(size=5), (1, 2, 2, 3)),
         (lambda: UpsamplingNearest2d(scale_factor=2), (1, 2, 2, 3)),
     ],
@@ -459,37 +459,45 @@ def test_upsample_modes_finite_differences(make, shape):
     check_finite_differences(make(), random_tensor(shape, F64))
 
 
+def test_upsample_takes_torchs_positions_a_first_number_is_the_output_size():
+    x = torch.randn(1, 2, 3, 5)
+    for arguments in [(4,), ((6, 2),), (None, 2), (None, 1.5, "bilinear", True)]:
+        torch.testing.assert_close(Upsample(*arguments)(x), torch.nn.Upsample(*arguments)(x), rtol=0, atol=1e-6)
+    assert Upsample(4)(x).shape == (1, 2, 4, 4)
+
+
 def test_upsample_keeps_the_integer_nearest_form_and_checks_options():
     assert repr(Upsample()) == "Upsample(scale_factor=(2, 2))"
     assert repr(Upsample(size=(3, 4), mode="bilinear")) == "Upsample(size=(3, 4), mode='bilinear')"
-    assert repr(Upsample(1.5, recompute_scale_factor=True)) == (
+    assert repr(Upsample(scale_factor=1.5, recompute_scale_factor=True)) == (
         "Upsample(scale_factor=(1.5, 1.5), mode='nearest', recompute_scale_factor=True)"
     )
     assert repr(UpsamplingBilinear2d(scale_factor=2)) == "UpsamplingBilinear2d(scale_factor=(2, 2))"
     assert repr(UpsamplingNearest2d(4)) == "UpsamplingNearest2d(size=(4, 4))"
+    same_signature(Upsample, torch.nn.Upsample)
     same_signature(UpsamplingNearest2d, torch.nn.UpsamplingNearest2d)
     same_signature(UpsamplingBilinear2d, torch.nn.UpsamplingBilinear2d)
     with pytest.raises(NotImplementedError, match="Upsample.*mode='bicubic'"):
-        Upsample(2, "bicubic")
+        Upsample(scale_factor=2, mode="bicubic")
     with pytest.raises(ValueError, match="Upsample.*size or scale_factor, not both"):
-        Upsample(2, size=3)
+        Upsample(3, 2)
     with pytest.raises(ValueError, match="Upsample.*align_corners"):
-        Upsample(2, "nearest", True)
+        Upsample(None, 2, "nearest", True)
     with pytest.raises(ValueError, match="Upsample.*recompute_scale_factor"):
-        Upsample(None, "bilinear", recompute_scale_factor=True, size=4)
+        Upsample(4, None, "bilinear", recompute_scale_factor=True)
     with pytest.raises(TypeError, match="Upsample.*align_corners"):
-        Upsample(2, "bilinear", "yes")
+        Upsample(scale_factor=2, mode="bilinear", align_corners="yes")
     with pytest.raises(ValueError, match="Upsample.*size"):
         Upsample(size=(2, 0))
     with pytest.raises(ValueError, match="Upsample.*scale_factor"):
-        Upsample((1.5, 2.0, 3.0), "bilinear")
+        Upsample(scale_factor=(1.5, 2.0, 3.0), mode="bilinear")
     for layer_class in (UpsamplingNearest2d, UpsamplingBilinear2d):
         with pytest.raises(ValueError, match=f"{layer_class.__name__}.*size or scale_factor"):
             layer_class()
     with pytest.raises(ValueError, match=r"Upsample.*\(N, C, L\), got \(2, 3, 4, 4\)"):
-        Upsample(2, "linear")(torch.randn(2, 3, 4, 4))
+        Upsample(scale_factor=2, mode="linear")(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"Upsample.*empty axis"):
-        Upsample(0.4)(torch.randn(1, 1, 2, 2))
+        Upsample(scale_factor=0.4)(torch.randn(1, 1, 2, 2))
 
 
 # TripletMarginLoss ----------------------------------------------------------------------------

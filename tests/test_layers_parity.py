@@ -479,7 +479,7 @@ def test_adaptive_pools(dtype, kind, output_size, batch, size, dout, data):
 )
 def test_upsample(dtype, scale, batch, size, dout, data):
     x = data.draw(values((batch, 2, *size), dtype))
-    compare(Upsample(scale), dtype, x, dout)
+    compare(Upsample(scale_factor=scale), dtype, x, dout)
 
 
 # Batch normalisation ------------------------------------------------------------------------

@@ -22,20 +22,20 @@ def test_upsample_matches_torch(dtype, scale, shape):
     x = torch.randn(shape, dtype=dtype)
     module = torch.nn.Upsample(scale_factor=scale, mode="nearest")
     # Nearest upsampling copies values, so the forward is exact.
-    check_against_torch(Upsample(scale), module, x, forward_atol=0.0, grad_rtol=GRAD_RTOL[dtype])
+    check_against_torch(Upsample(scale_factor=scale), module, x, forward_atol=0.0, grad_rtol=GRAD_RTOL[dtype])
 
 
 def test_upsample_finite_differences():
     torch.manual_seed(1)
-    check_finite_differences(Upsample((2, 3)), torch.randn(2, 2, 3, 2, dtype=torch.float64))
+    check_finite_differences(Upsample(scale_factor=(2, 3)), torch.randn(2, 2, 3, 2, dtype=torch.float64))
 
 
 def test_upsample_repr_errors_and_contract():
     assert repr(Upsample()) == "Upsample(scale_factor=(2, 2))"
-    assert repr(Upsample((1, 3))) == "Upsample(scale_factor=(1, 3))"
+    assert repr(Upsample(scale_factor=(1, 3))) == "Upsample(scale_factor=(1, 3))"
     for bad in (0, -1.5, (2,), True, math.inf):
         with pytest.raises(ValueError, match="Upsample: scale_factor must be an int or a pair"):
-            Upsample(bad)
+            Upsample(scale_factor=bad)
     # Batched only: torch.nn.Upsample reads a 3-D input as (N, C, L), not as (C, H, W).
     for shape in ((2, 3), (3, 4, 5)):
         with pytest.raises(ValueError, match=r"Upsample.*\(N, C, H, W\), got"):

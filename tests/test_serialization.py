@@ -20,7 +20,7 @@ import nnlab
 from nnlab.checkpoints import content_digest
 from nnlab.classifier import BinaryClassifier
 from nnlab.graph import Add, Concat, Input, Model
-from nnlab.layers import BatchNorm1d, Layer, LayerNorm, LeakyReLU, Linear, ReLU, Sequential, Tanh
+from nnlab.layers import BatchNorm1d, Conv2d, Layer, LayerNorm, LeakyReLU, Linear, ReLU, Sequential, Tanh, Upsample
 from nnlab.models import CNN, MLP, ResNet
 from nnlab.serialization import ModelFileError
 
@@ -223,6 +223,27 @@ def with_architecture(change):
         content["architecture"] = json.dumps(architecture)
 
     return apply
+
+
+def test_a_first_format_file_reads_upsamples_first_argument_as_its_scale_factor(tmp_path):
+    """Files of format nnlab-model-1 wrote Upsample(2) for twice the size, before Upsample
+    took torch's order (size first): loaded, they still double the size; a file of the
+    current format with Upsample(2) means an output of size 2, as torch's."""
+    path = tmp_path / "model.nnlab"
+    nnlab.save(Sequential(Conv2d(1, 2, 3, padding=1), Upsample(2)), path)
+    x = torch.randn(1, 1, 5, 5)
+    assert nnlab.load(path)(x).shape == (1, 2, 2, 2)
+
+    def as_first_format(content):
+        content["format"] = "nnlab-model-1"
+
+    rewritten(path, as_first_format)
+    model = nnlab.load(path)
+    assert model(x).shape == (1, 2, 10, 10)
+    assert model.layers[1].scale_factor == (2, 2) and model.layers[1].size is None
+    rewritten(path, with_architecture(lambda a: a["layers"][2]["args"].append("nearest")))
+    with pytest.raises(ModelFileError, match="Upsample of a nnlab-model-1 file has 2 positional arguments; it took 1"):
+        nnlab.load(path)
 
 
 @pytest.mark.parametrize(

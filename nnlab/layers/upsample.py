@@ -86,10 +86,10 @@ def along(weights, dim, ndim):
 
 class Upsample(Layer):
     """Upsamples (N, C, H, W) images ('nearest', 'bilinear') or (N, C, L) signals
-    ('linear') to ``size`` or by ``scale_factor``. Same as ``torch.nn.Upsample`` with the
-    same options, except the position of the arguments: the first is ``scale_factor``
-    (nnlab's, kept for the models written with it), ``size`` is keyword-only, and without
-    either the scale is 2.
+    ('linear') to ``size`` or by ``scale_factor``. Same as ``torch.nn.Upsample``, with the
+    same arguments in the same order (``Upsample(2)`` is an output of size 2, as in torch;
+    write ``Upsample(scale_factor=2)`` for twice the size); without either, the scale is 2
+    (torch refuses to run).
 
     Forward, per spatial axis (W, then H), with out = size or floor(in * scale_factor):
     - 'nearest', integer scales: ``out[.., i, j] = x[.., i // s_h, j // s_w]``;
@@ -131,9 +131,7 @@ class Upsample(Layer):
         tensor([[[[4., 4.]]]])
     """
 
-    def __init__(
-        self, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, *, size=None
-    ):
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None):
         super().__init__()
         if mode not in MODES:
             raise NotImplementedError(
@@ -285,7 +283,7 @@ def _scale_factors(scale_factor, spatial):
 
 class UpsamplingNearest2d(Upsample):
     """Nearest-neighbour upsampling of (N, C, H, W) images to ``size`` or by
-    ``scale_factor``: ``Upsample(scale_factor, mode='nearest', size=size)`` (see Upsample
+    ``scale_factor``: ``Upsample(size, scale_factor, mode='nearest')`` (see Upsample
     for the forward and backward formulas, shapes and cache). Same as
     ``torch.nn.UpsamplingNearest2d``, arguments in torch's positions; one of the two is
     required (torch refuses the call without either).
@@ -294,7 +292,7 @@ class UpsamplingNearest2d(Upsample):
     def __init__(self, size=None, scale_factor=None):
         if size is None and scale_factor is None:
             raise ValueError("UpsamplingNearest2d: give size or scale_factor (as torch)")
-        super().__init__(scale_factor, "nearest", size=size)
+        super().__init__(size, scale_factor, "nearest")
 
     def __repr__(self):
         return f"UpsamplingNearest2d({_size_or_scale(self)})"
@@ -302,8 +300,8 @@ class UpsamplingNearest2d(Upsample):
 
 class UpsamplingBilinear2d(Upsample):
     """Bilinear upsampling of (N, C, H, W) images with aligned corners to ``size`` or by
-    ``scale_factor``: ``Upsample(scale_factor, mode='bilinear', align_corners=True,
-    size=size)`` (see Upsample for the forward and backward formulas, shapes and cache).
+    ``scale_factor``: ``Upsample(size, scale_factor, mode='bilinear', align_corners=True)``
+    (see Upsample for the forward and backward formulas, shapes and cache).
     Same as ``torch.nn.UpsamplingBilinear2d``, arguments in torch's positions; one of the
     two is required (torch refuses the call without either).
     """
@@ -311,7 +309,7 @@ class UpsamplingBilinear2d(Upsample):
     def __init__(self, size=None, scale_factor=None):
         if size is None and scale_factor is None:
             raise ValueError("UpsamplingBilinear2d: give size or scale_factor (as torch)")
-        super().__init__(scale_factor, "bilinear", True, size=size)
+        super().__init__(size, scale_factor, "bilinear", True)
 
     def __repr__(self):
         return f"UpsamplingBilinear2d({_size_or_scale(self)})"
