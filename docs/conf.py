@@ -105,7 +105,8 @@ def bench_tables(record):
     bench = record["bench"]
     lines = [
         f"Measured on {record['date']} by `{record['command']}` on {record['machine']};",
-        f"torch {bench['torch']}, {bench['threads']} threads, medians of {bench['repeats']} interleaved runs.",
+        f"torch {bench['torch']}, {bench['threads']} threads, medians of {bench['repeats']} interleaved runs"
+        + (f"; memory: {bench['allocator']}, for both sides." if "allocator" in bench else "."),
         "The ratio is nnlab / torch: below 1 nnlab is faster.",
         "",
         "| case (forward + backward; steps: forward, loss, backward, SGD) | nnlab ms | torch ms | ratio |",

@@ -262,3 +262,19 @@ def test_the_example_collector_finds_a_plain_and_a_doctest_block():
     assert blocks == ["\na = 1\nassert a == 1\n\n", "\n>>> 1 + 1\n2\n"]
     with pytest.raises(AssertionError, match="Expected"):
         run_example("wrong", ">>> 1 + 1\n3\n")
+
+
+def test_the_speed_pages_tables_are_made_from_the_recorded_bench_json():
+    """What the site build does with docs/bench.json (docs/conf.py's bench_tables), run
+    here: a record of the wrong shape fails this test rather than the Sphinx build."""
+    spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    import json
+
+    record = json.loads((ROOT / "docs" / "bench.json").read_text(encoding="utf-8"))
+    tables = conf.bench_tables(record)
+    for case in record["bench"]["cases"] + record["bench"]["graph"]:
+        assert f"| {case['name']} | {case['ours_ms']:.2f} |" in tables
+    for row in record["bench"]["memory"]:
+        assert f"| {row['model']} |" in tables
