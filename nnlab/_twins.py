@@ -36,6 +36,7 @@ LOSSES = (
     torch.nn.SoftMarginLoss,
     torch.nn.HingeEmbeddingLoss,
     torch.nn.MultiMarginLoss,
+    torch.nn.MultiLabelMarginLoss,
     torch.nn.MultiLabelSoftMarginLoss,
 )
 
@@ -365,6 +366,7 @@ _LEAF_TWINS = {
     nn.MultiMarginLoss: lambda layer: torch.nn.MultiMarginLoss(
         layer.p, layer.margin, _copy(layer.weight), reduction=layer.reduction
     ),
+    nn.MultiLabelMarginLoss: lambda layer: torch.nn.MultiLabelMarginLoss(reduction=layer.reduction),
     nn.MultiLabelSoftMarginLoss: lambda layer: torch.nn.MultiLabelSoftMarginLoss(
         _copy(layer.weight), reduction=layer.reduction
     ),

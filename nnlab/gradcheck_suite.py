@@ -65,6 +65,11 @@ def _labels(shape):
     return torch.randint(0, shape[1], (shape[0],))
 
 
+def _label_lists(shape):
+    """Class-index lists (N, C) padded with -1, with entries after the first -1 (which count for nothing)."""
+    return torch.randint(-1, shape[1], shape)
+
+
 def _probabilities(shape):
     return torch.softmax(torch.randn(shape), dim=1)
 
@@ -621,6 +626,7 @@ CASES += [
               kwargs=dict(margin=2.0, p=1.0, swap=True, reduction="sum")),
     _namesake("Unfold", "Unfold", ((2, 3),), (2, 2, 4, 5), kwargs=dict(dilation=(1, 2), padding=1, stride=(2, 1))),
     _namesake("Fold", "Fold", ((4, 5), (2, 3)), (2, 12, 6), kwargs=dict(padding=(0, 1), stride=(2, 2))),
+    Case("MultiLabelMarginLoss", nn.MultiLabelMarginLoss, None, (4, 5), _label_lists, kinked=True),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

@@ -37,6 +37,7 @@ from nnlab.layers import (
     Dropout1d,
     Dropout3d,
     Fold,
+    MultiLabelMarginLoss,
     PairwiseDistance,
     PixelShuffle,
     PixelUnshuffle,
@@ -673,3 +674,66 @@ def test_fold_and_unfold_contract_and_errors():
     layer = Unfold(2).requires_input_grad(False)
     out = layer(torch.randn(1, 2, 3, 3))
     assert layer.backward(torch.ones_like(out)) is None
+
+
+# MultiLabelMarginLoss -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=60)
+@given(
+    shape=st.sampled_from([(3, 4), (1, 3), (2, 1), (4,), (), (0, 3)]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    dout=upstreams,
+    data=st.data(),
+)
+def test_multilabel_margin_loss_matches_torch(dtype, shape, reduction, dout, data):
+    if shape and shape[0] == 0:
+        reduction = "none"  # torch 2.13 reduces an empty batch to an uninitialised value
+    classes = shape[-1] if shape else 1
+    x = data.draw(tensors(shape, dtype))
+    # Class lists padded with -1, with entries after the first -1 (torch ignores them) and repeats.
+    y = torch.tensor(data.draw(st.lists(st.integers(-1, classes - 1), min_size=math.prod(shape),
+                                        max_size=math.prod(shape))), dtype=torch.long).reshape(shape)
+    compare(MultiLabelMarginLoss(reduction=reduction), torch.nn.MultiLabelMarginLoss(reduction=reduction), [x], dout,
+            rest=(y,))
+
+
+def test_multilabel_margin_loss_counts_targets_before_the_first_minus_one_and_finite_differences():
+    x = torch.tensor([[0.1, 0.2, 0.4, 0.8]], dtype=F64)
+    y = torch.tensor([[3, 0, -1, 1]])
+    # targets {3, 0}; non-targets {1, 2}: (1-0.8+0.2) + (1-0.8+0.4) + (1-0.1+0.2) + (1-0.1+0.4), over 4 classes
+    expected = (0.4 + 0.6 + 1.1 + 1.3) / 4
+    assert MultiLabelMarginLoss()(x, y).item() == pytest.approx(expected, rel=1e-15)
+    # The kink: 1 - x[0] + x[1] = 0 exactly gives no gradient (strict > 0, as HingeEmbeddingLoss).
+    layer = MultiLabelMarginLoss(reduction="sum")
+    layer(torch.tensor([2.0, 1.0], dtype=F64), torch.tensor([0, -1]))
+    assert torch.equal(layer.backward(), torch.zeros(2, dtype=F64))
+    for reduction in ("mean", "sum"):
+        x = random_tensor((3, 5), F64, seed=4)
+        y = torch.tensor([[4, 1, -1, 0, 2], [0, 1, 2, 3, -1], [-1, 2, 3, 4, 0]])
+        check_finite_differences(MultiLabelMarginLoss(reduction=reduction), x, y)
+
+
+def test_multilabel_margin_loss_contract_and_errors():
+    same_signature(MultiLabelMarginLoss, torch.nn.MultiLabelMarginLoss)
+    assert repr(MultiLabelMarginLoss()) == "MultiLabelMarginLoss"
+    assert repr(MultiLabelMarginLoss(reduction="sum")) == "MultiLabelMarginLoss(reduction='sum')"
+    with pytest.raises(ValueError, match="MultiLabelMarginLoss.*reduction"):
+        MultiLabelMarginLoss(reduction="max")
+    loss = MultiLabelMarginLoss()
+    x = torch.randn(2, 3)
+    for y, message in ((torch.tensor([[0, 3, -1], [0, 1, 2]]), r"\[-1, 3\).*3"),
+                       (torch.tensor([[0, -2, -1], [0, 1, 2]]), r"\[-1, 3\).*-2"),
+                       (torch.tensor([[0, 1, 2], [0, 1, 2]], dtype=torch.int32), "int64.*int32"),
+                       (torch.tensor([0, 1, 2]), r"shape \(2, 3\)")):
+        assert torch_refuses(torch.nn.MultiLabelMarginLoss(), x, y)
+        with pytest.raises(ValueError, match=f"MultiLabelMarginLoss.*{message}"):
+            loss(x, y)
+    with pytest.raises(ValueError, match=r"MultiLabelMarginLoss.*\(N, C\), \(C,\) or \(\)"):
+        loss(torch.randn(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="MultiLabelMarginLoss"):
+        MultiLabelMarginLoss().backward()
+    loss.requires_input_grad(False)
+    loss(x, torch.zeros(2, 3, dtype=torch.long))
+    assert loss.backward() is None

@@ -73,7 +73,7 @@ from .losses import (
 from .distance import CosineSimilarity, PairwiseDistance
 from .embedding import Embedding
 from .fold import Fold, Unfold
-from .margin_losses import TripletMarginLoss
+from .margin_losses import MultiLabelMarginLoss, TripletMarginLoss
 from .merge import Add, Concat, Merge, Multiply
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Dropout1d, Dropout2d, Dropout3d
 from .padding import (
@@ -140,7 +140,7 @@ __all__ = [
     "Identity", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "KLDivLoss", "L1Loss", "LPPool1d",
     "LPPool2d", "LSTM", "LSTMCell", "Layer", "LayerNorm", "LeakyReLU", "LearnedPositionalEncoding", "Linear",
     "LocalResponseNorm", "LogSigmoid", "LogSoftmax", "Loss", "MLP", "MSELoss", "MarginRankingLoss", "MaxPool1d",
-    "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge", "Mish", "MultiLabelSoftMarginLoss", "MultiMarginLoss",
+    "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Merge", "Mish", "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss",
     "MultiTaskLoss", "MultiheadAttention", "Multiply", "NLLLoss", "PReLU", "PairwiseDistance", "PixelShuffle", "PixelUnshuffle", "PoissonNLLLoss", "RMSNorm", "RNN",
     "RNNCell", "ReLU", "ReLU6", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
     "ReplicationPad2d", "ReplicationPad3d", "ResNet", "Residual", "ResidualBlock", "ResidualBottleneckBlock",

@@ -1,6 +1,7 @@
 """Margin and embedding losses: ``SoftMarginLoss``, ``MarginRankingLoss``,
 ``HingeEmbeddingLoss``, ``CosineEmbeddingLoss``, ``MultiMarginLoss``,
-``MultiLabelSoftMarginLoss`` and ``TripletMarginLoss``, each torch's namesake.
+``MultiLabelMarginLoss``, ``MultiLabelSoftMarginLoss`` and ``TripletMarginLoss``, each
+torch's namesake.
 
 Targets are data (labels +-1, class indices or 0/1 labels): no gradient. The two losses
 of two inputs, MarginRankingLoss and CosineEmbeddingLoss, take ``forward(x1, x2, y)`` and
@@ -22,6 +23,7 @@ __all__ = [
     "CosineEmbeddingLoss",
     "HingeEmbeddingLoss",
     "MarginRankingLoss",
+    "MultiLabelMarginLoss",
     "MultiLabelSoftMarginLoss",
     "MultiMarginLoss",
     "SoftMarginLoss",
@@ -296,6 +298,68 @@ def check_labels(layer, y, num_classes, shape):
     if wrong.any():
         raise ValueError(f"{layer!r}: class labels must be in [0, {num_classes}), got {y[wrong][0].item()}")
     return y.long()
+
+
+class MultiLabelMarginLoss(Loss):
+    """Multi-label hinge loss of scores x against a list of target classes per sample.
+    Same as ``torch.nn.MultiLabelMarginLoss``.
+
+    Targets y have x's shape and hold class indices; only the entries before the first -1
+    count (torch's rule: the rest of the row is ignored, whatever it holds), and a class
+    listed twice counts twice. Forward, per sample, with T its targets and
+    z_jc = 1 - x[j] + x[c]:
+    ``l = sum_{j in T} sum_{c not in T, z_jc > 0} z_jc / C``; a NaN z fails ``z > 0`` and
+    adds nothing, as in torch's kernel; reduced by ``reduction`` (the mean of an empty
+    batch is NaN here, where torch 2.13 returns an uninitialised value).
+    Backward, torch's kernel: with g = 1 / C (1 / (N C) for the mean), each active pair
+    (z_jc > 0; 0 at the kink z_jc = 0) adds g to ``dx[c]`` and -g to ``dx[j]``; then times
+    dout, so that an infinite dout makes 0 entries NaN, as in torch.
+    Shapes: x (N, C), (C,) or () with y of the same shape, int64 in [-1, C) -> scalar
+    ((N,) or () with 'none'). Caches: the gradient for dout = 1 (of the reduced loss).
+    """
+
+    SAVED_TENSORS = ("_unit_grad",)
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(reduction, size_average, reduce)
+        self._unit_grad = None
+        self._unbatched = None
+        self._shape = None
+
+    def loss(self, x, y):
+        self.check_input(x, "(N, C), (C,) or ()", lambda x: x.dim() <= 2 and (x.dim() < 2 or x.shape[1] > 0))
+        self.check_same_shape(x, y)
+        if y.dtype != torch.int64:
+            raise ValueError(f"{self!r}: expected int64 class indices y (as torch), got {y.dtype}")
+        self._unbatched = x.dim() < 2
+        self._shape = x.shape
+        scores = x.reshape(1, -1) if self._unbatched else x
+        num_classes = scores.shape[1]
+        targets = y.reshape(scores.shape)
+        wrong = (targets < -1) | (targets >= num_classes)
+        if wrong.any():
+            raise ValueError(f"{self!r}: targets must be in [-1, {num_classes}), got {targets[wrong][0].item()}")
+        listed = (targets == -1).cumsum(dim=1) == 0
+        indices = torch.where(listed, targets, 0)
+        counts = torch.zeros_like(targets).scatter_add(1, indices, listed.long())
+        margins = 1 - scores.gather(1, indices).unsqueeze(2) + scores.unsqueeze(1)
+        active = listed.unsqueeze(2) & (counts == 0).unsqueeze(1) & (margins > 0)
+        losses = torch.where(active, margins, 0).sum(dim=(1, 2)) / num_classes
+        # torch's g: 1 / C, and 1 / (N C) for the mean.
+        samples = scores.shape[0] if self.reduction == "mean" else 1
+        g = 1.0 / (num_classes * max(samples, 1))
+        pushed_up = active.sum(dim=1).to(x.dtype) * g
+        pushed_down = torch.zeros_like(scores).scatter_add(1, indices, active.sum(dim=2).to(x.dtype) * g)
+        self._unit_grad = pushed_up - pushed_down
+        return self.reduce(losses.squeeze(0) if self._unbatched else losses)
+
+    def backward(self, dout=1.0):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        # The mean's 1 / N is in the cached gradient already (torch's g).
+        scale = dout.reshape(-1, 1) if self.reduction == "none" else dout
+        return (self._unit_grad * scale).reshape(self._shape)
 
 
 class MultiLabelSoftMarginLoss(Loss):
