@@ -366,6 +366,8 @@ _LEAF_TWINS = {
     nn.MultiMarginLoss: lambda layer: torch.nn.MultiMarginLoss(
         layer.p, layer.margin, _copy(layer.weight), reduction=layer.reduction
     ),
+    # Training mode draws its slopes from the RNG, as torch's: no twin computes the same numbers.
+    nn.RReLU: lambda layer: None if layer.training else torch.nn.RReLU(layer.lower, layer.upper),
     nn.MultiLabelMarginLoss: lambda layer: torch.nn.MultiLabelMarginLoss(reduction=layer.reduction),
     nn.MultiLabelSoftMarginLoss: lambda layer: torch.nn.MultiLabelSoftMarginLoss(
         _copy(layer.weight), reduction=layer.reduction

@@ -627,6 +627,8 @@ CASES += [
     _namesake("Unfold", "Unfold", ((2, 3),), (2, 2, 4, 5), kwargs=dict(dilation=(1, 2), padding=1, stride=(2, 1))),
     _namesake("Fold", "Fold", ((4, 5), (2, 3)), (2, 12, 6), kwargs=dict(padding=(0, 1), stride=(2, 2))),
     Case("MultiLabelMarginLoss", nn.MultiLabelMarginLoss, None, (4, 5), _label_lists, kinked=True),
+    Case("RReLU", lambda: nn.RReLU(0.1, 0.4), None, (2, 3, 4)),
+    Case("RReLU (eval)", lambda: nn.RReLU(0.1, 0.4), None, (2, 3, 4), train=False, kinked=True),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

@@ -41,6 +41,7 @@ from nnlab.layers import (
     PairwiseDistance,
     PixelShuffle,
     PixelUnshuffle,
+    RReLU,
     TripletMarginLoss,
     Unfold,
     Upsample,
@@ -737,3 +738,72 @@ def test_multilabel_margin_loss_contract_and_errors():
     loss.requires_input_grad(False)
     loss(x, torch.zeros(2, 3, dtype=torch.long))
     assert loss.backward() is None
+
+
+# RReLU -------------------------------------------------------------------------------------
+
+RRELU_BOUNDS = st.sampled_from([(1 / 8, 1 / 3), (0.1, 0.1), (-0.5, 0.7), (0.0, 2.0)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(bounds=RRELU_BOUNDS, shape=st.sampled_from([(2, 3), (0, 2), (1,), (), (3, 1, 2)]), dout=upstreams,
+       data=st.data())
+def test_rrelu_in_eval_mode_matches_torch(dtype, bounds, shape, dout, data):
+    x = data.draw(tensors(shape, dtype, points=(0.0,)))
+    compare(RReLU(*bounds).eval(), torch.nn.RReLU(*bounds).eval(), [x], dout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=20)
+@given(bounds=RRELU_BOUNDS, seed=st.integers(0, 1000), data=st.data())
+def test_rrelu_in_training_mode_scales_what_torch_scales_and_its_backward_is_autograds(dtype, bounds, seed, data):
+    x = data.draw(tensors((3, 4), dtype, points=(0.0,)))
+    check_against_autograd(RReLU(*bounds), x, seed=seed)
+    layer = RReLU(*bounds)
+    out = layer(x)
+    grad = layer.backward(torch.ones_like(x))
+    leaf = x.clone().requires_grad_(True)
+    reference = torch.nn.RReLU(*bounds)(leaf)
+    (expected,) = torch.autograd.grad(reference, leaf, torch.ones_like(x))
+    # Where torch keeps x (x > 0, NaN), so does the layer, with gradient dout; elsewhere both
+    # draw a slope in [lower, upper].
+    kept = ~(x <= 0)
+    assert (grad[kept] == 1).all() and (expected[kept] == 1).all()
+    assert torch.allclose(out[kept], x[kept], rtol=0, atol=0, equal_nan=True)
+    scaled = ~kept
+    for slopes in (grad[scaled], expected[scaled]):
+        assert ((slopes >= bounds[0]) & (slopes <= bounds[1])).all()
+    assert_close("output", out[scaled], (x * grad)[scaled], atol=FORWARD_ATOL[dtype])
+
+
+def test_rrelu_draws_its_slopes_as_torch_does_and_finite_differences():
+    torch.manual_seed(2)
+    x = -torch.rand(20000) - 0.1
+    lower, upper = 0.1, 0.4
+    ours = RReLU(lower, upper)(x) / x
+    theirs = torch.nn.RReLU(lower, upper)(x) / x
+    # Uniform on [0.1, 0.4]: mean 0.25, standard deviation 0.3 / sqrt(12) ~ 0.087 (of the mean ~0.0006).
+    for slopes in (ours, theirs):
+        assert abs(slopes.mean().item() - 0.25) < 0.004
+        assert abs(slopes.std().item() - 0.3 / math.sqrt(12)) < 0.004
+        assert slopes.min().item() >= lower and slopes.max().item() <= upper
+    check_finite_differences(RReLU(0.2, 0.6), random_tensor((3, 4), F64))
+    check_finite_differences(RReLU(0.2, 0.6).eval(), random_tensor((3, 4), F64))
+
+
+def test_rrelu_contract_and_errors():
+    same_signature(RReLU, torch.nn.RReLU)
+    assert repr(RReLU()) == repr(torch.nn.RReLU()) and repr(RReLU(0.1, 0.2)) == repr(torch.nn.RReLU(0.1, 0.2))
+    assert RReLU().state_dict() == {} == torch.nn.RReLU().state_dict()
+    with pytest.raises(ValueError, match="RReLU: lower must be at most upper"):
+        RReLU(0.5, 0.1)
+    for bad in (math.nan, math.inf, "0.1"):
+        with pytest.raises(ValueError, match="RReLU: lower"):
+            RReLU(bad)
+    with pytest.raises(TypeError, match="RReLU.*inplace"):
+        RReLU(inplace="yes")
+    x = -torch.ones(3)
+    assert torch.equal(RReLU(0.2, 0.2, inplace=True)(x), torch.full((3,), -0.2)) and torch.equal(x, -torch.ones(3))
+    with pytest.raises(RuntimeError, match="RReLU"):
+        RReLU().backward(torch.ones(3))

@@ -1114,5 +1114,7 @@ def test_torch_activation_modules_become_nnlab_layers_with_the_same_settings():
     assert torch.allclose(model(x), twin(x), atol=1e-6, rtol=0)
     classic = MLP(4, 3, (5,), activation=torch.nn.LeakyReLU(negative_slope=0.2, inplace=True))
     assert classic[1].alpha == 0.2 and classic[1] is not MLP(4, 3, (5,))[1]
-    with pytest.raises(ValueError, match=r"MLP: nonlins\[0\] is torch.nn.RReLU, which has no nnlab layer"):
-        MLP(4, dims=[3], nonlins=[torch.nn.RReLU()])
+    randomized = MLP(4, dims=[3], nonlins=[torch.nn.RReLU(0.1, 0.2)])[1]
+    assert type(randomized).__name__ == "RReLU" and (randomized.lower, randomized.upper) == (0.1, 0.2)
+    with pytest.raises(ValueError, match=r"MLP: nonlins\[0\] is torch.nn.AdaptiveLogSoftmaxWithLoss, which has no nnlab"):
+        MLP(4, dims=[3], nonlins=[torch.nn.AdaptiveLogSoftmaxWithLoss(3, 4, [2])])

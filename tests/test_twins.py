@@ -14,6 +14,7 @@ TWINLESS = (
     "Dropout2d",
     "Dropout1d",
     "Dropout3d",
+    "RReLU",
     "Model (graph)",
     "ClippedCrossEntropyLoss",
     "ClippedCrossEntropyLoss (sum)",

@@ -1,5 +1,5 @@
 """The activations of ``torch.nn`` beyond the course's ReLU, LeakyReLU, Sigmoid and Tanh
-(those live in ``dense``): the elementwise ones, the ones along a dimension (Softmax,
+(those live in ``dense``): the elementwise ones, RReLU with its random slopes, the ones along a dimension (Softmax,
 LogSoftmax, Softmin, Softmax2d, GLU) and PReLU with its parameter.
 
 Every backward is written out as torch 2.13's derivative kernel computes it, branch for
@@ -26,7 +26,7 @@ from .base import Layer, checked_bool, checked_int, checked_real
 
 __all__ = [
     "CELU", "ELU", "GELU", "GLU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "LogSoftmax",
-    "Mish", "PReLU", "ReLU6", "SELU", "SiLU", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
+    "Mish", "PReLU", "RReLU", "ReLU6", "SELU", "SiLU", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink", "Softsign",
     "Tanhshrink", "Threshold",
 ]
 
@@ -114,6 +114,50 @@ class ELU(Pointwise):
 
     def gradient(self, x, dout):
         return torch.where(x > 0, dout, dout * self.alpha * torch.exp(x))
+
+
+class RReLU(Layer):
+    """Randomized leaky ReLU: negative inputs scaled by a random slope in training mode,
+    by the mean slope in eval mode. Same as ``torch.nn.RReLU`` in eval mode; in training
+    mode distributionally the same (its slopes come from torch's global RNG).
+
+    Forward, training: ``out = x * a`` with ``a ~ U(lower, upper)`` drawn per entry where
+    ``x <= 0`` and ``a = 1`` elsewhere (NaN included), as torch's kernel; eval:
+    ``out = x if x > 0 else x * (lower + upper) / 2``.
+    Backward: ``dx = dout * a`` with the slopes drawn in forward (training);
+    ``dx = dout if x > 0 else dout * (lower + upper) / 2`` (eval; the second branch at 0
+    and at NaN, as torch's leaky_relu_backward). ``inplace=True`` is accepted and computed
+    out of place. Shapes: any -> same. Caches: the slope of every entry.
+    """
+
+    SAVED_TENSORS = ("_slopes",)
+
+    def __init__(self, lower=1.0 / 8, upper=1.0 / 3, inplace=False):
+        super().__init__()
+        self.lower = checked_real("RReLU", "lower", lower)
+        self.upper = checked_real("RReLU", "upper", upper)
+        if self.lower > self.upper:
+            raise ValueError(f"RReLU: lower must be at most upper (as torch), got lower={lower!r} > upper={upper!r}")
+        self.inplace = checked_bool("RReLU", "inplace", inplace)
+        self._slopes = None
+
+    def __repr__(self):
+        return f"RReLU(lower={self.lower!r}, upper={self.upper!r})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        if self.training:
+            drawn = self.lower + (self.upper - self.lower) * torch.rand(x.shape, dtype=x.dtype, device=x.device)
+            self._slopes = torch.where(x <= 0, drawn, 1.0)
+            return self.finish_forward(x * self._slopes)
+        self._slopes = torch.where(x > 0, torch.ones_like(x), (self.lower + self.upper) / 2)
+        return self.finish_forward(torch.where(x > 0, x, x * ((self.lower + self.upper) / 2)))
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout * self._slopes
 
 
 class CELU(Pointwise):
