@@ -125,7 +125,7 @@ def _twin_structure(layer):
     if kind is nn.Heads:
         heads = [_twin_structure(head) for head in layer]
         return None if None in heads else TupleOfHeads(*heads)
-    if kind in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+    if kind in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
         return torch.nn.Identity() if not layer.training or layer.p == 0 else None
     make = _LEAF_TWINS.get(kind)
     return None if make is None else make(layer)

@@ -629,6 +629,8 @@ CASES += [
     Case("MultiLabelMarginLoss", nn.MultiLabelMarginLoss, None, (4, 5), _label_lists, kinked=True),
     Case("RReLU", lambda: nn.RReLU(0.1, 0.4), None, (2, 3, 4)),
     Case("RReLU (eval)", lambda: nn.RReLU(0.1, 0.4), None, (2, 3, 4), train=False, kinked=True),
+    Case("AlphaDropout", lambda: nn.AlphaDropout(0.3), None, (3, 4)),
+    Case("FeatureAlphaDropout", lambda: nn.FeatureAlphaDropout(0.3), None, (2, 3, 2, 2)),
 ]
 # Layers with a kink or a max once more on a tie-heavy input (constant regions, integer
 # values, exact zeros), where ties decide where gradients go.

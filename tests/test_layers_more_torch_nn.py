@@ -32,10 +32,12 @@ from test_layers_parity import DTYPES, upstreams
 
 import nnlab.layers as nl
 from nnlab.layers import (
+    AlphaDropout,
     ChannelShuffle,
     CosineSimilarity,
     Dropout1d,
     Dropout3d,
+    FeatureAlphaDropout,
     Fold,
     MultiLabelMarginLoss,
     PairwiseDistance,
@@ -807,3 +809,89 @@ def test_rrelu_contract_and_errors():
     assert torch.equal(RReLU(0.2, 0.2, inplace=True)(x), torch.full((3,), -0.2)) and torch.equal(x, -torch.ones(3))
     with pytest.raises(RuntimeError, match="RReLU"):
         RReLU().backward(torch.ones(3))
+
+
+# AlphaDropout, FeatureAlphaDropout ---------------------------------------------------------------
+
+ALPHA_DROPOUTS = [(AlphaDropout, torch.nn.AlphaDropout, False), (FeatureAlphaDropout, torch.nn.FeatureAlphaDropout, True)]
+SELU_SATURATION = 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+
+
+def alpha_dropout_values(p):
+    """torch's a and the outputs of a kept and of a dropped zero input, from SELU's constants."""
+    a = ((SELU_SATURATION**2 * p + 1) * (1 - p)) ** -0.5
+    return a, SELU_SATURATION * a * p, SELU_SATURATION * a * (p - 1)
+
+
+@pytest.mark.parametrize("layer_class, module_class, feature", ALPHA_DROPOUTS)
+@settings(max_examples=15)
+@given(p=st.sampled_from([0.2, 0.5, 0.9]), seed=st.integers(0, 1000), data=st.data())
+def test_alpha_dropout_is_torchs_affine_map_and_its_backward_is_autograds(layer_class, module_class, feature, p, seed,
+                                                                          data):
+    shape = data.draw(st.sampled_from([(3, 4), (2, 3, 2), (1, 2, 2, 2)]))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    x = data.draw(tensors(shape, dtype))
+    check_against_autograd(layer_class(p), x, seed=seed)
+    torch.manual_seed(seed)
+    shifts = layer_class(p)(torch.zeros(shape, dtype=dtype))
+    torch.manual_seed(seed)
+    out = layer_class(p)(x)
+    a, kept_value, dropped_value = alpha_dropout_values(p)
+    kept = shifts > 0
+    ones = torch.ones(shape, dtype=F64)
+    expected = x.double() * torch.where(kept, a * ones, 0.0) + torch.where(kept, kept_value * ones, dropped_value)
+    assert_close("output", out, expected.to(dtype), atol=FORWARD_ATOL[dtype])
+    torch_shifts = module_class(p)(torch.zeros(shape, dtype=dtype))
+    for values in (shifts, torch_shifts):
+        assert_close("shifts", values, torch.where(values > 0, kept_value * ones, dropped_value).to(dtype),
+                     atol=FORWARD_ATOL[dtype])
+        if feature and len(shape) > 2:  # one mask entry per channel, as torch's
+            maps = values.flatten(2)
+            assert torch.equal(maps, maps[..., :1].expand(maps.shape))
+
+
+@pytest.mark.parametrize("layer_class, module_class, feature", ALPHA_DROPOUTS)
+def test_alpha_dropout_drops_at_torchs_rate_and_keeps_mean_and_variance(layer_class, module_class, feature):
+    torch.manual_seed(3)
+    p = 0.3
+    x = torch.randn(200, 100, 2) if feature else torch.randn(40000)
+    _, _, dropped_value = alpha_dropout_values(p)
+    for out in (layer_class(p)(x), module_class(p)(x)):
+        dropped = (out - dropped_value).abs() < 1e-6
+        # 20000 (or 40000) Bernoulli(0.3) entries: standard deviation of the rate below 0.0033.
+        assert abs(dropped.double().mean().item() - p) < 0.015
+        assert abs(out.mean().item()) < 0.03 and abs(out.std().item() - 1) < 0.03
+
+
+@pytest.mark.parametrize("layer_class, module_class, feature", ALPHA_DROPOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=10)
+@given(dout=upstreams, data=st.data())
+def test_alpha_dropout_eval_p_zero_and_p_one_match_torch(layer_class, module_class, feature, dtype, dout, data):
+    x = data.draw(tensors((2, 3, 2), dtype))
+    for layer, module in ((layer_class(0.7).eval(), module_class(0.7).eval()), (layer_class(0.0), module_class(0.0)),
+                          (layer_class(1.0), module_class(1.0))):
+        out = compare(layer, module, [x], dout)
+        assert out is not x
+
+
+@pytest.mark.parametrize("layer_class, module_class, feature", ALPHA_DROPOUTS)
+def test_alpha_dropout_contract_and_errors(layer_class, module_class, feature):
+    same_signature(layer_class, module_class)
+    for p, inplace in ((0.5, False), (0.2, True)):
+        assert repr(layer_class(p, inplace)) == repr(module_class(p, inplace))
+    name = layer_class.__name__
+    for bad in (-0.1, 1.5, math.nan, "0.5"):
+        with pytest.raises(ValueError, match=f"{name}: p"):
+            layer_class(bad)
+    with pytest.raises(TypeError, match=f"{name}.*inplace"):
+        layer_class(inplace="yes")
+    x = torch.randn(4)
+    assert torch_refuses(module_class(0.5), x) == feature
+    if feature:
+        with pytest.raises(ValueError, match=r"FeatureAlphaDropout.*at least 2 dimensions"):
+            layer_class(0.5)(x)
+        assert torch.equal(layer_class(0.5).eval()(x), module_class(0.5).eval()(x))
+    check_finite_differences(layer_class(0.4), random_tensor((3, 4, 2), F64))
+    with pytest.raises(RuntimeError, match=name):
+        layer_class().backward(torch.ones(3))

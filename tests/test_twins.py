@@ -15,6 +15,8 @@ TWINLESS = (
     "Dropout1d",
     "Dropout3d",
     "RReLU",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
     "Model (graph)",
     "ClippedCrossEntropyLoss",
     "ClippedCrossEntropyLoss (sum)",

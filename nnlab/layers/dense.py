@@ -11,7 +11,7 @@ from .base import Layer, checked_bool, checked_int, checked_real
 
 __all__ = [
     "Bilinear", "Dropout", "Flatten", "Identity", "LeakyReLU", "Linear", "ReLU", "Sigmoid", "Softmax", "TanH",
-    "Tanh", "Unflatten", "dropout_mask",
+    "Tanh", "Unflatten", "dropout_mask", "keep_mask",
 ]
 
 
@@ -237,13 +237,18 @@ class Tanh(Layer):
 TanH = Tanh
 
 
+def keep_mask(shape, p, like):
+    """A mask of ``shape`` in ``like``'s dtype whose entries are 1 with probability
+    1 - p and 0 otherwise, drawn from torch's global RNG."""
+    return (torch.rand(shape, device=like.device) >= p).to(like.dtype)
+
+
 def dropout_mask(shape, p, like):
     """A mask of ``shape`` (broadcastable to ``like``) whose entries are 1 / (1 - p)
     with probability 1 - p and 0 otherwise, drawn from torch's global RNG."""
     if p == 1:
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    keep = torch.rand(shape, device=like.device) >= p
-    return keep.to(like.dtype) / (1 - p)
+    return keep_mask(shape, p, like) / (1 - p)
 
 
 class Dropout(Layer):

@@ -1,18 +1,26 @@
-"""Batch normalisation and channel-wise dropout (1-D, 2-D and 3-D)."""
+"""Batch normalisation, channel-wise dropout (1-D, 2-D and 3-D) and alpha dropout."""
+
+import math
 
 import torch
 
 from .base import Layer, checked_bool, checked_int, checked_real
-from .dense import dropout_mask
+from .dense import dropout_mask, keep_mask
 
 __all__ = [
+    "AlphaDropout",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
+    "FeatureAlphaDropout",
 ]
+
+# -scale * alpha of SELU: the value SELU tends to at -inf, where alpha dropout sets the
+# dropped entries (torch's constant).
+SELU_SATURATION = 1.7580993408473766
 
 
 def add_affine_params(layer, shape, weight, bias):
@@ -396,3 +404,82 @@ class Dropout3d(_ChannelDropout):
 
     SPATIAL_DIMS = 3
     SHAPES = "(N, C, D, H, W) or (C, D, H, W)"
+
+
+class _AlphaDropout(Layer):
+    """Alpha dropout: dropped entries set to SELU's saturation value, then an affine map
+    that keeps a zero mean and unit variance. Subclasses say whether the mask is drawn per
+    entry or per (sample, channel) (``FEATURE``), and give the docstring."""
+
+    SAVED_TENSORS = ("_scale",)
+    FEATURE = False
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        name = type(self).__name__
+        self.p = checked_real(name, "p", p, 0.0, 1.0, high_open=False)
+        self.inplace = checked_bool(name, "inplace", inplace)
+        self._scale = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}(p={self.p}, inplace={self.inplace})"
+
+    def forward(self, x, **kw):
+        self.check_input(x, "any shape", True)
+        if not self.training or self.p == 0 or x.numel() == 0:
+            self._scale = 1.0
+            return self.finish_forward(x * 1.0)
+        if self.p == 1:
+            self._scale = 0.0
+            return self.finish_forward(x * 0.0)
+        shape = x.shape
+        if self.FEATURE:
+            self.check_input(x, "at least 2 dimensions (N, C, ...)", x.dim() >= 2)
+            shape = x.shape[:2] + (1,) * (x.dim() - 2)
+        keep = keep_mask(shape, self.p, x)
+        a = 1.0 / math.sqrt((SELU_SATURATION**2 * self.p + 1) * (1 - self.p))
+        shift = (keep - 1) * (SELU_SATURATION * a) + SELU_SATURATION * a * self.p
+        self._scale = keep * a
+        return self.finish_forward(x * self._scale + shift)
+
+    def backward(self, dout):
+        self.start_backward(dout)
+        if not self.needs_input_grad:
+            return None
+        return dout * self._scale
+
+
+class AlphaDropout(_AlphaDropout):
+    """Alpha dropout for SELU networks: each entry dropped with probability p is set to
+    SELU's saturation value -alpha' (alpha' = 1.7580993408473766), then
+    ``out = a * (x * mask - alpha' (1 - mask)) + alpha' a p`` with
+    ``a = ((alpha'^2 p + 1)(1 - p))^(-1/2)``, so that a zero-mean unit-variance input keeps
+    its mean and variance; ``out = x`` in eval mode, when p = 0 or on an empty input;
+    ``out = x * 0`` when p = 1. Torch's formula, as torch computes it
+    (``x * (a mask) + ((mask - 1) alpha' a + alpha' a p)``); distributionally the same as
+    ``torch.nn.AlphaDropout(p)`` (the mask comes from torch's global RNG).
+
+    Backward: ``dx = dout * a * mask`` (``dx = dout`` in eval mode, ``dout * 0`` when p = 1).
+    Shapes: any -> same, one mask entry per entry. ``inplace=True`` is accepted and
+    computed out of place (the same values; the input is left unchanged).
+    Caches: a times the mask (the number 1.0 or 0.0 when nothing is drawn).
+    """
+
+
+class FeatureAlphaDropout(_AlphaDropout):
+    """Alpha dropout of whole channels: as ``AlphaDropout``, with one mask entry per
+    (sample, channel) shared by the whole feature map: each dropped channel is set to
+    SELU's saturation value -alpha', then
+    ``out = a * (x * mask - alpha' (1 - mask)) + alpha' a p`` with
+    ``a = ((alpha'^2 p + 1)(1 - p))^(-1/2)`` and alpha' = 1.7580993408473766; ``out = x`` in
+    eval mode, when p = 0 or on an empty input; ``out = x * 0`` when p = 1.
+    Distributionally the same as ``torch.nn.FeatureAlphaDropout(p)``.
+
+    Backward: ``dx = dout * a * mask`` (``dx = dout`` in eval mode, ``dout * 0`` when p = 1).
+    Shapes: (N, C, ...) -> same, mask (N, C, 1, ...); fewer than 2 dimensions is a
+    ValueError where a mask is drawn (torch refuses them there too, and passes them
+    through elsewhere). ``inplace=True`` is accepted and computed out of place.
+    Caches: a times the mask (the number 1.0 or 0.0 when nothing is drawn).
+    """
+
+    FEATURE = True
