@@ -1117,4 +1117,4 @@ def test_torch_activation_modules_become_nnlab_layers_with_the_same_settings():
     randomized = MLP(4, dims=[3], nonlins=[torch.nn.RReLU(0.1, 0.2)])[1]
     assert type(randomized).__name__ == "RReLU" and (randomized.lower, randomized.upper) == (0.1, 0.2)
     with pytest.raises(ValueError, match=r"MLP: nonlins\[0\] is torch.nn.AdaptiveLogSoftmaxWithLoss, which has no nnlab"):
-        MLP(4, dims=[3], nonlins=[torch.nn.AdaptiveLogSoftmaxWithLoss(3, 4, [2])])
+        MLP(4, dims=[3], nonlins=[torch.nn.AdaptiveLogSoftmaxWithLoss(8, 10, [4])])
