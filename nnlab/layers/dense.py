@@ -265,19 +265,28 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
-        self.p = checked_real("Dropout", "p", p, 0.0, 1.0, high_open=False)
-        self.inplace = checked_bool("Dropout", "inplace", inplace)
+        name = type(self).__name__
+        self.p = checked_real(name, "p", p, 0.0, 1.0, high_open=False)
+        self.inplace = checked_bool(name, "inplace", inplace)
         self._mask = None
 
     def __repr__(self):
-        return f"Dropout(p={self.p})"
+        return f"{type(self).__name__}(p={self.p})"
+
+    def check_shape(self, x):
+        """The input check of forward (any shape here; the channel dropouts narrow it)."""
+        self.check_input(x, "any shape", True)
+
+    def mask_shape(self, x):
+        """The shape of the mask drawn for x: one entry per entry of x here."""
+        return x.shape
 
     def forward(self, x, **kw):
-        self.check_input(x, "any shape", True)
+        self.check_shape(x)
         if not self.training or self.p == 0:
             self._mask = 1.0
             return self.finish_forward(x * 1.0)
-        self._mask = dropout_mask(x.shape, self.p, x)
+        self._mask = dropout_mask(self.mask_shape(x), self.p, x)
         return self.finish_forward(x * self._mask)
 
     def backward(self, dout):

@@ -5,7 +5,7 @@ import math
 import torch
 
 from .base import Layer, checked_bool, checked_int, checked_real
-from .dense import dropout_mask, keep_mask
+from .dense import Dropout, keep_mask
 
 __all__ = [
     "AlphaDropout",
@@ -314,41 +314,21 @@ BatchNorm3d.__doc__ = _batchnorm_doc(
 )
 
 
-class _ChannelDropout(Layer):
+class _ChannelDropout(Dropout):
     """Channel-wise inverted dropout over ``SPATIAL_DIMS`` trailing spatial dimensions:
     one mask entry per (sample, channel), shared by the whole feature map. Subclasses set
     ``SPATIAL_DIMS`` and the docstring; the input has ``SPATIAL_DIMS + 1`` (unbatched) or
     ``SPATIAL_DIMS + 2`` (batched) dimensions."""
 
-    SAVED_TENSORS = ("_mask",)
     SPATIAL_DIMS = 2
     SHAPES = "(N, C, H, W) or (C, H, W)"
 
-    def __init__(self, p=0.5, inplace=False):
-        super().__init__()
-        name = type(self).__name__
-        self.p = checked_real(name, "p", p, 0.0, 1.0, high_open=False)
-        self.inplace = checked_bool(name, "inplace", inplace)
-        self._mask = None
-
-    def __repr__(self):
-        return f"{type(self).__name__}(p={self.p})"
-
-    def forward(self, x, **kw):
+    def check_shape(self, x):
         dims = (self.SPATIAL_DIMS + 1, self.SPATIAL_DIMS + 2)
         self.check_input(x, self.SHAPES, lambda x: x.dim() in dims)
-        if not self.training or self.p == 0:
-            self._mask = 1.0
-            return self.finish_forward(x * 1.0)
-        mask_shape = tuple(x.shape[: -self.SPATIAL_DIMS]) + (1,) * self.SPATIAL_DIMS
-        self._mask = dropout_mask(mask_shape, self.p, x)
-        return self.finish_forward(x * self._mask)
 
-    def backward(self, dout):
-        self.start_backward(dout)
-        if not self.needs_input_grad:
-            return None
-        return dout * self._mask
+    def mask_shape(self, x):
+        return tuple(x.shape[: -self.SPATIAL_DIMS]) + (1,) * self.SPATIAL_DIMS
 
 
 class Dropout1d(_ChannelDropout):
@@ -406,47 +386,29 @@ class Dropout3d(_ChannelDropout):
     SHAPES = "(N, C, D, H, W) or (C, D, H, W)"
 
 
-class _AlphaDropout(Layer):
+class _AlphaDropout(Dropout):
     """Alpha dropout: dropped entries set to SELU's saturation value, then an affine map
-    that keeps a zero mean and unit variance. Subclasses say whether the mask is drawn per
-    entry or per (sample, channel) (``FEATURE``), and give the docstring."""
-
-    SAVED_TENSORS = ("_scale",)
-    FEATURE = False
-
-    def __init__(self, p=0.5, inplace=False):
-        super().__init__()
-        name = type(self).__name__
-        self.p = checked_real(name, "p", p, 0.0, 1.0, high_open=False)
-        self.inplace = checked_bool(name, "inplace", inplace)
-        self._scale = None
+    that keeps a zero mean and unit variance. Dropout's options, checks and backward
+    (``dout`` times the cached ``_mask``, here a times the keep mask); subclasses say
+    whether the mask is drawn per entry or per (sample, channel) (``mask_shape``), and
+    give the docstring."""
 
     def __repr__(self):
         return f"{type(self).__name__}(p={self.p}, inplace={self.inplace})"
 
     def forward(self, x, **kw):
-        self.check_input(x, "any shape", True)
+        self.check_shape(x)
         if not self.training or self.p == 0 or x.numel() == 0:
-            self._scale = 1.0
+            self._mask = 1.0
             return self.finish_forward(x * 1.0)
         if self.p == 1:
-            self._scale = 0.0
+            self._mask = 0.0
             return self.finish_forward(x * 0.0)
-        shape = x.shape
-        if self.FEATURE:
-            self.check_input(x, "at least 2 dimensions (N, C, ...)", x.dim() >= 2)
-            shape = x.shape[:2] + (1,) * (x.dim() - 2)
-        keep = keep_mask(shape, self.p, x)
+        keep = keep_mask(self.mask_shape(x), self.p, x)
         a = 1.0 / math.sqrt((SELU_SATURATION**2 * self.p + 1) * (1 - self.p))
         shift = (keep - 1) * (SELU_SATURATION * a) + SELU_SATURATION * a * self.p
-        self._scale = keep * a
-        return self.finish_forward(x * self._scale + shift)
-
-    def backward(self, dout):
-        self.start_backward(dout)
-        if not self.needs_input_grad:
-            return None
-        return dout * self._scale
+        self._mask = keep * a
+        return self.finish_forward(x * self._mask + shift)
 
 
 class AlphaDropout(_AlphaDropout):
@@ -482,4 +444,6 @@ class FeatureAlphaDropout(_AlphaDropout):
     Caches: a times the mask (the number 1.0 or 0.0 when nothing is drawn).
     """
 
-    FEATURE = True
+    def mask_shape(self, x):
+        self.check_input(x, "at least 2 dimensions (N, C, ...)", x.dim() >= 2)
+        return x.shape[:2] + (1,) * (x.dim() - 2)
